@@ -1,0 +1,262 @@
+//! The configuration file of each component: YAML whose keys are the Helm values keys.
+//! `load` reads and parses, `validate` checks what types cannot; a failure names the key.
+
+use crate::units::{ByteSize, HumanDuration, Rate};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use url::Url;
+
+/// One upstream registry of a mirror. Written `URL` or `NS=URL`: `NS` is the registry host that
+/// containerd names in `?ns=` (by default the URL's `host[:port]`, and `docker.io` for Docker Hub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    pub ns: String,
+    pub url: Url,
+}
+
+impl FromStr for UpstreamSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (ns, url_text) = match s.split_once('=') {
+            Some((ns, url)) if !ns.contains('/') => {
+                (Some(ns.trim().to_ascii_lowercase()), url.trim())
+            }
+            _ => (None, s),
+        };
+        let url = Url::parse(url_text).map_err(|e| {
+            format!(
+                "`{s}` is not an upstream URL (expected e.g. https://registry-1.docker.io): {e}"
+            )
+        })?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("`{s}`: upstream scheme must be http or https"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("`{s}`: upstream URL has no host"))?
+            .to_ascii_lowercase();
+        if url.path() != "/" && !url.path().is_empty() {
+            return Err(format!(
+                "`{s}`: upstream URL must not have a path (the mirror adds /v2/...)"
+            ));
+        }
+        let ns = ns.unwrap_or_else(|| match (host.as_str(), url.port()) {
+            ("registry-1.docker.io", None) => "docker.io".to_string(),
+            (h, Some(p)) => format!("{h}:{p}"),
+            (h, None) => h.to_string(),
+        });
+        if ns.is_empty() {
+            return Err(format!("`{s}`: empty registry name before `=`"));
+        }
+        Ok(UpstreamSpec { ns, url })
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UpstreamSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!(
+            "{}={}",
+            self.ns,
+            self.url.as_str().trim_end_matches('/')
+        ))
+    }
+}
+
+/// The pool mirror: an OCI pull-through cache per node pool.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Upstream registries; the first serves requests that carry no `?ns=`.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Serve `?ns=HOST` for any registry host, not only the configured ones (over https).
+    pub allow_any_registry: bool,
+    /// Entries not used for this long are removed.
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: HumanDuration,
+    /// Where the cache lives on the host; empty: a folder that dies with the process.
+    pub cache_host_path: String,
+    /// Past this many bytes the least recently used entries go first; 0: bounded by TTL only.
+    pub capacity: ByteSize,
+    /// Total transfer rate of the mirror (upstream in plus clients out); 0: unlimited.
+    pub ratelimit: Rate,
+    /// Fetch OSS-redirected blobs through `BUCKET.oss-accelerate.aliyuncs.com`.
+    pub oss_internet_accelerate: bool,
+    /// How long an upstream answer "this requester may read this repository" is trusted.
+    #[serde(rename = "authCacheTTL")]
+    pub auth_cache_ttl: HumanDuration,
+    /// How long a manifest fetched by tag is served before it is revalidated upstream.
+    #[serde(rename = "manifestTTL")]
+    pub manifest_ttl: HumanDuration,
+    /// Time allowed to connect to an upstream.
+    pub connect_timeout: HumanDuration,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            listen: "0.0.0.0:5000".into(),
+            upstreams: Vec::new(),
+            allow_any_registry: false,
+            cache_ttl: HumanDuration(Duration::from_secs(24 * 3600)),
+            cache_host_path: String::new(),
+            capacity: ByteSize(0),
+            ratelimit: Rate(0),
+            oss_internet_accelerate: false,
+            auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
+            manifest_ttl: HumanDuration(Duration::from_secs(30)),
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Reads a YAML config file; an empty file gives the defaults.
+pub(crate) fn load_yaml<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: display.clone(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    parse_yaml(&text).map_err(|message| Error::Parse {
+        path: display,
+        message,
+    })
+}
+
+/// Parses YAML, naming the key that failed: "key `cacheTTL`: `forever` is not a duration".
+pub(crate) fn parse_yaml<T: for<'de> Deserialize<'de>>(
+    text: &str,
+) -> std::result::Result<T, String> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            inner
+        } else {
+            format!("key `{path}`: {inner}")
+        }
+    })
+}
+
+impl MirrorConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        load_yaml(path)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Invalid {
+                key: "listen",
+                message: format!("`{}` is not an address like 0.0.0.0:5000", self.listen),
+            });
+        }
+        if self.upstreams.is_empty() && !self.allow_any_registry {
+            return Err(Error::Invalid {
+                key: "upstreams",
+                message: "at least one upstream registry is needed (or set allowAnyRegistry)"
+                    .into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in &self.upstreams {
+            if !seen.insert(u.ns.as_str()) {
+                return Err(Error::Invalid {
+                    key: "upstreams",
+                    message: format!("registry `{}` is listed twice", u.ns),
+                });
+            }
+        }
+        if self.cache_ttl.0.is_zero() {
+            return Err(Error::Invalid {
+                key: "cacheTTL",
+                message: "must be longer than 0s".into(),
+            });
+        }
+        if self.connect_timeout.0.is_zero() {
+            return Err(Error::Invalid {
+                key: "connectTimeout",
+                message: "must be longer than 0s".into(),
+            });
+        }
+        if self.ratelimit.0 != 0 && self.ratelimit.0 < 64 * 1024 {
+            return Err(Error::Invalid {
+                key: "ratelimit",
+                message: format!("{} is below 64KiB/s; use 0 for unlimited", self.ratelimit),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> std::result::Result<MirrorConfig, String> {
+        parse_yaml(yaml)
+    }
+
+    #[test]
+    fn helm_value_keys_are_read() {
+        let c = parse(
+            "cacheTTL: 12h\ncacheHostPath: /var/cache/poolcast\nratelimit: 5M\ncapacity: 40GiB\n\
+             ossInternetAccelerate: true\nupstreams: [\"https://registry-1.docker.io\", \"harbor=http://10.0.0.5:5000\"]\n",
+        )
+        .expect("parses");
+        assert_eq!(c.cache_ttl.0, Duration::from_secs(12 * 3600));
+        assert_eq!(c.cache_host_path, "/var/cache/poolcast");
+        assert_eq!(c.ratelimit.0, 5_000_000);
+        assert_eq!(c.capacity.0, 40 << 30);
+        assert!(c.oss_internet_accelerate);
+        assert_eq!(c.upstreams[0].ns, "docker.io");
+        assert_eq!(c.upstreams[1].ns, "harbor");
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse("cacheTTL: forever\n").expect_err("rejects");
+        assert!(err.starts_with("key `cacheTTL`"), "{err}");
+        let err = parse("ratelimit: fast\n").expect_err("rejects");
+        assert!(err.starts_with("key `ratelimit`"), "{err}");
+        let err = parse("cacheTTLL: 1h\n").expect_err("rejects unknown keys");
+        assert!(err.to_string().contains("cacheTTLL"), "{err}");
+        let c = parse("upstreams: [\"http://a:5000\", \"http://a:5000\"]\n").expect("parses");
+        assert!(c
+            .validate()
+            .expect_err("dup")
+            .to_string()
+            .contains("upstreams"));
+        let c = parse("upstreams: [\"http://a:5000\"]\ncacheTTL: 0s\n").expect("parses");
+        assert!(c
+            .validate()
+            .expect_err("zero")
+            .to_string()
+            .contains("cacheTTL"));
+    }
+
+    #[test]
+    fn upstream_ns_defaults_to_host_and_port() {
+        let u: UpstreamSpec = "http://127.0.0.1:5000".parse().expect("parses");
+        assert_eq!(u.ns, "127.0.0.1:5000");
+        assert!("ftp://x".parse::<UpstreamSpec>().is_err());
+        assert!("http://x/v2".parse::<UpstreamSpec>().is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! Sizes, rates and durations written the way people write them in Helm values:
+//! `capacity: 40GiB`, `ratelimit: 512M` (512 MB/s, as in the seeds), `cacheTTL: 24h`.
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A number of bytes: `1024`, `64KiB`, `512M`, `40GiB`, `1.5G`. `K`/`M`/`G`/`T` are decimal
+/// (10^3...), `Ki`/`Mi`/`Gi`/`Ti` binary; a trailing `B` is optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+/// A transfer rate in bytes per second, in the seeds' notation: `512M` is 512 MB/s, `5M` is 5 MB/s.
+/// A trailing `/s` is accepted. `0` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rate(pub u64);
+
+/// A duration as humantime writes it: `24h`, `15s`, `500ms`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix('B')
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(t);
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "`{text}` is not a size (expected e.g. 512M, 40GiB, 1048576)"
+        ));
+    }
+    let mult: u64 = match unit.trim() {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" | "m" => 1_000_000,
+        "G" | "g" => 1_000_000_000,
+        "T" | "t" => 1_000_000_000_000,
+        "Ki" | "ki" => 1 << 10,
+        "Mi" | "mi" => 1 << 20,
+        "Gi" | "gi" => 1 << 30,
+        "Ti" | "ti" => 1 << 40,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use K, M, G, T, Ki, Mi, Gi, Ti)"
+            ))
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (expected e.g. 512M, 40GiB)"))?;
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_size(s).map(ByteSize)
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let t = t.strip_suffix("/s").unwrap_or(t);
+        parse_size(t).map(Rate)
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("`{s}` is not a duration (expected e.g. 24h, 15s): {e}"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/s", self.0)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// Values in YAML may be strings (`"512M"`) or bare numbers (`1048576`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOrNum {
+    Str(String),
+    Num(u64),
+}
+
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = match StrOrNum::deserialize(d)? {
+                    StrOrNum::Str(s) => s,
+                    StrOrNum::Num(n) => n.to_string(),
+                };
+                text.parse().map_err(de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+serde_via_str!(ByteSize);
+serde_via_str!(Rate);
+serde_via_str!(HumanDuration);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_people_write_them() {
+        assert_eq!("1024".parse::<ByteSize>(), Ok(ByteSize(1024)));
+        assert_eq!("64KiB".parse::<ByteSize>(), Ok(ByteSize(64 << 10)));
+        assert_eq!("40GiB".parse::<ByteSize>(), Ok(ByteSize(40 << 30)));
+        assert_eq!("512M".parse::<ByteSize>(), Ok(ByteSize(512_000_000)));
+        assert_eq!("1.5G".parse::<ByteSize>(), Ok(ByteSize(1_500_000_000)));
+        assert!("".parse::<ByteSize>().is_err());
+        assert!("lots".parse::<ByteSize>().is_err());
+        assert!("5X".parse::<ByteSize>().is_err());
+        assert!("99999999999T".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn rates_use_the_seeds_notation() {
+        assert_eq!("512M".parse::<Rate>(), Ok(Rate(512_000_000)));
+        assert_eq!("5M/s".parse::<Rate>(), Ok(Rate(5_000_000)));
+        assert_eq!("0".parse::<Rate>(), Ok(Rate(0)));
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        assert_eq!(
+            "24h".parse::<HumanDuration>(),
+            Ok(HumanDuration(Duration::from_secs(86400)))
+        );
+        assert!("forever".parse::<HumanDuration>().is_err());
+    }
+}
