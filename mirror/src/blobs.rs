@@ -1,0 +1,325 @@
+//! `GET|HEAD /v2/<name>/blobs/<digest>`: from the cache, from an ingest under way, or by
+//! starting the one upstream fetch that every concurrent requester shares.
+
+use crate::body::{file_stream, metered, parse_range, RangeSpec, CHUNK};
+use crate::error::{Error, Result};
+use crate::ingest::{Ingest, IngestWriter, Joined, Progress};
+use crate::reference::Digest;
+use crate::server::{AppState, Ctx};
+use crate::upstream::{refusal, RequestOpts};
+use actix_web::body::SizedStream;
+use actix_web::http::header::{HeaderValue, RANGE};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, Stream, StreamExt};
+use reqwest::Method;
+use sha2::Digest as _;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Joiners retry when the ingest they joined was refused for its starter's credentials.
+const ATTEMPTS: usize = 3;
+
+pub async fn get(
+    state: &web::Data<AppState>,
+    ctx: &Ctx<'_>,
+    digest: Digest,
+    req: &HttpRequest,
+) -> Result<HttpResponse> {
+    let range_text = req
+        .headers()
+        .get(RANGE)
+        .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
+    let range = parse_range(range_text)?;
+    let range_text = range_text.unwrap_or("");
+    let probe = ctx.up.blob_url(ctx.repo, &digest);
+    for _ in 0..ATTEMPTS {
+        if let Some((file, entry)) = state
+            .store
+            .open_verified(&digest, SystemTime::now())
+            .await?
+        {
+            state.authorize(ctx, probe.clone(), None).await?;
+            state.metrics.cache_hits.inc();
+            let (status, start, end) = span(range, entry.size, range_text)?;
+            let body = file_stream(file, start, end + 1);
+            return Ok(respond(
+                state,
+                ctx,
+                &digest,
+                status,
+                (start, end, Some(entry.size)),
+                body,
+            ));
+        }
+        if ctx.head && state.ingests.get(&digest).is_none() {
+            return head_upstream(state, ctx, &digest).await;
+        }
+        let store = state.store.clone();
+        let ingest = match state.ingests.join_or_start(&digest, || store.temp_file())? {
+            Joined::Started(ingest, writer) => {
+                state.metrics.cache_misses.inc();
+                let auth = ctx.auth.cloned();
+                tokio::spawn(fetch(
+                    state.clone(),
+                    probe.clone(),
+                    auth,
+                    writer,
+                    ctx.up.ns.clone(),
+                    ctx.repo.to_string(),
+                ));
+                // The starter's own upstream answer is its access check.
+                ingest.started().await?;
+                ingest
+            }
+            Joined::Existing(ingest) => {
+                state.authorize(ctx, probe.clone(), None).await?;
+                match ingest.started().await {
+                    Err(Error::Upstream(_)) => continue,
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
+                state.metrics.cache_hits.inc();
+                ingest
+            }
+        };
+        return serve_ingest(state, ctx, &digest, &ingest, range, range_text).await;
+    }
+    Err(Error::Transfer(format!(
+        "{digest}: upstream refused {ATTEMPTS} times"
+    )))
+}
+
+/// Status and inclusive span for a blob of `size` bytes.
+fn span(range: Option<RangeSpec>, size: u64, text: &str) -> Result<(StatusCode, u64, u64)> {
+    match range {
+        Some(r) => {
+            let (s, e) = r.resolve(size, text)?;
+            Ok((StatusCode::PARTIAL_CONTENT, s, e))
+        }
+        None => Ok((StatusCode::OK, 0, size.saturating_sub(1))),
+    }
+}
+
+async fn serve_ingest(
+    state: &web::Data<AppState>,
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+    ingest: &Arc<Ingest>,
+    range: Option<RangeSpec>,
+    range_text: &str,
+) -> Result<HttpResponse> {
+    let size = ingest.started().await?;
+    match size {
+        Some(size) => {
+            let (status, start, end) = span(range, size, range_text)?;
+            let body = ingest.stream(start, Some(end + 1));
+            Ok(respond(
+                state,
+                ctx,
+                digest,
+                status,
+                (start, end, Some(size)),
+                body,
+            ))
+        }
+        // Upstream did not say how long the blob is: stream it whole, chunked.
+        None => {
+            let body = metered(
+                ingest.stream(0, None),
+                state.limit.clone(),
+                state.metrics.served_bytes.clone(),
+            );
+            Ok(blob_headers(HttpResponse::Ok(), digest).streaming(body))
+        }
+    }
+}
+
+fn blob_headers(mut builder: HttpResponseBuilder, digest: &Digest) -> HttpResponseBuilder {
+    builder
+        .content_type("application/octet-stream")
+        .insert_header(("Docker-Content-Digest", digest.to_string()))
+        .insert_header(("Accept-Ranges", "bytes"));
+    builder
+}
+
+fn respond(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+    status: StatusCode,
+    (start, end, size): (u64, u64, Option<u64>),
+    body: impl Stream<Item = Result<Bytes>> + 'static,
+) -> HttpResponse {
+    let len = if size == Some(0) { 0 } else { end + 1 - start };
+    let mut builder = blob_headers(HttpResponse::build(status), digest);
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Some(size) = size {
+            builder.insert_header(("Content-Range", format!("bytes {start}-{end}/{size}")));
+        }
+    }
+    if ctx.head {
+        let empty = futures_util::stream::empty::<Result<Bytes>>();
+        return builder.body(SizedStream::new(len, empty));
+    }
+    let body = metered(
+        body,
+        state.limit.clone(),
+        state.metrics.served_bytes.clone(),
+    );
+    builder.body(SizedStream::new(len, body))
+}
+
+/// HEAD for a blob we do not hold: ask upstream, start nothing.
+async fn head_upstream(state: &AppState, ctx: &Ctx<'_>, digest: &Digest) -> Result<HttpResponse> {
+    state.metrics.upstream_requests.inc();
+    let resp = state
+        .client
+        .send(
+            Method::HEAD,
+            ctx.up.blob_url(ctx.repo, digest),
+            RequestOpts::new(ctx.auth, None),
+        )
+        .await?;
+    if !resp.status().is_success() {
+        return Err(Error::Upstream(refusal(resp).await));
+    }
+    state.record_access(&ctx.up.ns, ctx.repo, ctx.auth);
+    let len = resp
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let empty = futures_util::stream::empty::<Result<Bytes>>();
+    Ok(blob_headers(HttpResponse::Ok(), digest).body(SizedStream::new(len, empty)))
+}
+
+/// The one upstream fetch of a blob: write at offset, hash, announce progress, verify,
+/// commit. Runs on its own task so a departing client does not cut it short.
+async fn fetch(
+    state: web::Data<AppState>,
+    url: url::Url,
+    auth: Option<HeaderValue>,
+    mut writer: IngestWriter,
+    ns: String,
+    repo: String,
+) {
+    state.metrics.upstream_requests.inc();
+    let digest = writer.digest().clone();
+    let resp = match state
+        .client
+        .send(Method::GET, url, RequestOpts::new(auth.as_ref(), None))
+        .await
+    {
+        Ok(resp) => resp,
+        Err(e) => return writer.set(Progress::Failed(e.to_string())),
+    };
+    if !resp.status().is_success() {
+        return writer.set(Progress::Refused(refusal(resp).await));
+    }
+    state.record_access(&ns, &repo, auth.as_ref());
+    let size = resp.content_length();
+    writer.set(Progress::Running { written: 0, size });
+    match copy_verified(&state, resp, &writer, size).await {
+        Ok(written) => {
+            let Some(temp) = writer.temp.take() else {
+                return writer.set(Progress::Failed("temp file lost".into()));
+            };
+            match state.store.commit(&digest, temp, None, SystemTime::now()) {
+                Ok(()) => writer.set(Progress::Done { size: written }),
+                Err(e) => writer.set(Progress::Failed(format!("storing {digest}: {e}"))),
+            }
+        }
+        Err(e) => {
+            if matches!(e, Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) {
+                state.metrics.digest_mismatches.inc();
+            }
+            tracing::warn!(%digest, error = %e, "blob ingest failed; nothing kept");
+            writer.set(Progress::Failed(e.to_string()));
+        }
+    }
+}
+
+async fn copy_verified(
+    state: &AppState,
+    resp: reqwest::Response,
+    writer: &IngestWriter,
+    size: Option<u64>,
+) -> Result<u64> {
+    let mut stream = resp.bytes_stream();
+    let mut hasher = Some(sha2::Sha256::new());
+    let mut buf = BytesMut::new();
+    let mut written = 0u64;
+    loop {
+        // Flush what we have whenever upstream pauses, so readers see bytes early.
+        let next = match stream.next().now_or_never() {
+            Some(item) => item,
+            None => {
+                if !buf.is_empty() {
+                    written = flush(writer, &mut buf, &mut hasher, written, size).await?;
+                }
+                stream.next().await
+            }
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| Error::Transfer(format!("reading upstream body: {e}")))?;
+        state.limit.take(chunk.len()).await;
+        state.metrics.upstream_bytes.inc_by(chunk.len() as u64);
+        buf.extend_from_slice(&chunk);
+        if size.is_some_and(|s| written + buf.len() as u64 > s) {
+            return Err(Error::SizeMismatch {
+                expected: size.unwrap_or(0),
+                got: written + buf.len() as u64,
+            });
+        }
+        if buf.len() >= CHUNK {
+            written = flush(writer, &mut buf, &mut hasher, written, size).await?;
+        }
+    }
+    if !buf.is_empty() {
+        written = flush(writer, &mut buf, &mut hasher, written, size).await?;
+    }
+    if let Some(expected) = size.filter(|s| *s != written) {
+        return Err(Error::SizeMismatch {
+            expected,
+            got: written,
+        });
+    }
+    let actual = Digest::from_sha256(&hasher.take().unwrap_or_default().finalize());
+    if &actual != writer.digest() {
+        return Err(Error::DigestMismatch {
+            what: "blob",
+            expected: writer.digest().to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(written)
+}
+
+async fn flush(
+    writer: &IngestWriter,
+    buf: &mut BytesMut,
+    hasher: &mut Option<sha2::Sha256>,
+    offset: u64,
+    size: Option<u64>,
+) -> Result<u64> {
+    let data = buf.split().freeze();
+    let file = writer.file.clone();
+    let mut h = hasher.take().unwrap_or_default();
+    let len = data.len() as u64;
+    let h = tokio::task::spawn_blocking(move || -> std::io::Result<sha2::Sha256> {
+        file.write_all_at(&data, offset)?;
+        h.update(&data);
+        Ok(h)
+    })
+    .await
+    .map_err(|e| Error::Transfer(e.to_string()))??;
+    *hasher = Some(h);
+    writer.set(Progress::Running {
+        written: offset + len,
+        size,
+    });
+    Ok(offset + len)
+}

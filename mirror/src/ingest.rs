@@ -1,0 +1,273 @@
+//! Single-flight ingest of a blob from upstream, readable while it arrives.
+//!
+//! ```text
+//!   client A --miss--> Ingests::join_or_start --spawn--> fetch task: upstream GET
+//!   client B --miss--> (joins)                             |  write at offset, hash
+//!   client C --Range-> (joins)                             v
+//!        ^  read_at(pos..written), wait on `progress`   temp file --verify--> BlobStore::commit
+//! ```
+//!
+//! The fetch task is spawned, not driven by a client: a client that goes away does not stop
+//! the ingest, so the blob still lands in the cache for the next one. Readers pread the same
+//! open file, which stays valid across the rename into the store.
+
+use crate::error::{Error, Result, UpstreamReply};
+use crate::reference::Digest;
+use bytes::Bytes;
+use futures_util::Stream;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Where an ingest stands. Readers wait on changes.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The upstream request is under way; nothing is known yet.
+    Connecting,
+    /// Upstream answered 200; `written` bytes are on disk, of `size` if upstream said.
+    Running { written: u64, size: Option<u64> },
+    /// All bytes are on disk and matched the digest.
+    Done { size: u64 },
+    /// Upstream said no before any byte (its answer is passed on to the starter).
+    Refused(UpstreamReply),
+    /// The transfer failed or did not verify; nothing was kept.
+    Failed(String),
+}
+
+pub struct Ingest {
+    pub digest: Digest,
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The sending half, held by the fetch task.
+pub struct IngestWriter {
+    pub file: Arc<File>,
+    /// The temp file's path, removed on drop unless the fetch commits it to the store.
+    pub temp: Option<tempfile::TempPath>,
+    progress: watch::Sender<Progress>,
+    ingests: Arc<Ingests>,
+    digest: Digest,
+}
+
+impl IngestWriter {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn set(&self, p: Progress) {
+        self.progress.send_replace(p);
+    }
+}
+
+impl Drop for IngestWriter {
+    fn drop(&mut self) {
+        // Whatever happened, the next request must not join a finished or dead ingest.
+        self.ingests.map.lock().remove(self.digest.hex());
+        self.progress.send_if_modified(|p| {
+            if matches!(p, Progress::Connecting | Progress::Running { .. }) {
+                *p = Progress::Failed("ingest ended early".into());
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+#[derive(Default)]
+pub struct Ingests {
+    map: Mutex<HashMap<String, Arc<Ingest>>>,
+}
+
+pub enum Joined {
+    /// This caller started the ingest and must run the fetch with the writer.
+    Started(Arc<Ingest>, IngestWriter),
+    Existing(Arc<Ingest>),
+}
+
+impl Ingests {
+    /// Joins the ingest of `digest`, or registers a new one backed by the temp file that
+    /// `make_file` creates (called only when none runs).
+    pub fn join_or_start(
+        self: &Arc<Self>,
+        digest: &Digest,
+        make_file: impl FnOnce() -> Result<(File, tempfile::TempPath)>,
+    ) -> Result<Joined> {
+        let mut map = self.map.lock();
+        if let Some(existing) = map.get(digest.hex()) {
+            return Ok(Joined::Existing(existing.clone()));
+        }
+        let (file, temp) = make_file()?;
+        let file = Arc::new(file);
+        let (tx, rx) = watch::channel(Progress::Connecting);
+        let ingest = Arc::new(Ingest {
+            digest: digest.clone(),
+            file: file.clone(),
+            progress: rx,
+        });
+        map.insert(digest.hex().to_string(), ingest.clone());
+        let writer = IngestWriter {
+            file,
+            temp: Some(temp),
+            progress: tx,
+            ingests: self.clone(),
+            digest: digest.clone(),
+        };
+        Ok(Joined::Started(ingest, writer))
+    }
+
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Ingest>> {
+        self.map.lock().get(digest.hex()).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Ingest {
+    /// Waits until upstream has answered; returns the size if known.
+    pub async fn started(&self) -> Result<Option<u64>> {
+        let mut rx = self.progress.clone();
+        loop {
+            let progress = rx.borrow_and_update().clone();
+            match progress {
+                Progress::Connecting => {}
+                Progress::Running { size, .. } => return Ok(size),
+                Progress::Done { size } => return Ok(Some(size)),
+                Progress::Refused(reply) => return Err(Error::Upstream(reply)),
+                Progress::Failed(msg) => return Err(Error::Transfer(msg)),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Transfer("ingest ended early".into()));
+            }
+        }
+    }
+
+    /// The bytes `start..end` (end exclusive; `None`: to the end), as they arrive.
+    pub fn stream(
+        self: &Arc<Self>,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Stream<Item = Result<Bytes>> + 'static {
+        const CHUNK: u64 = 256 * 1024;
+        let this = self.clone();
+        futures_util::stream::unfold((start, this.progress.clone()), move |(pos, mut rx)| {
+            let this = this.clone();
+            async move {
+                loop {
+                    let progress = rx.borrow_and_update().clone();
+                    let (avail, done) = match progress {
+                        Progress::Connecting => (0, false),
+                        Progress::Running { written, .. } => (written, false),
+                        Progress::Done { size } => (size, true),
+                        Progress::Refused(r) => {
+                            return Some((Err(Error::Upstream(r)), (u64::MAX, rx)))
+                        }
+                        Progress::Failed(m) => {
+                            return Some((Err(Error::Transfer(m)), (u64::MAX, rx)))
+                        }
+                    };
+                    let limit = end.map_or(avail, |e| e.min(avail));
+                    if pos == u64::MAX || end.is_some_and(|e| pos >= e) || (done && pos >= avail) {
+                        return None;
+                    }
+                    if pos < limit {
+                        let len = (limit - pos).min(CHUNK) as usize;
+                        let file = this.file.clone();
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; len];
+                            file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
+                        })
+                        .await;
+                        return match read {
+                            Ok(Ok(bytes)) => Some((Ok(bytes), (pos + len as u64, rx))),
+                            Ok(Err(e)) => Some((Err(e.into()), (u64::MAX, rx))),
+                            Err(e) => Some((Err(Error::Transfer(e.to_string())), (u64::MAX, rx))),
+                        };
+                    }
+                    if rx.changed().await.is_err() {
+                        return Some((
+                            Err(Error::Transfer("ingest ended early".into())),
+                            (u64::MAX, rx),
+                        ));
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    async fn collect(s: impl Stream<Item = Result<Bytes>>) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        futures_util::pin_mut!(s);
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    fn start(ingests: &Arc<Ingests>, d: &Digest) -> (Arc<Ingest>, IngestWriter) {
+        let make = || {
+            let (file, path) = tempfile::NamedTempFile::new()?.into_parts();
+            Ok((file, path))
+        };
+        match ingests.join_or_start(d, make).expect("start") {
+            Joined::Started(i, w) => (i, w),
+            Joined::Existing(_) => panic!("should start"),
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_get_bytes_as_they_arrive_and_a_range_before_the_end() {
+        let ingests = Arc::new(Ingests::default());
+        let d = Digest::of(b"0123456789");
+        let (ingest, writer) = start(&ingests, &d);
+        assert!(matches!(
+            ingests.join_or_start(&d, || unreachable!()),
+            Ok(Joined::Existing(_))
+        ));
+        let whole = tokio::spawn(collect(ingest.stream(0, None)));
+        let range = tokio::spawn(collect(ingest.stream(2, Some(4))));
+        writer.file.write_all_at(b"01234", 0).expect("write");
+        writer.set(Progress::Running {
+            written: 5,
+            size: Some(10),
+        });
+        // The range is inside what has arrived: it completes before the blob does.
+        assert_eq!(range.await.expect("join").expect("range"), b"23");
+        writer.file.write_all_at(b"56789", 5).expect("write");
+        writer.set(Progress::Done { size: 10 });
+        drop(writer);
+        assert_eq!(whole.await.expect("join").expect("whole"), b"0123456789");
+        assert!(ingests.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_ingest_errors_its_readers_and_frees_the_slot() {
+        let ingests = Arc::new(Ingests::default());
+        let d = Digest::of(b"x");
+        let (ingest, writer) = start(&ingests, &d);
+        let reader = tokio::spawn(collect(ingest.stream(0, None)));
+        writer.set(Progress::Running {
+            written: 0,
+            size: Some(1),
+        });
+        drop(writer); // the fetch task died
+        assert!(reader.await.expect("join").is_err());
+        assert!(ingests.get(&d).is_none());
+    }
+}

@@ -1,0 +1,242 @@
+//! `GET|HEAD /v2/<name>/manifests/<reference>`. Manifests are small and mutable by tag: they
+//! are fetched whole, verified, stored content-addressed, and a tag is revalidated upstream
+//! after `manifestTTL`. When upstream cannot be reached, a cached tag is served (and logged).
+
+use crate::error::{Error, Result};
+use crate::reference::{Digest, Reference};
+use crate::server::{AppState, Ctx};
+use crate::store::{unix, TagEntry};
+use crate::upstream::{read_limited, refusal, RequestOpts};
+use actix_web::http::header::{HeaderValue, ACCEPT};
+use actix_web::{web, HttpRequest, HttpResponse};
+use reqwest::Method;
+use std::time::SystemTime;
+
+/// The distribution registry's own limit on manifest size.
+const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+const DEFAULT_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+struct Fetched {
+    data: Vec<u8>,
+    media_type: String,
+    digest: Digest,
+}
+
+pub async fn get(
+    state: &web::Data<AppState>,
+    ctx: &Ctx<'_>,
+    reference: Reference,
+    req: &HttpRequest,
+) -> Result<HttpResponse> {
+    let accept = req.headers().get(ACCEPT).filter(|a| a.len() <= 4096);
+    let now = SystemTime::now();
+    match reference {
+        Reference::Digest(digest) => {
+            if let Some((data, entry)) = state.store.read_small(&digest, now).await? {
+                if let Some(media_type) = entry.media_type {
+                    let probe = ctx.up.manifest_url(ctx.repo, &digest.to_string());
+                    state.authorize(ctx, probe, accept).await?;
+                    state.metrics.cache_hits.inc();
+                    return Ok(respond(state, ctx, data, &media_type, &digest));
+                }
+            }
+            state.metrics.cache_misses.inc();
+            let fetched = fetch(state, ctx, &digest.to_string(), accept).await?;
+            if fetched.digest != digest {
+                state.metrics.digest_mismatches.inc();
+                return Err(Error::DigestMismatch {
+                    what: "manifest",
+                    expected: digest.to_string(),
+                    actual: fetched.digest.to_string(),
+                });
+            }
+            keep(state, &fetched, now)?;
+            Ok(respond(
+                state,
+                ctx,
+                fetched.data,
+                &fetched.media_type,
+                &fetched.digest,
+            ))
+        }
+        Reference::Tag(tag) => by_tag(state, ctx, &tag, accept, now).await,
+    }
+}
+
+async fn by_tag(
+    state: &web::Data<AppState>,
+    ctx: &Ctx<'_>,
+    tag: &str,
+    accept: Option<&HeaderValue>,
+    now: SystemTime,
+) -> Result<HttpResponse> {
+    let key = format!("{}\u{0}{}\u{0}{}", ctx.up.ns, ctx.repo, tag);
+    let mut cached = None;
+    if let Some(entry) = state
+        .store
+        .tag(&key)?
+        .filter(|t| accepts(accept, &t.media_type))
+    {
+        if let Ok(digest) = Digest::parse(&entry.digest) {
+            if let Some((data, _)) = state.store.read_small(&digest, now).await? {
+                cached = Some((entry, digest, data));
+            }
+        }
+    }
+    if let Some((entry, digest, data)) = &cached {
+        let fresh = unix(now).saturating_sub(entry.checked) < state.manifest_ttl.as_secs();
+        if fresh && state.access_known(ctx, state.auth_ttl) {
+            state.metrics.cache_hits.inc();
+            return Ok(respond(state, ctx, data.clone(), &entry.media_type, digest));
+        }
+    }
+    match fetch(state, ctx, tag, accept).await {
+        Ok(fetched) => {
+            let known = cached
+                .as_ref()
+                .is_some_and(|(_, d, _)| *d == fetched.digest);
+            if known {
+                state.metrics.cache_hits.inc();
+            } else {
+                state.metrics.cache_misses.inc();
+                keep(state, &fetched, now)?;
+            }
+            let entry = TagEntry {
+                digest: fetched.digest.to_string(),
+                media_type: fetched.media_type.clone(),
+                checked: unix(now),
+            };
+            state.store.put_tag(&key, &entry)?;
+            Ok(respond(
+                state,
+                ctx,
+                fetched.data,
+                &fetched.media_type,
+                &fetched.digest,
+            ))
+        }
+        Err(e) if upstream_down(&e) => {
+            let Some((entry, digest, data)) = cached else {
+                return Err(e);
+            };
+            if !state.access_known(ctx, state.cache_ttl) {
+                return Err(e);
+            }
+            tracing::warn!(repo = ctx.repo, tag, error = %e, "upstream unavailable; serving cached manifest");
+            state.metrics.stale_served.inc();
+            Ok(respond(state, ctx, data, &entry.media_type, &digest))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn upstream_down(e: &Error) -> bool {
+    match e {
+        Error::UpstreamUnreachable { .. } | Error::Transfer(_) => true,
+        Error::Upstream(reply) => reply.status >= 500,
+        _ => false,
+    }
+}
+
+/// GETs a manifest with the requester's credentials; upstream's answer is the access check.
+async fn fetch(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    reference: &str,
+    accept: Option<&HeaderValue>,
+) -> Result<Fetched> {
+    state.metrics.upstream_requests.inc();
+    let url = ctx.up.manifest_url(ctx.repo, reference);
+    let resp = state
+        .client
+        .send(Method::GET, url, RequestOpts::new(ctx.auth, accept))
+        .await?;
+    if !resp.status().is_success() {
+        return Err(Error::Upstream(refusal(resp).await));
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let media_type = header("content-type")
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.to_string());
+    let claimed = header("docker-content-digest");
+    let data = read_limited(resp, MAX_MANIFEST).await?;
+    let digest = Digest::of(&data);
+    if let Some(claimed) = claimed.filter(|c| *c != digest.to_string()) {
+        state.metrics.digest_mismatches.inc();
+        return Err(Error::DigestMismatch {
+            what: "manifest",
+            expected: claimed,
+            actual: digest.to_string(),
+        });
+    }
+    state.record_access(&ctx.up.ns, ctx.repo, ctx.auth);
+    Ok(Fetched {
+        data,
+        media_type,
+        digest,
+    })
+}
+
+fn keep(state: &AppState, fetched: &Fetched, now: SystemTime) -> Result<()> {
+    state.store.put_small(
+        &fetched.digest,
+        &fetched.data,
+        Some(fetched.media_type.clone()),
+        now,
+    )
+}
+
+fn respond(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    data: Vec<u8>,
+    media_type: &str,
+    digest: &Digest,
+) -> HttpResponse {
+    if !ctx.head {
+        state.metrics.served_bytes.inc_by(data.len() as u64);
+    }
+    HttpResponse::Ok()
+        .content_type(media_type.to_string())
+        .insert_header(("Docker-Content-Digest", digest.to_string()))
+        .body(data)
+}
+
+/// Whether a client's `Accept` admits a media type (no header: anything goes).
+fn accepts(accept: Option<&HeaderValue>, media_type: &str) -> bool {
+    let Some(text) = accept.and_then(|a| a.to_str().ok()) else {
+        return true;
+    };
+    text.split(',')
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .any(|t| t == media_type || t == "*/*")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_lists_are_matched_by_media_type() {
+        let h = |s: &'static str| HeaderValue::from_static(s);
+        let oci = "application/vnd.oci.image.index.v1+json";
+        assert!(accepts(None, oci));
+        assert!(accepts(
+            Some(&h(
+                "application/vnd.oci.image.index.v1+json; q=0.5, text/plain"
+            )),
+            oci
+        ));
+        assert!(accepts(Some(&h("*/*")), oci));
+        assert!(!accepts(
+            Some(&h("application/vnd.docker.distribution.manifest.v2+json")),
+            oci
+        ));
+    }
+}

@@ -1,0 +1,367 @@
+//! The HTTP surface: the OCI distribution pull API, `/healthz` and `/metrics`, and the state
+//! every handler shares. Requests are validated here before anything reaches the cache or an
+//! upstream URL.
+
+use crate::blobs;
+use crate::body::RateLimit;
+use crate::error::{Error, Result};
+use crate::ingest::Ingests;
+use crate::manifests;
+use crate::metrics::Metrics;
+use crate::reference::{validate_name, Digest, Reference};
+use crate::store::{unix, BlobStore};
+use crate::upstream::{refusal, RequestOpts, Upstream, UpstreamClient};
+use actix_web::http::header::{HeaderValue, AUTHORIZATION};
+use actix_web::http::Method;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use nodepool::MirrorConfig;
+use sha2::Digest as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Total size of request headers accepted on the registry API.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+pub struct AppState {
+    pub upstreams: Vec<Upstream>,
+    pub allow_any_registry: bool,
+    pub client: UpstreamClient,
+    pub store: Arc<BlobStore>,
+    pub ingests: Arc<Ingests>,
+    pub limit: Arc<RateLimit>,
+    pub metrics: Arc<Metrics>,
+    pub cache_ttl: Duration,
+    pub auth_ttl: Duration,
+    pub manifest_ttl: Duration,
+}
+
+/// The parts of a registry request every handler needs.
+pub struct Ctx<'a> {
+    pub up: Upstream,
+    pub repo: &'a str,
+    pub auth: Option<&'a HeaderValue>,
+    pub head: bool,
+}
+
+impl AppState {
+    /// The upstream for `?ns=`; without it, the first configured one.
+    fn upstream_for(&self, ns: Option<&str>) -> Result<Upstream> {
+        let Some(ns) = ns.map(str::to_ascii_lowercase) else {
+            return self
+                .upstreams
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::RegistryUnknown("(none: requests must carry ?ns=)".into()));
+        };
+        if let Some(up) = self.upstreams.iter().find(|u| u.ns == ns) {
+            return Ok(up.clone());
+        }
+        let valid_host = !ns.is_empty()
+            && ns.len() <= 253
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+        if self.allow_any_registry && valid_host {
+            let host = if ns == "docker.io" {
+                "registry-1.docker.io"
+            } else {
+                &ns
+            };
+            if let Ok(base) = url::Url::parse(&format!("https://{host}")) {
+                return Ok(Upstream { ns, base });
+            }
+        }
+        Err(Error::RegistryUnknown(ns.chars().take(80).collect()))
+    }
+
+    fn access_key(ns: &str, repo: &str, auth: Option<&HeaderValue>) -> String {
+        let who = auth.map_or_else(
+            || "anonymous".to_string(),
+            |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
+        );
+        format!("{ns}\u{0}{repo}\u{0}{who}")
+    }
+
+    /// Remembers that upstream served this requester from this repository.
+    pub fn record_access(&self, ns: &str, repo: &str, auth: Option<&HeaderValue>) {
+        let key = Self::access_key(ns, repo, auth);
+        if let Err(e) = self.store.put_access(&key, SystemTime::now()) {
+            tracing::warn!(error = %e, "could not record access");
+        }
+    }
+
+    /// Whether upstream accepted this requester (or anyone, for a public repository) for the
+    /// repository within `within`.
+    pub fn access_known(&self, ctx: &Ctx<'_>, within: Duration) -> bool {
+        let now = unix(SystemTime::now());
+        [ctx.auth, None].iter().any(|auth| {
+            let key = Self::access_key(&ctx.up.ns, ctx.repo, *auth);
+            self.store
+                .access(&key)
+                .ok()
+                .flatten()
+                .is_some_and(|at| now.saturating_sub(at) < within.as_secs().max(1))
+        })
+    }
+
+    /// Checks with upstream that the requester may read what `probe` names, before serving it
+    /// from cache. Answers are remembered for `authCacheTTL`; when upstream cannot be reached,
+    /// an answer up to `cacheTTL` old is trusted so cached images still pull.
+    pub async fn authorize(
+        &self,
+        ctx: &Ctx<'_>,
+        probe: url::Url,
+        accept: Option<&HeaderValue>,
+    ) -> Result<()> {
+        if self.access_known(ctx, self.auth_ttl) {
+            return Ok(());
+        }
+        self.metrics.upstream_requests.inc();
+        let outcome = self
+            .client
+            .send(
+                reqwest::Method::HEAD,
+                probe,
+                RequestOpts::new(ctx.auth, accept),
+            )
+            .await;
+        let failure = match outcome {
+            Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
+                self.record_access(&ctx.up.ns, ctx.repo, ctx.auth);
+                return Ok(());
+            }
+            Ok(resp) if resp.status().is_server_error() => Error::Upstream(refusal(resp).await),
+            Ok(resp) => return Err(Error::Upstream(refusal(resp).await)),
+            Err(e) => e,
+        };
+        if self.access_known(ctx, self.cache_ttl) {
+            tracing::warn!(repo = ctx.repo, error = %failure, "upstream unavailable; trusting an earlier access check");
+            return Ok(());
+        }
+        Err(failure)
+    }
+}
+
+/// The mirror server: `new(config)` then `run(listener, shutdown)`.
+pub struct MirrorServer {
+    state: web::Data<AppState>,
+    // A cache without `cacheHostPath` lives as long as the server.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl MirrorServer {
+    pub fn new(config: &MirrorConfig, metrics: Arc<Metrics>) -> Result<Self> {
+        let (root, scratch) = if config.cache_host_path.is_empty() {
+            let dir = tempfile::Builder::new()
+                .prefix("poolcast-mirror-")
+                .tempdir()?;
+            (dir.path().to_path_buf(), Some(dir))
+        } else {
+            (std::path::PathBuf::from(&config.cache_host_path), None)
+        };
+        let store = BlobStore::open(&root, config.cache_ttl.0, config.capacity.0)?;
+        metrics.cache_bytes.set(store.total_bytes() as i64);
+        tracing::info!(cache = %root.display(), bytes = store.total_bytes(), "cache opened");
+        let state = AppState {
+            upstreams: config.upstreams.iter().map(Upstream::from_spec).collect(),
+            allow_any_registry: config.allow_any_registry,
+            client: UpstreamClient::new(config.connect_timeout.0, config.oss_internet_accelerate)?,
+            store: Arc::new(store),
+            ingests: Arc::new(Ingests::default()),
+            limit: Arc::new(RateLimit::new(config.ratelimit.0)),
+            metrics,
+            cache_ttl: config.cache_ttl.0,
+            auth_ttl: config.auth_cache_ttl.0,
+            manifest_ttl: config.manifest_ttl.0,
+        };
+        Ok(MirrorServer {
+            state: web::Data::new(state),
+            _scratch: scratch,
+        })
+    }
+
+    pub async fn run(
+        self,
+        listener: std::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let gc = tokio::spawn(gc_loop(self.state.clone()));
+        let state = self.state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+                )
+                .route("/metrics", web::get().to(metrics_text))
+                .route("/v2", web::to(registry_api))
+                .route("/v2/{tail:.*}", web::to(registry_api))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(10)
+        .run();
+        let handle = server.handle();
+        let result = tokio::select! {
+            r = server => r,
+            _ = shutdown => {
+                handle.stop(true).await;
+                Ok(())
+            }
+        };
+        gc.abort();
+        result
+    }
+}
+
+async fn gc_loop(state: web::Data<AppState>) {
+    let every = (state.cache_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.gc(SystemTime::now())).await {
+            Ok(Ok(report)) => {
+                state
+                    .metrics
+                    .evictions
+                    .inc_by(report.expired + report.evicted);
+                if report.expired + report.evicted > 0 {
+                    tracing::info!(?report, "cache gc");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cache gc failed"),
+            Err(e) => tracing::warn!(error = %e, "cache gc panicked"),
+        }
+        state
+            .metrics
+            .cache_bytes
+            .set(state.store.total_bytes() as i64);
+    }
+}
+
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.ingests.set(state.ingests.len() as i64);
+    state
+        .metrics
+        .cache_bytes
+        .set(state.store.total_bytes() as i64);
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// Every `/v2/...` request: validate, then dispatch to ping, manifests or blobs.
+async fn registry_api(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(Error::HeadersTooLarge(header_bytes));
+    }
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        ref m => return Err(Error::Unsupported(m.to_string())),
+    };
+    let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned());
+    let up = state.upstream_for(ns.as_deref())?;
+    let auth = req.headers().get(AUTHORIZATION);
+    let tail = req.match_info().get("tail").unwrap_or("");
+    if tail.is_empty() {
+        return Ok(ping(&state, &up, auth).await);
+    }
+    let (repo, kind, reference) = split_path(tail)?;
+    validate_name(repo)?;
+    let ctx = Ctx {
+        up,
+        repo,
+        auth,
+        head,
+    };
+    match kind {
+        "manifests" => manifests::get(&state, &ctx, Reference::parse(reference)?, &req).await,
+        _ => blobs::get(&state, &ctx, Digest::parse(reference)?, &req).await,
+    }
+}
+
+/// `<name>/manifests/<reference>` or `<name>/blobs/<digest>`.
+fn split_path(tail: &str) -> Result<(&str, &str, &str)> {
+    // The last marker wins: a repository may itself have a `blobs` or `manifests` component.
+    let found = ["manifests", "blobs"]
+        .into_iter()
+        .filter_map(|kind| tail.rfind(&format!("/{kind}/")).map(|at| (at, kind)))
+        .max();
+    match found {
+        Some((at, kind)) => Ok((&tail[..at], kind, &tail[at + kind.len() + 2..])),
+        None => Err(Error::Unsupported(format!(
+            "/v2/{} (this mirror serves manifests and blobs)",
+            tail.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
+/// `GET /v2/`: relays upstream's answer so clients learn its auth challenge; when upstream
+/// cannot be reached, says yes so cached images still pull.
+async fn ping(state: &AppState, up: &Upstream, auth: Option<&HeaderValue>) -> HttpResponse {
+    use actix_web::ResponseError;
+    state.metrics.upstream_requests.inc();
+    let ok = || {
+        HttpResponse::Ok()
+            .insert_header(("Docker-Distribution-API-Version", "registry/2.0"))
+            .content_type("application/json")
+            .body("{}")
+    };
+    match state
+        .client
+        .send(
+            reqwest::Method::GET,
+            up.ping_url(),
+            RequestOpts::new(auth, None),
+        )
+        .await
+    {
+        Ok(resp) if resp.status().as_u16() == 401 => {
+            Error::Upstream(refusal(resp).await).error_response()
+        }
+        Ok(_) => ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream ping failed; answering for it");
+            ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_name_kind_and_reference() {
+        assert_eq!(
+            split_path("a/b/manifests/latest").ok(),
+            Some(("a/b", "manifests", "latest"))
+        );
+        assert_eq!(
+            split_path("a/blobs/sha256:x").ok(),
+            Some(("a", "blobs", "sha256:x"))
+        );
+        // A repository may itself contain "blobs" as a component.
+        assert_eq!(
+            split_path("x/blobs/y/blobs/d").ok(),
+            Some(("x/blobs/y", "blobs", "d"))
+        );
+        assert_eq!(
+            split_path("a/manifests/b/blobs/d").ok(),
+            Some(("a/manifests/b", "blobs", "d"))
+        );
+        assert!(split_path("_catalog").is_err());
+        assert!(split_path("a/tags/list").is_err());
+    }
+}

@@ -1,0 +1,498 @@
+//! The content-addressed blob store: files under `<root>/blobs/sha256/<hex>`, an index in sled.
+//!
+//! A file becomes visible only after its bytes were hashed and matched its name (see
+//! `ingest`), and is renamed into place from `<root>/tmp`. Every serve checks the file against
+//! the stamp (length, mtime) it had when last verified; a file never verified by this process,
+//! or changed since, is hashed again before a byte of it leaves, and dropped if it no longer
+//! matches. Entries unused for `cacheTTL` expire; past `capacity` the least recently used go.
+
+use crate::error::Result;
+use crate::reference::Digest;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tempfile::TempPath;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobEntry {
+    pub size: u64,
+    /// Unix seconds of the last use, for TTL and LRU.
+    pub last_used: u64,
+    /// Set for manifests, whose media type is served back as Content-Type.
+    #[serde(default)]
+    pub media_type: Option<String>,
+}
+
+/// A tag as last seen upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagEntry {
+    pub digest: String,
+    pub media_type: String,
+    /// Unix seconds of the last time upstream confirmed it.
+    pub checked: u64,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub expired: u64,
+    pub evicted: u64,
+    pub bytes_freed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    mtime: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        FileStamp {
+            len: meta.len(),
+            mtime: meta.modified().ok(),
+        }
+    }
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct BlobStore {
+    root: PathBuf,
+    blobs: sled::Tree,
+    tags: sled::Tree,
+    access: sled::Tree,
+    _db: sled::Db,
+    verified: Mutex<HashMap<String, FileStamp>>,
+    total: AtomicU64,
+    ttl: Duration,
+    capacity: u64,
+}
+
+impl BlobStore {
+    /// Opens (or creates) the store and reconciles the index with the files on disk.
+    pub fn open(root: &Path, ttl: Duration, capacity: u64) -> Result<Self> {
+        std::fs::create_dir_all(root.join("blobs/sha256"))?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?; // half-written ingests of a previous run
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let db = sled::open(root.join("index"))?;
+        let store = BlobStore {
+            root: root.to_path_buf(),
+            blobs: db.open_tree("blobs")?,
+            tags: db.open_tree("tags")?,
+            access: db.open_tree("access")?,
+            _db: db,
+            verified: Mutex::new(HashMap::new()),
+            total: AtomicU64::new(0),
+            ttl,
+            capacity,
+        };
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    fn reconcile(&self) -> Result<()> {
+        let mut total = 0;
+        for item in self.blobs.iter() {
+            let (key, value) = item?;
+            let hex = String::from_utf8_lossy(&key).to_string();
+            let entry: Option<BlobEntry> = serde_json::from_slice(&value).ok();
+            let on_disk = std::fs::metadata(self.path_of_hex(&hex))
+                .ok()
+                .map(|m| m.len());
+            match entry {
+                Some(e) if on_disk == Some(e.size) => total += e.size,
+                _ => {
+                    tracing::warn!(digest = %hex, "cache index entry without a matching file, dropped");
+                    self.blobs.remove(&key)?;
+                }
+            }
+        }
+        for dirent in std::fs::read_dir(self.root.join("blobs/sha256"))? {
+            let dirent = dirent?;
+            let name = dirent.file_name().to_string_lossy().to_string();
+            if !self.blobs.contains_key(name.as_bytes())? {
+                tracing::warn!(file = %name, "cache file not in the index, removed");
+                let _ = std::fs::remove_file(dirent.path());
+            }
+        }
+        self.total.store(total, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn path_of_hex(&self, hex: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex)
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.path_of_hex(d.hex())
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn expired(&self, last_used: u64, now: SystemTime) -> bool {
+        unix(now) >= last_used + self.ttl.as_secs().max(1)
+    }
+
+    /// The index entry of a blob that has not expired; an expired one is removed.
+    pub fn entry(&self, d: &Digest, now: SystemTime) -> Result<Option<BlobEntry>> {
+        let Some(raw) = self.blobs.get(d.hex().as_bytes())? else {
+            return Ok(None);
+        };
+        let Ok(entry) = serde_json::from_slice::<BlobEntry>(&raw) else {
+            self.remove(d)?;
+            return Ok(None);
+        };
+        if self.expired(entry.last_used, now) {
+            tracing::info!(digest = %d, "cache entry expired");
+            self.remove(d)?;
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Opens a blob for serving, verifying it first unless this process already verified the
+    /// file as it is now. `None`: not cached, expired, or found corrupt (and removed).
+    pub async fn open_verified(
+        &self,
+        d: &Digest,
+        now: SystemTime,
+    ) -> Result<Option<(File, BlobEntry)>> {
+        let Some(entry) = self.entry(d, now)? else {
+            return Ok(None);
+        };
+        let file = match File::open(self.blob_path(d)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(digest = %d, "cache file vanished, dropping entry");
+                self.remove(d)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stamp = FileStamp::of(&file.metadata()?);
+        let known = self.verified.lock().get(d.hex()).copied();
+        if known != Some(stamp) {
+            let ok = stamp.len == entry.size && {
+                let f = file.try_clone()?;
+                let want = d.clone();
+                tokio::task::spawn_blocking(move || hash_file(f).map(|got| got == want))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??
+            };
+            if !ok {
+                tracing::warn!(digest = %d, "cache file does not match its digest; removed, will refetch");
+                self.remove(d)?;
+                return Ok(None);
+            }
+            self.verified.lock().insert(d.hex().to_string(), stamp);
+        }
+        self.touch(d, &entry, now)?;
+        Ok(Some((file, entry)))
+    }
+
+    fn touch(&self, d: &Digest, entry: &BlobEntry, now: SystemTime) -> Result<()> {
+        let step = (self.ttl.as_secs() / 4).clamp(0, 60);
+        if unix(now) > entry.last_used + step {
+            let mut e = entry.clone();
+            e.last_used = unix(now);
+            self.blobs.insert(
+                d.hex().as_bytes(),
+                serde_json::to_vec(&e).unwrap_or_default(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A fresh file under `<root>/tmp`, deleted when the `TempPath` drops unless committed.
+    pub fn temp_file(&self) -> Result<(File, TempPath)> {
+        let tmp = tempfile::Builder::new()
+            .prefix("ingest-")
+            .tempfile_in(self.root.join("tmp"))?;
+        Ok(tmp.into_parts())
+    }
+
+    /// Makes a verified temp file visible under its digest.
+    pub fn commit(
+        &self,
+        d: &Digest,
+        temp: TempPath,
+        media_type: Option<String>,
+        now: SystemTime,
+    ) -> Result<()> {
+        let path = self.blob_path(d);
+        temp.persist(&path).map_err(|e| e.error)?;
+        let meta = std::fs::metadata(&path)?;
+        self.verified
+            .lock()
+            .insert(d.hex().to_string(), FileStamp::of(&meta));
+        let entry = BlobEntry {
+            size: meta.len(),
+            last_used: unix(now),
+            media_type,
+        };
+        let old = self.blobs.insert(
+            d.hex().as_bytes(),
+            serde_json::to_vec(&entry).unwrap_or_default(),
+        )?;
+        let old_size = old
+            .and_then(|raw| serde_json::from_slice::<BlobEntry>(&raw).ok())
+            .map_or(0, |e| e.size);
+        self.total.fetch_add(entry.size, Ordering::Relaxed);
+        self.total.fetch_sub(old_size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stores a small, already verified blob (a manifest).
+    pub fn put_small(
+        &self,
+        d: &Digest,
+        data: &[u8],
+        media_type: Option<String>,
+        now: SystemTime,
+    ) -> Result<()> {
+        let (mut file, temp) = self.temp_file()?;
+        std::io::Write::write_all(&mut file, data)?;
+        self.commit(d, temp, media_type, now)
+    }
+
+    /// Reads a small blob whole (manifests), verified like any serve.
+    pub async fn read_small(
+        &self,
+        d: &Digest,
+        now: SystemTime,
+    ) -> Result<Option<(Vec<u8>, BlobEntry)>> {
+        let Some((mut file, entry)) = self.open_verified(d, now).await? else {
+            return Ok(None);
+        };
+        let mut data = Vec::with_capacity(entry.size as usize);
+        file.rewind()?;
+        file.read_to_end(&mut data)?;
+        Ok(Some((data, entry)))
+    }
+
+    pub fn remove(&self, d: &Digest) -> Result<()> {
+        self.verified.lock().remove(d.hex());
+        if let Some(raw) = self.blobs.remove(d.hex().as_bytes())? {
+            if let Ok(e) = serde_json::from_slice::<BlobEntry>(&raw) {
+                self.total
+                    .fetch_sub(e.size.min(self.total_bytes()), Ordering::Relaxed);
+            }
+        }
+        match std::fs::remove_file(self.blob_path(d)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn tag(&self, key: &str) -> Result<Option<TagEntry>> {
+        Ok(self
+            .tags
+            .get(key.as_bytes())?
+            .and_then(|raw| serde_json::from_slice(&raw).ok()))
+    }
+
+    pub fn put_tag(&self, key: &str, entry: &TagEntry) -> Result<()> {
+        self.tags.insert(
+            key.as_bytes(),
+            serde_json::to_vec(entry).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+
+    /// When upstream last accepted this requester for this repository (unix seconds).
+    pub fn access(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.access.get(key.as_bytes())?.and_then(|raw| {
+            let bytes: [u8; 8] = raw.as_ref().try_into().ok()?;
+            Some(u64::from_be_bytes(bytes))
+        }))
+    }
+
+    pub fn put_access(&self, key: &str, now: SystemTime) -> Result<()> {
+        self.access
+            .insert(key.as_bytes(), &unix(now).to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Removes expired entries, then the least recently used while over capacity.
+    pub fn gc(&self, now: SystemTime) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut live = Vec::new();
+        for item in self.blobs.iter() {
+            let (key, raw) = item?;
+            let hex = String::from_utf8_lossy(&key).to_string();
+            let Ok(d) = Digest::parse(&format!("sha256:{hex}")) else {
+                self.blobs.remove(&key)?;
+                continue;
+            };
+            match serde_json::from_slice::<BlobEntry>(&raw) {
+                Ok(e) if !self.expired(e.last_used, now) => live.push((e.last_used, e.size, d)),
+                Ok(e) => {
+                    report.expired += 1;
+                    report.bytes_freed += e.size;
+                    self.remove(&d)?;
+                }
+                Err(_) => self.remove(&d)?,
+            }
+        }
+        if self.capacity > 0 && self.total_bytes() > self.capacity {
+            live.sort_by_key(|(used, _, _)| *used);
+            for (_, size, d) in live {
+                if self.total_bytes() <= self.capacity {
+                    break;
+                }
+                report.evicted += 1;
+                report.bytes_freed += size;
+                self.remove(&d)?;
+            }
+        }
+        let ttl = self.ttl.as_secs();
+        for item in self.tags.iter() {
+            let (key, raw) = item?;
+            let stale = serde_json::from_slice::<TagEntry>(&raw)
+                .map(|t| unix(now) > t.checked + ttl)
+                .unwrap_or(true);
+            if stale {
+                self.tags.remove(&key)?;
+            }
+        }
+        for item in self.access.iter() {
+            let (key, raw) = item?;
+            let at = <[u8; 8]>::try_from(raw.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if unix(now) > at + ttl {
+                self.access.remove(&key)?;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// sha256 of a whole file, read through its own descriptor.
+pub fn hash_file(mut file: File) -> std::io::Result<Digest> {
+    use sha2::Digest as _;
+    file.rewind()?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Digest::from_sha256(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn store(dir: &Path, ttl: u64, capacity: u64) -> BlobStore {
+        BlobStore::open(dir, Duration::from_secs(ttl), capacity).expect("open store")
+    }
+
+    #[tokio::test]
+    async fn committed_blob_survives_reopen_and_is_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = Digest::of(b"hello");
+        {
+            let s = store(dir.path(), 3600, 0);
+            s.put_small(&d, b"hello", None, at(0)).expect("put");
+            assert_eq!(s.total_bytes(), 5);
+        }
+        let s = store(dir.path(), 3600, 0);
+        assert_eq!(s.total_bytes(), 5);
+        let (data, _) = s
+            .read_small(&d, at(10))
+            .await
+            .expect("read")
+            .expect("present");
+        assert_eq!(data, b"hello");
+    }
+
+    #[tokio::test]
+    async fn corrupted_file_is_detected_and_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = Digest::of(b"hello");
+        let s = store(dir.path(), 3600, 0);
+        s.put_small(&d, b"hello", None, at(0)).expect("put");
+        std::fs::write(s.blob_path(&d), b"hellO").expect("corrupt");
+        assert!(s.read_small(&d, at(1)).await.expect("read").is_none());
+        assert!(!s.blob_path(&d).exists());
+        assert_eq!(s.total_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_gone_on_lookup_and_gc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), 60, 0);
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        s.put_small(&a, b"a", None, at(0)).expect("put");
+        s.put_small(&b, b"b", None, at(30)).expect("put");
+        assert!(s.entry(&a, at(59)).expect("entry").is_some());
+        assert!(s.entry(&a, at(61)).expect("entry").is_none());
+        let report = s.gc(at(95)).expect("gc");
+        assert_eq!(report.expired, 1);
+        assert!(s.entry(&b, at(95)).expect("entry").is_none());
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_go_first_past_capacity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), 3600, 10);
+        let blobs: Vec<(Digest, &[u8])> = vec![
+            (Digest::of(b"11111"), b"11111"),
+            (Digest::of(b"22222"), b"22222"),
+            (Digest::of(b"33333"), b"33333"),
+        ];
+        for (i, (d, data)) in blobs.iter().enumerate() {
+            s.put_small(d, data, None, at(i as u64 * 100)).expect("put");
+        }
+        // Using the first one makes the second the least recently used.
+        s.read_small(&blobs[0].0, at(400))
+            .await
+            .expect("read")
+            .expect("present");
+        let report = s.gc(at(401)).expect("gc");
+        assert_eq!(report.evicted, 1);
+        assert!(s.entry(&blobs[1].0, at(402)).expect("entry").is_none());
+        assert!(s.entry(&blobs[0].0, at(402)).expect("entry").is_some());
+        assert_eq!(s.total_bytes(), 10);
+    }
+
+    #[test]
+    fn stray_files_and_dangling_entries_are_reconciled_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = Digest::of(b"x");
+        {
+            let s = store(dir.path(), 3600, 0);
+            s.put_small(&d, b"x", None, at(0)).expect("put");
+            std::fs::remove_file(s.blob_path(&d)).expect("rm");
+            std::fs::write(dir.path().join("blobs/sha256/stray"), b"junk").expect("stray");
+        }
+        let s = store(dir.path(), 3600, 0);
+        assert!(s.entry(&d, at(1)).expect("entry").is_none());
+        assert!(!dir.path().join("blobs/sha256/stray").exists());
+        assert_eq!(s.total_bytes(), 0);
+    }
+}

@@ -1,0 +1,284 @@
+//! Talking to upstream registries: URLs for `?ns=`, credentials passed through, redirects
+//! followed by hand so `Authorization` never leaves the registry's own origin, and OSS
+//! transfer acceleration for blobs that upstream redirects to OSS.
+
+use crate::error::{Error, Result, UpstreamReply};
+use crate::reference::Digest;
+use nodepool::UpstreamSpec;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+use std::time::Duration;
+use url::Url;
+
+const MAX_REDIRECTS: usize = 5;
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A registry the mirror fetches from.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The name containerd uses in `?ns=`; part of every cache key that is not a digest.
+    pub ns: String,
+    pub base: Url,
+}
+
+impl Upstream {
+    pub fn from_spec(spec: &UpstreamSpec) -> Self {
+        Upstream {
+            ns: spec.ns.clone(),
+            base: spec.url.clone(),
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut u = self.base.clone();
+        u.set_path(path);
+        u.set_query(None);
+        u
+    }
+
+    pub fn ping_url(&self) -> Url {
+        self.url("/v2/")
+    }
+
+    pub fn manifest_url(&self, repo: &str, reference: &str) -> Url {
+        self.url(&format!("/v2/{repo}/manifests/{reference}"))
+    }
+
+    pub fn blob_url(&self, repo: &str, digest: &Digest) -> Url {
+        self.url(&format!("/v2/{repo}/blobs/{digest}"))
+    }
+}
+
+/// What one request sends besides method and URL: the client's headers, as raw bytes
+/// (the server side and reqwest use different `http` crate versions).
+#[derive(Default, Clone, Copy)]
+pub struct RequestOpts<'a> {
+    pub auth: Option<&'a [u8]>,
+    pub accept: Option<&'a [u8]>,
+}
+
+impl<'a> RequestOpts<'a> {
+    pub fn new(
+        auth: Option<&'a actix_web::http::header::HeaderValue>,
+        accept: Option<&'a actix_web::http::header::HeaderValue>,
+    ) -> Self {
+        RequestOpts {
+            auth: auth.map(|h| h.as_bytes()),
+            accept: accept.map(|h| h.as_bytes()),
+        }
+    }
+}
+
+fn header_value(bytes: &[u8], name: &str) -> Result<HeaderValue> {
+    HeaderValue::from_bytes(bytes)
+        .map_err(|_| Error::Transfer(format!("client sent an invalid {name} header")))
+}
+
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    oss_accelerate: bool,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration, oss_accelerate: bool) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect_timeout)
+            .read_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("poolcast-mirror/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Transfer(format!("building HTTP client: {e}")))?;
+        Ok(UpstreamClient {
+            http,
+            oss_accelerate,
+        })
+    }
+
+    /// Sends a request, following redirects. `Authorization` goes only to the origin of `url`.
+    pub async fn send(&self, method: Method, url: Url, opts: RequestOpts<'_>) -> Result<Response> {
+        let origin = url.origin();
+        let mut current = url;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut headers = HeaderMap::new();
+            if let Some(accept) = opts.accept {
+                headers.insert(ACCEPT, header_value(accept, "Accept")?);
+            }
+            if let Some(auth) = opts.auth.filter(|_| current.origin() == origin) {
+                let mut value = header_value(auth, "Authorization")?;
+                value.set_sensitive(true);
+                headers.insert(AUTHORIZATION, value);
+            }
+            let resp = self
+                .http
+                .request(method.clone(), current.clone())
+                .headers(headers)
+                .send()
+                .await
+                .map_err(|e| Error::UpstreamUnreachable {
+                    url: redact(&current),
+                    message: error_chain(&e),
+                })?;
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok(resp);
+            }
+            let Some(location) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) else {
+                return Ok(resp);
+            };
+            let next = current.join(location).map_err(|e| {
+                Error::Transfer(format!(
+                    "upstream {} redirected to an invalid location: {e}",
+                    redact(&current)
+                ))
+            })?;
+            current = if self.oss_accelerate {
+                oss_accelerated(&next).unwrap_or(next)
+            } else {
+                next
+            };
+            tracing::debug!(to = %redact(&current), "following upstream redirect");
+        }
+        Err(Error::Transfer(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
+    }
+}
+
+/// Turns a non-success answer into an error that relays upstream's status and challenge.
+pub async fn refusal(resp: Response) -> UpstreamReply {
+    let status = resp.status().as_u16();
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let www_authenticate = header(WWW_AUTHENTICATE);
+    let content_type = header(reqwest::header::CONTENT_TYPE);
+    let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+    UpstreamReply {
+        status,
+        www_authenticate,
+        content_type,
+        body: body.into(),
+    }
+}
+
+/// Reads a body of at most `limit` bytes; more is an error, not a truncation.
+pub async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Error::ManifestTooLarge(limit));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Error::Transfer(error_chain(&e)))?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(Error::ManifestTooLarge(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// `BUCKET.oss-REGION[-internal].aliyuncs.com` -> `BUCKET.oss-accelerate.aliyuncs.com`.
+/// OSS V1 presigned URLs do not sign the host; a V4 URL that names `host` among
+/// `x-oss-additional-headers` does, and is left alone.
+pub fn oss_accelerated(url: &Url) -> Option<Url> {
+    let host = url.host_str()?;
+    let rest = host.strip_suffix(".aliyuncs.com")?;
+    let (bucket, endpoint) = rest.split_once('.')?;
+    if bucket.is_empty()
+        || !endpoint.starts_with("oss-")
+        || endpoint.contains('.')
+        || endpoint == "oss-accelerate"
+    {
+        return None;
+    }
+    let signs_host = url.query_pairs().any(|(k, v)| {
+        k.eq_ignore_ascii_case("x-oss-additional-headers")
+            && v.split(';').any(|h| h.trim().eq_ignore_ascii_case("host"))
+    });
+    if signs_host {
+        return None;
+    }
+    let mut out = url.clone();
+    out.set_host(Some(&format!("{bucket}.oss-accelerate.aliyuncs.com")))
+        .ok()?;
+    Some(out)
+}
+
+/// A URL fit for logs: no query (presigned URLs carry signatures), no userinfo.
+pub fn redact(url: &Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.path()
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oss_hosts_are_rewritten_to_the_accelerate_endpoint() {
+        let u = Url::parse("https://acr-bucket.oss-cn-hangzhou-internal.aliyuncs.com/docker/blob?OSSAccessKeyId=x&Expires=1&Signature=y")
+            .expect("url");
+        let a = oss_accelerated(&u).expect("rewritten");
+        assert_eq!(a.host_str(), Some("acr-bucket.oss-accelerate.aliyuncs.com"));
+        assert_eq!(a.query(), u.query());
+        assert_eq!(a.path(), u.path());
+        let plain = Url::parse("https://b.oss-cn-beijing.aliyuncs.com/x").expect("url");
+        assert!(oss_accelerated(&plain).is_some());
+    }
+
+    #[test]
+    fn v4_urls_that_sign_the_host_and_other_hosts_are_left_alone() {
+        let v4 = Url::parse("https://b.oss-cn-hangzhou.aliyuncs.com/x?x-oss-signature-version=OSS4-HMAC-SHA256&x-oss-additional-headers=host;range")
+            .expect("url");
+        assert!(oss_accelerated(&v4).is_none());
+        let v4_unsigned = Url::parse("https://b.oss-cn-hangzhou.aliyuncs.com/x?x-oss-signature-version=OSS4-HMAC-SHA256&x-oss-additional-headers=range")
+            .expect("url");
+        assert!(oss_accelerated(&v4_unsigned).is_some());
+        for other in [
+            "https://registry-1.docker.io/v2/",
+            "https://b.oss-accelerate.aliyuncs.com/x",
+            "https://cr.cn-hangzhou.aliyuncs.com/x",
+            "https://evil.com/b.oss-cn-hangzhou.aliyuncs.com",
+        ] {
+            assert!(
+                oss_accelerated(&Url::parse(other).expect("url")).is_none(),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_urls_are_built_from_validated_parts() {
+        let up = Upstream {
+            ns: "docker.io".into(),
+            base: Url::parse("https://registry-1.docker.io").expect("url"),
+        };
+        assert_eq!(
+            up.manifest_url("library/alpine", "3.20").as_str(),
+            "https://registry-1.docker.io/v2/library/alpine/manifests/3.20"
+        );
+        assert_eq!(up.ping_url().as_str(), "https://registry-1.docker.io/v2/");
+    }
+}
