@@ -120,7 +120,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("POOLCAST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // Clients such as skopeo first try TLS on a plain-HTTP mirror; actix logs each
+                // such probe as an error. POOLCAST_LOG overrides this default.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_http::h1::dispatcher=off")),
         )
         .with_writer(std::io::stderr)
         .init();

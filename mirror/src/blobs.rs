@@ -35,13 +35,14 @@ pub async fn get(
     let range = parse_range(range_text)?;
     let range_text = range_text.unwrap_or("");
     let probe = ctx.up.blob_url(ctx.repo, &digest);
+    let object = digest.to_string();
     for _ in 0..ATTEMPTS {
         if let Some((file, entry)) = state
             .store
             .open_verified(&digest, SystemTime::now())
             .await?
         {
-            state.authorize(ctx, probe.clone(), None).await?;
+            state.authorize(ctx, &object, probe.clone(), None).await?;
             state.metrics.cache_hits.inc();
             let (status, start, end) = span(range, entry.size, range_text)?;
             let body = file_stream(file, start, end + 1);
@@ -75,7 +76,7 @@ pub async fn get(
                 ingest
             }
             Joined::Existing(ingest) => {
-                state.authorize(ctx, probe.clone(), None).await?;
+                state.authorize(ctx, &object, probe.clone(), None).await?;
                 match ingest.started().await {
                     Err(Error::Upstream(_)) => continue,
                     Err(e) => return Err(e),
@@ -186,7 +187,7 @@ async fn head_upstream(state: &AppState, ctx: &Ctx<'_>, digest: &Digest) -> Resu
     if !resp.status().is_success() {
         return Err(Error::Upstream(refusal(resp).await));
     }
-    state.record_access(&ctx.up.ns, ctx.repo, ctx.auth);
+    state.record_access(&ctx.up.ns, ctx.repo, &digest.to_string(), ctx.auth);
     let len = resp
         .headers()
         .get(reqwest::header::CONTENT_LENGTH)
@@ -219,7 +220,7 @@ async fn fetch(
     if !resp.status().is_success() {
         return writer.set(Progress::Refused(refusal(resp).await));
     }
-    state.record_access(&ns, &repo, auth.as_ref());
+    state.record_access(&ns, &repo, &digest.to_string(), auth.as_ref());
     let size = resp.content_length();
     writer.set(Progress::Running { written: 0, size });
     match copy_verified(&state, resp, &writer, size).await {

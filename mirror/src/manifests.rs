@@ -35,7 +35,7 @@ pub async fn get(
             if let Some((data, entry)) = state.store.read_small(&digest, now).await? {
                 if let Some(media_type) = entry.media_type {
                     let probe = ctx.up.manifest_url(ctx.repo, &digest.to_string());
-                    state.authorize(ctx, probe, accept).await?;
+                    state.authorize(ctx, &digest.to_string(), probe, accept).await?;
                     state.metrics.cache_hits.inc();
                     return Ok(respond(state, ctx, data, &media_type, &digest));
                 }
@@ -85,7 +85,7 @@ async fn by_tag(
     }
     if let Some((entry, digest, data)) = &cached {
         let fresh = unix(now).saturating_sub(entry.checked) < state.manifest_ttl.as_secs();
-        if fresh && state.access_known(ctx, state.auth_ttl) {
+        if fresh && state.access_known(ctx, &tag_object(tag), state.auth_ttl) {
             state.metrics.cache_hits.inc();
             return Ok(respond(state, ctx, data.clone(), &entry.media_type, digest));
         }
@@ -119,7 +119,7 @@ async fn by_tag(
             let Some((entry, digest, data)) = cached else {
                 return Err(e);
             };
-            if !state.access_known(ctx, state.cache_ttl) {
+            if !state.access_known(ctx, &tag_object(tag), state.cache_ttl) {
                 return Err(e);
             }
             tracing::warn!(repo = ctx.repo, tag, error = %e, "upstream unavailable; serving cached manifest");
@@ -128,6 +128,10 @@ async fn by_tag(
         }
         Err(e) => Err(e),
     }
+}
+
+fn tag_object(tag: &str) -> String {
+    format!("tag:{tag}")
 }
 
 fn upstream_down(e: &Error) -> bool {
@@ -175,7 +179,9 @@ async fn fetch(
             actual: digest.to_string(),
         });
     }
-    state.record_access(&ctx.up.ns, ctx.repo, ctx.auth);
+    let object = if reference.contains(':') { reference.to_string() } else { tag_object(reference) };
+    state.record_access(&ctx.up.ns, ctx.repo, &object, ctx.auth);
+    state.record_access(&ctx.up.ns, ctx.repo, &digest.to_string(), ctx.auth);
     Ok(Fetched {
         data,
         media_type,

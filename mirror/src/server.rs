@@ -75,28 +75,31 @@ impl AppState {
         Err(Error::RegistryUnknown(ns.chars().take(80).collect()))
     }
 
-    fn access_key(ns: &str, repo: &str, auth: Option<&HeaderValue>) -> String {
+    /// Access is per repository *and* object (a digest, or `tag:<tag>`): upstream serves a
+    /// blob only through repositories that hold it, so a grant for one repository must not
+    /// open another's blobs to whoever knows their digests. Credentials are kept hashed.
+    fn access_key(ns: &str, repo: &str, object: &str, auth: Option<&HeaderValue>) -> String {
         let who = auth.map_or_else(
             || "anonymous".to_string(),
             |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
         );
-        format!("{ns}\u{0}{repo}\u{0}{who}")
+        format!("{ns}\u{0}{repo}\u{0}{object}\u{0}{who}")
     }
 
-    /// Remembers that upstream served this requester from this repository.
-    pub fn record_access(&self, ns: &str, repo: &str, auth: Option<&HeaderValue>) {
-        let key = Self::access_key(ns, repo, auth);
+    /// Remembers that upstream served `object` from `repo` to this requester.
+    pub fn record_access(&self, ns: &str, repo: &str, object: &str, auth: Option<&HeaderValue>) {
+        let key = Self::access_key(ns, repo, object, auth);
         if let Err(e) = self.store.put_access(&key, SystemTime::now()) {
             tracing::warn!(error = %e, "could not record access");
         }
     }
 
-    /// Whether upstream accepted this requester (or anyone, for a public repository) for the
-    /// repository within `within`.
-    pub fn access_known(&self, ctx: &Ctx<'_>, within: Duration) -> bool {
+    /// Whether upstream served `object` from the repository to this requester (or to anyone:
+    /// public content) within `within`.
+    pub fn access_known(&self, ctx: &Ctx<'_>, object: &str, within: Duration) -> bool {
         let now = unix(SystemTime::now());
         [ctx.auth, None].iter().any(|auth| {
-            let key = Self::access_key(&ctx.up.ns, ctx.repo, *auth);
+            let key = Self::access_key(&ctx.up.ns, ctx.repo, object, *auth);
             self.store
                 .access(&key)
                 .ok()
@@ -111,10 +114,11 @@ impl AppState {
     pub async fn authorize(
         &self,
         ctx: &Ctx<'_>,
+        object: &str,
         probe: url::Url,
         accept: Option<&HeaderValue>,
     ) -> Result<()> {
-        if self.access_known(ctx, self.auth_ttl) {
+        if self.access_known(ctx, object, self.auth_ttl) {
             return Ok(());
         }
         self.metrics.upstream_requests.inc();
@@ -128,14 +132,14 @@ impl AppState {
             .await;
         let failure = match outcome {
             Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
-                self.record_access(&ctx.up.ns, ctx.repo, ctx.auth);
+                self.record_access(&ctx.up.ns, ctx.repo, object, ctx.auth);
                 return Ok(());
             }
             Ok(resp) if resp.status().is_server_error() => Error::Upstream(refusal(resp).await),
             Ok(resp) => return Err(Error::Upstream(refusal(resp).await)),
             Err(e) => e,
         };
-        if self.access_known(ctx, self.cache_ttl) {
+        if self.access_known(ctx, object, self.cache_ttl) {
             tracing::warn!(repo = ctx.repo, error = %failure, "upstream unavailable; trusting an earlier access check");
             return Ok(());
         }
