@@ -35,7 +35,9 @@ pub async fn get(
             if let Some((data, entry)) = state.store.read_small(&digest, now).await? {
                 if let Some(media_type) = entry.media_type {
                     let probe = ctx.up.manifest_url(ctx.repo, &digest.to_string());
-                    state.authorize(ctx, &digest.to_string(), probe, accept).await?;
+                    state
+                        .authorize(ctx, &digest.to_string(), probe, accept)
+                        .await?;
                     state.metrics.cache_hits.inc();
                     return Ok(respond(state, ctx, data, &media_type, &digest));
                 }
@@ -179,7 +181,11 @@ async fn fetch(
             actual: digest.to_string(),
         });
     }
-    let object = if reference.contains(':') { reference.to_string() } else { tag_object(reference) };
+    let object = if reference.contains(':') {
+        reference.to_string()
+    } else {
+        tag_object(reference)
+    };
     state.record_access(&ctx.up.ns, ctx.repo, &object, ctx.auth);
     state.record_access(&ctx.up.ns, ctx.repo, &digest.to_string(), ctx.auth);
     Ok(Fetched {

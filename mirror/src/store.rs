@@ -70,7 +70,7 @@ pub struct BlobStore {
     blobs: sled::Tree,
     tags: sled::Tree,
     access: sled::Tree,
-    _db: sled::Db,
+    db: sled::Db,
     verified: Mutex<HashMap<String, FileStamp>>,
     total: AtomicU64,
     ttl: Duration,
@@ -92,7 +92,7 @@ impl BlobStore {
             blobs: db.open_tree("blobs")?,
             tags: db.open_tree("tags")?,
             access: db.open_tree("access")?,
-            _db: db,
+            db,
             verified: Mutex::new(HashMap::new()),
             total: AtomicU64::new(0),
             ttl,
@@ -253,6 +253,8 @@ impl BlobStore {
             .map_or(0, |e| e.size);
         self.total.fetch_add(entry.size, Ordering::Relaxed);
         self.total.fetch_sub(old_size, Ordering::Relaxed);
+        // A crash must not orphan the file: reconcile at start drops files the index lacks.
+        self.db.flush()?;
         Ok(())
     }
 

@@ -1,0 +1,226 @@
+//! The mirror's HTTP surface spoken to directly: ranges, HEAD, `?ns=`, and hostile input that
+//! must get a clean 4xx without hurting the server.
+
+#![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fixture::{REPO, TAG};
+use common::image::MANIFEST_TYPE;
+use common::{raw_request, Fixture};
+
+const KIB: usize = 1024;
+
+/// Fetches `digest` through the mirror so it is cached, checking the bytes on the way.
+fn warm(fx: &Fixture, digest: &str) -> Vec<u8> {
+    let blob = fx.image.blob_bytes(digest);
+    let resp = raw_request(fx.mirror.host(), "GET", &fx.blob_path(digest), &[]).unwrap();
+    assert_eq!(resp.status, 200, "GET blob {digest}");
+    assert!(resp.body == blob, "blob {digest} came back different");
+    blob
+}
+
+#[test]
+fn range_requests_return_exact_slice_of_cached_blob() {
+    let fx = Fixture::new(&[300 * KIB], 41, &[]);
+    let layer = fx.image.layers[0].clone();
+    let blob = warm(&fx, &layer.digest);
+    let path = fx.blob_path(&layer.digest);
+
+    let resp = raw_request(fx.mirror.host(), "GET", &path, &[("Range", "bytes=10-19")]).unwrap();
+    assert_eq!(resp.status, 206);
+    assert_eq!(
+        resp.header("content-range"),
+        Some(format!("bytes 10-19/{}", layer.size).as_str())
+    );
+    assert_eq!(resp.body, &blob[10..20]);
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(layer.digest.as_str())
+    );
+
+    let tail_from = layer.size - 100;
+    let range = format!("bytes={tail_from}-");
+    let resp = raw_request(fx.mirror.host(), "GET", &path, &[("Range", &range)]).unwrap();
+    assert_eq!(resp.status, 206, "open-ended {range}");
+    assert_eq!(
+        resp.header("content-range"),
+        Some(format!("bytes {tail_from}-{}/{}", layer.size - 1, layer.size).as_str())
+    );
+    assert_eq!(resp.body, &blob[tail_from as usize..]);
+}
+
+#[test]
+fn head_blob_reports_size_and_digest_cold_and_cached() {
+    let fx = Fixture::new(&[200 * KIB], 42, &[]);
+    let layer = fx.image.layers[0].clone();
+    let path = fx.blob_path(&layer.digest);
+    let check = |when: &str| {
+        let head = raw_request(fx.mirror.host(), "HEAD", &path, &[]).unwrap();
+        assert_eq!(head.status, 200, "HEAD {when}");
+        assert_eq!(
+            head.header("content-length"),
+            Some(layer.size.to_string().as_str()),
+            "HEAD {when}"
+        );
+        assert_eq!(
+            head.header("docker-content-digest"),
+            Some(layer.digest.as_str()),
+            "HEAD {when}"
+        );
+    };
+    check("before the blob is cached");
+    warm(&fx, &layer.digest);
+    check("after the blob is cached");
+}
+
+#[test]
+fn manifest_by_tag_is_served_with_its_digest_and_type() {
+    let fx = Fixture::new(&[64 * KIB], 43, &[]);
+    let resp = raw_request(
+        fx.mirror.host(),
+        "GET",
+        &format!("/v2/{REPO}/manifests/{TAG}"),
+        &[("Accept", MANIFEST_TYPE)],
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, fx.image.manifest);
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(fx.image.manifest_digest.as_str())
+    );
+    assert_eq!(resp.header("content-type"), Some(MANIFEST_TYPE));
+}
+
+#[test]
+fn unknown_registry_ns_gets_clear_error() {
+    let fx = Fixture::new(&[64 * KIB], 44, &[]);
+    // Control: `ns` naming the configured upstream is what containerd sends, and works.
+    let known = format!("/v2/{REPO}/manifests/{TAG}?ns={}", fx.registry.host());
+    let resp = raw_request(
+        fx.mirror.host(),
+        "GET",
+        &known,
+        &[("Accept", MANIFEST_TYPE)],
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200, "GET {known}");
+
+    for target in [
+        format!("/v2/{REPO}/manifests/{TAG}?ns=other.example:5000"),
+        format!(
+            "/v2/{REPO}/blobs/{}?ns=other.example:5000",
+            fx.image.layers[0].digest
+        ),
+    ] {
+        let started = Instant::now();
+        let resp = raw_request(fx.mirror.host(), "GET", &target, &[]).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "GET {target} took {:?}: the mirror should refuse, not try",
+            started.elapsed()
+        );
+        assert!(
+            (400..500).contains(&resp.status),
+            "GET {target} answered {}",
+            resp.status
+        );
+        assert!(
+            !resp.error_codes().is_empty(),
+            "GET {target}: expected an OCI error body, got {:?}",
+            String::from_utf8_lossy(&resp.body)
+        );
+    }
+}
+
+enum Expect {
+    /// A 4xx carrying this OCI error code.
+    Code(&'static str),
+    /// Exactly this status.
+    Status(u16),
+    /// Any 4xx.
+    ClientError,
+}
+
+/// One hostile request: what it is, the request target, extra headers, the answer it must get.
+struct Case<'a>(&'a str, String, Vec<(&'a str, &'a str)>, Expect);
+
+#[test]
+fn hostile_requests_get_4xx_and_mirror_stays_up() {
+    let fx = Fixture::new(&[64 * KIB], 45, &[]);
+    let layer = fx.image.layers[0].clone();
+    warm(&fx, &layer.digest);
+    let blob = fx.blob_path(&layer.digest);
+    let some_digest = format!("sha256:{}", "a".repeat(64));
+    let huge_value = "x".repeat(100 * KIB);
+    let no_headers = Vec::new;
+    let range = |r| vec![("Range", r)];
+
+    #[rustfmt::skip]
+    let cases = vec![
+        Case("path traversal as name", format!("/v2/../etc/passwd/blobs/{some_digest}"),
+             no_headers(), Expect::Code("NAME_INVALID")),
+        Case("dot-dot segment inside name", format!("/v2/{REPO}/../../etc/blobs/{some_digest}"),
+             no_headers(), Expect::Code("NAME_INVALID")),
+        Case("percent-encoded traversal",
+             format!("/v2/%2e%2e/%2e%2e/etc/passwd/blobs/{some_digest}"),
+             no_headers(), Expect::ClientError),
+        Case("uppercase name", format!("/v2/Pool/App/manifests/{TAG}"),
+             no_headers(), Expect::Code("NAME_INVALID")),
+        Case("digest that is not hex", format!("/v2/{REPO}/blobs/sha256:zz"),
+             no_headers(), Expect::Code("DIGEST_INVALID")),
+        Case("digest one hex digit short", format!("/v2/{REPO}/blobs/sha256:{}", "a".repeat(63)),
+             no_headers(), Expect::Code("DIGEST_INVALID")),
+        Case("unknown digest algorithm", format!("/v2/{REPO}/blobs/md5:abc"),
+             no_headers(), Expect::Code("DIGEST_INVALID")),
+        Case("range end beyond u64", blob.clone(),
+             range("bytes=0-99999999999999999999999"), Expect::Status(416)),
+        Case("range that is not numbers", blob.clone(),
+             range("bytes=abc"), Expect::Status(416)),
+        Case("range whose end precedes its start", blob.clone(),
+             range("bytes=5-2"), Expect::Status(416)),
+        Case("100 KiB header value", "/v2/".to_owned(),
+             vec![("X-Poolcast-Junk", huge_value.as_str())], Expect::ClientError),
+    ];
+
+    let mut failures = Vec::new();
+    for Case(what, target, headers, expect) in &cases {
+        let resp = match raw_request(fx.mirror.host(), "GET", target, headers) {
+            Ok(resp) => resp,
+            Err(e) => {
+                failures.push(format!("{what}: no response: {e:#}"));
+                continue;
+            }
+        };
+        let body = String::from_utf8_lossy(&resp.body);
+        if body.contains("root:") {
+            failures.push(format!("{what}: body looks like /etc/passwd"));
+        }
+        let ok = match expect {
+            Expect::Code(code) => {
+                (400..500).contains(&resp.status) && resp.error_codes().iter().any(|c| c == code)
+            }
+            Expect::Status(status) => resp.status == *status,
+            Expect::ClientError => (400..500).contains(&resp.status),
+        };
+        if !ok {
+            let shown: String = body.chars().take(300).collect();
+            failures.push(format!("{what}: got {} {shown:?}", resp.status));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "hostile requests not refused cleanly:\n{}",
+        failures.join("\n")
+    );
+
+    assert_eq!(
+        fx.mirror.healthz(),
+        200,
+        "mirror unhealthy after hostile input"
+    );
+    warm(&fx, &layer.digest);
+}
