@@ -86,3 +86,30 @@ fn private_repo_wrong_password_is_refused() {
         "pull with a wrong password succeeded"
     );
 }
+
+#[test]
+fn a_grant_for_one_repository_does_not_open_another_repositorys_blobs() {
+    // Alice may read `other/repo` and `pool/app`. Upstream serves a blob only through a
+    // repository that holds it, so asking for pool/app's layer *through other/repo* must fail
+    // even though the mirror has the bytes and Alice has a fresh grant for other/repo.
+    let fx = Fixture::with_auth(USER, PASS, &[256 * KIB], 33);
+    let other = common::TestImage::build(&fx.work.path().join("other"), &[128 * KIB], 34);
+    other.push(&fx.registry, "other/repo:v1", Some((USER, PASS)));
+    fx.pull_and_verify(&fx.via_mirror_by_tag(), Some((USER, PASS)));
+    other.pull_and_verify(
+        &format!("{}/other/repo:v1", fx.mirror.host()),
+        &fx.fresh_dir("other"),
+        Some((USER, PASS)),
+    );
+
+    let layer = &fx.image.layers[0];
+    let blob = fx.image.blob_bytes(&layer.digest);
+    let path = format!("/v2/other/repo/blobs/{}", layer.digest);
+    let auth = basic_auth(USER, PASS);
+    let cross = raw_request(fx.mirror.host(), "GET", &path, &[("Authorization", &auth)]).unwrap();
+    assert_eq!(
+        cross.status, 404,
+        "GET {path}: a blob of pool/app through other/repo"
+    );
+    assert!(!leaks(&cross.body, &blob), "the refusal carries blob bytes");
+}
