@@ -167,7 +167,16 @@ impl Ingest {
                     let progress = rx.borrow_and_update().clone();
                     let (avail, done) = match progress {
                         Progress::Connecting => (0, false),
-                        Progress::Running { written, .. } => (written, false),
+                        // The blob's last byte leaves only after the whole blob verified, so a
+                        // client never gets a complete body that did not match its digest.
+                        Progress::Running {
+                            written,
+                            size: Some(size),
+                        } => (written.min(size.saturating_sub(1)), false),
+                        Progress::Running {
+                            written,
+                            size: None,
+                        } => (written, false),
                         Progress::Done { size } => (size, true),
                         Progress::Refused(r) => {
                             return Some((Err(Error::Upstream(r)), (u64::MAX, rx)))
@@ -250,6 +259,14 @@ mod tests {
         // The range is inside what has arrived: it completes before the blob does.
         assert_eq!(range.await.expect("join").expect("range"), b"23");
         writer.file.write_all_at(b"56789", 5).expect("write");
+        writer.set(Progress::Running {
+            written: 10,
+            size: Some(10),
+        });
+        // Every byte is on disk, but the last one waits for verification.
+        let tail = ingest.stream(9, Some(10));
+        let held = tokio::time::timeout(std::time::Duration::from_millis(50), collect(tail)).await;
+        assert!(held.is_err(), "the last byte left before the blob verified");
         writer.set(Progress::Done { size: 10 });
         drop(writer);
         assert_eq!(whole.await.expect("join").expect("whole"), b"0123456789");

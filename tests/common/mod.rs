@@ -12,6 +12,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 pub mod containerd;
+pub mod fake;
 pub mod fixture;
 pub mod http;
 pub mod image;
