@@ -55,6 +55,7 @@ skopeo copy -q --dest-tls-verify=false "oci:$work/img:v1" "docker://127.0.0.1:$r
 
 "$bin" mirror --listen "127.0.0.1:$mirror_port" --upstream "http://127.0.0.1:$reg_port" --cache-dir "$work/cache" \
   --manifest-ttl 1h >"$work/mirror.log" 2>&1 & pids+=($!)
+mirror_pid=$!
 wait_http "http://127.0.0.1:$mirror_port/healthz"
 blob_url="http://127.0.0.1:$mirror_port/v2/bench/blob/blobs/$digest"
 curl -sf -o /dev/null "$blob_url"   # warm the cache (and the mirror's one-time verification)
@@ -113,6 +114,7 @@ read -r rp50 rp99 < <(latency "http://127.0.0.1:$reg_port/v2/bench/app/manifests
 awk -v m="$m" -v n="$n" -v size="$size_mib" -v runs="$runs" 'BEGIN{
   printf "hot blob (%d MiB, median of %d, loopback):\n", size, runs;
   printf "  mirror  %8.0f MiB/s\n  nginx   %8.0f MiB/s (sendfile on)\n  ratio   %8.2f of nginx\n", m/1048576, n/1048576, m/n }'
+echo "  mirror peak RSS: $(awk '/VmHWM/{printf "%.1f MiB", $2/1024}' "/proc/$mirror_pid/status")"
 echo "cached manifest HEAD, one kept-alive connection, $heads requests:"
 echo "  through the mirror: p50 ${mp50} ms, p99 ${mp99} ms"
 echo "  registry directly:  p50 ${rp50} ms, p99 ${rp99} ms"
