@@ -122,7 +122,9 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("POOLCAST_LOG")
                 // Clients such as skopeo first try TLS on a plain-HTTP mirror; actix logs each
                 // such probe as an error. POOLCAST_LOG overrides this default.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_http::h1::dispatcher=off")),
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,actix_http::h1::dispatcher=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -146,7 +148,10 @@ async fn run(cli: Cli) -> Result<()> {
             let config = MirrorConfig {
                 listen: args.listen,
                 upstreams: args.upstreams,
-                cache_host_path: args.cache_dir.to_string_lossy().into_owned(),
+                cache_host_path: std::path::absolute(&args.cache_dir)
+                    .unwrap_or(args.cache_dir)
+                    .to_string_lossy()
+                    .into_owned(),
                 ..MirrorConfig::default()
             };
             config.validate()?;

@@ -1,0 +1,109 @@
+//! The `poolcast` command as a user meets it: bad config stops start-up with one line naming
+//! the key; `poolcast up` starts and says where to point clients.
+
+#![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod common;
+
+fn poolcast() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_poolcast"))
+}
+
+#[test]
+fn bad_config_value_stops_start_up_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "cacheTTL: forever\nupstreams: [\"http://127.0.0.1:1\"]\n",
+            "cacheTTL",
+        ),
+        (
+            "ratelimit: fast\nupstreams: [\"http://127.0.0.1:1\"]\n",
+            "ratelimit",
+        ),
+        ("upstreams: [\"ftp://x\"]\n", "upstreams"),
+        ("cacheTTLL: 1h\n", "cacheTTLL"),
+        (
+            "listen: nowhere\nupstreams: [\"http://127.0.0.1:1\"]\n",
+            "listen",
+        ),
+        ("cacheHostPath: /tmp\n", "upstreams"),
+    ];
+    for (yaml, key) in cases {
+        let path = dir.path().join("mirror.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut child = poolcast()
+            .args(["mirror", "--config"])
+            .arg(&path)
+            .env("POOLCAST_CACHE_DIR", dir.path().join("cache"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A config that wrongly passes would start a server: give it a bounded time.
+        let exited = common::eventually(Duration::from_secs(10), || {
+            child.try_wait().unwrap().is_some()
+        });
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(exited, "{yaml:?} did not stop start-up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{yaml:?} should stop start-up: {stderr}"
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("poolcast:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "one line of error for {yaml:?}: {stderr}");
+        assert!(lines[0].contains(key), "{:?} should name `{key}`", lines[0]);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn up_starts_the_mirror_and_says_where_to_point_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = poolcast()
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--cache-dir",
+        ])
+        .arg(dir.path().join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("Metrics:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("listening on http://127.0.0.1:"), "{seen}");
+    assert!(seen.contains("skopeo copy"), "{seen}");
+    assert!(seen.contains("hosts.toml"), "{seen}");
+    assert!(
+        dir.path().join("cache/index").exists(),
+        "the cache folder was not created"
+    );
+}
