@@ -224,3 +224,39 @@ fn hostile_requests_get_4xx_and_mirror_stays_up() {
     );
     warm(&fx, &layer.digest);
 }
+
+#[test]
+fn a_retagged_image_is_seen_after_manifest_ttl() {
+    let fx = Fixture::new(&[64 * KIB], 45, &["--manifest-ttl", "1s"]);
+    let get_tag = || {
+        raw_request(
+            fx.mirror.host(),
+            "GET",
+            &format!("/v2/{REPO}/manifests/{TAG}"),
+            &[("Accept", MANIFEST_TYPE)],
+        )
+        .unwrap()
+    };
+    let first = get_tag();
+    assert_eq!(
+        first.header("docker-content-digest"),
+        Some(fx.image.manifest_digest.as_str())
+    );
+
+    // Upstream moves the tag to another image.
+    let next = common::TestImage::build(&fx.work.path().join("next"), &[32 * KIB], 46);
+    next.push(&fx.registry, &format!("{REPO}:{TAG}"), None);
+    common::assert_eventually(
+        Duration::from_secs(10),
+        "the mirror serves the new tag",
+        || {
+            let resp = get_tag();
+            resp.status == 200 && resp.body == next.manifest
+        },
+    );
+    let resp = get_tag();
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(next.manifest_digest.as_str())
+    );
+}
