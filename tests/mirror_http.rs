@@ -260,3 +260,43 @@ fn a_retagged_image_is_seen_after_manifest_ttl() {
         Some(next.manifest_digest.as_str())
     );
 }
+
+#[test]
+fn piece_digests_are_published_for_agents_to_check_peers() {
+    let fx = Fixture::new(&[200 * KIB], 47, &[]);
+    let layer = fx.image.layers[0].clone();
+    let blob = fx.image.blob_bytes(&layer.digest);
+    let path = format!("/v2/{REPO}/pieces/{}?pieceSize=65536", layer.digest);
+    // Cold: the mirror fetches the blob and answers once pieces are in; ask until complete.
+    let mut pieces: Vec<String> = Vec::new();
+    common::assert_eventually(Duration::from_secs(20), "all piece digests", || {
+        let resp = raw_request(
+            fx.mirror.host(),
+            "GET",
+            &format!("{path}&from={}", pieces.len()),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["size"], blob.len() as u64);
+        for p in v["pieces"].as_array().unwrap() {
+            pieces.push(p.as_str().unwrap().to_string());
+        }
+        v["complete"].as_bool().unwrap()
+    });
+    let want: Vec<String> = blob.chunks(65536).map(common::sha256_hex).collect();
+    assert_eq!(pieces, want);
+    let bad = raw_request(
+        fx.mirror.host(),
+        "GET",
+        &format!("/v2/{REPO}/pieces/{}?pieceSize=1", layer.digest),
+        &[],
+    )
+    .unwrap();
+    assert!(
+        bad.status >= 400 && bad.status < 500,
+        "tiny pieceSize gets {}",
+        bad.status
+    );
+}

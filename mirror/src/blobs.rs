@@ -22,6 +22,60 @@ use std::time::SystemTime;
 /// Joiners retry when the ingest they joined was refused for its starter's credentials.
 const ATTEMPTS: usize = 3;
 
+/// Where a requested blob's bytes come from, after the requester's access was checked.
+pub enum Source {
+    Cached(std::fs::File, crate::store::BlobEntry),
+    Ingest(Arc<Ingest>),
+}
+
+/// Finds a blob for this requester: the verified cache, an ingest under way, or (when `start`)
+/// a new upstream fetch. `None`: not held and `start` is false.
+pub async fn locate(
+    state: &web::Data<AppState>,
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+    start: bool,
+) -> Result<Option<Source>> {
+    let probe = ctx.up.blob_url(ctx.repo, digest);
+    let object = digest.to_string();
+    for _ in 0..ATTEMPTS {
+        if let Some((file, entry)) = state.store.open_verified(digest, SystemTime::now()).await? {
+            state.authorize(ctx, &object, probe.clone(), None).await?;
+            state.metrics.cache_hits.inc();
+            return Ok(Some(Source::Cached(file, entry)));
+        }
+        if !start && state.ingests.get(digest).is_none() {
+            return Ok(None);
+        }
+        let store = state.store.clone();
+        match state.ingests.join_or_start(digest, || store.temp_file())? {
+            Joined::Started(ingest, writer) => {
+                state.metrics.cache_misses.inc();
+                let auth = ctx.auth.cloned();
+                let job = (ctx.up.ns.clone(), ctx.repo.to_string());
+                tokio::spawn(fetch(state.clone(), probe.clone(), auth, writer, job));
+                // The starter's own upstream answer is its access check.
+                ingest.started().await?;
+                return Ok(Some(Source::Ingest(ingest)));
+            }
+            Joined::Existing(ingest) => {
+                state.authorize(ctx, &object, probe.clone(), None).await?;
+                match ingest.started().await {
+                    // Refused for its starter's credentials; ours passed: try again.
+                    Err(Error::Upstream(_)) => continue,
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
+                state.metrics.cache_hits.inc();
+                return Ok(Some(Source::Ingest(ingest)));
+            }
+        }
+    }
+    Err(Error::Transfer(format!(
+        "{digest}: upstream refused {ATTEMPTS} times"
+    )))
+}
+
 pub async fn get(
     state: &web::Data<AppState>,
     ctx: &Ctx<'_>,
@@ -34,63 +88,25 @@ pub async fn get(
         .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
     let range = parse_range(range_text)?;
     let range_text = range_text.unwrap_or("");
-    let probe = ctx.up.blob_url(ctx.repo, &digest);
-    let object = digest.to_string();
-    for _ in 0..ATTEMPTS {
-        if let Some((file, entry)) = state
-            .store
-            .open_verified(&digest, SystemTime::now())
-            .await?
-        {
-            state.authorize(ctx, &object, probe.clone(), None).await?;
-            state.metrics.cache_hits.inc();
+    // HEAD never starts a fetch: for a blob we do not hold, upstream answers.
+    match locate(state, ctx, &digest, !ctx.head).await? {
+        Some(Source::Cached(file, entry)) => {
             let (status, start, end) = span(range, entry.size, range_text)?;
             let body = file_stream(file, start, end + 1);
-            return Ok(respond(
+            Ok(respond(
                 state,
                 ctx,
                 &digest,
                 status,
                 (start, end, Some(entry.size)),
                 body,
-            ));
+            ))
         }
-        if ctx.head && state.ingests.get(&digest).is_none() {
-            return head_upstream(state, ctx, &digest).await;
+        Some(Source::Ingest(ingest)) => {
+            serve_ingest(state, ctx, &digest, &ingest, range, range_text).await
         }
-        let store = state.store.clone();
-        let ingest = match state.ingests.join_or_start(&digest, || store.temp_file())? {
-            Joined::Started(ingest, writer) => {
-                state.metrics.cache_misses.inc();
-                let auth = ctx.auth.cloned();
-                tokio::spawn(fetch(
-                    state.clone(),
-                    probe.clone(),
-                    auth,
-                    writer,
-                    ctx.up.ns.clone(),
-                    ctx.repo.to_string(),
-                ));
-                // The starter's own upstream answer is its access check.
-                ingest.started().await?;
-                ingest
-            }
-            Joined::Existing(ingest) => {
-                state.authorize(ctx, &object, probe.clone(), None).await?;
-                match ingest.started().await {
-                    Err(Error::Upstream(_)) => continue,
-                    Err(e) => return Err(e),
-                    Ok(_) => {}
-                }
-                state.metrics.cache_hits.inc();
-                ingest
-            }
-        };
-        return serve_ingest(state, ctx, &digest, &ingest, range, range_text).await;
+        None => head_upstream(state, ctx, &digest).await,
     }
-    Err(Error::Transfer(format!(
-        "{digest}: upstream refused {ATTEMPTS} times"
-    )))
 }
 
 /// Status and inclusive span for a blob of `size` bytes.
@@ -204,8 +220,7 @@ async fn fetch(
     url: url::Url,
     auth: Option<HeaderValue>,
     mut writer: IngestWriter,
-    ns: String,
-    repo: String,
+    (ns, repo): (String, String),
 ) {
     state.metrics.upstream_requests.inc();
     let digest = writer.digest().clone();

@@ -134,6 +134,23 @@ impl Ingests {
 }
 
 impl Ingest {
+    /// Where the ingest stands now; `changed` on the receiver waits for news.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// Reads bytes already written (callers check `progress` first).
+    pub async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| Error::Transfer(e.to_string()))?
+        .map_err(Error::from)
+    }
+
     /// Waits until upstream has answered; returns the size if known.
     pub async fn started(&self) -> Result<Option<u64>> {
         let mut rx = self.progress.clone();

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ingest;
 mod manifests;
 pub mod metrics;
+pub mod pieces;
 pub mod reference;
 mod server;
 pub mod store;

@@ -39,6 +39,7 @@ pub struct AppState {
     pub cache_ttl: Duration,
     pub auth_ttl: Duration,
     pub manifest_ttl: Duration,
+    pub pieces: crate::pieces::PieceMemo,
 }
 
 /// The parts of a registry request every handler needs.
@@ -183,6 +184,7 @@ impl MirrorServer {
             cache_ttl: config.cache_ttl.0,
             auth_ttl: config.auth_cache_ttl.0,
             manifest_ttl: config.manifest_ttl.0,
+            pieces: Default::default(),
         };
         Ok(MirrorServer {
             state: web::Data::new(state),
@@ -297,6 +299,7 @@ async fn registry_api(req: HttpRequest, state: web::Data<AppState>) -> Result<Ht
     };
     match kind {
         "manifests" => manifests::get(&state, &ctx, Reference::parse(reference)?, &req).await,
+        "pieces" => crate::pieces::get(&state, &ctx, Digest::parse(reference)?, &req).await,
         _ => blobs::get(&state, &ctx, Digest::parse(reference)?, &req).await,
     }
 }
@@ -304,7 +307,7 @@ async fn registry_api(req: HttpRequest, state: web::Data<AppState>) -> Result<Ht
 /// `<name>/manifests/<reference>` or `<name>/blobs/<digest>`.
 fn split_path(tail: &str) -> Result<(&str, &str, &str)> {
     // The last marker wins: a repository may itself have a `blobs` or `manifests` component.
-    let found = ["manifests", "blobs"]
+    let found = ["manifests", "blobs", "pieces"]
         .into_iter()
         .filter_map(|kind| tail.rfind(&format!("/{kind}/")).map(|at| (at, kind)))
         .max();

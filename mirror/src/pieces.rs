@@ -1,0 +1,215 @@
+//! `GET /v2/<name>/pieces/<digest>?pieceSize=N&from=K`: the sha256 of each piece of a blob, for
+//! node agents to check pieces they get from peers. The mirror is the pool's trust anchor: it
+//! hashes bytes it fetched itself. While a blob is still arriving, the answer holds the pieces
+//! complete so far (`complete: false`), after a short long-poll for progress; agents ask again
+//! `from` the next piece. Access is checked exactly as for the blob itself.
+
+use crate::blobs::{locate, Source};
+use crate::error::{Error, Result};
+use crate::ingest::{Ingest, Progress};
+use crate::reference::Digest;
+use crate::server::{AppState, Ctx};
+use actix_web::{web, HttpRequest, HttpResponse};
+use parking_lot::Mutex;
+use serde::Serialize;
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MIN_PIECE: u64 = 64 * 1024;
+pub const MAX_PIECE: u64 = 64 * 1024 * 1024;
+/// At most this many digests per answer; agents page with `from`.
+const MAX_PER_ANSWER: u64 = 4096;
+/// How long a request waits for the next piece of a blob still arriving.
+const LONG_POLL: Duration = Duration::from_secs(5);
+const MEMO_ENTRIES: usize = 256;
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PieceList {
+    pub digest: String,
+    pub size: u64,
+    pub piece_size: u64,
+    pub from: u64,
+    /// Hex sha256 of pieces `from`, `from + 1`, ...
+    pub pieces: Vec<String>,
+    /// True when the blob is whole and verified: no more pieces will come.
+    pub complete: bool,
+}
+
+/// Piece digests of complete blobs, so a pool's agents do not make the mirror hash a blob once
+/// each.
+#[derive(Default)]
+pub struct PieceMemo(Mutex<HashMap<(String, u64), Arc<Vec<String>>>>);
+
+fn param(req: &HttpRequest, name: &str) -> Result<Option<u64>> {
+    let raw = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned());
+    raw.map(|v| {
+        v.parse::<u64>().map_err(|_| {
+            Error::Unsupported(format!(
+                "query parameter {name}={}",
+                v.chars().take(20).collect::<String>()
+            ))
+        })
+    })
+    .transpose()
+}
+
+pub async fn get(
+    state: &web::Data<AppState>,
+    ctx: &Ctx<'_>,
+    digest: Digest,
+    req: &HttpRequest,
+) -> Result<HttpResponse> {
+    let piece_size = param(req, "pieceSize")?.unwrap_or(4 << 20);
+    if !(MIN_PIECE..=MAX_PIECE).contains(&piece_size) {
+        return Err(Error::Unsupported(format!(
+            "pieceSize {piece_size} (between {MIN_PIECE} and {MAX_PIECE})"
+        )));
+    }
+    let from = param(req, "from")?.unwrap_or(0);
+    let list = match locate(state, ctx, &digest, true).await? {
+        Some(Source::Cached(file, entry)) => {
+            let all = memoized(state, &digest, file, entry.size, piece_size).await?;
+            let first = (from as usize).min(all.len());
+            let last = (first + MAX_PER_ANSWER as usize).min(all.len());
+            PieceList {
+                digest: digest.to_string(),
+                size: entry.size,
+                piece_size,
+                from,
+                pieces: all[first..last].to_vec(),
+                complete: true,
+            }
+        }
+        Some(Source::Ingest(ingest)) => arriving(&ingest, &digest, piece_size, from).await?,
+        None => return Err(Error::Transfer(format!("{digest} could not be located"))),
+    };
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn memoized(
+    state: &AppState,
+    digest: &Digest,
+    file: std::fs::File,
+    size: u64,
+    piece_size: u64,
+) -> Result<Arc<Vec<String>>> {
+    let key = (digest.to_string(), piece_size);
+    if let Some(hit) = state.pieces.0.lock().get(&key) {
+        return Ok(hit.clone());
+    }
+    let all = tokio::task::spawn_blocking(move || hash_pieces(file, size, piece_size))
+        .await
+        .map_err(|e| Error::Transfer(e.to_string()))??;
+    let all = Arc::new(all);
+    let mut memo = state.pieces.0.lock();
+    if memo.len() >= MEMO_ENTRIES {
+        memo.clear();
+    }
+    memo.insert(key, all.clone());
+    Ok(all)
+}
+
+fn hash_pieces(
+    mut file: std::fs::File,
+    size: u64,
+    piece_size: u64,
+) -> std::io::Result<Vec<String>> {
+    use std::io::Seek;
+    file.rewind()?;
+    let mut out = Vec::with_capacity(size.div_ceil(piece_size) as usize);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let mut hasher = sha2::Sha256::new();
+        let mut piece_left = piece_size.min(left);
+        left -= piece_left;
+        while piece_left > 0 {
+            let n = piece_left.min(buf.len() as u64) as usize;
+            file.read_exact(&mut buf[..n])?;
+            hasher.update(&buf[..n]);
+            piece_left -= n as u64;
+        }
+        out.push(hex::encode(hasher.finalize()));
+    }
+    Ok(out)
+}
+
+/// Pieces of a blob still arriving: waits briefly for piece `from` to complete, then hashes
+/// every complete piece from there.
+async fn arriving(
+    ingest: &Arc<Ingest>,
+    digest: &Digest,
+    piece_size: u64,
+    from: u64,
+) -> Result<PieceList> {
+    let mut rx = ingest.progress();
+    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    let (avail, size, complete) = loop {
+        let snapshot = rx.borrow_and_update().clone();
+        let (avail, size, done) = match snapshot {
+            Progress::Running {
+                written,
+                size: Some(size),
+            } => (written, size, false),
+            Progress::Done { size } => (size, size, true),
+            Progress::Running { size: None, .. } | Progress::Connecting => (0, 0, false),
+            Progress::Refused(reply) => return Err(Error::Upstream(reply)),
+            Progress::Failed(msg) => return Err(Error::Transfer(msg)),
+        };
+        let wanted_end = ((from + 1) * piece_size).min(size);
+        if done || (size > 0 && avail >= wanted_end) {
+            break (avail, size, done);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err(Error::Transfer("ingest ended early".into())),
+            Err(_) => break (avail, size, false),
+        }
+    };
+    let mut pieces = Vec::new();
+    let mut index = from;
+    while pieces.len() < MAX_PER_ANSWER as usize && index * piece_size < size {
+        let start = index * piece_size;
+        let end = (start + piece_size).min(size);
+        if end > avail {
+            break;
+        }
+        let bytes = ingest.read_at(start, (end - start) as usize).await?;
+        pieces.push(hex::encode(sha2::Sha256::digest(&bytes)));
+        index += 1;
+    }
+    Ok(PieceList {
+        digest: digest.to_string(),
+        size,
+        piece_size,
+        from,
+        complete: complete && index * piece_size >= size,
+        pieces,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn pieces_hash_each_slice_and_the_short_tail() {
+        let data: Vec<u8> = (0..(200 * 1024)).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(&data).expect("write");
+        let got = hash_pieces(file, data.len() as u64, 64 * 1024).expect("hash");
+        let want: Vec<String> = data
+            .chunks(64 * 1024)
+            .map(|c| hex::encode(sha2::Sha256::digest(c)))
+            .collect();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got, want);
+    }
+}
