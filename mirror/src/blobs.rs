@@ -1,7 +1,7 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`: from the cache, from an ingest under way, or by
 //! starting the one upstream fetch that every concurrent requester shares.
 
-use crate::body::{file_stream, metered, parse_range, RangeSpec, CHUNK};
+use crate::body::{file_stream, metered, parse_range, span, RangeSpec, CHUNK};
 use crate::error::{Error, Result};
 use crate::ingest::{Ingest, IngestWriter, Joined, Progress};
 use crate::reference::Digest;
@@ -106,17 +106,6 @@ pub async fn get(
             serve_ingest(state, ctx, &digest, &ingest, range, range_text).await
         }
         None => head_upstream(state, ctx, &digest).await,
-    }
-}
-
-/// Status and inclusive span for a blob of `size` bytes.
-fn span(range: Option<RangeSpec>, size: u64, text: &str) -> Result<(StatusCode, u64, u64)> {
-    match range {
-        Some(r) => {
-            let (s, e) = r.resolve(size, text)?;
-            Ok((StatusCode::PARTIAL_CONTENT, s, e))
-        }
-        None => Ok((StatusCode::OK, 0, size.saturating_sub(1))),
     }
 }
 

@@ -67,6 +67,22 @@ impl RangeSpec {
 /// and the socket write are amortised (measured in docs/benchmarks.md).
 const FILE_CHUNK: u64 = 1024 * 1024;
 
+/// Status (200 or 206) and inclusive span of a response for a blob of `size` bytes.
+pub fn span(
+    range: Option<RangeSpec>,
+    size: u64,
+    text: &str,
+) -> Result<(actix_web::http::StatusCode, u64, u64)> {
+    use actix_web::http::StatusCode;
+    match range {
+        Some(r) => {
+            let (s, e) = r.resolve(size, text)?;
+            Ok((StatusCode::PARTIAL_CONTENT, s, e))
+        }
+        None => Ok((StatusCode::OK, 0, size.saturating_sub(1))),
+    }
+}
+
 /// The bytes `start..end` (exclusive) of a file, read sequentially in chunks off the runtime.
 /// Reading into spare capacity (`read_to_end` on a `take`) skips zero-filling each buffer.
 pub fn file_stream(

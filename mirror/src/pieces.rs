@@ -18,8 +18,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const MIN_PIECE: u64 = 64 * 1024;
-pub const MAX_PIECE: u64 = 64 * 1024 * 1024;
+use nodepool::{MAX_PIECE, MIN_PIECE};
 /// At most this many digests per answer; agents page with `from`.
 const MAX_PER_ANSWER: u64 = 4096;
 /// How long a request waits for the next piece of a blob still arriving.

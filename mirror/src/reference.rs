@@ -122,6 +122,23 @@ fn valid_component(c: &str) -> bool {
     true
 }
 
+/// Splits a `/v2/` path tail into `(name, kind, reference)`: kind is `manifests`, `blobs` or
+/// `pieces`.
+pub fn split_path(tail: &str) -> Result<(&str, &str, &str)> {
+    // The last marker wins: a repository may itself have a `blobs` or `manifests` component.
+    let found = ["manifests", "blobs", "pieces"]
+        .into_iter()
+        .filter_map(|kind| tail.rfind(&format!("/{kind}/")).map(|at| (at, kind)))
+        .max();
+    match found {
+        Some((at, kind)) => Ok((&tail[..at], kind, &tail[at + kind.len() + 2..])),
+        None => Err(Error::Unsupported(format!(
+            "/v2/{} (this mirror serves manifests and blobs)",
+            tail.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
 /// Keeps hostile input short in error messages and logs.
 fn clip(text: &str) -> String {
     let mut end = text.len().min(80);
@@ -134,6 +151,29 @@ fn clip(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_split_into_name_kind_and_reference() {
+        assert_eq!(
+            split_path("a/b/manifests/latest").ok(),
+            Some(("a/b", "manifests", "latest"))
+        );
+        assert_eq!(
+            split_path("a/blobs/sha256:x").ok(),
+            Some(("a", "blobs", "sha256:x"))
+        );
+        // A repository may itself contain "blobs" as a component.
+        assert_eq!(
+            split_path("x/blobs/y/blobs/d").ok(),
+            Some(("x/blobs/y", "blobs", "d"))
+        );
+        assert_eq!(
+            split_path("a/manifests/b/blobs/d").ok(),
+            Some(("a/manifests/b", "blobs", "d"))
+        );
+        assert!(split_path("_catalog").is_err());
+        assert!(split_path("a/tags/list").is_err());
+    }
 
     #[test]
     fn names_follow_the_distribution_grammar() {

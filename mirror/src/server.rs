@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ingest::Ingests;
 use crate::manifests;
 use crate::metrics::Metrics;
-use crate::reference::{validate_name, Digest, Reference};
+use crate::reference::{split_path, validate_name, Digest, Reference};
 use crate::store::{unix, BlobStore};
 use crate::upstream::{refusal, RequestOpts, Upstream, UpstreamClient};
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
@@ -304,22 +304,6 @@ async fn registry_api(req: HttpRequest, state: web::Data<AppState>) -> Result<Ht
     }
 }
 
-/// `<name>/manifests/<reference>` or `<name>/blobs/<digest>`.
-fn split_path(tail: &str) -> Result<(&str, &str, &str)> {
-    // The last marker wins: a repository may itself have a `blobs` or `manifests` component.
-    let found = ["manifests", "blobs", "pieces"]
-        .into_iter()
-        .filter_map(|kind| tail.rfind(&format!("/{kind}/")).map(|at| (at, kind)))
-        .max();
-    match found {
-        Some((at, kind)) => Ok((&tail[..at], kind, &tail[at + kind.len() + 2..])),
-        None => Err(Error::Unsupported(format!(
-            "/v2/{} (this mirror serves manifests and blobs)",
-            tail.chars().take(80).collect::<String>()
-        ))),
-    }
-}
-
 /// `GET /v2/`: relays upstream's answer so clients learn its auth challenge; when upstream
 /// cannot be reached, says yes so cached images still pull.
 async fn ping(state: &AppState, up: &Upstream, auth: Option<&HeaderValue>) -> HttpResponse {
@@ -348,33 +332,5 @@ async fn ping(state: &AppState, up: &Upstream, auth: Option<&HeaderValue>) -> Ht
             tracing::warn!(error = %e, "upstream ping failed; answering for it");
             ok()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_split_into_name_kind_and_reference() {
-        assert_eq!(
-            split_path("a/b/manifests/latest").ok(),
-            Some(("a/b", "manifests", "latest"))
-        );
-        assert_eq!(
-            split_path("a/blobs/sha256:x").ok(),
-            Some(("a", "blobs", "sha256:x"))
-        );
-        // A repository may itself contain "blobs" as a component.
-        assert_eq!(
-            split_path("x/blobs/y/blobs/d").ok(),
-            Some(("x/blobs/y", "blobs", "d"))
-        );
-        assert_eq!(
-            split_path("a/manifests/b/blobs/d").ok(),
-            Some(("a/manifests/b", "blobs", "d"))
-        );
-        assert!(split_path("_catalog").is_err());
-        assert!(split_path("a/tags/list").is_err());
     }
 }

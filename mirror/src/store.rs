@@ -300,6 +300,18 @@ impl BlobStore {
         }
     }
 
+    /// Every indexed blob (digest and entry); for an agent to re-announce what it holds.
+    pub fn list(&self) -> Vec<(Digest, BlobEntry)> {
+        self.blobs
+            .iter()
+            .filter_map(|item| {
+                let (key, raw) = item.ok()?;
+                let d = Digest::parse(&format!("sha256:{}", String::from_utf8_lossy(&key))).ok()?;
+                Some((d, serde_json::from_slice(&raw).ok()?))
+            })
+            .collect()
+    }
+
     pub fn tag(&self, key: &str) -> Result<Option<TagEntry>> {
         Ok(self
             .tags

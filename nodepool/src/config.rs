@@ -1,6 +1,7 @@
 //! The configuration file of each component: YAML whose keys are the Helm values keys.
 //! `load` reads and parses, `validate` checks what types cannot; a failure names the key.
 
+use crate::pools::{PoolGraph, PoolSpec};
 use crate::units::{ByteSize, HumanDuration, Rate};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -205,6 +206,83 @@ impl MirrorConfig {
     }
 }
 
+/// The scheduler: one per group of inter-connected node pools. Its state is soft, so these
+/// are all its settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// The node pools, which of them reach which, and which are served in source mode only.
+    pub edge_node_pools: Vec<PoolSpec>,
+    /// Shared secret that signs agents' requests; empty: requests are not checked.
+    pub secret: String,
+    /// Peers not heard from (announce or heartbeat) for this long are dropped.
+    #[serde(rename = "peerTTL")]
+    pub peer_ttl: HumanDuration,
+    /// How long a piece handed to one peer to fetch from the mirror stays reserved for it
+    /// (the agents' `transferTimeout`).
+    pub source_assign_timeout: HumanDuration,
+    /// Most parents offered in one answer.
+    pub max_parents: u32,
+    /// How often agents are told to announce while downloading.
+    pub announce_interval: HumanDuration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            listen: "0.0.0.0:65003".into(),
+            edge_node_pools: Vec::new(),
+            secret: String::new(),
+            peer_ttl: HumanDuration(Duration::from_secs(30)),
+            source_assign_timeout: HumanDuration(Duration::from_secs(15)),
+            max_parents: 16,
+            announce_interval: HumanDuration(Duration::from_millis(500)),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        load_yaml(path)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Invalid {
+                key: "listen",
+                message: format!("`{}` is not an address like 0.0.0.0:65003", self.listen),
+            });
+        }
+        for (key, d) in [
+            ("peerTTL", self.peer_ttl),
+            ("sourceAssignTimeout", self.source_assign_timeout),
+            ("announceInterval", self.announce_interval),
+        ] {
+            if d.0.is_zero() {
+                return Err(Error::Invalid {
+                    key,
+                    message: "must be longer than 0s".into(),
+                });
+            }
+        }
+        if !(1..=256).contains(&self.max_parents) {
+            return Err(Error::Invalid {
+                key: "maxParents",
+                message: format!("{} is outside 1..=256", self.max_parents),
+            });
+        }
+        self.pool_graph()?;
+        Ok(())
+    }
+
+    /// Which pools may pair, from `edgeNodePools`.
+    pub fn pool_graph(&self) -> Result<PoolGraph> {
+        PoolGraph::new(&self.edge_node_pools)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +336,44 @@ mod tests {
         assert_eq!(u.ns, "127.0.0.1:5000");
         assert!("ftp://x".parse::<UpstreamSpec>().is_err());
         assert!("http://x/v2".parse::<UpstreamSpec>().is_err());
+    }
+
+    #[test]
+    fn scheduler_keys_are_read_with_acronyms_kept() {
+        let c: SchedulerConfig = parse_yaml(
+            "listen: 127.0.0.1:7000\npeerTTL: 10s\nsourceAssignTimeout: 5s\nmaxParents: 8\n\
+             announceInterval: 250ms\nsecret: s3\nedgeNodePools:\n  - id: np-1\n    name: shop\n    \
+             connectedPools: [np-2]\n  - id: np-2\n",
+        )
+        .expect("parses");
+        assert_eq!(c.peer_ttl.0, Duration::from_secs(10));
+        assert_eq!(c.source_assign_timeout.0, Duration::from_secs(5));
+        assert_eq!(c.max_parents, 8);
+        assert_eq!(c.announce_interval.0, Duration::from_millis(250));
+        assert_eq!(c.edge_node_pools.len(), 2);
+        c.validate().expect("valid");
+        assert!(c.pool_graph().expect("graph").can_pair("np-2", "np-1"));
+        SchedulerConfig::default()
+            .validate()
+            .expect("defaults are valid");
+    }
+
+    #[test]
+    fn bad_scheduler_values_name_the_key() {
+        let bad = |yaml: &str| -> String {
+            match parse_yaml::<SchedulerConfig>(yaml) {
+                Ok(c) => c.validate().expect_err("invalid").to_string(),
+                Err(e) => e,
+            }
+        };
+        assert!(bad("peerTTL: 0s\n").contains("peerTTL"));
+        assert!(bad("sourceAssignTimeout: 0s\n").contains("sourceAssignTimeout"));
+        assert!(bad("maxParents: 0\n").contains("maxParents"));
+        assert!(bad("maxParents: 257\n").contains("maxParents"));
+        assert!(bad("listen: nowhere\n").contains("listen"));
+        assert!(bad("peerTtl: 5s\n").contains("peerTtl"));
+        assert!(bad("edgeNodePools: [{id: a}, {id: a}]\n").contains("edgeNodePools"));
+        assert!(bad("edgeNodePools: [{id: a, interconnectivity: false}]\n")
+            .contains("interconnectivity"));
     }
 }

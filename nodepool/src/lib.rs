@@ -3,11 +3,21 @@
 //! add-on (`cacheTTL`, `cacheHostPath`, `ratelimit`, ...), so one YAML serves the chart and the
 //! binary. This crate knows nothing of HTTP or storage.
 
+mod agent_config;
+pub mod auth;
 mod config;
+pub mod pools;
 mod units;
 
-pub use config::{MirrorConfig, UpstreamSpec};
+pub use agent_config::{AgentConfig, CacheConfig, CacheMode, DownloadPattern};
+pub use auth::{AuthError, AUTH_HEADER};
+pub use config::{MirrorConfig, SchedulerConfig, UpstreamSpec};
+pub use pools::{PoolGraph, PoolSpec};
 pub use units::{ByteSize, HumanDuration, Rate};
+
+/// Piece sizes the mirror and agents accept (`blocksize`).
+pub const MIN_PIECE: u64 = 64 * 1024;
+pub const MAX_PIECE: u64 = 64 * 1024 * 1024;
 
 /// What went wrong reading or validating configuration. The message names the key.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,245 @@
+//! The node agent's configuration: the seeds' P2P agent keys (`downloadPattern`, `ratelimit`,
+//! `cache.mode`, `blocksize`, `connectTimeout`, `transferTimeout`, `proxyFsParallels`) plus
+//! Tencent's separate `downloadRate`/`uploadRate` caps.
+
+use crate::config::load_yaml;
+use crate::units::{ByteSize, HumanDuration, Rate};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DownloadPattern {
+    /// Pieces from peers of the pool (or inter-connected pools), the mirror for the rest.
+    #[default]
+    P2p,
+    /// Everything from the mirror; no scheduler.
+    Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    #[default]
+    Disk,
+    Memory,
+}
+
+/// `cache:` in the values: where the agent keeps blobs, and how much.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    pub mode: CacheMode,
+    /// Bytes kept before the least recently used go; the seeds' disk default is 4 GiB.
+    pub capacity: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            mode: CacheMode::Disk,
+            capacity: ByteSize(4 << 30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where containerd reaches the agent (hostNetwork, the seeds' `p2p.port` 65001).
+    pub listen: String,
+    /// Where peers fetch pieces.
+    pub peer_listen: String,
+    /// The address peers are told to use; empty: the bound peer address (must not be 0.0.0.0).
+    pub advertise: String,
+    /// The pool mirror (or a registry, when no mirror runs).
+    pub mirror: String,
+    /// The scheduler; required for `downloadPattern: p2p`.
+    pub scheduler: String,
+    /// This node's name; empty: `$NODE_NAME`, then the host name.
+    pub node: String,
+    /// The node pool id.
+    pub pool: String,
+    pub download_pattern: DownloadPattern,
+    /// Shared secret of peer and scheduler traffic; empty: unauthenticated (warned at start).
+    pub secret: String,
+    pub cache_host_path: String,
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: HumanDuration,
+    pub cache: CacheConfig,
+    /// Total rate, upload plus download (MB/s as in the seeds: `512M`); 0: unlimited.
+    pub ratelimit: Rate,
+    /// Cap on download alone; 0: only `ratelimit` applies.
+    pub download_rate: Rate,
+    /// Cap on upload to peers alone; 0: only `ratelimit` applies.
+    pub upload_rate: Rate,
+    /// Piece size.
+    pub blocksize: ByteSize,
+    pub connect_timeout: HumanDuration,
+    /// A piece transfer that takes longer is abandoned and fetched elsewhere.
+    pub transfer_timeout: HumanDuration,
+    /// Piece transfers in flight at once, across all blobs.
+    pub proxy_fs_parallels: u32,
+    /// How long the mirror's "this requester may read this blob" is trusted.
+    #[serde(rename = "authCacheTTL")]
+    pub auth_cache_ttl: HumanDuration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: "0.0.0.0:65001".into(),
+            peer_listen: "0.0.0.0:65002".into(),
+            advertise: String::new(),
+            mirror: String::new(),
+            scheduler: String::new(),
+            node: String::new(),
+            pool: "default".into(),
+            download_pattern: DownloadPattern::P2p,
+            secret: String::new(),
+            cache_host_path: String::new(),
+            cache_ttl: HumanDuration(Duration::from_secs(24 * 3600)),
+            cache: CacheConfig::default(),
+            ratelimit: Rate(512_000_000),
+            download_rate: Rate(0),
+            upload_rate: Rate(0),
+            blocksize: ByteSize(4 << 20),
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            transfer_timeout: HumanDuration(Duration::from_secs(15)),
+            proxy_fs_parallels: 128,
+            auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+fn check_url(key: &'static str, text: &str) -> Result<()> {
+    let url =
+        url::Url::parse(text).map_err(|e| invalid(key, format!("`{text}` is not a URL: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid(
+            key,
+            format!("`{text}`: scheme must be http or https"),
+        ));
+    }
+    Ok(())
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        load_yaml(path)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (key, addr) in [("listen", &self.listen), ("peerListen", &self.peer_listen)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    key,
+                    format!("`{addr}` is not an address like 0.0.0.0:65001"),
+                ));
+            }
+        }
+        if !self.advertise.is_empty() && self.advertise.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "advertise",
+                format!("`{}` is not an address like 10.0.0.5:65002", self.advertise),
+            ));
+        }
+        if self.mirror.is_empty() {
+            return Err(invalid("mirror", "the pool mirror's URL is needed"));
+        }
+        check_url("mirror", &self.mirror)?;
+        if self.download_pattern == DownloadPattern::P2p {
+            if self.scheduler.is_empty() {
+                return Err(invalid("scheduler", "downloadPattern p2p needs the scheduler's URL (or use downloadPattern: source)"));
+            }
+            check_url("scheduler", &self.scheduler)?;
+        }
+        if self.pool.is_empty() || self.pool.len() > 253 {
+            return Err(invalid("pool", "a node pool id is needed"));
+        }
+        if !(crate::MIN_PIECE..=crate::MAX_PIECE).contains(&self.blocksize.0) {
+            return Err(invalid(
+                "blocksize",
+                format!("{} is outside 64KiB..64MiB", self.blocksize.0),
+            ));
+        }
+        for (key, d) in [
+            ("connectTimeout", self.connect_timeout.0),
+            ("transferTimeout", self.transfer_timeout.0),
+            ("cacheTTL", self.cache_ttl.0),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if self.proxy_fs_parallels == 0 || self.proxy_fs_parallels > 4096 {
+            return Err(invalid("proxyFsParallels", "must be between 1 and 4096"));
+        }
+        for (key, rate) in [
+            ("ratelimit", self.ratelimit),
+            ("downloadRate", self.download_rate),
+            ("uploadRate", self.upload_rate),
+        ] {
+            if rate.0 != 0 && rate.0 < 64 * 1024 {
+                return Err(invalid(
+                    key,
+                    format!("{rate} is below 64KiB/s; use 0 for unlimited"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> std::result::Result<AgentConfig, String> {
+        crate::config::parse_yaml(yaml)
+    }
+
+    #[test]
+    fn seed_keys_are_read_with_seed_defaults() {
+        let c = parse("mirror: http://10.0.0.2:5000\nscheduler: http://10.0.0.3:65003\ndownloadPattern: p2p\n\
+                       ratelimit: 5M\ncache:\n  mode: memory\n  capacity: 8GiB\nblocksize: 4MiB\n")
+            .expect("parses");
+        assert_eq!(c.ratelimit.0, 5_000_000);
+        assert_eq!(c.cache.mode, CacheMode::Memory);
+        assert_eq!(c.transfer_timeout.0, Duration::from_secs(15));
+        assert_eq!(c.connect_timeout.0, Duration::from_secs(5));
+        assert_eq!(c.proxy_fs_parallels, 128);
+        assert_eq!(c.listen, "0.0.0.0:65001");
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn p2p_without_scheduler_and_bad_values_name_the_key() {
+        let c = parse("mirror: http://m:5000\n").expect("parses");
+        assert!(c
+            .validate()
+            .expect_err("no scheduler")
+            .to_string()
+            .contains("scheduler"));
+        let c = parse("mirror: http://m:5000\ndownloadPattern: source\n").expect("parses");
+        c.validate().expect("source mode needs no scheduler");
+        let err = parse("downloadPattern: torrent\n").expect_err("rejects");
+        assert!(err.starts_with("key `downloadPattern`"), "{err}");
+        let c = parse("mirror: http://m:5000\ndownloadPattern: source\nblocksize: 1KiB\n")
+            .expect("parses");
+        assert!(c
+            .validate()
+            .expect_err("tiny")
+            .to_string()
+            .contains("blocksize"));
+    }
+}
