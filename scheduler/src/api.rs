@@ -1,0 +1,326 @@
+//! The scheduler's JSON API, shared by the server and the agents' client, and the bounds every
+//! request is checked against before it touches the registry.
+//!
+//! ```text
+//!  agent                                   scheduler
+//!    | POST /api/v1/announce  (a blob being fetched: pieces held, parents that failed)
+//!    |-------------------------------------->| parents, pieces to fetch from the mirror,
+//!    |<--------------------------------------|  or go_source for a pool without P2P
+//!    | POST /api/v1/heartbeat (complete blobs it serves, uploads in progress)
+//!    | POST /api/v1/leave     (one blob evicted, or the whole peer going away)
+//! ```
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Longest peer id, pool id or address accepted.
+pub const MAX_NAME_LEN: usize = 256;
+/// Most complete blobs one heartbeat may list.
+pub const MAX_HELD: usize = 10_000;
+/// Most failed parents reported in one announce.
+pub const MAX_FAILED_PARENTS: usize = 1024;
+/// Most pieces one blob may have (256 GiB at 4 MiB pieces); keeps piece maps bounded.
+pub const MAX_PIECES: u64 = 1 << 16;
+/// Largest request body accepted: a heartbeat listing [`MAX_HELD`] blobs (~105 bytes each)
+/// fits, with room.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    /// The node name.
+    pub id: String,
+    /// The node pool id.
+    pub pool: String,
+    /// `host:port` of its peer server.
+    pub addr: String,
+    pub upload_slots: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskInfo {
+    /// `sha256:<64 lowercase hex>`.
+    pub digest: String,
+    pub size: u64,
+    pub piece_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnnounceRequest {
+    pub peer: PeerInfo,
+    pub task: TaskInfo,
+    /// Indices of the pieces the peer holds, verified.
+    pub have: Vec<u32>,
+    /// The peer holds the whole blob, verified.
+    pub done: bool,
+    /// Peer ids that failed or stalled serving this blob: never offered again for it.
+    pub failed_parents: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentInfo {
+    pub id: String,
+    pub addr: String,
+    pub have: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnnounceResponse {
+    pub parents: Vec<ParentInfo>,
+    /// Pieces this peer should fetch from the mirror: nobody it can reach holds them.
+    pub source_pieces: Vec<u32>,
+    /// Fetch the whole blob from the mirror: this pool does not use P2P.
+    pub go_source: bool,
+    pub reachable_pools: Vec<String>,
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldTask {
+    pub digest: String,
+    pub size: u64,
+    pub piece_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatRequest {
+    pub peer: PeerInfo,
+    /// Complete blobs it can serve.
+    pub held: Vec<HeldTask>,
+    /// Uploads in progress.
+    pub load: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatResponse {
+    pub interval_ms: u64,
+    pub reachable_pools: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaveRequest {
+    pub peer_id: String,
+    pub pool: String,
+    /// `None`: the peer leaves entirely.
+    pub digest: Option<String>,
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "must be 1 to {MAX_NAME_LEN} bytes without control characters (got {} bytes)",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `sha256:` and 64 lowercase hex digits.
+pub fn validate_digest(digest: &str) -> Result<()> {
+    let ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::DigestInvalid(digest.chars().take(80).collect()))
+    }
+}
+
+/// How many pieces a blob of `size` bytes has at `piece_size`, within [`MAX_PIECES`].
+pub fn piece_count(size: u64, piece_size: u64) -> Result<u32> {
+    if size == 0 || piece_size == 0 {
+        return Err(Error::invalid(
+            "task",
+            format!("size ({size}) and pieceSize ({piece_size}) must be above 0"),
+        ));
+    }
+    let count = size.div_ceil(piece_size);
+    if count > MAX_PIECES {
+        return Err(Error::invalid(
+            "task",
+            format!("{count} pieces is more than {MAX_PIECES}; use larger pieces"),
+        ));
+    }
+    // Bounded by MAX_PIECES just above.
+    Ok(count as u32)
+}
+
+impl PeerInfo {
+    pub fn validate(&self) -> Result<()> {
+        check_name("peer.id", &self.id)?;
+        check_name("peer.pool", &self.pool)?;
+        check_name("peer.addr", &self.addr)?;
+        let port_ok = self.addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Err(Error::invalid(
+                "peer.addr",
+                format!(
+                    "`{}` is not host:port",
+                    self.addr.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TaskInfo {
+    /// Checks the digest and layout; returns the piece count.
+    pub fn validate(&self) -> Result<u32> {
+        validate_digest(&self.digest)?;
+        piece_count(self.size, self.piece_size)
+    }
+}
+
+impl AnnounceRequest {
+    /// Checks everything that does not need the registry; returns the piece count.
+    pub fn validate(&self) -> Result<u32> {
+        self.peer.validate()?;
+        let count = self.task.validate()?;
+        if self.have.len() > count as usize {
+            return Err(Error::invalid(
+                "have",
+                format!("{} entries for {count} pieces", self.have.len()),
+            ));
+        }
+        if let Some(bad) = self.have.iter().find(|&&i| i >= count) {
+            return Err(Error::invalid(
+                "have",
+                format!("piece {bad} is past the last piece ({})", count - 1),
+            ));
+        }
+        if self.failed_parents.len() > MAX_FAILED_PARENTS {
+            return Err(Error::invalid(
+                "failedParents",
+                format!("more than {MAX_FAILED_PARENTS} entries"),
+            ));
+        }
+        for id in &self.failed_parents {
+            check_name("failedParents", id)?;
+        }
+        Ok(count)
+    }
+}
+
+impl HeartbeatRequest {
+    pub fn validate(&self) -> Result<()> {
+        self.peer.validate()?;
+        if self.held.len() > MAX_HELD {
+            return Err(Error::invalid(
+                "held",
+                format!("{} entries (at most {MAX_HELD})", self.held.len()),
+            ));
+        }
+        for held in &self.held {
+            validate_digest(&held.digest)?;
+            piece_count(held.size, held.piece_size)?;
+        }
+        Ok(())
+    }
+}
+
+impl LeaveRequest {
+    pub fn validate(&self) -> Result<()> {
+        check_name("peerId", &self.peer_id)?;
+        check_name("pool", &self.pool)?;
+        if let Some(d) = &self.digest {
+            validate_digest(d)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn wire_names_are_camel_case() {
+        let req = AnnounceRequest {
+            peer: PeerInfo {
+                id: "n1".into(),
+                pool: "p".into(),
+                addr: "10.0.0.1:65002".into(),
+                upload_slots: 4,
+            },
+            task: TaskInfo {
+                digest: DIGEST.into(),
+                size: 10,
+                piece_size: 4,
+            },
+            have: vec![0],
+            done: false,
+            failed_parents: vec![],
+        };
+        let text = serde_json::to_string(&req).unwrap_or_default();
+        for key in ["uploadSlots", "pieceSize", "failedParents"] {
+            assert!(text.contains(key), "{text}");
+        }
+        let resp = serde_json::to_string(&AnnounceResponse::default()).unwrap_or_default();
+        for key in ["sourcePieces", "goSource", "reachablePools", "intervalMs"] {
+            assert!(resp.contains(key), "{resp}");
+        }
+        let leave = serde_json::to_string(&LeaveRequest {
+            peer_id: "n".into(),
+            pool: "p".into(),
+            digest: None,
+        })
+        .unwrap_or_default();
+        assert!(leave.contains("peerId"), "{leave}");
+    }
+
+    #[test]
+    fn digests_must_be_sha256_lowercase_hex() {
+        assert!(validate_digest(DIGEST).is_ok());
+        assert!(validate_digest(&DIGEST.to_uppercase()).is_err());
+        assert!(validate_digest("sha512:00").is_err());
+        assert!(validate_digest(&DIGEST[..70]).is_err());
+        assert!(validate_digest("").is_err());
+    }
+
+    #[test]
+    fn piece_count_rounds_up_and_is_bounded() {
+        assert_eq!(piece_count(10, 4).ok(), Some(3));
+        assert_eq!(piece_count(8, 4).ok(), Some(2));
+        assert_eq!(piece_count(2 << 30, 4 << 20).ok(), Some(512));
+        assert!(piece_count(0, 4).is_err());
+        assert!(piece_count(4, 0).is_err());
+        assert!(piece_count(u64::MAX, 1).is_err());
+    }
+
+    #[test]
+    fn peer_addresses_need_a_port() {
+        let mut p = PeerInfo {
+            id: "n".into(),
+            pool: "p".into(),
+            addr: "[::1]:65002".into(),
+            upload_slots: 1,
+        };
+        assert!(p.validate().is_ok());
+        for bad in ["host", ":80", "host:0", "host:99999", ""] {
+            p.addr = bad.into();
+            assert!(p.validate().is_err(), "{bad}");
+        }
+        p.addr = "h:1".into();
+        p.id = "x".repeat(MAX_NAME_LEN + 1);
+        assert!(p.validate().is_err());
+        p.id = "a\nb".into();
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! The typed client agents use to talk to the scheduler. Each request is signed with the pool
+//! secret over its method and path; any failure comes back as an [`Error`] the agent answers
+//! by going to the mirror, never by failing a pull.
+
+use crate::api::{
+    AnnounceRequest, AnnounceResponse, HeartbeatRequest, HeartbeatResponse, LeaveRequest,
+};
+use crate::error::{Error, Result};
+use nodepool::{auth, AUTH_HEADER};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How much of an error body is read to explain a refusal.
+const MAX_ERROR_BODY: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerClient {
+    http: reqwest::Client,
+    base: Url,
+    secret: Vec<u8>,
+    pool: String,
+}
+
+impl SchedulerClient {
+    /// `base_url` like `http://10.0.0.2:65003`; `pool` is the pool this agent signs for;
+    /// `timeout` bounds each whole request.
+    pub fn new(base_url: &str, secret: Vec<u8>, pool: String, timeout: Duration) -> Result<Self> {
+        let bad = |message: &str| Error::Url {
+            url: base_url.chars().take(200).collect(),
+            message: message.to_string(),
+        };
+        let base = Url::parse(base_url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(bad("expected http://HOST:PORT or https://HOST:PORT"));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(bad("must not have a query or fragment"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| Error::Client(e.to_string()))?;
+        Ok(SchedulerClient {
+            http,
+            base,
+            secret,
+            pool,
+        })
+    }
+
+    pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse> {
+        self.post("/api/v1/announce", req).await?.decode().await
+    }
+
+    pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse> {
+        self.post("/api/v1/heartbeat", req).await?.decode().await
+    }
+
+    pub async fn leave(&self, req: &LeaveRequest) -> Result<()> {
+        self.post("/api/v1/leave", req).await.map(drop)
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        let joined = format!("{}{path}", self.base.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+
+    /// Sends a signed POST; a non-2xx answer becomes [`Error::Status`] with the server's message.
+    async fn post<T: Serialize>(&self, path: &str, body: &T) -> Result<Reply> {
+        let url = self.url(path);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let signature = auth::sign(&self.secret, "POST", url.path(), &self.pool, now);
+        let resp = self
+            .http
+            .post(url.clone())
+            .header(AUTH_HEADER, signature)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable {
+                url: url.to_string(),
+                message: error_chain(&e),
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Reply { url, resp });
+        }
+        Err(Error::Status {
+            status: status.as_u16(),
+            message: refusal_message(resp).await,
+        })
+    }
+}
+
+struct Reply {
+    url: Url,
+    resp: reqwest::Response,
+}
+
+impl Reply {
+    async fn decode<T: DeserializeOwned>(self) -> Result<T> {
+        let url = self.url;
+        self.resp.json().await.map_err(|e| Error::Decode {
+            url: url.to_string(),
+            message: error_chain(&e),
+        })
+    }
+}
+
+/// The message of the server's `{"errors":[{"message":..}]}`, or the start of its body.
+async fn refusal_message(resp: reqwest::Response) -> String {
+    let body = resp.bytes().await.unwrap_or_default();
+    let body = &body[..body.len().min(MAX_ERROR_BODY)];
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/errors/0/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+}
+
+/// reqwest's error with its causes: "error sending request: connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_onto_the_base_url() {
+        let t = Duration::from_secs(1);
+        let c =
+            SchedulerClient::new("http://127.0.0.1:65003", vec![], "p".into(), t).expect("client");
+        assert_eq!(
+            c.url("/api/v1/announce").as_str(),
+            "http://127.0.0.1:65003/api/v1/announce"
+        );
+        let c = SchedulerClient::new("http://h:1/sched/", vec![], "p".into(), t).expect("client");
+        assert_eq!(
+            c.url("/api/v1/leave").as_str(),
+            "http://h:1/sched/api/v1/leave"
+        );
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        let t = Duration::from_secs(1);
+        for bad in ["", "nowhere", "ftp://h:1", "http://h:1/?x=1", "unix:/tmp/s"] {
+            assert!(
+                SchedulerClient::new(bad, vec![], "p".into(), t).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The scheduler's Prometheus metrics, held in one struct so the registry, the handlers and
+//! tests share them.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    /// Live peers.
+    pub peers: Gauge,
+    /// Blobs with at least one live peer.
+    pub tasks: Gauge,
+    /// Announces answered.
+    pub decisions: Counter,
+    /// Pieces handed to peers to fetch from the mirror.
+    pub source_pieces: Counter,
+    /// Parents reported as failed (each requester and parent counted once per task).
+    pub parent_reports: Counter,
+    /// Announces answered "go to source" (pools without P2P).
+    pub go_source: Counter,
+    /// Requests refused for a missing or bad signature.
+    pub unauthorized: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("poolcast_scheduler");
+        let m = Metrics {
+            peers: Gauge::default(),
+            tasks: Gauge::default(),
+            decisions: Counter::default(),
+            source_pieces: Counter::default(),
+            parent_reports: Counter::default(),
+            go_source: Counter::default(),
+            unauthorized: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("peers", "Live peers", m.peers.clone());
+        registry.register(
+            "tasks",
+            "Blobs with at least one live peer",
+            m.tasks.clone(),
+        );
+        registry.register("decisions", "Announces answered", m.decisions.clone());
+        registry.register(
+            "source_pieces",
+            "Pieces assigned to peers to fetch from the mirror",
+            m.source_pieces.clone(),
+        );
+        registry.register(
+            "parent_reports",
+            "Parents reported as failed or stalled",
+            m.parent_reports.clone(),
+        );
+        registry.register(
+            "go_source",
+            "Announces answered with go_source (pool without P2P)",
+            m.go_source.clone(),
+        );
+        registry.register(
+            "unauthorized",
+            "Requests refused for a missing or bad signature",
+            m.unauthorized.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,201 @@
+//! The live peers: a slot table indexed by small keys (what tasks and decisions store), a map
+//! from node name to key, and a queue that finds silent peers without scanning them all.
+
+use crate::api::PeerInfo;
+use crate::task::{PeerKey, PoolKey};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub id: String,
+    pub pool: PoolKey,
+    pub addr: String,
+    pub upload_slots: u32,
+    /// Uploads in progress, from its last heartbeat.
+    pub load: u32,
+    pub last_seen: Instant,
+    /// Distinguishes this peer from an earlier one that had the same key.
+    generation: u64,
+    /// Digests of the tasks it takes part in.
+    pub tasks: HashSet<String>,
+    /// Times it was offered as a parent in the current one-second window.
+    handed: u32,
+    handed_window: u64,
+    /// Times a requester reported it failed or stalled.
+    pub reports: u32,
+}
+
+impl Peer {
+    /// Lower is better: uploads in progress, offers just made and failure reports, relative
+    /// to the upload slots it advertises (0 is read as 1).
+    pub fn score(&self, window: u64) -> u64 {
+        let handed = if self.handed_window == window {
+            self.handed
+        } else {
+            0
+        };
+        let busy = u64::from(self.load) + u64::from(handed) + 4 * u64::from(self.reports);
+        busy * 1024 / u64::from(self.upload_slots.max(1))
+    }
+
+    pub fn note_handed(&mut self, window: u64) {
+        if self.handed_window != window {
+            self.handed_window = window;
+            self.handed = 0;
+        }
+        self.handed = self.handed.saturating_add(1);
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    slots: Vec<Option<Peer>>,
+    free: Vec<PeerKey>,
+    by_id: HashMap<String, PeerKey>,
+    /// (last seen when queued, key, generation), earliest first. Each live peer has exactly
+    /// one entry; a popped entry whose peer was heard from since is queued again.
+    expiry: BinaryHeap<Reverse<(Instant, PeerKey, u64)>>,
+    next_generation: u64,
+}
+
+impl Peers {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn key_of(&self, id: &str) -> Option<PeerKey> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn get(&self, key: PeerKey) -> Option<&Peer> {
+        self.slots.get(key as usize).and_then(Option::as_ref)
+    }
+
+    pub fn get_mut(&mut self, key: PeerKey) -> Option<&mut Peer> {
+        self.slots.get_mut(key as usize).and_then(Option::as_mut)
+    }
+
+    /// Adds a peer not yet known by id.
+    pub fn insert(&mut self, info: &PeerInfo, pool: PoolKey, now: Instant) -> PeerKey {
+        self.next_generation += 1;
+        let peer = Peer {
+            id: info.id.clone(),
+            pool,
+            addr: info.addr.clone(),
+            upload_slots: info.upload_slots,
+            load: 0,
+            last_seen: now,
+            generation: self.next_generation,
+            tasks: HashSet::new(),
+            handed: 0,
+            handed_window: 0,
+            reports: 0,
+        };
+        let key = match self.free.pop() {
+            Some(key) => {
+                self.slots[key as usize] = Some(peer);
+                key
+            }
+            None => {
+                // The registry caps peers far below u32::MAX.
+                let key = self.slots.len() as PeerKey;
+                self.slots.push(Some(peer));
+                key
+            }
+        };
+        self.by_id.insert(info.id.clone(), key);
+        self.expiry.push(Reverse((now, key, self.next_generation)));
+        key
+    }
+
+    pub fn remove(&mut self, key: PeerKey) -> Option<Peer> {
+        let peer = self.slots.get_mut(key as usize)?.take()?;
+        self.by_id.remove(&peer.id);
+        self.free.push(key);
+        Some(peer)
+    }
+
+    /// Peers not heard from for `ttl` at `now`. Costs nothing when none is due.
+    pub fn silent(&mut self, now: Instant, ttl: Duration) -> Vec<PeerKey> {
+        let mut out = Vec::new();
+        while let Some(&Reverse((at, key, generation))) = self.expiry.peek() {
+            if now.saturating_duration_since(at) < ttl {
+                break;
+            }
+            self.expiry.pop();
+            let Some(peer) = self.get(key).filter(|p| p.generation == generation) else {
+                continue;
+            };
+            if now.saturating_duration_since(peer.last_seen) >= ttl {
+                out.push(key);
+            } else {
+                let last_seen = peer.last_seen;
+                self.expiry.push(Reverse((last_seen, key, generation)));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> PeerInfo {
+        PeerInfo {
+            id: id.into(),
+            pool: "p".into(),
+            addr: "h:1".into(),
+            upload_slots: 4,
+        }
+    }
+
+    #[test]
+    fn only_peers_silent_for_the_ttl_are_due() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let mut peers = Peers::default();
+        let a = peers.insert(&info("a"), 0, t0);
+        let b = peers.insert(&info("b"), 0, t0);
+        assert!(peers.silent(t0 + Duration::from_secs(29), ttl).is_empty());
+        if let Some(p) = peers.get_mut(b) {
+            p.last_seen = t0 + Duration::from_secs(20);
+        }
+        assert_eq!(peers.silent(t0 + Duration::from_secs(30), ttl), vec![a]);
+        peers.remove(a);
+        assert!(peers.silent(t0 + Duration::from_secs(49), ttl).is_empty());
+        assert_eq!(peers.silent(t0 + Duration::from_secs(50), ttl), vec![b]);
+    }
+
+    #[test]
+    fn a_reused_key_does_not_inherit_the_old_expiry() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut peers = Peers::default();
+        let a = peers.insert(&info("a"), 0, t0);
+        peers.remove(a);
+        let b = peers.insert(&info("b"), 0, t0 + Duration::from_secs(5));
+        assert_eq!(a, b, "slot reused");
+        assert!(peers.silent(t0 + Duration::from_secs(12), ttl).is_empty());
+        assert_eq!(peers.silent(t0 + Duration::from_secs(15), ttl), vec![b]);
+        assert_eq!(peers.key_of("b"), Some(b));
+        assert_eq!(peers.key_of("a"), None);
+    }
+
+    #[test]
+    fn load_offers_and_reports_raise_the_score() {
+        let mut peers = Peers::default();
+        let k = peers.insert(&info("a"), 0, Instant::now());
+        let Some(p) = peers.get_mut(k) else {
+            panic!("inserted")
+        };
+        assert_eq!(p.score(1), 0);
+        p.note_handed(1);
+        assert!(p.score(1) > 0);
+        assert_eq!(p.score(2), 0, "offers count only in their window");
+        p.load = 4;
+        assert_eq!(p.score(2), 1024);
+    }
+}

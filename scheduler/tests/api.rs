@@ -1,0 +1,453 @@
+//! The scheduler over HTTP, bound to 127.0.0.1:0 and driven with the real client.
+
+use nodepool::{auth, PoolSpec, SchedulerConfig, AUTH_HEADER};
+use scheduler::api::{
+    AnnounceRequest, HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo,
+};
+use scheduler::{Error, Metrics, SchedulerClient, SchedulerServer};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const PIECE: u64 = 4 << 20;
+const SIZE: u64 = 6 * PIECE;
+const SECRET: &str = "pool secret";
+
+struct Running {
+    url: String,
+    metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    async fn start(config: SchedulerConfig) -> Running {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let metrics = Arc::new(Metrics::new());
+        let server = SchedulerServer::new(&config, metrics.clone()).expect("server");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async {
+            let _ = rx.await;
+        }));
+        Running {
+            url,
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+    }
+
+    fn client(&self, secret: &str, pool: &str) -> SchedulerClient {
+        SchedulerClient::new(
+            &self.url,
+            secret.as_bytes().to_vec(),
+            pool.into(),
+            Duration::from_secs(10),
+        )
+        .expect("client")
+    }
+}
+
+fn config(secret: &str, pools: Vec<PoolSpec>) -> SchedulerConfig {
+    SchedulerConfig {
+        listen: "127.0.0.1:0".into(),
+        secret: secret.into(),
+        edge_node_pools: pools,
+        ..SchedulerConfig::default()
+    }
+}
+
+fn peer(id: &str, pool: &str) -> PeerInfo {
+    PeerInfo {
+        id: id.into(),
+        pool: pool.into(),
+        addr: "127.0.0.1:65002".into(),
+        upload_slots: 4,
+    }
+}
+
+fn ask(id: &str, pool: &str, have: &[u32]) -> AnnounceRequest {
+    AnnounceRequest {
+        peer: peer(id, pool),
+        task: TaskInfo {
+            digest: DIGEST.into(),
+            size: SIZE,
+            piece_size: PIECE,
+        },
+        have: have.to_vec(),
+        done: false,
+        failed_parents: vec![],
+    }
+}
+
+fn beat(id: &str, pool: &str) -> HeartbeatRequest {
+    HeartbeatRequest {
+        peer: peer(id, pool),
+        held: vec![HeldTask {
+            digest: DIGEST.into(),
+            size: SIZE,
+            piece_size: PIECE,
+        }],
+        load: 0,
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn status_of(e: Error) -> u16 {
+    match e {
+        Error::Status { status, .. } => status,
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+#[actix_web::test]
+async fn announce_over_http_hands_out_parents_and_source_pieces() {
+    let s = Running::start(config(SECRET, vec![])).await;
+    let c = s.client(SECRET, "np-1");
+    let first = c.announce(&ask("n1", "np-1", &[])).await.expect("announce");
+    assert_eq!(first.source_pieces, vec![0, 1, 2, 3]);
+    assert_eq!(first.interval_ms, 500);
+    assert_eq!(first.reachable_pools, vec!["np-1"]);
+    let second = c.announce(&ask("n2", "np-1", &[])).await.expect("announce");
+    assert_eq!(second.source_pieces, vec![4, 5]);
+    c.announce(&ask("n1", "np-1", &[0, 1]))
+        .await
+        .expect("announce");
+    let third = c.announce(&ask("n3", "np-1", &[])).await.expect("announce");
+    assert_eq!(third.parents.len(), 1);
+    assert_eq!(third.parents[0].id, "n1");
+    assert_eq!(third.parents[0].have, vec![0, 1]);
+    c.leave(&LeaveRequest {
+        peer_id: "n1".into(),
+        pool: "np-1".into(),
+        digest: None,
+    })
+    .await
+    .expect("leave");
+    let fourth = c.announce(&ask("n3", "np-1", &[])).await.expect("announce");
+    assert!(fourth.parents.is_empty());
+    assert_eq!(
+        fourth.source_pieces,
+        vec![0, 1, 2, 3],
+        "n1 left with its pieces"
+    );
+
+    let text = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for name in [
+        "poolcast_scheduler_peers 2",
+        "poolcast_scheduler_tasks 1",
+        "poolcast_scheduler_decisions_total 5",
+        "poolcast_scheduler_source_pieces_total 10",
+        "poolcast_scheduler_parent_reports_total 0",
+        "poolcast_scheduler_go_source_total 0",
+    ] {
+        assert!(text.contains(name), "{name} missing in:\n{text}");
+    }
+    let health = reqwest::get(format!("{}/healthz", s.url))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.expect("body"), "ok");
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn pools_are_kept_apart_over_http() {
+    let pools = vec![
+        PoolSpec {
+            id: "a".into(),
+            connected_pools: vec!["b".into()],
+            ..PoolSpec::default()
+        },
+        PoolSpec {
+            id: "edge".into(),
+            inter_connectivity: false,
+            ..PoolSpec::default()
+        },
+    ];
+    let s = Running::start(config("", pools)).await;
+    let c = s.client("", "unused when no secret is set");
+    c.heartbeat(&beat("b1", "b")).await.expect("heartbeat");
+    c.heartbeat(&beat("c1", "c")).await.expect("heartbeat");
+    let a = c.announce(&ask("a1", "a", &[])).await.expect("announce");
+    assert_eq!(
+        a.parents.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        vec!["b1"]
+    );
+    let edge = c.announce(&ask("e1", "edge", &[])).await.expect("announce");
+    assert!(edge.go_source && edge.parents.is_empty() && edge.source_pieces.is_empty());
+    assert_eq!(s.metrics.go_source.get(), 1);
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn unsigned_or_badly_signed_requests_get_401() {
+    let s = Running::start(config(SECRET, vec![])).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/announce", s.url);
+    let body = serde_json::to_vec(&ask("n1", "np-1", &[])).expect("json");
+
+    let unsigned = http
+        .post(&url)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(unsigned.status(), 401);
+    let json: serde_json::Value = unsigned.json().await.expect("error json");
+    assert_eq!(json["errors"][0]["code"], "UNAUTHORIZED");
+    assert!(json["errors"][0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains(AUTH_HEADER)));
+
+    let bad_headers = [
+        "garbage".to_string(),
+        format!("v1 np-1 {} {}", now_unix(), "0".repeat(64)),
+        auth::sign(
+            SECRET.as_bytes(),
+            "POST",
+            "/api/v1/heartbeat",
+            "np-1",
+            now_unix(),
+        ),
+        auth::sign(
+            SECRET.as_bytes(),
+            "POST",
+            "/api/v1/announce",
+            "np-1",
+            now_unix() - 3600,
+        ),
+    ];
+    for header in bad_headers {
+        let resp = http
+            .post(&url)
+            .header(AUTH_HEADER, header.as_str())
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 401, "{header}");
+    }
+
+    let wrong_secret = s.client("another secret", "np-1");
+    let err = wrong_secret
+        .announce(&ask("n1", "np-1", &[]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status_of(err), 401);
+    // Signed for one pool, speaking for a peer of another.
+    let other_pool = s.client(SECRET, "np-2");
+    let err = other_pool
+        .announce(&ask("n1", "np-1", &[]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status_of(err), 401);
+    let err = other_pool
+        .heartbeat(&beat("n1", "np-1"))
+        .await
+        .expect_err("refused");
+    assert_eq!(status_of(err), 401);
+
+    let good = s.client(SECRET, "np-1");
+    good.announce(&ask("n1", "np-1", &[]))
+        .await
+        .expect("signed request accepted");
+    assert_eq!(s.metrics.unauthorized.get(), 8);
+    assert_eq!(s.metrics.decisions.get(), 1);
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn inconsistent_task_size_is_rejected() {
+    let s = Running::start(config(SECRET, vec![])).await;
+    let c = s.client(SECRET, "np-1");
+    c.announce(&ask("n1", "np-1", &[])).await.expect("announce");
+    let mut other = ask("n2", "np-1", &[]);
+    other.task.size += 1;
+    let err = c.announce(&other).await.expect_err("conflict");
+    match err {
+        Error::Status { status, message } => {
+            assert_eq!(status, 409);
+            assert!(message.contains(DIGEST), "{message}");
+        }
+        other => panic!("expected 409, got {other}"),
+    }
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn hostile_input_gets_4xx_not_panic() {
+    let s = Running::start(config(SECRET, vec![])).await;
+    let http = reqwest::Client::new();
+    let signed = |path: &str| auth::sign(SECRET.as_bytes(), "POST", path, "np-1", now_unix());
+    let good = serde_json::to_value(ask("n1", "np-1", &[])).expect("json");
+    let with = |key: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        v[key] = value;
+        v.to_string().into_bytes()
+    };
+    let task_with = |key: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        v["task"][key] = value;
+        v.to_string().into_bytes()
+    };
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("empty body", vec![]),
+        ("not json", b"\xff\xfe{{{".to_vec()),
+        ("json array", b"[1,2,3]".to_vec()),
+        ("missing fields", b"{\"peer\":{}}".to_vec()),
+        ("deep nesting", "[".repeat(100_000).into_bytes()),
+        ("huge body", vec![b' '; 3 << 20]),
+        ("negative piece", with("have", serde_json::json!([-1]))),
+        ("piece past the end", with("have", serde_json::json!([6]))),
+        (
+            "too many pieces",
+            with("have", serde_json::json!(vec![0; 7])),
+        ),
+        (
+            "string for a number",
+            task_with("size", serde_json::json!("big")),
+        ),
+        ("size 0", task_with("size", serde_json::json!(0))),
+        ("piece size 0", task_with("pieceSize", serde_json::json!(0))),
+        (
+            "millions of pieces",
+            task_with("pieceSize", serde_json::json!(1)),
+        ),
+        ("size past u64", task_with("size", serde_json::json!(1e30))),
+        (
+            "bad digest",
+            task_with("digest", serde_json::json!("sha256:../../etc")),
+        ),
+        ("long id", {
+            let mut v = good.clone();
+            v["peer"]["id"] = serde_json::json!("x".repeat(10_000));
+            v.to_string().into_bytes()
+        }),
+        (
+            "failed parents flood",
+            with("failedParents", serde_json::json!(vec!["p"; 5000])),
+        ),
+    ];
+    for (what, body) in bodies {
+        let resp = http
+            .post(format!("{}/api/v1/announce", s.url))
+            .header(AUTH_HEADER, signed("/api/v1/announce"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = resp.status().as_u16();
+        assert!((400..500).contains(&status), "{what}: {status}");
+        let json: serde_json::Value = resp.json().await.unwrap_or_default();
+        assert!(json["errors"][0]["code"].is_string(), "{what}: error JSON");
+    }
+    let mut held = beat("n1", "np-1");
+    held.held = vec![held.held[0].clone(); 10_001];
+    let resp = http
+        .post(format!("{}/api/v1/heartbeat", s.url))
+        .header(AUTH_HEADER, signed("/api/v1/heartbeat"))
+        .json(&held)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+    // The most a heartbeat may list still fits the body limit.
+    held.held = (0..10_000u32)
+        .map(|i| HeldTask {
+            digest: format!("sha256:{i:064x}"),
+            size: SIZE,
+            piece_size: PIECE,
+        })
+        .collect();
+    let resp = http
+        .post(format!("{}/api/v1/heartbeat", s.url))
+        .header(AUTH_HEADER, signed("/api/v1/heartbeat"))
+        .json(&held)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let get = http
+        .get(format!("{}/api/v1/announce", s.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(get.status(), 405);
+    let unknown = http
+        .get(format!("{}/v2/", s.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(unknown.status(), 404);
+
+    assert_eq!(s.metrics.decisions.get(), 0);
+    let health = reqwest::get(format!("{}/healthz", s.url))
+        .await
+        .expect("still up");
+    assert_eq!(health.status(), 200);
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn heartbeat_restores_holders_after_restart() {
+    let first = Running::start(config(SECRET, vec![])).await;
+    let c = first.client(SECRET, "np-1");
+    c.heartbeat(&beat("h1", "np-1")).await.expect("heartbeat");
+    let before = c.announce(&ask("r1", "np-1", &[])).await.expect("announce");
+    assert_eq!(before.parents.len(), 1);
+    first.stop().await;
+
+    let second = Running::start(config(SECRET, vec![])).await;
+    let c = second.client(SECRET, "np-1");
+    let lost = c.announce(&ask("r1", "np-1", &[])).await.expect("announce");
+    assert!(lost.parents.is_empty(), "a new scheduler knows nobody");
+    c.heartbeat(&beat("h1", "np-1")).await.expect("heartbeat");
+    let after = c.announce(&ask("r1", "np-1", &[])).await.expect("announce");
+    assert_eq!(after.parents.len(), 1);
+    assert_eq!(after.parents[0].id, "h1");
+    assert_eq!(after.parents[0].have, (0..6).collect::<Vec<u32>>());
+    second.stop().await;
+}
+
+#[actix_web::test]
+async fn unreachable_scheduler_is_an_error_not_a_hang() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let c = SchedulerClient::new(
+        &format!("http://127.0.0.1:{port}"),
+        vec![],
+        "np-1".into(),
+        Duration::from_secs(2),
+    )
+    .expect("client");
+    let err = c
+        .announce(&ask("n1", "np-1", &[]))
+        .await
+        .expect_err("nobody listens");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+}
