@@ -1,10 +1,17 @@
 //! `poolcast`: one binary for every component. `poolcast up` runs the embedded default on one
-//! machine; `poolcast mirror` runs a node pool's pull-through mirror.
+//! machine (mirror, scheduler and agent on loopback); `poolcast mirror`, `poolcast scheduler`
+//! and `poolcast agent` run one component each, as the Helm chart deploys them.
+
+mod args;
 
 use anyhow::{Context, Result};
+use args::{AgentArgs, MirrorArgs, SchedulerArgs};
 use clap::{Args, Parser, Subcommand};
-use nodepool::{ByteSize, HumanDuration, MirrorConfig, Rate, UpstreamSpec};
+use nodepool::{AgentConfig, MirrorConfig, SchedulerConfig, UpstreamSpec};
+use std::future::Future;
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -22,106 +29,37 @@ struct Cli {
 enum Command {
     /// Run a node pool's mirror: an OCI pull-through cache.
     Mirror(MirrorArgs),
-    /// Try poolcast on one machine: the mirror on loopback, cached under ./poolcast-cache,
-    /// Docker Hub as upstream unless told otherwise.
+    /// Run the P2P scheduler of a group of inter-connected pools.
+    Scheduler(SchedulerArgs),
+    /// Run the node agent: a registry for containerd that swaps pieces with peers.
+    Agent(AgentArgs),
+    /// Try poolcast on one machine: mirror, scheduler and agent in one process on loopback,
+    /// cached under ./poolcast-cache, Docker Hub as upstream unless told otherwise.
     Up(UpArgs),
-}
-
-/// Flags override the config file, whose keys are the Helm values keys.
-#[derive(Args)]
-struct MirrorArgs {
-    /// YAML config (keys: upstreams, cacheTTL, cacheHostPath, capacity, ratelimit, ...).
-    #[arg(long, env = "POOLCAST_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on [config: listen; default 0.0.0.0:5000].
-    #[arg(long, env = "POOLCAST_LISTEN")]
-    listen: Option<String>,
-    /// Upstream registry, `URL` or `NS=URL`; repeat for several. The first serves requests
-    /// without `?ns=` [config: upstreams].
-    #[arg(long = "upstream", env = "POOLCAST_UPSTREAMS", value_delimiter = ',')]
-    upstreams: Vec<UpstreamSpec>,
-    /// Cache folder [config: cacheHostPath; default: a folder that dies with the process].
-    #[arg(long, env = "POOLCAST_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Remove entries unused for this long [config: cacheTTL; default 24h].
-    #[arg(long, env = "POOLCAST_CACHE_TTL")]
-    cache_ttl: Option<HumanDuration>,
-    /// Evict least recently used past this size, e.g. 40GiB [config: capacity; default 0 = TTL only].
-    #[arg(long, env = "POOLCAST_CAPACITY")]
-    capacity: Option<ByteSize>,
-    /// Total transfer rate, e.g. 512M = 512 MB/s [config: ratelimit; default 0 = unlimited].
-    #[arg(long, env = "POOLCAST_RATELIMIT")]
-    ratelimit: Option<Rate>,
-    /// Fetch OSS-redirected blobs via OSS transfer acceleration [config: ossInternetAccelerate].
-    #[arg(long, env = "POOLCAST_OSS_INTERNET_ACCELERATE")]
-    oss_internet_accelerate: bool,
-    /// Serve `?ns=HOST` for any registry host [config: allowAnyRegistry].
-    #[arg(long, env = "POOLCAST_ALLOW_ANY_REGISTRY")]
-    allow_any_registry: bool,
-    /// Trust upstream's "may read" answer this long [config: authCacheTTL; default 60s].
-    #[arg(long, env = "POOLCAST_AUTH_CACHE_TTL")]
-    auth_cache_ttl: Option<HumanDuration>,
-    /// Revalidate manifests fetched by tag after this long [config: manifestTTL; default 30s].
-    #[arg(long, env = "POOLCAST_MANIFEST_TTL")]
-    manifest_ttl: Option<HumanDuration>,
 }
 
 #[derive(Args)]
 struct UpArgs {
-    /// Address of the mirror.
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    listen: String,
     /// Upstream registry (repeatable).
     #[arg(long = "upstream", default_value = "https://registry-1.docker.io")]
     upstreams: Vec<UpstreamSpec>,
     /// Cache folder.
     #[arg(long, default_value = "poolcast-cache")]
     cache_dir: PathBuf,
-}
-
-impl MirrorArgs {
-    fn into_config(self) -> Result<MirrorConfig> {
-        let mut c = match &self.config {
-            Some(path) => MirrorConfig::load(path)?,
-            None => MirrorConfig::default(),
-        };
-        if let Some(v) = self.listen {
-            c.listen = v;
-        }
-        if !self.upstreams.is_empty() {
-            c.upstreams = self.upstreams;
-        }
-        if let Some(v) = self.cache_dir {
-            c.cache_host_path = v.to_string_lossy().into_owned();
-        }
-        if let Some(v) = self.cache_ttl {
-            c.cache_ttl = v;
-        }
-        if let Some(v) = self.capacity {
-            c.capacity = v;
-        }
-        if let Some(v) = self.ratelimit {
-            c.ratelimit = v;
-        }
-        if let Some(v) = self.auth_cache_ttl {
-            c.auth_cache_ttl = v;
-        }
-        if let Some(v) = self.manifest_ttl {
-            c.manifest_ttl = v;
-        }
-        c.oss_internet_accelerate |= self.oss_internet_accelerate;
-        c.allow_any_registry |= self.allow_any_registry;
-        c.validate()?;
-        Ok(c)
-    }
+    /// Address of the agent, where containerd pulls.
+    #[arg(long, default_value = "127.0.0.1:65001")]
+    listen: String,
+    /// Address of the mirror.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    mirror_listen: String,
 }
 
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("POOLCAST_LOG")
-                // Clients such as skopeo first try TLS on a plain-HTTP mirror; actix logs each
-                // such probe as an error. POOLCAST_LOG overrides this default.
+                // Clients such as skopeo first try TLS on a plain-HTTP port; actix logs each such
+                // probe as an error. POOLCAST_LOG overrides this default.
                 .unwrap_or_else(|_| {
                     tracing_subscriber::EnvFilter::new("info,actix_http::h1::dispatcher=off")
                 }),
@@ -138,74 +76,176 @@ fn main() {
     }
 }
 
+type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Mirror(args) => {
             let config = args.into_config()?;
-            run_mirror(config, "poolcast mirror").await
+            let listener = bind(&config.listen, "mirror")?;
+            println!(
+                "poolcast mirror listening on http://{}",
+                listener.local_addr()?
+            );
+            mirror_server(&config, listener, Box::pin(shutdown_signal())).await
         }
-        Command::Up(args) => {
-            let config = MirrorConfig {
-                listen: args.listen,
-                upstreams: args.upstreams,
-                cache_host_path: std::path::absolute(&args.cache_dir)
-                    .unwrap_or(args.cache_dir)
-                    .to_string_lossy()
-                    .into_owned(),
-                ..MirrorConfig::default()
-            };
-            config.validate()?;
-            run_mirror(config, "poolcast up: mirror").await
+        Command::Scheduler(args) => {
+            let config = args.into_config()?;
+            let listener = bind(&config.listen, "scheduler")?;
+            println!(
+                "poolcast scheduler listening on http://{}",
+                listener.local_addr()?
+            );
+            scheduler_server(&config, listener, Box::pin(shutdown_signal())).await
         }
+        Command::Agent(args) => {
+            let config = args.into_config()?;
+            let (api, peers) = (
+                bind(&config.listen, "agent")?,
+                bind(&config.peer_listen, "agent peers")?,
+            );
+            println!("poolcast agent listening on http://{}", api.local_addr()?);
+            println!("poolcast agent peers on http://{}", peers.local_addr()?);
+            agent_server(config, api, peers, Box::pin(shutdown_signal())).await
+        }
+        Command::Up(args) => up(args).await,
     }
 }
 
-async fn run_mirror(config: MirrorConfig, banner: &str) -> Result<()> {
-    let listener = std::net::TcpListener::bind(&config.listen)
-        .with_context(|| format!("binding mirror on {}", config.listen))?;
-    let addr = listener.local_addr().context("reading bound address")?;
-    let server = mirror::MirrorServer::new(&config, Arc::new(mirror::Metrics::new()))
+fn bind(addr: &str, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).with_context(|| format!("binding {what} on {addr}"))
+}
+
+async fn mirror_server(
+    config: &MirrorConfig,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let server = mirror::MirrorServer::new(config, Arc::new(mirror::Metrics::new()))
         .context("opening the mirror's cache")?;
-    // Tests and scripts read this line to learn the port when listening on :0.
-    println!("{banner} listening on http://{addr}");
-    if banner.starts_with("poolcast up") {
-        print_usage(&config, addr);
-    }
     server
-        .run(listener, shutdown_signal())
+        .run(listener, shutdown)
         .await
         .context("mirror server")
 }
 
-fn print_usage(config: &MirrorConfig, addr: std::net::SocketAddr) {
-    let ns = config
+async fn scheduler_server(
+    config: &SchedulerConfig,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let server = scheduler::SchedulerServer::new(config, Arc::new(scheduler::Metrics::new()))
+        .context("starting the scheduler")?;
+    server
+        .run(listener, shutdown)
+        .await
+        .context("scheduler server")
+}
+
+async fn agent_server(
+    config: AgentConfig,
+    api: TcpListener,
+    peers: TcpListener,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let advertise = peers.local_addr()?;
+    if config.advertise.is_empty() && advertise.ip().is_unspecified() {
+        anyhow::bail!("config key `advertise`: peerListen {advertise} is not an address peers can use; set advertise (e.g. the node IP and port)");
+    }
+    let server = agent::AgentServer::new(
+        config,
+        advertise.to_string(),
+        Arc::new(agent::Metrics::new()),
+    )
+    .context("starting the agent")?;
+    server
+        .run(api, peers, shutdown)
+        .await
+        .context("agent server")
+}
+
+/// The embedded default: all three components in one process on loopback.
+async fn up(args: UpArgs) -> Result<()> {
+    let cache = std::path::absolute(&args.cache_dir).unwrap_or(args.cache_dir);
+    let mirror_cfg = MirrorConfig {
+        listen: args.mirror_listen,
+        upstreams: args.upstreams,
+        cache_host_path: cache.join("mirror").to_string_lossy().into_owned(),
+        ..MirrorConfig::default()
+    };
+    mirror_cfg.validate()?;
+    let mirror_l = bind(&mirror_cfg.listen, "mirror")?;
+    let sched_l = bind("127.0.0.1:0", "scheduler")?;
+    let agent_l = bind(&args.listen, "agent")?;
+    let peer_l = bind("127.0.0.1:0", "agent peers")?;
+    let (mirror_addr, sched_addr, agent_addr) = (
+        mirror_l.local_addr()?,
+        sched_l.local_addr()?,
+        agent_l.local_addr()?,
+    );
+    let sched_cfg = SchedulerConfig {
+        listen: sched_addr.to_string(),
+        ..SchedulerConfig::default()
+    };
+    let agent_cfg = AgentConfig {
+        listen: agent_addr.to_string(),
+        peer_listen: peer_l.local_addr()?.to_string(),
+        mirror: format!("http://{mirror_addr}"),
+        scheduler: format!("http://{sched_addr}"),
+        node: "local".into(),
+        cache_host_path: cache.join("agent").to_string_lossy().into_owned(),
+        ..AgentConfig::default()
+    };
+    agent_cfg.validate()?;
+    println!("poolcast up: mirror listening on http://{mirror_addr}");
+    println!("poolcast up: scheduler listening on http://{sched_addr}");
+    println!("poolcast up: agent listening on http://{agent_addr}");
+    let ns = mirror_cfg
         .upstreams
         .first()
-        .map_or("docker.io", |u| u.ns.as_str());
+        .map_or("docker.io", |u| u.ns.as_str())
+        .to_string();
     println!(
-        "\nPull through it with skopeo:\n  skopeo copy --src-tls-verify=false docker://{addr}/library/alpine:latest oci:/tmp/alpine:latest\n\
+        "\nPull through the agent with skopeo:\n  skopeo copy --src-tls-verify=false docker://{agent_addr}/library/alpine:latest oci:/tmp/alpine:latest\n\
          \nOr point containerd at it (config_path = \"/etc/containerd/certs.d\"), in /etc/containerd/certs.d/{ns}/hosts.toml:\n\
-         \x20 server = \"https://{ns}\"\n  [host.\"http://{addr}\"]\n    capabilities = [\"pull\", \"resolve\"]\n\
-         \nMetrics: http://{addr}/metrics   Cache: {}\n",
-        config.cache_host_path
+         \x20 server = \"https://{ns}\"\n  [host.\"http://{agent_addr}\"]\n    capabilities = [\"pull\", \"resolve\"]\n\
+         \nMetrics: http://{agent_addr}/metrics, http://{mirror_addr}/metrics   Cache: {}\n",
+        cache.display()
     );
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = |tx: &tokio::sync::broadcast::Sender<()>| -> Shutdown {
+        let mut rx = tx.subscribe();
+        Box::pin(async move {
+            let _ = rx.recv().await;
+        })
+    };
+    let servers = futures_util::future::try_join3(
+        mirror_server(&mirror_cfg, mirror_l, stop(&stop_tx)),
+        scheduler_server(&sched_cfg, sched_l, stop(&stop_tx)),
+        agent_server(agent_cfg, agent_l, peer_l, stop(&stop_tx)),
+    );
+    tokio::pin!(servers);
+    tokio::select! {
+        r = &mut servers => r.map(|_| ()),
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(());
+            servers.await.map(|_| ())
+        }
+    }
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
     tracing::info!("shutting down");
 }

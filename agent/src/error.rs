@@ -1,0 +1,54 @@
+//! The agent's errors, and the one place they become HTTP for containerd and peers.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input, cache trouble, or an answer relayed from the mirror: the mirror's own
+    /// error type already speaks OCI.
+    #[error(transparent)]
+    Registry(#[from] mirror::Error),
+    #[error("mirror {url} unreachable: {message}")]
+    MirrorUnreachable { url: String, message: String },
+    #[error("piece {index} of {digest}: {message}")]
+    Piece {
+        digest: String,
+        index: u32,
+        message: String,
+    },
+    #[error("peer request refused: {0}")]
+    PeerDenied(String),
+    #[error("{0} not held here")]
+    NotHeld(String),
+    #[error("download of {digest} failed: {message}")]
+    Download { digest: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::Registry(e) => e.status_code(),
+            Error::PeerDenied(_) => StatusCode::UNAUTHORIZED,
+            Error::NotHeld(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Error::Registry(e) = self {
+            return e.error_response();
+        }
+        let code = match self {
+            Error::PeerDenied(_) => "DENIED",
+            Error::NotHeld(_) => "BLOB_UNKNOWN",
+            _ => "UNKNOWN",
+        };
+        let body = serde_json::json!({ "errors": [{ "code": code, "message": self.to_string() }] });
+        HttpResponse::build(self.status_code())
+            .content_type("application/json")
+            .body(body.to_string())
+    }
+}

@@ -1,0 +1,121 @@
+//! The agent's Prometheus metrics.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    pub direction: &'static str,
+}
+
+pub struct Metrics {
+    /// Piece bytes to and from peers: `direction="in|out"`.
+    pub peer_bytes: Family<Direction, Counter>,
+    /// Bytes fetched from the mirror (or registry).
+    pub source_bytes: Counter,
+    /// Pieces fetched from the mirror because no peer could help.
+    pub back_to_source: Counter,
+    /// Bytes sent to containerd.
+    pub served_bytes: Counter,
+    pub cache_hits: Counter,
+    pub piece_failures: Counter,
+    pub digest_mismatches: Counter,
+    pub scheduler_errors: Counter,
+    pub tasks: Gauge,
+    pub uploads: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("poolcast_agent");
+        let m = Metrics {
+            peer_bytes: Family::default(),
+            source_bytes: Counter::default(),
+            back_to_source: Counter::default(),
+            served_bytes: Counter::default(),
+            cache_hits: Counter::default(),
+            piece_failures: Counter::default(),
+            digest_mismatches: Counter::default(),
+            scheduler_errors: Counter::default(),
+            tasks: Gauge::default(),
+            uploads: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "peer_bytes",
+            "Piece bytes exchanged with peers",
+            m.peer_bytes.clone(),
+        );
+        registry.register(
+            "source_bytes",
+            "Bytes fetched from the mirror or registry",
+            m.source_bytes.clone(),
+        );
+        registry.register(
+            "back_to_source",
+            "Pieces fetched from the mirror",
+            m.back_to_source.clone(),
+        );
+        registry.register(
+            "served_bytes",
+            "Bytes sent to containerd",
+            m.served_bytes.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Blobs served from the local cache",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "piece_failures",
+            "Piece transfers that failed, stalled or did not verify",
+            m.piece_failures.clone(),
+        );
+        registry.register(
+            "digest_mismatches",
+            "Pieces or blobs that did not match their digest",
+            m.digest_mismatches.clone(),
+        );
+        registry.register(
+            "scheduler_errors",
+            "Scheduler calls that failed",
+            m.scheduler_errors.clone(),
+        );
+        registry.register("tasks", "Blob downloads under way", m.tasks.clone());
+        registry.register(
+            "uploads",
+            "Piece uploads to peers under way",
+            m.uploads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn peer_in(&self) -> Counter {
+        self.peer_bytes
+            .get_or_create(&Direction { direction: "in" })
+            .clone()
+    }
+
+    pub fn peer_out(&self) -> Counter {
+        self.peer_bytes
+            .get_or_create(&Direction { direction: "out" })
+            .clone()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

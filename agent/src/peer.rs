@@ -1,0 +1,139 @@
+//! The peer API: `GET /pieces/<digest>/<index>?pieceSize=N`, for peers of reachable pools that
+//! sign their request with the pool secret. Pieces come from a download under way (only
+//! verified pieces) or from the cache; uploads count against `uploadRate` and `ratelimit`.
+
+use crate::error::{Error, Result};
+use crate::state::AgentState;
+use actix_web::body::SizedStream;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use mirror::reference::Digest;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Signed requests older or newer than this are refused.
+const MAX_SKEW_SECS: u64 = 300;
+const CHUNK: u64 = 1024 * 1024;
+
+fn authorize(req: &HttpRequest, state: &AgentState) -> Result<()> {
+    if state.cfg.secret.is_empty() {
+        return Ok(());
+    }
+    let header = req
+        .headers()
+        .get(nodepool::auth::AUTH_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(|| Error::PeerDenied("no pool signature".into()))?;
+    let path = match req.uri().path_and_query() {
+        Some(pq) => pq.as_str().to_string(),
+        None => req.path().to_string(),
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let pool = nodepool::auth::verify(
+        state.cfg.secret.as_bytes(),
+        "GET",
+        &path,
+        header,
+        now,
+        MAX_SKEW_SECS,
+    )
+    .map_err(|e| Error::PeerDenied(e.to_string()))?;
+    if !state.reachable.read().contains(&pool) {
+        return Err(Error::PeerDenied(format!(
+            "pool `{}` does not reach this node's pool",
+            pool.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+pub async fn serve_piece(
+    req: HttpRequest,
+    path: web::Path<(String, u32)>,
+    state: web::Data<AgentState>,
+) -> Result<HttpResponse> {
+    authorize(&req, &state)?;
+    let (digest, index) = path.into_inner();
+    let digest = Digest::parse(&digest)?;
+    let piece_size = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "pieceSize")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .filter(|p| (nodepool::MIN_PIECE..=nodepool::MAX_PIECE).contains(p))
+        .ok_or_else(|| {
+            Error::NotHeld(format!(
+                "{digest} piece {index} (pieceSize missing or out of range)"
+            ))
+        })?;
+    let not_held = || Error::NotHeld(format!("{digest} piece {index}"));
+
+    let task = state.tasks.lock().get(digest.hex()).cloned();
+    let body: std::pin::Pin<Box<dyn Stream<Item = mirror::Result<Bytes>>>>;
+    let len;
+    if let Some(task) = task.filter(|t| t.piece_size == piece_size) {
+        if !task.has_piece(index) {
+            return Err(not_held());
+        }
+        let (start, end) = task.piece_range(index).ok_or_else(not_held)?;
+        len = end - start;
+        let ingest = task.ingest.clone();
+        body = Box::pin(futures_util::stream::unfold(start, move |pos| {
+            let ingest = ingest.clone();
+            async move {
+                if pos >= end {
+                    return None;
+                }
+                let n = (end - pos).min(CHUNK);
+                Some((ingest.read_at(pos, n as usize).await, pos + n))
+            }
+        }));
+    } else {
+        let Some((file, entry)) = state
+            .store
+            .open_verified(&digest, SystemTime::now())
+            .await?
+        else {
+            return Err(not_held());
+        };
+        let start = index as u64 * piece_size;
+        if entry.media_type.is_some() || start >= entry.size {
+            return Err(not_held());
+        }
+        let end = (start + piece_size).min(entry.size);
+        len = end - start;
+        body = Box::pin(mirror::body::file_stream(file, start, end));
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(SizedStream::new(len, upload(body, state.into_inner()))))
+}
+
+/// Counts an upload while it runs, and spends the upload and total budgets on it.
+fn upload(
+    body: std::pin::Pin<Box<dyn Stream<Item = mirror::Result<Bytes>>>>,
+    state: Arc<AgentState>,
+) -> impl Stream<Item = mirror::Result<Bytes>> {
+    struct InProgress(Arc<AgentState>);
+    impl Drop for InProgress {
+        fn drop(&mut self) {
+            self.0.metrics.uploads.dec();
+        }
+    }
+    state.metrics.uploads.inc();
+    let guard = Arc::new(InProgress(state));
+    body.then(move |chunk| {
+        let guard = guard.clone();
+        async move {
+            if let Ok(bytes) = &chunk {
+                let state = &guard.0;
+                state.limits.up.take(bytes.len()).await;
+                state.limits.total.take(bytes.len()).await;
+                state.metrics.peer_out().inc_by(bytes.len() as u64);
+            }
+            chunk
+        }
+    })
+}

@@ -1,0 +1,323 @@
+//! The registry API containerd talks to (hosts.toml mirror or rewritten image). Manifests and
+//! the `/v2/` ping go to the mirror as they are; blobs come from the local cache or a download,
+//! after the mirror confirmed this requester may read them.
+
+use crate::error::{Error, Result};
+use crate::state::AgentState;
+use crate::task::{Task, TaskSpec};
+use actix_web::body::SizedStream;
+use actix_web::http::header::{HeaderValue, AUTHORIZATION};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use bytes::Bytes;
+use mirror::body::{file_stream, metered, parse_range, span};
+use mirror::error::UpstreamReply;
+use mirror::reference::{split_path, validate_name, Digest};
+use sha2::Digest as _;
+use std::time::{Instant, SystemTime};
+
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// Headers passed back from the mirror as they are.
+const RELAYED: [&str; 5] = [
+    "content-type",
+    "docker-content-digest",
+    "www-authenticate",
+    "docker-distribution-api-version",
+    "content-range",
+];
+
+pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpResponse> {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(mirror::Error::HeadersTooLarge(header_bytes).into());
+    }
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        ref m => return Err(mirror::Error::Unsupported(m.to_string()).into()),
+    };
+    let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+        .filter(|ns| {
+            ns.len() <= 253
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+        });
+    let tail = req.match_info().get("tail").unwrap_or("");
+    if tail.is_empty() {
+        return relay(&state, &req, "/v2/", ns.as_deref()).await;
+    }
+    let (repo, kind, reference) = split_path(tail)?;
+    validate_name(repo)?;
+    match kind {
+        "manifests" => {
+            mirror::reference::Reference::parse(reference)?;
+            relay(
+                &state,
+                &req,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                ns.as_deref(),
+            )
+            .await
+        }
+        "blobs" => {
+            let digest = Digest::parse(reference)?;
+            blob(
+                &state,
+                &req,
+                BlobRequest {
+                    ns,
+                    repo: repo.to_string(),
+                    digest,
+                    head,
+                },
+            )
+            .await
+        }
+        _ => Err(mirror::Error::Unsupported(format!("/v2/{repo}/{kind}")).into()),
+    }
+}
+
+fn mirror_url(state: &AgentState, path: &str, ns: Option<&str>) -> url::Url {
+    let mut url = state.mirror.clone();
+    url.set_path(path);
+    url.set_query(None);
+    if let Some(ns) = ns {
+        url.query_pairs_mut().append_pair("ns", ns);
+    }
+    url
+}
+
+fn unreachable(url: &url::Url, e: reqwest::Error) -> Error {
+    Error::MirrorUnreachable {
+        url: format!("{}{}", url.origin().ascii_serialization(), url.path()),
+        message: e.to_string(),
+    }
+}
+
+/// Passes a request to the mirror with containerd's `Authorization` and `Accept`, and its
+/// answer back.
+async fn relay(
+    state: &AgentState,
+    req: &HttpRequest,
+    path: &str,
+    ns: Option<&str>,
+) -> Result<HttpResponse> {
+    let url = mirror_url(state, path, ns);
+    let method = if req.method() == Method::HEAD {
+        reqwest::Method::HEAD
+    } else {
+        reqwest::Method::GET
+    };
+    let mut out = state.http.request(method, url.clone());
+    for name in ["authorization", "accept"] {
+        if let Some(v) = req.headers().get(name) {
+            out = out.header(name, v.as_bytes());
+        }
+    }
+    let resp = out.send().await.map_err(|e| unreachable(&url, e))?;
+    let mut builder = HttpResponse::build(
+        StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+    );
+    copy_headers(&mut builder, resp.headers());
+    if req.method() == Method::HEAD {
+        let len = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let empty = futures_util::stream::empty::<mirror::Result<Bytes>>();
+        return Ok(builder.body(SizedStream::new(len.unwrap_or(0), empty)));
+    }
+    let body = mirror::upstream::read_limited(resp, MAX_MANIFEST).await?;
+    Ok(builder.body(body))
+}
+
+fn copy_headers(builder: &mut HttpResponseBuilder, headers: &reqwest::header::HeaderMap) {
+    for name in RELAYED {
+        if let Some(v) = headers
+            .get(name)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        {
+            builder.insert_header((name, v));
+        }
+    }
+}
+
+struct BlobRequest {
+    ns: Option<String>,
+    repo: String,
+    digest: Digest,
+    head: bool,
+}
+
+async fn blob(
+    state: &web::Data<AgentState>,
+    req: &HttpRequest,
+    b: BlobRequest,
+) -> Result<HttpResponse> {
+    let auth = req.headers().get(AUTHORIZATION);
+    let range_text = req
+        .headers()
+        .get("range")
+        .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
+    let range = parse_range(range_text)?;
+    let range_text = range_text.unwrap_or("");
+    let size = check_access(state, &b, auth).await?;
+    let builder = |status, start: u64, end: u64, size: u64| {
+        let mut r = HttpResponse::build(status);
+        r.content_type("application/octet-stream")
+            .insert_header(("Docker-Content-Digest", b.digest.to_string()))
+            .insert_header(("Accept-Ranges", "bytes"));
+        if status == StatusCode::PARTIAL_CONTENT {
+            r.insert_header(("Content-Range", format!("bytes {start}-{end}/{size}")));
+        }
+        r
+    };
+    if let Some((file, entry)) = state
+        .store
+        .open_verified(&b.digest, SystemTime::now())
+        .await?
+    {
+        state.metrics.cache_hits.inc();
+        let (status, start, end) = span(range, entry.size, range_text)?;
+        let r = builder(status, start, end, entry.size);
+        return Ok(respond(
+            state,
+            r,
+            (start, end, entry.size),
+            b.head,
+            file_stream(file, start, end + 1),
+        ));
+    }
+    let (status, start, end) = span(range, size, range_text)?;
+    if b.head {
+        let r = builder(status, start, end, size);
+        return Ok(respond(
+            state,
+            r,
+            (start, end, size),
+            true,
+            futures_util::stream::empty(),
+        ));
+    }
+    let spec = TaskSpec {
+        digest: b.digest.clone(),
+        size,
+        ns: b.ns.clone(),
+        repo: b.repo.clone(),
+        auth: auth.cloned(),
+    };
+    let task = Task::get_or_start(state, spec)?;
+    let body = task.ingest.stream(start, Some(end + 1));
+    Ok(respond(
+        state,
+        builder(status, start, end, size),
+        (start, end, size),
+        false,
+        body,
+    ))
+}
+
+fn respond(
+    state: &AgentState,
+    mut builder: HttpResponseBuilder,
+    (start, end, size): (u64, u64, u64),
+    head: bool,
+    body: impl futures_util::Stream<Item = mirror::Result<Bytes>> + 'static,
+) -> HttpResponse {
+    let len = if size == 0 { 0 } else { end + 1 - start };
+    if head {
+        let empty = futures_util::stream::empty::<mirror::Result<Bytes>>();
+        return builder.body(SizedStream::new(len, empty));
+    }
+    // Downloads are limited where they come in; serving containerd is local.
+    let unlimited = std::sync::Arc::new(mirror::body::RateLimit::new(0));
+    builder.body(SizedStream::new(
+        len,
+        metered(body, unlimited, state.metrics.served_bytes.clone()),
+    ))
+}
+
+/// Asks the mirror whether this requester may read the blob (the mirror asks upstream with
+/// the same credentials); a yes is remembered for `authCacheTTL`. Returns the blob's size.
+async fn check_access(
+    state: &AgentState,
+    b: &BlobRequest,
+    auth: Option<&HeaderValue>,
+) -> Result<u64> {
+    let who = auth.map_or_else(
+        || "anonymous".to_string(),
+        |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
+    );
+    let ns = b.ns.as_deref().unwrap_or("");
+    let key = format!("{ns}\u{0}{}\u{0}{}\u{0}{who}", b.repo, b.digest);
+    if let Some((at, size)) = state.access.lock().get(&key).copied() {
+        if at.elapsed() < state.cfg.auth_cache_ttl.0 {
+            return Ok(size);
+        }
+    }
+    let url = mirror_url(
+        state,
+        &format!("/v2/{}/blobs/{}", b.repo, b.digest),
+        b.ns.as_deref(),
+    );
+    let mut head = state.http.head(url.clone());
+    if let Some(a) = auth {
+        head = head.header("authorization", a.as_bytes());
+    }
+    match head.send().await {
+        Ok(resp) if resp.status().is_success() => {
+            // The header, not `content_length()`: for a HEAD that is the (empty) body's length.
+            let size = resp
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .ok_or_else(|| Error::MirrorUnreachable {
+                    url: url.to_string(),
+                    message: "no Content-Length on HEAD".into(),
+                })?;
+            let mut access = state.access.lock();
+            if access.len() > 100_000 {
+                access.clear();
+            }
+            access.insert(key, (Instant::now(), size));
+            Ok(size)
+        }
+        Ok(resp) => {
+            let reply = UpstreamReply {
+                status: resp.status().as_u16(),
+                www_authenticate: resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                content_type: None,
+                body: Bytes::new(),
+            };
+            Err(mirror::Error::Upstream(reply).into())
+        }
+        Err(e) => {
+            // The mirror is down: what this node already holds still serves a requester it
+            // served before, so a pool keeps running images it has.
+            let known = state.access.lock().get(&key).copied();
+            let held = state
+                .store
+                .entry(&b.digest, SystemTime::now())
+                .ok()
+                .flatten();
+            match (known, held) {
+                (Some((at, _)), Some(entry)) if at.elapsed() < state.cfg.cache_ttl.0 => {
+                    Ok(entry.size)
+                }
+                _ => Err(unreachable(&url, e)),
+            }
+        }
+    }
+}

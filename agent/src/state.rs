@@ -1,0 +1,289 @@
+//! What every handler and download shares, and the server's lifecycle: two listeners (the
+//! registry API for containerd, the peer API), a heartbeat to the scheduler, and cache GC.
+
+use crate::metrics::Metrics;
+use crate::task::Task;
+use crate::{peer, registry};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use mirror::body::RateLimit;
+use mirror::store::BlobStore;
+use nodepool::{AgentConfig, CacheMode, DownloadPattern};
+use parking_lot::{Mutex, RwLock};
+use scheduler::api::{HeartbeatRequest, HeldTask, PeerInfo};
+use scheduler::client::SchedulerClient;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Semaphore;
+
+/// How often the agent tells the scheduler it is alive and what it holds.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub struct Limits {
+    pub total: RateLimit,
+    pub down: RateLimit,
+    pub up: RateLimit,
+}
+
+pub struct AgentState {
+    pub cfg: AgentConfig,
+    pub node: String,
+    pub advertise: String,
+    pub mirror: url::Url,
+    pub http: reqwest::Client,
+    pub store: Arc<BlobStore>,
+    pub ingests: Arc<mirror::ingest::Ingests>,
+    pub tasks: Mutex<HashMap<String, Arc<Task>>>,
+    pub scheduler: Option<SchedulerClient>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    /// Grants from the mirror: (ns, repo, digest, credential hash) -> (when, blob size).
+    pub access: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Piece transfers in flight across all downloads (`proxyFsParallels`).
+    pub transfers: Arc<Semaphore>,
+    /// Pools whose peers may fetch from us: our own, plus what the scheduler says.
+    pub reachable: RwLock<Vec<String>>,
+}
+
+impl AgentState {
+    pub fn peer_info(&self) -> PeerInfo {
+        PeerInfo {
+            id: self.node.clone(),
+            pool: self.cfg.pool.clone(),
+            addr: self.advertise.clone(),
+            upload_slots: 8,
+        }
+    }
+
+    pub fn p2p(&self) -> bool {
+        self.cfg.download_pattern == DownloadPattern::P2p && self.scheduler.is_some()
+    }
+
+    pub fn set_reachable(&self, pools: Vec<String>) {
+        let mut pools = pools;
+        if !pools.contains(&self.cfg.pool) {
+            pools.push(self.cfg.pool.clone());
+        }
+        *self.reachable.write() = pools;
+    }
+}
+
+pub struct AgentServer {
+    state: web::Data<AgentState>,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl AgentServer {
+    /// `advertise`: the address peers use, when the config leaves it empty (the bound peer
+    /// listener's address).
+    pub fn new(cfg: AgentConfig, advertise: String, metrics: Arc<Metrics>) -> crate::Result<Self> {
+        let (root, scratch) = cache_root(&cfg)?;
+        let capacity = cfg.cache.capacity.0;
+        let store = BlobStore::open(&root, cfg.cache_ttl.0, capacity)?;
+        let node = if !cfg.node.is_empty() {
+            cfg.node.clone()
+        } else {
+            std::env::var("NODE_NAME")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_string())
+                })
+                .unwrap_or_else(|| "node".into())
+        };
+        let advertise = if cfg.advertise.is_empty() {
+            advertise
+        } else {
+            cfg.advertise.clone()
+        };
+        let mirror = url::Url::parse(&cfg.mirror)
+            .map_err(|e| mirror::Error::Transfer(format!("mirror URL: {e}")))?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(cfg.connect_timeout.0)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("poolcast-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| mirror::Error::Transfer(format!("HTTP client: {e}")))?;
+        let scheduler = match cfg.download_pattern {
+            DownloadPattern::P2p if !cfg.scheduler.is_empty() => Some(
+                SchedulerClient::new(
+                    &cfg.scheduler,
+                    cfg.secret.clone().into_bytes(),
+                    cfg.pool.clone(),
+                    cfg.connect_timeout.0,
+                )
+                .map_err(|e| mirror::Error::Transfer(format!("scheduler client: {e}")))?,
+            ),
+            _ => None,
+        };
+        if cfg.secret.is_empty() {
+            tracing::warn!("no secret configured: peer traffic is not authenticated");
+        }
+        let limits = Limits {
+            total: RateLimit::new(cfg.ratelimit.0),
+            down: RateLimit::new(cfg.download_rate.0),
+            up: RateLimit::new(cfg.upload_rate.0),
+        };
+        let transfers = Arc::new(Semaphore::new(cfg.proxy_fs_parallels as usize));
+        let pool = cfg.pool.clone();
+        let state = AgentState {
+            cfg,
+            node,
+            advertise,
+            mirror,
+            http,
+            store: Arc::new(store),
+            ingests: Arc::new(mirror::ingest::Ingests::default()),
+            tasks: Mutex::new(HashMap::new()),
+            scheduler,
+            limits,
+            metrics,
+            access: Mutex::new(HashMap::new()),
+            transfers,
+            reachable: RwLock::new(vec![pool]),
+        };
+        tracing::info!(node = %state.node, pool = %state.cfg.pool, advertise = %state.advertise, cache = %root.display(), "agent ready");
+        Ok(AgentServer {
+            state: web::Data::new(state),
+            _scratch: scratch,
+        })
+    }
+
+    pub async fn run(
+        self,
+        api: std::net::TcpListener,
+        peers: std::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let api_server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+                )
+                .route("/metrics", web::get().to(metrics_text))
+                .route("/v2", web::to(registry::api))
+                .route("/v2/{tail:.*}", web::to(registry::api))
+        })
+        .listen(api)?
+        .disable_signals()
+        .shutdown_timeout(5)
+        .run();
+        let state = self.state.clone();
+        let peer_server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+                )
+                .route("/pieces/{digest}/{index}", web::get().to(peer::serve_piece))
+        })
+        .listen(peers)?
+        .disable_signals()
+        .shutdown_timeout(5)
+        .run();
+        let (api_handle, peer_handle) = (api_server.handle(), peer_server.handle());
+        let background = [
+            tokio::spawn(heartbeat_loop(self.state.clone())),
+            tokio::spawn(gc_loop(self.state.clone())),
+        ];
+        let result = tokio::select! {
+            r = api_server => r,
+            r = peer_server => r,
+            _ = shutdown => Ok(()),
+        };
+        for b in background {
+            b.abort();
+        }
+        api_handle.stop(true).await;
+        peer_handle.stop(true).await;
+        result
+    }
+}
+
+fn cache_root(cfg: &AgentConfig) -> crate::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    if cfg.cache.mode == CacheMode::Memory {
+        // Memory mode keeps blobs on tmpfs: RAM-backed, gone with the process.
+        let shm = std::path::Path::new("/dev/shm");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("poolcast-agent-");
+        let dir = if shm.is_dir() {
+            builder.tempdir_in(shm)
+        } else {
+            builder.tempdir()
+        }
+        .map_err(mirror::Error::from)?;
+        return Ok((dir.path().to_path_buf(), Some(dir)));
+    }
+    if cfg.cache_host_path.is_empty() {
+        let dir = tempfile::Builder::new()
+            .prefix("poolcast-agent-")
+            .tempdir()
+            .map_err(mirror::Error::from)?;
+        return Ok((dir.path().to_path_buf(), Some(dir)));
+    }
+    Ok((std::path::PathBuf::from(&cfg.cache_host_path), None))
+}
+
+async fn metrics_text(state: web::Data<AgentState>) -> HttpResponse {
+    state.metrics.tasks.set(state.tasks.lock().len() as i64);
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// Keeps this node registered with everything it holds, so a restarted scheduler learns it
+/// again and peers can keep fetching complete blobs from us.
+async fn heartbeat_loop(state: web::Data<AgentState>) {
+    let Some(client) = state.scheduler.as_ref() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        let held = state
+            .store
+            .list()
+            .into_iter()
+            .filter(|(_, e)| e.media_type.is_none())
+            .map(|(d, e)| HeldTask {
+                digest: d.to_string(),
+                size: e.size,
+                piece_size: state.cfg.blocksize.0,
+            })
+            .collect();
+        let req = HeartbeatRequest {
+            peer: state.peer_info(),
+            held,
+            load: state.metrics.uploads.get().max(0) as u32,
+        };
+        match client.heartbeat(&req).await {
+            Ok(resp) => state.set_reachable(resp.reachable_pools),
+            Err(e) => {
+                state.metrics.scheduler_errors.inc();
+                tracing::debug!(error = %e, "scheduler heartbeat failed");
+            }
+        }
+    }
+}
+
+async fn gc_loop(state: web::Data<AgentState>) {
+    let every = (state.cfg.cache_ttl.0 / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.gc(SystemTime::now())).await {
+            Ok(Ok(r)) if r.expired + r.evicted > 0 => tracing::info!(?r, "agent cache gc"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "agent cache gc failed"),
+            _ => {}
+        }
+    }
+}

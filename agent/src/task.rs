@@ -1,0 +1,656 @@
+//! One blob download on this node: pieces from peers (as the scheduler directs) and from the
+//! mirror (pieces nobody holds, or whenever P2P cannot help), each verified against the piece
+//! digests the mirror publishes, streamed to containerd in order, and verified whole.
+//!
+//! ```text
+//!   layout loop ──piece digests──┐        announce loop <──> scheduler
+//!   (mirror /pieces, long-poll)  v          │ parents, source pieces
+//!                         TaskState <───────┘
+//!   workers ×N: pick lowest missing piece ─> peer (GET /pieces) or mirror (Range) ─> verify ─> write
+//!   sequencer: contiguous prefix ─> sha256 of the whole ─> Ingest progress (containerd streams)
+//!              ─> verified ─> BlobStore::commit
+//! ```
+
+use crate::state::AgentState;
+use actix_web::web;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use mirror::ingest::{Ingest, IngestWriter, Joined, Progress};
+use mirror::reference::Digest;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use scheduler::api::{AnnounceRequest, TaskInfo};
+use sha2::Digest as _;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Workers per download; the global `proxyFsParallels` semaphore bounds the total.
+const WORKERS: usize = 8;
+/// Mirror failures tolerated for one download before containerd is told.
+const SOURCE_RETRIES: u32 = 6;
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// What a download needs to know about the blob and its requester.
+#[derive(Clone)]
+pub struct TaskSpec {
+    pub digest: Digest,
+    pub size: u64,
+    pub ns: Option<String>,
+    pub repo: String,
+    /// containerd's credentials: the mirror checks them on every request we make for it.
+    pub auth: Option<actix_web::http::header::HeaderValue>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Piece {
+    Missing,
+    InFlight,
+    Done,
+}
+
+struct Parent {
+    addr: String,
+    have: HashSet<u32>,
+    inflight: u32,
+}
+
+struct TaskState {
+    pieces: Vec<Piece>,
+    digests: Vec<Option<[u8; 32]>>,
+    parents: HashMap<String, Parent>,
+    blocked: HashSet<String>,
+    to_report: Vec<String>,
+    assigned: HashSet<u32>,
+    scheduler_ok: bool,
+    go_source: bool,
+    failed: Option<String>,
+    finished: bool,
+    last_progress: Instant,
+    source_failures: u32,
+}
+
+enum Job {
+    Peer {
+        index: u32,
+        id: String,
+        addr: String,
+    },
+    Source {
+        index: u32,
+    },
+    Wait,
+    Finished,
+}
+
+pub struct Task {
+    pub spec: TaskSpec,
+    pub piece_size: u64,
+    count: u32,
+    pub ingest: Arc<Ingest>,
+    file: Arc<File>,
+    st: Mutex<TaskState>,
+    generation: watch::Sender<u64>,
+}
+
+impl Task {
+    /// Starts (or joins) the download of a blob. The caller streams from `task.ingest`.
+    pub fn get_or_start(state: &web::Data<AgentState>, spec: TaskSpec) -> crate::Result<Arc<Task>> {
+        let mut tasks = state.tasks.lock();
+        if let Some(task) = tasks.get(spec.digest.hex()) {
+            return Ok(task.clone());
+        }
+        let store = state.store.clone();
+        let (ingest, writer) = match state
+            .ingests
+            .join_or_start(&spec.digest, || store.temp_file())?
+        {
+            Joined::Started(ingest, writer) => (ingest, writer),
+            Joined::Existing(_) => {
+                return Err(crate::Error::Download {
+                    digest: spec.digest.to_string(),
+                    message: "download registry out of step".into(),
+                })
+            }
+        };
+        let piece_size = state.cfg.blocksize.0;
+        let count = spec.size.div_ceil(piece_size).max(1) as u32;
+        writer.set(Progress::Running {
+            written: 0,
+            size: Some(spec.size),
+        });
+        let task = Arc::new(Task {
+            piece_size,
+            count,
+            ingest,
+            file: writer.file.clone(),
+            st: Mutex::new(TaskState {
+                pieces: vec![Piece::Missing; count as usize],
+                digests: vec![None; count as usize],
+                parents: HashMap::new(),
+                blocked: HashSet::new(),
+                to_report: Vec::new(),
+                assigned: HashSet::new(),
+                scheduler_ok: true,
+                go_source: !state.p2p(),
+                failed: None,
+                finished: false,
+                last_progress: Instant::now(),
+                source_failures: 0,
+            }),
+            generation: watch::channel(0).0,
+            spec,
+        });
+        tasks.insert(task.spec.digest.hex().to_string(), task.clone());
+        state.metrics.tasks.set(tasks.len() as i64);
+        drop(tasks);
+        tokio::spawn(layout_loop(state.clone(), task.clone()));
+        if state.p2p() {
+            tokio::spawn(announce_loop(state.clone(), task.clone()));
+        }
+        for _ in 0..WORKERS.min(count as usize) {
+            tokio::spawn(worker(state.clone(), task.clone()));
+        }
+        tokio::spawn(sequencer(state.clone(), task.clone(), writer));
+        Ok(task)
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn piece_span(&self, index: u32) -> (u64, u64) {
+        let start = index as u64 * self.piece_size;
+        (start, (start + self.piece_size).min(self.spec.size))
+    }
+
+    /// Whether a piece is here and verified (peers may have it).
+    pub fn has_piece(&self, index: u32) -> bool {
+        self.st.lock().pieces.get(index as usize) == Some(&Piece::Done)
+    }
+
+    pub fn piece_range(&self, index: u32) -> Option<(u64, u64)> {
+        (index < self.count).then(|| self.piece_span(index))
+    }
+
+    fn fail(&self, message: String) {
+        let mut st = self.st.lock();
+        if st.failed.is_none() {
+            tracing::warn!(digest = %self.spec.digest, %message, "download failed");
+            st.failed = Some(message);
+        }
+        drop(st);
+        self.bump();
+    }
+
+    fn pick(&self, state: &AgentState) -> Job {
+        let mut st = self.st.lock();
+        if st.failed.is_some() || st.finished || st.pieces.iter().all(|p| *p == Piece::Done) {
+            return Job::Finished;
+        }
+        let stalled = st.last_progress.elapsed() > state.cfg.transfer_timeout.0;
+        let source_ok = st.go_source || !st.scheduler_ok || stalled;
+        for i in 0..self.count {
+            if st.pieces[i as usize] != Piece::Missing {
+                continue;
+            }
+            if st.digests[i as usize].is_none() {
+                break; // digests arrive in order; wait for more
+            }
+            let holder = st
+                .parents
+                .iter()
+                .filter(|(id, p)| p.have.contains(&i) && !st.blocked.contains(*id))
+                .min_by_key(|(id, p)| (p.inflight, spread(id, i)))
+                .map(|(id, p)| (id.clone(), p.addr.clone()));
+            if let Some((id, addr)) = holder {
+                st.pieces[i as usize] = Piece::InFlight;
+                if let Some(p) = st.parents.get_mut(&id) {
+                    p.inflight += 1;
+                }
+                return Job::Peer { index: i, id, addr };
+            }
+            if source_ok || st.assigned.contains(&i) {
+                st.pieces[i as usize] = Piece::InFlight;
+                if stalled {
+                    st.last_progress = Instant::now(); // one rescue per transferTimeout
+                }
+                return Job::Source { index: i };
+            }
+        }
+        Job::Wait
+    }
+
+    fn complete(&self, index: u32, from: Option<&str>, result: crate::Result<()>) {
+        let mut st = self.st.lock();
+        if let Some(id) = from {
+            if let Some(p) = st.parents.get_mut(id) {
+                p.inflight = p.inflight.saturating_sub(1);
+            }
+        }
+        match result {
+            Ok(()) => {
+                st.pieces[index as usize] = Piece::Done;
+                st.last_progress = Instant::now();
+                st.assigned.remove(&index);
+            }
+            Err(e) => {
+                st.pieces[index as usize] = Piece::Missing;
+                match from {
+                    Some(id) => {
+                        tracing::info!(digest = %self.spec.digest, index, peer = id, error = %e, "peer failed; piece goes elsewhere");
+                        st.blocked.insert(id.to_string());
+                        st.to_report.push(id.to_string());
+                    }
+                    None => {
+                        st.source_failures += 1;
+                        tracing::warn!(digest = %self.spec.digest, index, error = %e, failures = st.source_failures, "mirror piece failed");
+                        if st.source_failures > SOURCE_RETRIES && st.failed.is_none() {
+                            st.failed = Some(format!(
+                                "the mirror failed {SOURCE_RETRIES} times; last: {e}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        drop(st);
+        self.bump();
+    }
+}
+
+/// A stable per-(peer, piece) tie-breaker, so equally loaded parents share the work.
+fn spread(id: &str, index: u32) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325 ^ index as u64;
+    for b in id.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+async fn worker(state: web::Data<AgentState>, task: Arc<Task>) {
+    let mut rx = task.generation.subscribe();
+    loop {
+        rx.borrow_and_update();
+        match task.pick(&state) {
+            Job::Finished => return,
+            Job::Wait => {
+                let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
+            }
+            Job::Peer { index, id, addr } => {
+                let result = fetch_from_peer(&state, &task, index, &addr).await;
+                task.complete(index, Some(&id), result);
+            }
+            Job::Source { index } => {
+                let result = fetch_from_mirror(&state, &task, index).await;
+                if result.is_ok() {
+                    state.metrics.back_to_source.inc();
+                } else {
+                    // Back off before the next attempt at the mirror.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                task.complete(index, None, result);
+            }
+        }
+    }
+}
+
+fn mirror_url(
+    state: &AgentState,
+    spec: &TaskSpec,
+    kind: &str,
+    extra: &[(&str, String)],
+) -> url::Url {
+    let mut url = state.mirror.clone();
+    url.set_path(&format!("/v2/{}/{kind}/{}", spec.repo, spec.digest));
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(ns) = &spec.ns {
+            q.append_pair("ns", ns);
+        }
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+    }
+    url
+}
+
+async fn fetch_from_mirror(state: &AgentState, task: &Task, index: u32) -> crate::Result<()> {
+    let (start, end) = task.piece_span(index);
+    let url = mirror_url(state, &task.spec, "blobs", &[]);
+    let mut req = state
+        .http
+        .get(url)
+        .header("Range", format!("bytes={start}-{}", end - 1));
+    if let Some(auth) = &task.spec.auth {
+        req = req.header("Authorization", auth.as_bytes());
+    }
+    fetch_piece(state, task, index, req, state.metrics.source_bytes.clone()).await
+}
+
+async fn fetch_from_peer(
+    state: &AgentState,
+    task: &Task,
+    index: u32,
+    addr: &str,
+) -> crate::Result<()> {
+    let path = format!(
+        "/pieces/{}/{index}?pieceSize={}",
+        task.spec.digest, task.piece_size
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let sig = nodepool::auth::sign(
+        state.cfg.secret.as_bytes(),
+        "GET",
+        &path,
+        &state.cfg.pool,
+        now,
+    );
+    let req = state
+        .http
+        .get(format!("http://{addr}{path}"))
+        .header(nodepool::auth::AUTH_HEADER, sig);
+    fetch_piece(state, task, index, req, state.metrics.peer_in()).await
+}
+
+/// Streams one piece into place, hashing as it comes; only a piece that matches the mirror's
+/// digest counts. Bounded by `transferTimeout` from request to last byte.
+async fn fetch_piece(
+    state: &AgentState,
+    task: &Task,
+    index: u32,
+    req: reqwest::RequestBuilder,
+    counter: Counter,
+) -> crate::Result<()> {
+    let err = |message: String| crate::Error::Piece {
+        digest: task.spec.digest.to_string(),
+        index,
+        message,
+    };
+    let _slot = state
+        .transfers
+        .acquire()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let (start, end) = task.piece_span(index);
+    let want = task.st.lock().digests[index as usize].ok_or_else(|| err("no digest yet".into()))?;
+    let work = async {
+        let resp = req.send().await.map_err(|e| err(format!("request: {e}")))?;
+        if !(resp.status() == 200 || resp.status() == 206) {
+            return Err(err(format!("answered {}", resp.status())));
+        }
+        let mut body = resp.bytes_stream();
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = BytesMut::new();
+        let mut offset = start;
+        loop {
+            let chunk = body
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| err(format!("body: {e}")))?;
+            let last = chunk.is_none();
+            if let Some(chunk) = chunk {
+                state.limits.total.take(chunk.len()).await;
+                state.limits.down.take(chunk.len()).await;
+                counter.inc_by(chunk.len() as u64);
+                if offset + (buf.len() + chunk.len()) as u64 > end {
+                    return Err(err("more bytes than the piece holds".into()));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            if buf.len() >= WRITE_CHUNK || (last && !buf.is_empty()) {
+                let data = buf.split().freeze();
+                hasher.update(&data);
+                let file = task.file.clone();
+                let at = offset;
+                offset += data.len() as u64;
+                tokio::task::spawn_blocking(move || file.write_all_at(&data, at))
+                    .await
+                    .map_err(|e| err(e.to_string()))?
+                    .map_err(|e| err(format!("write: {e}")))?;
+            }
+            if last {
+                break;
+            }
+        }
+        if offset != end {
+            return Err(err(format!(
+                "short piece: {} of {} bytes",
+                offset - start,
+                end - start
+            )));
+        }
+        if hasher.finalize().as_slice() != want {
+            state.metrics.digest_mismatches.inc();
+            return Err(err("piece does not match its digest".into()));
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(state.cfg.transfer_timeout.0, work).await {
+        Ok(r) => r,
+        Err(_) => Err(err(format!(
+            "stalled past transferTimeout ({:?})",
+            state.cfg.transfer_timeout.0
+        ))),
+    }
+    .inspect_err(|_| {
+        state.metrics.piece_failures.inc();
+    })
+}
+
+/// Learns piece digests from the mirror, as the mirror gets the blob.
+async fn layout_loop(state: web::Data<AgentState>, task: Arc<Task>) {
+    let mut from = 0u32;
+    let mut errors = 0;
+    while from < task.count {
+        if task.st.lock().failed.is_some() {
+            return;
+        }
+        let url = mirror_url(
+            &state,
+            &task.spec,
+            "pieces",
+            &[
+                ("pieceSize", task.piece_size.to_string()),
+                ("from", from.to_string()),
+            ],
+        );
+        let mut req = state.http.get(url).timeout(Duration::from_secs(30));
+        if let Some(auth) = &task.spec.auth {
+            req = req.header("Authorization", auth.as_bytes());
+        }
+        match fetch_layout(req, &task).await {
+            Ok(list) => {
+                errors = 0;
+                let mut st = task.st.lock();
+                for (k, hex_digest) in list.into_iter().enumerate() {
+                    if let Some(slot) = st.digests.get_mut(from as usize + k) {
+                        *slot = Some(hex_digest);
+                    }
+                }
+                let known = st.digests.iter().take_while(|d| d.is_some()).count() as u32;
+                drop(st);
+                from = known;
+                task.bump();
+            }
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(digest = %task.spec.digest, error = %e, errors, "piece layout from the mirror failed");
+                if errors > SOURCE_RETRIES {
+                    task.fail(format!("the mirror cannot give the piece layout: {e}"));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500 * errors as u64)).await;
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PieceList {
+    size: u64,
+    piece_size: u64,
+    pieces: Vec<String>,
+}
+
+async fn fetch_layout(req: reqwest::RequestBuilder, task: &Task) -> Result<Vec<[u8; 32]>, String> {
+    let resp = req.send().await.map_err(|e| format!("request: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("mirror answered {}", resp.status()));
+    }
+    let list: PieceList = resp
+        .json()
+        .await
+        .map_err(|e| format!("bad piece list: {e}"))?;
+    if list.size != task.spec.size || list.piece_size != task.piece_size {
+        return Err(format!(
+            "piece list for {} bytes in {} pieces, expected {} in {}",
+            list.size, list.piece_size, task.spec.size, task.piece_size
+        ));
+    }
+    list.pieces
+        .iter()
+        .map(|h| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(h, &mut out).map_err(|e| format!("bad piece digest: {e}"))?;
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Tells the scheduler what we have and learns parents and which pieces to take from the
+/// mirror. A scheduler that fails degrades the download to source, never fails it.
+async fn announce_loop(state: web::Data<AgentState>, task: Arc<Task>) {
+    let Some(client) = state.scheduler.as_ref() else {
+        return;
+    };
+    let info = TaskInfo {
+        digest: task.spec.digest.to_string(),
+        size: task.spec.size,
+        piece_size: task.piece_size,
+    };
+    loop {
+        let (have, failed_parents, finished) = {
+            let mut st = task.st.lock();
+            if st.failed.is_some() {
+                return;
+            }
+            let have = (0..task.count)
+                .filter(|i| st.pieces[*i as usize] == Piece::Done)
+                .collect();
+            (have, std::mem::take(&mut st.to_report), st.finished)
+        };
+        let req = AnnounceRequest {
+            peer: state.peer_info(),
+            task: info.clone(),
+            have,
+            done: finished,
+            failed_parents,
+        };
+        let wait = match client.announce(&req).await {
+            Ok(resp) => {
+                state.set_reachable(resp.reachable_pools.clone());
+                let mut st = task.st.lock();
+                st.scheduler_ok = true;
+                st.go_source = resp.go_source;
+                st.assigned = resp.source_pieces.into_iter().collect();
+                let mut parents = HashMap::new();
+                for p in resp.parents {
+                    let inflight = st.parents.get(&p.id).map_or(0, |old| old.inflight);
+                    parents.insert(
+                        p.id,
+                        Parent {
+                            addr: p.addr,
+                            have: p.have.into_iter().collect(),
+                            inflight,
+                        },
+                    );
+                }
+                st.parents = parents;
+                Duration::from_millis(resp.interval_ms.clamp(100, 10_000))
+            }
+            Err(e) => {
+                state.metrics.scheduler_errors.inc();
+                tracing::debug!(error = %e, "announce failed; pieces go to the mirror");
+                task.st.lock().scheduler_ok = false;
+                Duration::from_secs(1)
+            }
+        };
+        task.bump();
+        if finished {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Advances the verified-in-order prefix that containerd streams, hashes the whole blob on the
+/// way, and commits it to the cache once it matches.
+async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: IngestWriter) {
+    let mut rx = task.generation.subscribe();
+    let mut hasher = sha2::Sha256::new();
+    let mut prefix = 0u32;
+    let outcome: Result<(), String> = loop {
+        rx.borrow_and_update();
+        if let Some(msg) = task.st.lock().failed.clone() {
+            break Err(msg);
+        }
+        while prefix < task.count && task.has_piece(prefix) {
+            let (start, end) = task.piece_span(prefix);
+            match task.ingest.read_at(start, (end - start) as usize).await {
+                Ok(bytes) => hasher.update(&bytes),
+                Err(e) => {
+                    task.fail(format!("reading piece {prefix}: {e}"));
+                    break;
+                }
+            }
+            prefix += 1;
+            writer.set(Progress::Running {
+                written: end,
+                size: Some(task.spec.size),
+            });
+        }
+        if prefix == task.count {
+            let actual = Digest::from_sha256(&std::mem::take(&mut hasher).finalize());
+            if actual != task.spec.digest {
+                state.metrics.digest_mismatches.inc();
+                break Err(format!("blob is {actual}, expected {}", task.spec.digest));
+            }
+            let Some(temp) = writer.temp.take() else {
+                break Err("temp file lost".into());
+            };
+            if let Err(e) = state
+                .store
+                .commit(&task.spec.digest, temp, None, SystemTime::now())
+            {
+                break Err(format!("storing: {e}"));
+            }
+            break Ok(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+    };
+    match outcome {
+        Ok(()) => {
+            writer.set(Progress::Done {
+                size: task.spec.size,
+            });
+            task.st.lock().finished = true;
+            tracing::info!(digest = %task.spec.digest, size = task.spec.size, "blob complete and verified");
+        }
+        Err(msg) => {
+            task.fail(msg.clone());
+            writer.set(Progress::Failed(msg));
+        }
+    }
+    state.tasks.lock().remove(task.spec.digest.hex());
+    task.bump();
+    drop(writer);
+}
