@@ -83,20 +83,28 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Mirror(args) => {
             let config = args.into_config()?;
             let listener = bind(&config.listen, "mirror")?;
+            let server = mirror_server(&config)?;
             println!(
                 "poolcast mirror listening on http://{}",
                 listener.local_addr()?
             );
-            mirror_server(&config, listener, Box::pin(shutdown_signal())).await
+            server
+                .run(listener, shutdown_signal())
+                .await
+                .context("mirror server")
         }
         Command::Scheduler(args) => {
             let config = args.into_config()?;
             let listener = bind(&config.listen, "scheduler")?;
+            let server = scheduler_server(&config)?;
             println!(
                 "poolcast scheduler listening on http://{}",
                 listener.local_addr()?
             );
-            scheduler_server(&config, listener, Box::pin(shutdown_signal())).await
+            server
+                .run(listener, shutdown_signal())
+                .await
+                .context("scheduler server")
         }
         Command::Agent(args) => {
             let config = args.into_config()?;
@@ -104,9 +112,13 @@ async fn run(cli: Cli) -> Result<()> {
                 bind(&config.listen, "agent")?,
                 bind(&config.peer_listen, "agent peers")?,
             );
+            let server = agent_server(config, &peers)?;
             println!("poolcast agent listening on http://{}", api.local_addr()?);
             println!("poolcast agent peers on http://{}", peers.local_addr()?);
-            agent_server(config, api, peers, Box::pin(shutdown_signal())).await
+            server
+                .run(api, peers, shutdown_signal())
+                .await
+                .context("agent server")
         }
         Command::Up(args) => up(args).await,
     }
@@ -116,52 +128,27 @@ fn bind(addr: &str, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).with_context(|| format!("binding {what} on {addr}"))
 }
 
-async fn mirror_server(
-    config: &MirrorConfig,
-    listener: TcpListener,
-    shutdown: Shutdown,
-) -> Result<()> {
-    let server = mirror::MirrorServer::new(config, Arc::new(mirror::Metrics::new()))
-        .context("opening the mirror's cache")?;
-    server
-        .run(listener, shutdown)
-        .await
-        .context("mirror server")
+fn mirror_server(config: &MirrorConfig) -> Result<mirror::MirrorServer> {
+    mirror::MirrorServer::new(config, Arc::new(mirror::Metrics::new()))
+        .context("opening the mirror's cache")
 }
 
-async fn scheduler_server(
-    config: &SchedulerConfig,
-    listener: TcpListener,
-    shutdown: Shutdown,
-) -> Result<()> {
-    let server = scheduler::SchedulerServer::new(config, Arc::new(scheduler::Metrics::new()))
-        .context("starting the scheduler")?;
-    server
-        .run(listener, shutdown)
-        .await
-        .context("scheduler server")
+fn scheduler_server(config: &SchedulerConfig) -> Result<scheduler::SchedulerServer> {
+    scheduler::SchedulerServer::new(config, Arc::new(scheduler::Metrics::new()))
+        .context("starting the scheduler")
 }
 
-async fn agent_server(
-    config: AgentConfig,
-    api: TcpListener,
-    peers: TcpListener,
-    shutdown: Shutdown,
-) -> Result<()> {
+fn agent_server(config: AgentConfig, peers: &TcpListener) -> Result<agent::AgentServer> {
     let advertise = peers.local_addr()?;
     if config.advertise.is_empty() && advertise.ip().is_unspecified() {
         anyhow::bail!("config key `advertise`: peerListen {advertise} is not an address peers can use; set advertise (e.g. the node IP and port)");
     }
-    let server = agent::AgentServer::new(
+    agent::AgentServer::new(
         config,
         advertise.to_string(),
         Arc::new(agent::Metrics::new()),
     )
-    .context("starting the agent")?;
-    server
-        .run(api, peers, shutdown)
-        .await
-        .context("agent server")
+    .context("starting the agent")
 }
 
 /// The embedded default: all three components in one process on loopback.
@@ -197,6 +184,11 @@ async fn up(args: UpArgs) -> Result<()> {
         ..AgentConfig::default()
     };
     agent_cfg.validate()?;
+    let (m, sc, a) = (
+        mirror_server(&mirror_cfg)?,
+        scheduler_server(&sched_cfg)?,
+        agent_server(agent_cfg, &peer_l)?,
+    );
     println!("poolcast up: mirror listening on http://{mirror_addr}");
     println!("poolcast up: scheduler listening on http://{sched_addr}");
     println!("poolcast up: agent listening on http://{agent_addr}");
@@ -220,16 +212,16 @@ async fn up(args: UpArgs) -> Result<()> {
         })
     };
     let servers = futures_util::future::try_join3(
-        mirror_server(&mirror_cfg, mirror_l, stop(&stop_tx)),
-        scheduler_server(&sched_cfg, sched_l, stop(&stop_tx)),
-        agent_server(agent_cfg, agent_l, peer_l, stop(&stop_tx)),
+        m.run(mirror_l, stop(&stop_tx)),
+        sc.run(sched_l, stop(&stop_tx)),
+        a.run(agent_l, peer_l, stop(&stop_tx)),
     );
     tokio::pin!(servers);
     tokio::select! {
-        r = &mut servers => r.map(|_| ()),
+        r = &mut servers => r.map(|_| ()).context("poolcast up"),
         _ = shutdown_signal() => {
             let _ = stop_tx.send(());
-            servers.await.map(|_| ())
+            servers.await.map(|_| ()).context("poolcast up")
         }
     }
 }

@@ -71,12 +71,14 @@ fn bad_config_value_stops_start_up_with_one_line_naming_the_key() {
 }
 
 #[test]
-fn up_starts_the_mirror_and_says_where_to_point_clients() {
+fn up_starts_all_three_and_says_where_to_point_clients() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = poolcast()
         .args([
             "up",
             "--listen",
+            "127.0.0.1:0",
+            "--mirror-listen",
             "127.0.0.1:0",
             "--upstream",
             "http://127.0.0.1:1",
@@ -99,11 +101,16 @@ fn up_starts_the_mirror_and_says_where_to_point_clients() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(seen.contains("listening on http://127.0.0.1:"), "{seen}");
+    for component in ["mirror", "scheduler", "agent"] {
+        assert!(
+            seen.contains(&format!("{component} listening on http://127.0.0.1:")),
+            "{seen}"
+        );
+    }
     assert!(seen.contains("skopeo copy"), "{seen}");
     assert!(seen.contains("hosts.toml"), "{seen}");
-    assert!(
-        dir.path().join("cache/index").exists(),
-        "the cache folder was not created"
-    );
+    for part in ["mirror", "agent"] {
+        let index = dir.path().join("cache").join(part).join("index");
+        assert!(index.exists(), "{} was not created", index.display());
+    }
 }
