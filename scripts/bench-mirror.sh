@@ -2,40 +2,13 @@
 # Hot-cache throughput of one blob through the mirror against nginx (sendfile on) serving the
 # same file, and the latency a cached manifest HEAD adds, measured in one run on loopback.
 #   usage: scripts/bench-mirror.sh [BLOB_MiB=1024] [RUNS=7]
-set -euo pipefail
 size_mib=${1:-1024}
 runs=${2:-7}
-root=$(cd "$(dirname "$0")/.." && pwd)
-for tool in docker-registry nginx curl skopeo python3; do
-  command -v "$tool" >/dev/null || { echo "bench-mirror: $tool is missing (run scripts/test.sh once, or apt-get install it)" >&2; exit 1; }
-done
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin poolcast
-bin="$root/target/release/poolcast"
-work=$(mktemp -d /tmp/poolcast-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "bench-mirror: $1 did not come up" >&2; exit 1; }
-
-reg_port=$(free_port); mirror_port=$(free_port); nginx_port=$(free_port)
-cat > "$work/registry.yml" <<EOR
-version: 0.1
-storage: { filesystem: { rootdirectory: $work/registry } }
-http: { addr: 127.0.0.1:$reg_port }
-log: { level: error, accesslog: { disabled: true } }
-EOR
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 & pids+=($!)
-wait_http "http://127.0.0.1:$reg_port/v2/"
-
-echo "making a ${size_mib} MiB blob and a small image" >&2
-head -c $((size_mib << 20)) /dev/urandom > "$work/blob"
-digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
-loc=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$reg_port/v2/bench/blob/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
-case "$loc" in http*) ;; *) loc="http://127.0.0.1:$reg_port$loc" ;; esac
-sep='?'; [[ "$loc" == *\?* ]] && sep='&'
-curl -sf -X PUT -H "Content-Type: application/octet-stream" -T "$work/blob" "${loc}${sep}digest=$digest" -o /dev/null
+name=bench-mirror need="nginx skopeo"
+source "$(dirname "$0")/bench-lib.sh"
+start_registry
+mirror_port=$(free_port); nginx_port=$(free_port)
+upload_blob "$size_mib" bench/blob
 # A one-layer image for the manifest HEAD figures.
 python3 - "$work/img" <<'EOP'
 import hashlib, json, os, sys
@@ -114,7 +87,7 @@ read -r rp50 rp99 < <(latency "http://127.0.0.1:$reg_port/v2/bench/app/manifests
 awk -v m="$m" -v n="$n" -v size="$size_mib" -v runs="$runs" 'BEGIN{
   printf "hot blob (%d MiB, median of %d, loopback):\n", size, runs;
   printf "  mirror  %8.0f MiB/s\n  nginx   %8.0f MiB/s (sendfile on)\n  ratio   %8.2f of nginx\n", m/1048576, n/1048576, m/n }'
-echo "  mirror peak RSS: $(awk '/VmHWM/{printf "%.1f MiB", $2/1024}' "/proc/$mirror_pid/status")"
+echo "  mirror peak RSS: $(peak_rss_mib "$mirror_pid") MiB"
 echo "cached manifest HEAD, one kept-alive connection, $heads requests:"
 echo "  through the mirror: p50 ${mp50} ms, p99 ${mp99} ms"
 echo "  registry directly:  p50 ${rp50} ms, p99 ${rp99} ms"

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 const WORKERS: usize = 8;
 /// Mirror failures tolerated for one download before containerd is told.
 const SOURCE_RETRIES: u32 = 6;
-const WRITE_CHUNK: usize = 256 * 1024;
+const WRITE_CHUNK: usize = 128 * 1024;
 
 /// What a download needs to know about the blob and its requester.
 #[derive(Clone)]
@@ -592,12 +592,36 @@ async fn announce_loop(state: web::Data<AgentState>, task: Arc<Task>) {
     }
 }
 
+/// Feeds `start..end` of the download's file to the whole-blob hash, off the runtime, through
+/// a small buffer: whole-piece buffers made glibc keep tens of MiB in per-thread arenas.
+async fn hash_span(
+    file: Arc<File>,
+    mut hasher: sha2::Sha256,
+    start: u64,
+    end: u64,
+) -> std::io::Result<sha2::Sha256> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], pos)?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        Ok(hasher)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Advances the verified-in-order prefix that containerd streams, hashes the whole blob on the
 /// way, and commits it to the cache once it matches.
 async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: IngestWriter) {
     let mut rx = task.generation.subscribe();
     let mut hasher = sha2::Sha256::new();
     let mut prefix = 0u32;
+    // (`hasher` moves into the blocking pool and back for each piece.)
     let outcome: Result<(), String> = loop {
         rx.borrow_and_update();
         if let Some(msg) = task.st.lock().failed.clone() {
@@ -605,8 +629,8 @@ async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: In
         }
         while prefix < task.count && task.has_piece(prefix) {
             let (start, end) = task.piece_span(prefix);
-            match task.ingest.read_at(start, (end - start) as usize).await {
-                Ok(bytes) => hasher.update(&bytes),
+            match hash_span(task.file.clone(), std::mem::take(&mut hasher), start, end).await {
+                Ok(h) => hasher = h,
                 Err(e) => {
                     task.fail(format!("reading piece {prefix}: {e}"));
                     break;
