@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 /// Workers per download; the global `proxyFsParallels` semaphore bounds the total.
 const WORKERS: usize = 8;
-/// Mirror failures tolerated for one download before containerd is told.
+/// Mirror failures in a row tolerated for one download before containerd is told.
 const SOURCE_RETRIES: u32 = 6;
 const WRITE_CHUNK: usize = 128 * 1024;
 
@@ -236,6 +236,9 @@ impl Task {
                 st.pieces[index as usize] = Piece::Done;
                 st.last_progress = Instant::now();
                 st.assigned.remove(&index);
+                if from.is_none() {
+                    st.source_failures = 0; // only a mirror that keeps failing fails the pull
+                }
             }
             Err(e) => {
                 st.pieces[index as usize] = Piece::Missing;

@@ -39,6 +39,14 @@ pub struct RegistryConfig {
     pub announce_interval: Duration,
 }
 
+impl RegistryConfig {
+    /// How long a peer with a mirror reservation may go without announcing before the
+    /// reservation lapses: four announce intervals, at least 2 s.
+    pub fn quiet(&self) -> Duration {
+        (self.announce_interval * 4).max(Duration::from_secs(2))
+    }
+}
+
 impl From<&SchedulerConfig> for RegistryConfig {
     fn from(c: &SchedulerConfig) -> Self {
         RegistryConfig {
@@ -343,7 +351,7 @@ impl PeerRegistry {
             &self.peers,
             &who,
             now,
-            self.config.source_assign_timeout,
+            (self.config.source_assign_timeout, self.config.quiet()),
         );
         resp.source_pieces = pieces;
         self.metrics.source_pieces.inc_by(added as u64);

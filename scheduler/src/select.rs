@@ -101,12 +101,16 @@ pub(crate) fn choose_parents(
 /// holdings count) and that are not reserved for another such peer within `timeout`. At
 /// most [`SOURCE_PIECES_PER_ANSWER`]; new ones are reserved for it. Also returns how many
 /// are new.
+///
+/// A reservation also lapses when its peer has gone quiet for `quiet`: a downloading agent
+/// announces every `announceInterval`, so one that stopped is dead or stuck, and waiting for
+/// `peerTTL` or `sourceAssignTimeout` would hold the piece hostage for the whole pool.
 pub(crate) fn assign_source_pieces(
     task: &mut Task,
     peers: &Peers,
     who: &Requester<'_>,
     now: Instant,
-    timeout: Duration,
+    (timeout, quiet): (Duration, Duration),
 ) -> (Vec<u32>, usize) {
     let mut out = task.open_assignments(who.key, now, timeout);
     out.truncate(SOURCE_PIECES_PER_ANSWER);
@@ -118,7 +122,9 @@ pub(crate) fn assign_source_pieces(
             if out.len() + new.len() >= SOURCE_PIECES_PER_ANSWER {
                 break;
             }
-            if out.contains(&piece) || reserved_by_other(task, piece, who, now, timeout) {
+            if out.contains(&piece)
+                || reserved_by_other(task, peers, piece, who, (now, timeout, quiet))
+            {
                 continue;
             }
             new.push(piece);
@@ -179,19 +185,22 @@ fn held_for(task: &Task, peers: &Peers, who: &Requester<'_>) -> PieceSet {
 }
 
 /// Whether another peer the requester can pair with was sent to the mirror for `piece`
-/// within `timeout`. Peers are live here: the registry drops silent ones before deciding.
+/// within `timeout` and is still announcing.
 fn reserved_by_other(
     task: &Task,
+    peers: &Peers,
     piece: u32,
     who: &Requester<'_>,
-    now: Instant,
-    timeout: Duration,
+    (now, timeout, quiet): (Instant, Duration, Duration),
 ) -> bool {
     task.reserved.get(&piece).is_some_and(|list| {
         list.iter().any(|r| {
             r.peer != who.key
                 && now.saturating_duration_since(r.at) < timeout
                 && who.reach.contains(&r.pool)
+                && peers
+                    .get(r.peer)
+                    .is_some_and(|p| now.saturating_duration_since(p.last_seen) < quiet)
         })
     })
 }

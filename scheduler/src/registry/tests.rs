@@ -188,6 +188,8 @@ fn reserved_piece_is_reassigned_after_timeout_or_when_holder_dies() {
         vec![0, 1, 2, 3]
     );
     let t10 = t0 + secs(10);
+    // p1 keeps announcing, as a downloading agent does: its reservation holds.
+    announce(&mut r, &ask("p1", "a", &[]), t10);
     assert_eq!(
         announce(&mut r, &ask("p2", "a", &[]), t10).source_pieces,
         vec![4, 5, 6, 7]
@@ -209,6 +211,7 @@ fn reserved_piece_is_reassigned_after_timeout_or_when_holder_dies() {
     let mut r = registry_with(config(30, 60, 16), &[], t0);
     announce(&mut r, &ask("p1", "a", &[]), t0);
     let t20 = t0 + secs(20);
+    announce(&mut r, &ask("p1", "a", &[]), t20);
     assert_eq!(
         announce(&mut r, &ask("p2", "a", &[]), t20).source_pieces,
         vec![4, 5, 6, 7]
@@ -231,6 +234,28 @@ fn reserved_piece_is_reassigned_after_timeout_or_when_holder_dies() {
     let dead = announce(&mut r, &ask("p1", "a", &[0, 1, 2, 3, 4, 5, 6]), t31);
     assert!(dead.parents.is_empty());
     assert_eq!(dead.source_pieces, vec![7]);
+}
+
+#[test]
+fn a_quiet_holder_releases_its_reservations() {
+    // p1 was sent to the mirror, then died before anyone noticed (peerTTL 30s, reservation
+    // 15s): once it has not announced for four intervals (at least 2s), others get its pieces.
+    let t0 = Instant::now();
+    let mut r = registry_with(config(30, 15, 16), &[], t0);
+    assert_eq!(
+        announce(&mut r, &ask("p1", "a", &[]), t0).source_pieces,
+        vec![0, 1, 2, 3]
+    );
+    let t1 = t0 + secs(1);
+    assert_eq!(
+        announce(&mut r, &ask("p2", "a", &[]), t1).source_pieces,
+        vec![4, 5, 6, 7]
+    );
+    let t3 = t0 + secs(3);
+    assert_eq!(
+        announce(&mut r, &ask("p3", "a", &[]), t3).source_pieces,
+        vec![0, 1, 2, 3]
+    );
 }
 
 #[test]
