@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::metrics::sum_labeled;
 use common::{mirror::sum_metric, raw_request, Containerd, Hosts, Registry, TestImage};
 
 #[test]
@@ -102,6 +103,16 @@ fn metric_sums_samples_across_label_sets() {
                 x_total_created 9\nx_total 1\n# EOF\n";
     assert_eq!(sum_metric(text, "x_total"), 6.5);
     assert_eq!(sum_metric(text, "missing"), 0.0);
+}
+
+#[test]
+fn labeled_metric_sums_only_samples_with_that_label() {
+    let text =
+        "# TYPE p counter\np_total{direction=\"in\"} 5\np_total{direction=\"out\",x=\"1\"} 7\n\
+                p_total{direction=\"out\"} 1\npx_total{direction=\"out\"} 100\n# EOF\n";
+    assert_eq!(sum_labeled(text, "p_total", "direction", "out"), 8.0);
+    assert_eq!(sum_labeled(text, "p_total", "direction", "in"), 5.0);
+    assert_eq!(sum_labeled(text, "p_total", "direction", "sideways"), 0.0);
 }
 
 #[test]

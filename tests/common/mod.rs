@@ -1,23 +1,32 @@
 //! Integration-test harness: real parts, no mocks.
 //!
-//! Each helper owns one real process (the CNCF registry, the `poolcast mirror` binary, containerd)
-//! or drives one real client (skopeo, ctr), and kills what it started when dropped, also when the
-//! test panics. Nothing is shared between tests: every test gets its own ports and temp dirs.
+//! Each helper owns one real process (the CNCF registry, the `poolcast` mirror, scheduler and
+//! agents, containerd) or drives one real client (skopeo, ctr), and kills what it started when
+//! dropped, also when the test panics. Nothing is shared between tests: every test gets its own
+//! ports and temp dirs.
 //!
 //! ```text
 //!   TestImage --skopeo push--> Registry <--upstream-- Mirror <--pull-- skopeo / containerd
+//!                                                       ^
+//!                                    Scheduler <--> Agents (127.0.0.x) <--pull-- skopeo / containerd
 //! ```
 //!
 //! The tools come from `scripts/test.sh`; a missing tool fails the test with a message naming it.
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
+pub mod agent;
 pub mod containerd;
 pub mod fake;
+pub mod fake_peer;
 pub mod fixture;
 pub mod http;
 pub mod image;
+pub mod metrics;
 pub mod mirror;
+pub mod p2p;
+pub mod process;
 pub mod registry;
+pub mod scheduler;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -28,11 +37,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub use self::scheduler::Scheduler;
+pub use agent::{Agent, AgentOpts};
 pub use containerd::{Containerd, Hosts};
 pub use fixture::Fixture;
 pub use http::{basic_auth, client, raw_request, RawResponse};
 pub use image::{skopeo_pull, verify_pulled, BlobRef, TestImage};
 pub use mirror::Mirror;
+pub use p2p::{BedSpec, P2pBed};
 pub use registry::Registry;
 
 /// How long a process gets to become ready (bind, answer its first request).

@@ -1,0 +1,187 @@
+//! Nothing stops a pull the registry could serve: a parent killed mid-transfer, a parent that
+//! stalls, a peer that sends corrupted pieces, the scheduler killed mid-rollout. In each, every
+//! pull completes and is verified digest for digest. The stalling and lying peers are hostile
+//! fakes (no real agent misbehaves on purpose) registered with the real scheduler.
+
+#![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::{
+    DIGEST_MISMATCHES, PEER_BYTES, PIECE_FAILURES, SCHEDULER_ERRORS, SOURCE_BYTES, UPLOADS,
+};
+use common::assert_eventually;
+use common::fake_peer::{FakePeer, FakePeerSpec, Misbehaviour};
+use common::p2p::{BedSpec, P2pBed, PIECE_SIZE};
+use common::scheduler::{PARENT_REPORTS, PEERS, TASKS};
+
+const POOL: &str = "pool-a";
+
+#[test]
+fn a_parent_killed_mid_transfer_does_not_fail_the_pull() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 41,
+        ..BedSpec::default()
+    });
+    // The parent uploads slowly, so its transfers are still running when it dies.
+    let parent = bed.add_agent(POOL, &["--upload-rate", "4M"]);
+    bed.pull(parent);
+    let children = bed.add_agents(4, POOL, &[]);
+
+    let pulls = bed.start_pulls(&children);
+    assert_eventually(
+        Duration::from_secs(20),
+        "the parent uploading pieces to its children",
+        || bed.agents[parent].metric(UPLOADS) > 0.0 && bed.agents[parent].peer_bytes("out") > 0.0,
+    );
+    bed.agents[parent].kill();
+    eprintln!(
+        "killed the parent {} mid-transfer",
+        bed.agents[parent].node()
+    );
+    assert!(
+        pulls.running() > 0,
+        "every pull finished before the parent was killed: nothing was mid-transfer"
+    );
+    pulls.finish(&bed.fx.image);
+
+    eprintln!(
+        "children after the parent died: {} / failures {}",
+        bed.per_agent(&children, PEER_BYTES),
+        bed.per_agent(&children, PIECE_FAILURES)
+    );
+    assert!(
+        bed.sum(&children, PIECE_FAILURES) > 0.0,
+        "no child saw a piece fail: the parent died without any transfer from it in flight"
+    );
+}
+
+/// A fake holder of every blob of the bed's image, in `POOL`, behaving as `behaviour`.
+fn hostile_holder(bed: &P2pBed, behaviour: Misbehaviour) -> FakePeer {
+    FakePeer::start(FakePeerSpec {
+        ip: "127.0.0.200",
+        behaviour,
+        blobs: bed.fx.image.blobs().into_iter().cloned().collect(),
+        piece_size: PIECE_SIZE,
+        scheduler_url: bed.scheduler().url(),
+        pool: POOL,
+        secret: None,
+    })
+}
+
+#[test]
+fn a_stalling_parent_is_dropped_within_transfer_timeout() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 42,
+        ..BedSpec::default()
+    });
+    let fake = hostile_holder(&bed, Misbehaviour::Stall);
+    let agents = bed.add_agents(3, POOL, &["--transfer-timeout", "2s"]);
+    let durations = bed.pull_all(&agents);
+
+    eprintln!(
+        "stalling parent got {} piece requests; pulls took {durations:.1?}; piece failures {}",
+        fake.requests(),
+        bed.per_agent(&agents, PIECE_FAILURES)
+    );
+    assert!(
+        fake.requests() > 0,
+        "the scheduler never offered the stalling parent"
+    );
+    // The stall costs each blob one transferTimeout (2 s here) before its pieces go elsewhere;
+    // at the default 15 s, three blobs would take over 45 s.
+    let slowest = *durations.iter().max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(25),
+        "a pull took {slowest:.1?}: the stalling parent was not dropped after --transfer-timeout 2s"
+    );
+    assert!(
+        bed.sum(&agents, PIECE_FAILURES) > 0.0,
+        "no agent counted a stalled piece"
+    );
+    assert!(
+        bed.scheduler().metric(PARENT_REPORTS) > 0.0,
+        "no agent reported the stalling parent to the scheduler"
+    );
+}
+
+#[test]
+fn a_peer_sending_corrupted_pieces_is_reported_and_the_pull_verifies() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 43,
+        ..BedSpec::default()
+    });
+    let fake = hostile_holder(&bed, Misbehaviour::Corrupt);
+    let agents = bed.add_agents(3, POOL, &["--transfer-timeout", "2s"]);
+    bed.pull_all(&agents);
+
+    eprintln!(
+        "lying peer got {} piece requests; digest mismatches {}",
+        fake.requests(),
+        bed.per_agent(&agents, DIGEST_MISMATCHES)
+    );
+    assert!(
+        fake.requests() > 0,
+        "the scheduler never offered the lying peer"
+    );
+    assert!(
+        bed.sum(&agents, DIGEST_MISMATCHES) > 0.0,
+        "no agent caught a corrupted piece"
+    );
+    assert!(
+        bed.scheduler().metric(PARENT_REPORTS) > 0.0,
+        "no agent reported the lying peer to the scheduler"
+    );
+}
+
+#[test]
+fn scheduler_killed_mid_rollout_degrades_to_source() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 44,
+        ..BedSpec::default()
+    });
+    // Slow downloads, so the rollout is still under way when the scheduler dies.
+    let agents = bed.add_agents(4, POOL, &["--download-rate", "2M"]);
+    let pulls = bed.start_pulls(&agents);
+    assert_eventually(Duration::from_secs(20), "the rollout under way", || {
+        bed.sum(&agents, SOURCE_BYTES) + bed.peer_bytes(&agents, "in") > 256.0 * 1024.0
+    });
+    bed.scheduler_mut().kill();
+    assert!(
+        pulls.running() > 0,
+        "every pull finished before the scheduler was killed"
+    );
+    pulls.finish(&bed.fx.image);
+    assert!(
+        bed.sum(&agents, SCHEDULER_ERRORS) > 0.0,
+        "no agent noticed the scheduler was gone"
+    );
+
+    // Soft state: the restarted scheduler learns the holders from their heartbeats, and a new
+    // node's pull gets pieces from them.
+    bed.scheduler_mut().restart();
+    // Announces of downloads still finishing re-register peers at once, but only heartbeats
+    // (every 5 s) list every blob held: wait until the scheduler knows them all again.
+    let blobs = bed.fx.image.blobs().len() as f64;
+    assert_eventually(
+        Duration::from_secs(20),
+        "every agent and every blob they hold known to the restarted scheduler",
+        || {
+            let s = bed.scheduler();
+            s.metric(PEERS) >= agents.len() as f64 && s.metric(TASKS) >= blobs
+        },
+    );
+    let newcomer = bed.add_agent(POOL, &[]);
+    bed.pull(newcomer);
+    let peer_in = bed.agents[newcomer].peer_bytes("in");
+    eprintln!(
+        "after the scheduler restart, the new node got {peer_in} bytes from peers, {} from the mirror",
+        bed.agents[newcomer].metric(SOURCE_BYTES)
+    );
+    assert!(
+        peer_in > 0.0,
+        "the new node got nothing from peers: the restarted scheduler did not learn the holders"
+    );
+}

@@ -1,0 +1,151 @@
+//! Pulls through node agents, real processes on their own loopback addresses: every agent ends
+//! with a digest-identical image, the mirror fetches each blob from upstream once, and in p2p
+//! mode most bytes move peer to peer instead of leaving the mirror once per node.
+
+#![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+
+mod common;
+
+use common::agent::{CACHE_HITS, PEER_BYTES, SERVED_BYTES, SOURCE_BYTES};
+use common::p2p::{BedSpec, P2pBed};
+use common::Containerd;
+
+const POOL: &str = "pool-a";
+
+#[test]
+fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 31,
+        ..BedSpec::default()
+    });
+    let agents = bed.add_agents(6, POOL, &[]);
+    let durations = bed.pull_all(&agents);
+
+    let copy = bed.one_copy() as f64;
+    let upstream = bed.fx.upstream_bytes();
+    let served = bed.fx.served_bytes() as f64;
+    let from_mirror = bed.sum(&agents, SOURCE_BYTES);
+    let peer_in = bed.peer_bytes(&agents, "in");
+    let slowest = durations.iter().max().unwrap();
+    eprintln!(
+        "p2p rollout, 6 agents, one cold image of {copy} bytes ({:?} + config), 1 MiB pieces:\n  \
+         mirror upstream bytes: {upstream} ({:.2} copies)\n  \
+         mirror served bytes (blobs + manifests): {served} ({:.2} copies)\n  \
+         agents' bytes from the mirror: {from_mirror} ({:.2} copies)\n  \
+         agents' peer bytes in: {peer_in} ({:.2} copies)\n  \
+         slowest pull: {slowest:.1?}\n  per agent: {}",
+        bed.fx
+            .image
+            .layers
+            .iter()
+            .map(|l| l.size)
+            .collect::<Vec<_>>(),
+        upstream as f64 / copy,
+        served / copy,
+        from_mirror / copy,
+        peer_in / copy,
+        bed.per_agent(&agents, PEER_BYTES),
+    );
+    assert_eq!(
+        upstream,
+        bed.one_copy(),
+        "the mirror should fetch each blob from upstream exactly once"
+    );
+    assert!(peer_in > 0.0, "no bytes moved peer to peer");
+    assert!(
+        served < 3.0 * copy,
+        "the mirror served {:.2} copies of the image to a pool of 6 (source mode would be 6)",
+        served / copy
+    );
+}
+
+#[test]
+fn source_mode_pulls_everything_from_the_mirror() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 32,
+        scheduler: false,
+        ..BedSpec::default()
+    });
+    let agents = bed.add_agents(3, POOL, &[]);
+    bed.pull_all(&agents);
+
+    let peer = bed.peer_bytes(&agents, "in") + bed.peer_bytes(&agents, "out");
+    assert_eq!(peer, 0.0, "source mode moved bytes between peers");
+    for &i in &agents {
+        let from_mirror = bed.agents[i].metric(SOURCE_BYTES);
+        assert!(
+            from_mirror >= bed.one_copy() as f64,
+            "{} took {from_mirror} bytes from the mirror, less than the image ({})",
+            bed.agents[i].node(),
+            bed.one_copy()
+        );
+    }
+    assert_eq!(bed.fx.upstream_bytes(), bed.one_copy());
+}
+
+#[test]
+fn agent_restart_serves_cached_blob_without_network() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 33,
+        ..BedSpec::default()
+    });
+    let a = bed.add_agent(POOL, &["--cache-mode", "disk"]);
+    bed.pull(a);
+    let served_before = bed.fx.served_bytes();
+
+    bed.agents[a].restart();
+    bed.pull(a);
+
+    let agent = &bed.agents[a];
+    let mirror_growth = bed.fx.served_bytes() - served_before;
+    let smallest = bed.fx.image.layers.iter().map(|b| b.size).min().unwrap();
+    eprintln!(
+        "after restart: mirror served {mirror_growth} more bytes (manifests), agent cache hits {}, \
+         agent bytes from the mirror {}",
+        agent.metric(CACHE_HITS),
+        agent.metric(SOURCE_BYTES)
+    );
+    assert_eq!(
+        agent.metric(SOURCE_BYTES),
+        0.0,
+        "the restarted agent fetched blob bytes from the mirror instead of its disk cache"
+    );
+    assert_eq!(
+        agent.peer_bytes("in"),
+        0.0,
+        "the restarted agent fetched from peers"
+    );
+    assert!(
+        agent.metric(CACHE_HITS) >= bed.fx.image.blobs().len() as f64,
+        "expected a cache hit per blob, got {}",
+        agent.metric(CACHE_HITS)
+    );
+    assert!(
+        mirror_growth < smallest,
+        "the mirror served {mirror_growth} bytes for the second pull, more than a layer"
+    );
+}
+
+#[test]
+fn containerd_pulls_through_the_agent_with_hosts_toml() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 34,
+        ..BedSpec::default()
+    });
+    let a = bed.add_agent(POOL, &[]);
+    let containerd = Containerd::start();
+    let digest = containerd.pull_via_mirror(
+        &bed.image_ref(),
+        &bed.fx.registry.host(),
+        bed.agents[a].url(),
+    );
+    assert_eq!(digest, bed.fx.image.manifest_digest);
+    // containerd falls back to the registry when a mirror fails, so the digest alone does not
+    // show the agent served the pull: its counter must account for every blob.
+    let served = bed.agents[a].metric(SERVED_BYTES);
+    assert!(
+        served >= bed.one_copy() as f64,
+        "the agent served {served} bytes of a {}-byte image; containerd went around it",
+        bed.one_copy()
+    );
+}
