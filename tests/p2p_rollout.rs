@@ -124,6 +124,17 @@ fn agent_restart_serves_cached_blob_without_network() {
         mirror_growth < smallest,
         "the mirror served {mirror_growth} bytes for the second pull, more than a layer"
     );
+
+    // With the mirror gone and the agent restarted again, held blobs still go to a requester
+    // served before: the agent's grants survive in its cache index.
+    bed.fx.mirror.kill();
+    bed.agents[a].restart();
+    for blob in bed.fx.image.blobs() {
+        let path = bed.fx.blob_path(&blob.digest);
+        let resp = common::raw_request(bed.agents[a].host(), "GET", &path, &[]).unwrap();
+        assert_eq!(resp.status, 200, "GET {path} with the mirror down");
+        assert_eq!(resp.body, bed.fx.image.blob_bytes(&blob.digest));
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use mirror::body::{file_stream, metered, parse_range, span};
 use mirror::error::UpstreamReply;
 use mirror::reference::{split_path, validate_name, Digest};
 use sha2::Digest as _;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
@@ -246,22 +246,51 @@ fn respond(
 }
 
 /// Asks the mirror whether this requester may read the blob (the mirror asks upstream with
-/// the same credentials); a yes is remembered for `authCacheTTL`. Returns the blob's size.
+/// the same credentials). A yes is kept in the cache index (so it survives a restart) and
+/// trusted for `authCacheTTL`: a held blob is then served with no network at all. When the
+/// mirror cannot be reached, a yes up to `cacheTTL` old still serves what this node holds, so
+/// a pool keeps running the images it has. Returns the blob's size.
 async fn check_access(
     state: &AgentState,
     b: &BlobRequest,
     auth: Option<&HeaderValue>,
 ) -> Result<u64> {
-    let who = auth.map_or_else(
-        || "anonymous".to_string(),
-        |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
-    );
-    let ns = b.ns.as_deref().unwrap_or("");
-    let key = format!("{ns}\u{0}{}\u{0}{}\u{0}{who}", b.repo, b.digest);
-    if let Some((at, size)) = state.access.lock().get(&key).copied() {
-        if at.elapsed() < state.cfg.auth_cache_ttl.0 {
-            return Ok(size);
-        }
+    let key = |auth: Option<&HeaderValue>| {
+        let who = auth.map_or_else(
+            || "anonymous".to_string(),
+            |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
+        );
+        format!(
+            "{}\u{0}{}\u{0}{}\u{0}{who}",
+            b.ns.as_deref().unwrap_or(""),
+            b.repo,
+            b.digest
+        )
+    };
+    // The requester's own grant, or anyone's: what upstream served anonymously is public.
+    let keys = [key(auth), key(None)];
+    let now = SystemTime::now();
+    let granted_within = |within: std::time::Duration| {
+        let now = mirror::store::unix(now);
+        keys.iter().any(|k| {
+            state
+                .store
+                .access(k)
+                .ok()
+                .flatten()
+                .is_some_and(|at| now.saturating_sub(at) < within.as_secs().max(1))
+        })
+    };
+    let held = state
+        .store
+        .entry(&b.digest, now)
+        .ok()
+        .flatten()
+        .filter(|e| e.media_type.is_none())
+        .map(|e| e.size);
+    let size = held.or_else(|| state.sizes.lock().get(b.digest.hex()).copied());
+    if let Some(size) = size.filter(|_| granted_within(state.cfg.auth_cache_ttl.0)) {
+        return Ok(size);
     }
     let url = mirror_url(
         state,
@@ -283,11 +312,14 @@ async fn check_access(
                     url: url.to_string(),
                     message: "no Content-Length on HEAD".into(),
                 })?;
-            let mut access = state.access.lock();
-            if access.len() > 100_000 {
-                access.clear();
+            if let Err(e) = state.store.put_access(&keys[0], now) {
+                tracing::warn!(error = %e, "could not record access");
             }
-            access.insert(key, (Instant::now(), size));
+            let mut sizes = state.sizes.lock();
+            if sizes.len() > 100_000 {
+                sizes.clear();
+            }
+            sizes.insert(b.digest.hex().to_string(), size);
             Ok(size)
         }
         Ok(resp) => {
@@ -303,21 +335,12 @@ async fn check_access(
             };
             Err(mirror::Error::Upstream(reply).into())
         }
-        Err(e) => {
-            // The mirror is down: what this node already holds still serves a requester it
-            // served before, so a pool keeps running images it has.
-            let known = state.access.lock().get(&key).copied();
-            let held = state
-                .store
-                .entry(&b.digest, SystemTime::now())
-                .ok()
-                .flatten();
-            match (known, held) {
-                (Some((at, _)), Some(entry)) if at.elapsed() < state.cfg.cache_ttl.0 => {
-                    Ok(entry.size)
-                }
-                _ => Err(unreachable(&url, e)),
+        Err(e) => match held {
+            Some(size) if granted_within(state.cfg.cache_ttl.0) => {
+                tracing::warn!(digest = %b.digest, error = %e, "mirror unreachable; serving a held blob to a requester it served before");
+                Ok(size)
             }
-        }
+            _ => Err(unreachable(&url, e)),
+        },
     }
 }

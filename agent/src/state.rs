@@ -14,7 +14,7 @@ use scheduler::client::SchedulerClient;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 
 /// How often the agent tells the scheduler it is alive and what it holds.
@@ -38,8 +38,8 @@ pub struct AgentState {
     pub scheduler: Option<SchedulerClient>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
-    /// Grants from the mirror: (ns, repo, digest, credential hash) -> (when, blob size).
-    pub access: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Sizes of blobs the mirror confirmed (digest hex -> bytes); grants live in the store.
+    pub sizes: Mutex<HashMap<String, u64>>,
     /// Piece transfers in flight across all downloads (`proxyFsParallels`).
     pub transfers: Arc<Semaphore>,
     /// Pools whose peers may fetch from us: our own, plus what the scheduler says.
@@ -142,7 +142,7 @@ impl AgentServer {
             scheduler,
             limits,
             metrics,
-            access: Mutex::new(HashMap::new()),
+            sizes: Mutex::new(HashMap::new()),
             transfers,
             reachable: RwLock::new(vec![pool]),
         };

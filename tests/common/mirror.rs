@@ -134,7 +134,7 @@ impl Mirror {
         sum_metric(&self.metrics_text(), name)
     }
 
-    fn kill(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = child.kill();
         child.wait().ok()
