@@ -82,6 +82,19 @@ impl PieceSet {
             .any(|(mine, theirs)| mine & !theirs != 0)
     }
 
+    /// Pieces held here that `other` lacks, lowest first: what a parent can give a requester.
+    pub fn missing_from_vec(&self, other: &PieceSet) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (wi, (&mine, &theirs)) in self.words.iter().zip(&other.words).enumerate() {
+            let mut bits = mine & !theirs;
+            while bits != 0 {
+                out.push(wi as u32 * 64 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+
     pub fn words(&self) -> &[u64] {
         &self.words
     }
@@ -96,8 +109,8 @@ impl PieceSet {
         ones(&self.words, true, self.len)
     }
 
-    /// Held pieces, lowest first. Answers carry up to `maxParents` of these, so this is a
-    /// plain loop: whole words at once, then bit by bit.
+    /// Held pieces, lowest first.
+    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.count() as usize);
         for (wi, &word) in self.words.iter().enumerate() {
@@ -136,6 +149,16 @@ fn ones(words: &[u64], invert: bool, len: u32) -> impl Iterator<Item = u32> + '_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parent_offers_only_what_the_requester_lacks() {
+        let parent = PieceSet::from_indices(130, &[0, 1, 63, 64, 100, 129]);
+        let me = PieceSet::from_indices(130, &[1, 64]);
+        assert_eq!(parent.missing_from_vec(&me), vec![0, 63, 100, 129]);
+        assert!(PieceSet::full(130)
+            .missing_from_vec(&PieceSet::full(130))
+            .is_empty());
+    }
 
     #[test]
     fn full_set_holds_exactly_len_pieces() {

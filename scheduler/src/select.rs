@@ -90,7 +90,8 @@ pub(crate) fn choose_parents(
             Some(ParentInfo {
                 id: peer.id.clone(),
                 addr: peer.addr.clone(),
-                have: member.have.to_vec(),
+                // Only what the requester lacks: the answer stays small as it fills up.
+                have: member.have.missing_from_vec(&me.have),
             })
         })
         .collect()
