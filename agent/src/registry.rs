@@ -16,7 +16,6 @@ use mirror::reference::{split_path, validate_name, Digest};
 use sha2::Digest as _;
 use std::time::SystemTime;
 
-const MAX_HEADER_BYTES: usize = 32 * 1024;
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// Headers passed back from the mirror as they are.
 const RELAYED: [&str; 5] = [
@@ -28,28 +27,13 @@ const RELAYED: [&str; 5] = [
 ];
 
 pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpResponse> {
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(mirror::Error::HeadersTooLarge(header_bytes).into());
-    }
-    let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        ref m => return Err(mirror::Error::Unsupported(m.to_string()).into()),
-    };
-    let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned())
-        .filter(|ns| {
-            ns.len() <= 253
-                && ns
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-        });
+    let (head, ns) = mirror::preflight(&req)?;
+    let ns = ns.filter(|ns| {
+        ns.len() <= 253
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+    });
     let tail = req.match_info().get("tail").unwrap_or("");
     if tail.is_empty() {
         return relay(&state, &req, "/v2/", ns.as_deref()).await;
@@ -85,16 +69,6 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
     }
 }
 
-fn mirror_url(state: &AgentState, path: &str, ns: Option<&str>) -> url::Url {
-    let mut url = state.mirror.clone();
-    url.set_path(path);
-    url.set_query(None);
-    if let Some(ns) = ns {
-        url.query_pairs_mut().append_pair("ns", ns);
-    }
-    url
-}
-
 fn unreachable(url: &url::Url, e: reqwest::Error) -> Error {
     Error::MirrorUnreachable {
         url: format!("{}{}", url.origin().ascii_serialization(), url.path()),
@@ -110,7 +84,7 @@ async fn relay(
     path: &str,
     ns: Option<&str>,
 ) -> Result<HttpResponse> {
-    let url = mirror_url(state, path, ns);
+    let url = state.mirror_url(path, ns, &[]);
     let method = if req.method() == Method::HEAD {
         reqwest::Method::HEAD
     } else {
@@ -292,10 +266,10 @@ async fn check_access(
     if let Some(size) = size.filter(|_| granted_within(state.cfg.auth_cache_ttl.0)) {
         return Ok(size);
     }
-    let url = mirror_url(
-        state,
+    let url = state.mirror_url(
         &format!("/v2/{}/blobs/{}", b.repo, b.digest),
         b.ns.as_deref(),
+        &[],
     );
     let mut head = state.http.head(url.clone());
     if let Some(a) = auth {

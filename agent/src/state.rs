@@ -60,6 +60,23 @@ impl AgentState {
         self.cfg.download_pattern == DownloadPattern::P2p && self.scheduler.is_some()
     }
 
+    /// `<mirror>/<path>?ns=<ns>&<extra...>`: containerd's `?ns=` goes along to the mirror.
+    pub fn mirror_url(&self, path: &str, ns: Option<&str>, extra: &[(&str, String)]) -> url::Url {
+        let mut url = self.mirror.clone();
+        url.set_path(path);
+        url.set_query(None);
+        if ns.is_some() || !extra.is_empty() {
+            let mut q = url.query_pairs_mut();
+            if let Some(ns) = ns {
+                q.append_pair("ns", ns);
+            }
+            for (k, v) in extra {
+                q.append_pair(k, v);
+            }
+        }
+        url
+    }
+
     pub fn set_reachable(&self, pools: Vec<String>) {
         let mut pools = pools;
         if !pools.contains(&self.cfg.pool) {

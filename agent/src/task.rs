@@ -301,29 +301,20 @@ async fn worker(state: web::Data<AgentState>, task: Arc<Task>) {
     }
 }
 
-fn mirror_url(
-    state: &AgentState,
-    spec: &TaskSpec,
-    kind: &str,
-    extra: &[(&str, String)],
-) -> url::Url {
-    let mut url = state.mirror.clone();
-    url.set_path(&format!("/v2/{}/{kind}/{}", spec.repo, spec.digest));
-    {
-        let mut q = url.query_pairs_mut();
-        if let Some(ns) = &spec.ns {
-            q.append_pair("ns", ns);
-        }
-        for (k, v) in extra {
-            q.append_pair(k, v);
-        }
+impl TaskSpec {
+    /// This blob's `/v2/<name>/<kind>/<digest>` at the mirror.
+    fn mirror_url(&self, state: &AgentState, kind: &str, extra: &[(&str, String)]) -> url::Url {
+        state.mirror_url(
+            &format!("/v2/{}/{kind}/{}", self.repo, self.digest),
+            self.ns.as_deref(),
+            extra,
+        )
     }
-    url
 }
 
 async fn fetch_from_mirror(state: &AgentState, task: &Task, index: u32) -> crate::Result<()> {
     let (start, end) = task.piece_span(index);
-    let url = mirror_url(state, &task.spec, "blobs", &[]);
+    let url = task.spec.mirror_url(state, "blobs", &[]);
     let mut req = state
         .http
         .get(url)
@@ -456,9 +447,8 @@ async fn layout_loop(state: web::Data<AgentState>, task: Arc<Task>) {
         if task.st.lock().failed.is_some() {
             return;
         }
-        let url = mirror_url(
+        let url = task.spec.mirror_url(
             &state,
-            &task.spec,
             "pieces",
             &[
                 ("pieceSize", task.piece_size.to_string()),

@@ -81,20 +81,9 @@ impl AppState {
         Err(Error::RegistryUnknown(ns.chars().take(80).collect()))
     }
 
-    /// Access is per repository *and* object (a digest, or `tag:<tag>`): upstream serves a
-    /// blob only through repositories that hold it, so a grant for one repository must not
-    /// open another's blobs to whoever knows their digests. Credentials are kept hashed.
-    fn access_key(ns: &str, repo: &str, object: &str, auth: Option<&HeaderValue>) -> String {
-        let who = auth.map_or_else(
-            || "anonymous".to_string(),
-            |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
-        );
-        format!("{ns}\u{0}{repo}\u{0}{object}\u{0}{who}")
-    }
-
     /// Remembers that upstream served `object` from `repo` to this requester.
     pub fn record_access(&self, ns: &str, repo: &str, object: &str, auth: Option<&HeaderValue>) {
-        let key = Self::access_key(ns, repo, object, auth);
+        let key = access_key(ns, repo, object, auth);
         if let Err(e) = self.store.put_access(&key, SystemTime::now()) {
             tracing::warn!(error = %e, "could not record access");
         }
@@ -105,7 +94,7 @@ impl AppState {
     pub fn access_known(&self, ctx: &Ctx<'_>, object: &str, within: Duration) -> bool {
         let now = unix(SystemTime::now());
         [ctx.auth, None].iter().any(|auth| {
-            let key = Self::access_key(&ctx.up.ns, ctx.repo, object, *auth);
+            let key = access_key(&ctx.up.ns, ctx.repo, object, *auth);
             self.store
                 .access(&key)
                 .ok()
@@ -151,6 +140,40 @@ impl AppState {
         }
         Err(failure)
     }
+}
+
+/// The key of an access grant. Access is per repository *and* object (a digest, or
+/// `tag:<tag>`): upstream serves a blob only through repositories that hold it, so a grant for
+/// one repository must not open another's blobs to whoever knows their digests. Credentials
+/// are kept hashed.
+pub fn access_key(ns: &str, repo: &str, object: &str, auth: Option<&HeaderValue>) -> String {
+    let who = auth.map_or_else(
+        || "anonymous".to_string(),
+        |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
+    );
+    format!("{ns}\u{0}{repo}\u{0}{object}\u{0}{who}")
+}
+
+/// What every registry API request is checked for first: total header size, a read-only
+/// method (returns whether it is `HEAD`), and containerd's `?ns=` (returned as given).
+pub fn preflight(req: &HttpRequest) -> Result<(bool, Option<String>)> {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(Error::HeadersTooLarge(header_bytes));
+    }
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        ref m => return Err(Error::Unsupported(m.to_string())),
+    };
+    let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned());
+    Ok((head, ns))
 }
 
 /// The mirror server: `new(config)` then `run(listener, shutdown)`.
@@ -267,22 +290,7 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
 
 /// Every `/v2/...` request: validate, then dispatch to ping, manifests or blobs.
 async fn registry_api(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(Error::HeadersTooLarge(header_bytes));
-    }
-    let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        ref m => return Err(Error::Unsupported(m.to_string())),
-    };
-    let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned());
+    let (head, ns) = preflight(&req)?;
     let up = state.upstream_for(ns.as_deref())?;
     let auth = req.headers().get(AUTHORIZATION);
     let tail = req.match_info().get("tail").unwrap_or("");
