@@ -102,3 +102,60 @@ fn sixteen_concurrent_cold_pulls_fetch_each_blob_once() {
         "16 cold pulls should fetch each blob from upstream exactly once"
     );
 }
+
+#[test]
+fn image_index_is_served_as_the_client_asks_and_pulls_identically() {
+    const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+    let fx = Fixture::new(&[256 * KIB], 51, &[]);
+    // A multi-platform index over the pushed manifest, tagged `multi` upstream.
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_TYPE,
+        "manifests": [{
+            "mediaType": common::image::MANIFEST_TYPE,
+            "digest": fx.image.manifest_digest,
+            "size": fx.image.manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    }))
+    .unwrap();
+    let index_digest = format!("sha256:{}", common::sha256_hex(&index));
+    let put = common::client()
+        .put(format!("{}/v2/pool/app/manifests/multi", fx.registry.url()))
+        .header("Content-Type", INDEX_TYPE)
+        .body(index.clone())
+        .send()
+        .unwrap();
+    assert!(
+        put.status().is_success(),
+        "pushing the index: {}",
+        put.status()
+    );
+
+    let get = |reference: &str, accept: &str| {
+        common::raw_request(
+            fx.mirror.host(),
+            "GET",
+            &format!("/v2/pool/app/manifests/{reference}"),
+            &[("Accept", accept)],
+        )
+        .unwrap()
+    };
+    let both = format!("{INDEX_TYPE}, {}", common::image::MANIFEST_TYPE);
+    for reference in ["multi", index_digest.as_str()] {
+        let resp = get(reference, &both);
+        assert_eq!(resp.status, 200, "GET {reference}");
+        assert_eq!(resp.body, index);
+        assert_eq!(resp.header("content-type"), Some(INDEX_TYPE));
+        assert_eq!(
+            resp.header("docker-content-digest"),
+            Some(index_digest.as_str())
+        );
+    }
+    // The platform manifest the index names, by digest.
+    let manifest = get(&fx.image.manifest_digest, common::image::MANIFEST_TYPE);
+    assert_eq!(manifest.body, fx.image.manifest);
+
+    // skopeo resolves the index to this platform's image and pulls it whole.
+    fx.pull_and_verify(&format!("{}/pool/app:multi", fx.mirror.host()), None);
+}

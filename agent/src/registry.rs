@@ -91,10 +91,11 @@ async fn relay(
         reqwest::Method::GET
     };
     let mut out = state.http.request(method, url.clone());
-    for name in ["authorization", "accept"] {
-        if let Some(v) = req.headers().get(name) {
-            out = out.header(name, v.as_bytes());
-        }
+    if let Some(v) = req.headers().get("authorization") {
+        out = out.header("authorization", v.as_bytes());
+    }
+    if let Some(v) = mirror::manifests::joined_accept(req) {
+        out = out.header("accept", v.as_bytes());
     }
     let resp = out.send().await.map_err(|e| unreachable(&url, e))?;
     let mut builder = HttpResponse::build(

@@ -6,7 +6,7 @@ mod blobs;
 pub mod body;
 pub mod error;
 pub mod ingest;
-mod manifests;
+pub mod manifests;
 pub mod metrics;
 pub mod pieces;
 pub mod reference;

@@ -28,7 +28,8 @@ pub async fn get(
     reference: Reference,
     req: &HttpRequest,
 ) -> Result<HttpResponse> {
-    let accept = req.headers().get(ACCEPT).filter(|a| a.len() <= 4096);
+    let accept = joined_accept(req);
+    let accept = accept.as_ref();
     let now = SystemTime::now();
     match reference {
         Reference::Digest(digest) => {
@@ -218,6 +219,21 @@ fn respond(
         .content_type(media_type.to_string())
         .insert_header(("Docker-Content-Digest", digest.to_string()))
         .body(data)
+}
+
+/// Every `Accept` line of the request as one list: Go clients (containerd, skopeo) send one
+/// header line per media type, and passing on only the first would make upstream refuse an
+/// index the client does accept.
+pub fn joined_accept(req: &HttpRequest) -> Option<HeaderValue> {
+    let parts: Vec<&str> = req
+        .headers()
+        .get_all(ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = parts.join(", ");
+    (!joined.is_empty() && joined.len() <= 4096)
+        .then(|| HeaderValue::from_str(&joined).ok())
+        .flatten()
 }
 
 /// Whether a client's `Accept` admits a media type (no header: anything goes).
