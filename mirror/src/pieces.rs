@@ -41,7 +41,10 @@ pub struct PieceList {
 /// Piece digests of complete blobs, so a pool's agents do not make the mirror hash a blob once
 /// each.
 #[derive(Default)]
-pub struct PieceMemo(Mutex<HashMap<(String, u64), Arc<Vec<String>>>>);
+pub struct PieceMemo(Mutex<HashMap<MemoKey, Arc<Vec<String>>>>);
+
+/// (digest, piece size)
+type MemoKey = (String, u64);
 
 fn param(req: &HttpRequest, name: &str) -> Result<Option<u64>> {
     let raw = url::form_urlencoded::parse(req.query_string().as_bytes())
