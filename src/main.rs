@@ -3,6 +3,7 @@
 //! and `poolcast agent` run one component each, as the Helm chart deploys them.
 
 mod args;
+mod hosts;
 
 use anyhow::{Context, Result};
 use args::{AgentArgs, MirrorArgs, SchedulerArgs};
@@ -36,6 +37,34 @@ enum Command {
     /// Try poolcast on one machine: mirror, scheduler and agent in one process on loopback,
     /// cached under ./poolcast-cache, Docker Hub as upstream unless told otherwise.
     Up(UpArgs),
+    /// Point the node's containerd at the agent: write or remove `hosts.toml` files in its
+    /// `config_path` (the chart's agent DaemonSet runs this).
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
+    /// Work with config files without running anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate a component's config file as the component would at start, and exit:
+    /// 0 and `ok` when it would start, 1 and one line naming the key when not. Flags and
+    /// `POOLCAST_*` environment overrides are not applied.
+    Check {
+        /// Which component's file this is.
+        #[arg(long, value_enum)]
+        component: Component,
+        /// The YAML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Component {
+    Mirror,
+    Scheduler,
+    Agent,
 }
 
 #[derive(Args)]
@@ -121,6 +150,19 @@ async fn run(cli: Cli) -> Result<()> {
                 .context("agent server")
         }
         Command::Up(args) => up(args).await,
+        Command::Hosts(command) => hosts::run(command),
+        Command::Config(ConfigCommand::Check { component, file }) => {
+            let what = || format!("config {}", file.display());
+            match component {
+                Component::Mirror => MirrorConfig::load(&file)?.validate().with_context(what)?,
+                Component::Scheduler => SchedulerConfig::load(&file)?
+                    .validate()
+                    .with_context(what)?,
+                Component::Agent => AgentConfig::load(&file)?.validate().with_context(what)?,
+            }
+            println!("ok");
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,115 @@
+{{/*
+Names. Object names carry the release so two releases can share a namespace.
+*/}}
+{{- define "poolcast.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 30 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 30 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "poolcast.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "poolcast.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "poolcast.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "poolcast.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "poolcast.secretName" -}}
+{{ include "poolcast.fullname" . }}-secret
+{{- end -}}
+
+{{/*
+The chosen node pools as a JSON list of {name, id, ...}: p2p.plusMode.edgeNodePools, or else
+edgeNodePool.id alone. Fails naming the key when there is none or an id repeats.
+*/}}
+{{- define "poolcast.pools" -}}
+{{- $pools := .Values.p2p.plusMode.edgeNodePools | default list -}}
+{{- if and (not $pools) .Values.edgeNodePool.id -}}
+{{- $pools = list (dict "name" "" "id" .Values.edgeNodePool.id) -}}
+{{- end -}}
+{{- if not $pools -}}
+{{- fail "p2p.plusMode.edgeNodePools: at least one node pool is needed ({name, id}, id = the node pool id), or set edgeNodePool.id" -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $i, $p := $pools -}}
+{{- if not $p.id -}}
+{{- fail (printf "p2p.plusMode.edgeNodePools[%d].id: empty; each pool needs its node pool id" $i) -}}
+{{- end -}}
+{{- if hasKey $seen $p.id -}}
+{{- fail (printf "p2p.plusMode.edgeNodePools[%d].id: pool id %q is listed twice; ids must be unique" $i $p.id) -}}
+{{- end -}}
+{{- $_ := set $seen $p.id true -}}
+{{- end -}}
+{{- toJson $pools -}}
+{{- end -}}
+
+{{/*
+A DNS-label-safe suffix for one pool's objects: the id made safe, plus a hash so that ids that
+differ only in characters a name cannot hold stay apart. Call with the pool id.
+*/}}
+{{- define "poolcast.poolSuffix" -}}
+{{- $safe := regexReplaceAll "[^a-z0-9-]+" (lower .) "-" | trunc 16 | trimAll "-" -}}
+{{- printf "%s-%s" $safe (sha256sum . | trunc 6) | trimPrefix "-" -}}
+{{- end -}}
+
+{{/* The mirror's upstreams, `NS=URL`, from `registries`. */}}
+{{- define "poolcast.upstreams" -}}
+{{- $out := list -}}
+{{- range $i, $r := .Values.registries -}}
+{{- if $r.ca -}}
+{{- fail (printf "registries[%d].ca: custom CAs are not supported by the mirror yet (it trusts the public web PKI); use a registry with a public certificate or insecure: true" $i) -}}
+{{- end -}}
+{{- $url := $r.endpoint -}}
+{{- if not $url -}}
+{{- if eq $r.host "docker.io" -}}
+{{- $url = "https://registry-1.docker.io" -}}
+{{- else -}}
+{{- $url = printf "%s://%s" (ternary "http" "https" (default false $r.insecure)) $r.host -}}
+{{- end -}}
+{{- end -}}
+{{- $out = append $out (printf "%s=%s" $r.host $url) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* A duration value: integers are seconds, as the ACK add-on writes them. */}}
+{{- define "poolcast.duration" -}}
+{{- if kindIs "string" . -}}{{ . }}{{- else -}}{{ printf "%ds" (int64 .) }}{{- end -}}
+{{- end -}}
+
+{{/* A size or rate: strings as written (4GiB, 512M), numbers as whole bytes. */}}
+{{- define "poolcast.size" -}}
+{{- if kindIs "string" . -}}{{ . }}{{- else -}}{{ printf "%d" (int64 .) }}{{- end -}}
+{{- end -}}
+
+{{/* Node affinity term: the pool, plus the p2p-plus-node label when asked. dict: ctx, id, plus */}}
+{{- define "poolcast.poolAffinity" -}}
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms:
+        - matchExpressions:
+            - key: {{ .ctx.Values.nodePoolLabel | quote }}
+              operator: In
+              values: [{{ .id | quote }}]
+            {{- if .plus }}
+            - key: k8s.aliyun.com/p2p-plus-node
+              operator: In
+              values: ["true"]
+            {{- end }}
+{{- end -}}

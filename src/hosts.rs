@@ -1,0 +1,170 @@
+//! `poolcast hosts write|remove`: containerd's per-registry `hosts.toml` files, which the
+//! chart's agent DaemonSet writes into the node's containerd `config_path` at start (an init
+//! container) and removes when its pod stops (preStop), as Dragonfly's dfinit and Spegel do.
+//!
+//! Each file names the registry itself as `server`, so containerd falls back to it whenever
+//! the agent fails or is gone, and the agent as the mirror host it tries first:
+//!
+//! ```text
+//!   <config_path>/<registry>/hosts.toml
+//!     server = "https://<registry>"                   <- fallback: pulls work without poolcast
+//!     [host."http://127.0.0.1:65001"]                 <- the node's agent, tried first
+//!       capabilities = ["pull", "resolve"]
+//! ```
+//!
+//! A `hosts.toml` that poolcast did not write (no marker line) is left alone, on write and on
+//! remove: the operator's own registry setup wins.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use nodepool::UpstreamSpec;
+use std::path::{Path, PathBuf};
+
+/// First line of every file poolcast writes; only such files are replaced or removed.
+const MARKER: &str = "# Written by poolcast hosts; removed by `poolcast hosts remove`.";
+
+#[derive(Subcommand)]
+pub enum HostsCommand {
+    /// Write `<config-path>/<registry>/hosts.toml` for each registry: the agent first, the
+    /// registry itself as fallback.
+    Write(HostsArgs),
+    /// Remove the files `write` wrote (and their folders when empty).
+    Remove(HostsArgs),
+}
+
+#[derive(Args)]
+pub struct HostsArgs {
+    /// containerd's `config_path` on the node.
+    #[arg(
+        long,
+        env = "POOLCAST_CONTAINERD_CONFIG_PATH",
+        default_value = "/etc/containerd/certs.d"
+    )]
+    config_path: PathBuf,
+    /// The agent's URL as containerd on the node reaches it.
+    #[arg(
+        long,
+        env = "POOLCAST_AGENT_URL",
+        default_value = "http://127.0.0.1:65001"
+    )]
+    agent: url::Url,
+    /// A registry, `URL` or `NS=URL` as the mirror's upstreams (`docker.io=https://registry-1.docker.io`);
+    /// repeat for several. NS names the folder, URL becomes `server`.
+    #[arg(
+        long = "registry",
+        env = "POOLCAST_REGISTRIES",
+        value_delimiter = ',',
+        required = true
+    )]
+    registries: Vec<UpstreamSpec>,
+}
+
+pub fn run(command: HostsCommand) -> Result<()> {
+    match command {
+        HostsCommand::Write(args) => {
+            for r in &args.registries {
+                let path = file_of(&args.config_path, r);
+                if write(&path, &hosts_toml(r, &args.agent))? {
+                    println!("wrote {}", path.display());
+                } else {
+                    eprintln!(
+                        "poolcast hosts: left {} alone: not written by poolcast",
+                        path.display()
+                    );
+                }
+            }
+        }
+        HostsCommand::Remove(args) => {
+            for r in &args.registries {
+                let path = file_of(&args.config_path, r);
+                if remove(&path)? {
+                    println!("removed {}", path.display());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn file_of(config_path: &Path, registry: &UpstreamSpec) -> PathBuf {
+    config_path.join(&registry.ns).join("hosts.toml")
+}
+
+fn hosts_toml(registry: &UpstreamSpec, agent: &url::Url) -> String {
+    format!(
+        "{MARKER}\nserver = \"{}\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        registry.url.as_str().trim_end_matches('/'),
+        agent.as_str().trim_end_matches('/'),
+    )
+}
+
+fn ours(path: &Path) -> Result<Option<bool>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.starts_with(MARKER))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes `text` to `path` through a temporary file (containerd never reads half a file);
+/// false when a file poolcast did not write is in the way.
+fn write(path: &Path, text: &str) -> Result<bool> {
+    if ours(path)? == Some(false) {
+        return Ok(false);
+    }
+    let dir = path.parent().context("hosts.toml has a folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(".hosts.toml.poolcast");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
+}
+
+fn remove(path: &Path) -> Result<bool> {
+    if ours(path)? != Some(true) {
+        return Ok(false);
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        // Only an empty folder goes; a CA or client cert the operator put beside it stays.
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn writes_replaces_and_removes_only_its_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub: UpstreamSpec = "docker.io=https://registry-1.docker.io".parse().unwrap();
+        let agent: url::Url = "http://127.0.0.1:65001".parse().unwrap();
+        let path = file_of(dir.path(), &hub);
+        assert!(write(&path, &hosts_toml(&hub, &agent)).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("server = \"https://registry-1.docker.io\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("[host.\"http://127.0.0.1:65001\"]"), "{text}");
+        assert!(
+            write(&path, &hosts_toml(&hub, &agent)).unwrap(),
+            "its own file is replaced"
+        );
+        assert!(remove(&path).unwrap());
+        assert!(!path.parent().unwrap().exists(), "empty folder removed");
+        assert!(!remove(&path).unwrap(), "removing twice is fine");
+
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "server = \"https://mine\"\n").unwrap();
+        assert!(!write(&path, &hosts_toml(&hub, &agent)).unwrap());
+        assert!(!remove(&path).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "server = \"https://mine\"\n"
+        );
+    }
+}

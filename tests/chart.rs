@@ -1,0 +1,523 @@
+//! The Helm chart in `chart/`, driven through the real `helm` (installed by
+//! `scripts/install-helm.sh`), the real `kubernetes-validate` (Kubernetes' own OpenAPI schemas)
+//! and the real `poolcast` config loader:
+//!
+//! ```text
+//!   values matrix --helm template--> manifests --kubernetes-validate --strict--> ok
+//!                                        |
+//!                                        +--> ConfigMap files --poolcast config check--> ok
+//!                                        +--> serde_yaml objects --> placement assertions
+//! ```
+
+#![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+
+mod chart_support;
+
+use chart_support::*;
+use std::process::Command;
+
+/// One point of the values matrix.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    pattern: &'static str,
+    pools: usize,
+    node_selector: bool,
+    host_path: &'static str,
+    cache_mode: &'static str,
+    hosts_toml: bool,
+}
+
+impl Case {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--set-json".into(),
+            pools_json(self.pools),
+            "--set".into(),
+            format!("p2p.plusMode.downloadPattern={}", self.pattern),
+            "--set".into(),
+            format!("p2p.plusMode.nodeSelectorEnable={}", self.node_selector),
+            "--set".into(),
+            format!("p2p.plusMode.cacheHostPath={}", self.host_path),
+            "--set".into(),
+            format!("p2p.v2.cache.mode={}", self.cache_mode),
+            "--set".into(),
+            format!("containerd.hostsToml={}", self.hosts_toml),
+        ]
+    }
+
+    fn render(&self) -> String {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        render(&args).unwrap_or_else(|e| panic!("{self:?} fails to render: {e}"))
+    }
+}
+
+/// p2p/source x one/three pools x nodeSelectorEnable x hostPath set/empty x disk/memory, with
+/// containerd wiring; plus one case without it.
+fn matrix() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for pattern in ["p2p", "source"] {
+        for pools in [1, 3] {
+            for node_selector in [false, true] {
+                for host_path in ["", "/data/poolcast-mirror"] {
+                    for cache_mode in ["disk", "memory"] {
+                        cases.push(Case {
+                            pattern,
+                            pools,
+                            node_selector,
+                            host_path,
+                            cache_mode,
+                            hosts_toml: true,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    cases.push(Case {
+        hosts_toml: false,
+        ..cases[0]
+    });
+    cases
+}
+
+#[test]
+fn chart_lints_clean() {
+    let out = run(Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(root().join("chart"))
+        .args(["--set", "edgeNodePool.id=np-shop-1"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "helm lint: {text}");
+    assert!(text.contains("0 chart(s) failed"), "{text}");
+}
+
+#[test]
+fn every_rendering_of_the_matrix_passes_strict_kubernetes_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, case) in matrix().iter().enumerate() {
+        let path = dir.path().join(format!("case-{i}.yaml"));
+        std::fs::write(&path, case.render()).unwrap();
+        files.push(path);
+    }
+    // One run for all files: the validator's start-up (loading schemas) dominates.
+    let out = run(Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "--kubernetes-version", KUBE_VERSION])
+        .args(&files));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubernetes-validate: {text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+#[test]
+fn strict_validation_catches_a_misspelled_field() {
+    // The validator in use rejects what the API server would: proves the matrix test can fail.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = matrix()[0].render().replace(
+        "hostNetwork: true",
+        "hostNetwork: true\n      hostNetwrk: true",
+    );
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let out = run(Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "--kubernetes-version", KUBE_VERSION])
+        .arg(&path));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hostNetwrk"));
+}
+
+#[test]
+fn every_rendered_config_file_is_accepted_by_poolcast() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for case in matrix() {
+        let objs = objects(&case.render());
+        for cm in objs.iter().filter(|o| o["kind"] == "ConfigMap") {
+            let component = str_of(&cm["metadata"]["labels"]["app.kubernetes.io/component"]);
+            for (file, text) in cm["data"].as_mapping().unwrap() {
+                let path = dir.path().join(str_of(file));
+                std::fs::write(&path, str_of(text)).unwrap();
+                let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast"))
+                    .args(["config", "check", "--component", component])
+                    .arg(&path));
+                assert!(
+                    out.status.success(),
+                    "{case:?}: {component} config rejected: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    str_of(text)
+                );
+                checked += 1;
+            }
+        }
+    }
+    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 1 more p2p one.
+    assert_eq!(checked, 8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + (1 + 2));
+}
+
+#[test]
+fn agent_daemonsets_land_only_on_chosen_pools_and_use_their_pools_mirror() {
+    let objs = objects(
+        &render(&[
+            "--set-json",
+            &pools_json(3),
+            "--set",
+            "nodePoolLabel=apps.openyurt.io/nodepool",
+        ])
+        .unwrap(),
+    );
+    let agents = of_kind(&objs, "DaemonSet", "agent");
+    assert_eq!(agents.len(), 3, "one agent DaemonSet per pool");
+    let mirrors = of_kind(&objs, "Service", "mirror");
+    for (agent, pool) in agents.iter().zip(POOLS) {
+        assert_eq!(
+            affinity(agent),
+            vec![(
+                "apps.openyurt.io/nodepool".to_string(),
+                vec![pool.to_string()]
+            )],
+            "agent of {pool} must select only that pool's nodes"
+        );
+        let spec = &agent["spec"]["template"]["spec"];
+        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
+        let config = config_of(&objs, str_of(&agent["metadata"]["name"]));
+        assert_eq!(config["pool"], pool);
+        assert_eq!(config["listen"], "0.0.0.0:65001");
+        // The mirror URL names the Service that selects this pool's mirror pods.
+        let service = mirrors
+            .iter()
+            .find(|s| s["spec"]["selector"]["poolcast.io/pool"] == pool)
+            .unwrap();
+        assert_eq!(
+            config["mirror"],
+            format!(
+                "http://{}.edge.svc:5000",
+                str_of(&service["metadata"]["name"])
+            )
+        );
+        let container = &spec["containers"][0];
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["port"], 65001);
+    }
+}
+
+#[test]
+fn agent_advertises_the_node_ip_and_carries_the_pool_secret() {
+    let objs = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=np-shop-1",
+            "--set",
+            "p2p.peerPort=7002",
+        ])
+        .unwrap(),
+    );
+    let agent = of_kind(&objs, "DaemonSet", "agent")[0];
+    assert_eq!(
+        env_of(agent, "NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert_eq!(
+        env_of(agent, "NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(
+        env_of(agent, "POOLCAST_ADVERTISE")["value"],
+        "$(NODE_IP):7002"
+    );
+    let secret = objs.iter().find(|o| o["kind"] == "Secret").unwrap();
+    let scheduler = of_kind(&objs, "Deployment", "scheduler")[0];
+    for workload in [agent, scheduler] {
+        let key_ref = &env_of(workload, "POOLCAST_SECRET")["valueFrom"]["secretKeyRef"];
+        assert_eq!(key_ref["name"], secret["metadata"]["name"]);
+        assert!(secret["data"][str_of(&key_ref["key"])].is_string());
+    }
+    // Given a secret, the chart uses it as is; the generated one is long and differs per install.
+    let given =
+        objects(&render(&["--set", "edgeNodePool.id=a", "--set", "p2p.secret=s3cret"]).unwrap());
+    let secret = given.iter().find(|o| o["kind"] == "Secret").unwrap();
+    assert_eq!(secret["data"]["secret"], "czNjcmV0");
+    let again = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=np-shop-1",
+            "--set",
+            "p2p.peerPort=7002",
+        ])
+        .unwrap(),
+    );
+    let first = &objs.iter().find(|o| o["kind"] == "Secret").unwrap()["data"]["secret"];
+    let second = &again.iter().find(|o| o["kind"] == "Secret").unwrap()["data"]["secret"];
+    assert_ne!(first, second);
+    assert!(str_of(first).len() >= 40);
+}
+
+#[test]
+fn source_mode_deploys_no_scheduler() {
+    let objs = objects(
+        &render(&[
+            "--set-json",
+            &pools_json(3),
+            "--set",
+            "p2p.plusMode.downloadPattern=source",
+        ])
+        .unwrap(),
+    );
+    assert!(objs
+        .iter()
+        .all(|o| !str_of(&o["metadata"]["name"]).contains("scheduler")));
+    for agent in of_kind(&objs, "DaemonSet", "agent") {
+        let config = config_of(&objs, str_of(&agent["metadata"]["name"]));
+        assert_eq!(config["downloadPattern"], "source");
+        assert!(config.get("scheduler").is_none());
+    }
+}
+
+#[test]
+fn p2p_mode_deploys_one_scheduler_that_knows_every_chosen_pool() {
+    let objs = objects(&render(&["--set-json", &pools_json(3)]).unwrap());
+    let schedulers = of_kind(&objs, "Deployment", "scheduler");
+    assert_eq!(schedulers.len(), 1);
+    let config = config_of(&objs, str_of(&schedulers[0]["metadata"]["name"]));
+    let ids: Vec<&str> = config["edgeNodePools"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| str_of(&p["id"]))
+        .collect();
+    assert_eq!(ids, POOLS);
+    let service = of_kind(&objs, "Service", "scheduler")[0];
+    for agent in of_kind(&objs, "DaemonSet", "agent") {
+        let agent_config = config_of(&objs, str_of(&agent["metadata"]["name"]));
+        assert_eq!(
+            agent_config["scheduler"],
+            format!(
+                "http://{}.edge.svc:65003",
+                str_of(&service["metadata"]["name"])
+            )
+        );
+    }
+}
+
+#[test]
+fn mirrors_are_pinned_one_per_pool() {
+    for node_selector in [false, true] {
+        let objs = objects(
+            &render(&[
+                "--set-json",
+                &pools_json(3),
+                "--set",
+                &format!("p2p.plusMode.nodeSelectorEnable={node_selector}"),
+            ])
+            .unwrap(),
+        );
+        let mirrors = of_kind(&objs, "Deployment", "mirror");
+        assert_eq!(mirrors.len(), 3);
+        for (mirror, pool) in mirrors.iter().zip(POOLS) {
+            let mut expected = vec![(
+                "alibabacloud.com/nodepool-id".to_string(),
+                vec![pool.to_string()],
+            )];
+            if node_selector {
+                expected.push((
+                    "k8s.aliyun.com/p2p-plus-node".to_string(),
+                    vec!["true".to_string()],
+                ));
+            }
+            assert_eq!(affinity(mirror), expected);
+            assert_eq!(mirror["spec"]["replicas"], 1);
+            assert_eq!(mirror["spec"]["strategy"]["type"], "Recreate");
+        }
+        let scheduler = of_kind(&objs, "Deployment", "scheduler")[0];
+        let selector = &scheduler["spec"]["template"]["spec"]["nodeSelector"];
+        assert_eq!(
+            selector.get("k8s.aliyun.com/p2p-plus-node").is_some(),
+            node_selector
+        );
+    }
+}
+
+#[test]
+fn mirror_cache_is_a_host_path_only_when_asked() {
+    let with = objects(
+        &render(&[
+            "--set-json",
+            &pools_json(3),
+            "--set",
+            "p2p.plusMode.cacheHostPath=/data/poolcast",
+        ])
+        .unwrap(),
+    );
+    for mirror in of_kind(&with, "Deployment", "mirror") {
+        let cache = volume(mirror, "cache");
+        assert_eq!(cache["hostPath"]["path"], "/data/poolcast");
+        let mounted = mount_path(mirror, "cache").unwrap();
+        let config = config_of(&with, str_of(&mirror["metadata"]["name"]));
+        assert_eq!(config["cacheHostPath"], mounted);
+    }
+    let without = objects(&render(&["--set-json", &pools_json(1)]).unwrap());
+    let mirror = of_kind(&without, "Deployment", "mirror")[0];
+    assert!(volume(mirror, "cache").get("hostPath").is_none());
+    assert!(volume(mirror, "cache")["emptyDir"].is_mapping());
+}
+
+#[test]
+fn agent_cache_follows_the_cache_mode() {
+    let disk = objects(&render(&["--set", "edgeNodePool.id=a"]).unwrap());
+    let agent = of_kind(&disk, "DaemonSet", "agent")[0];
+    let config = config_of(&disk, str_of(&agent["metadata"]["name"]));
+    assert_eq!(config["cache"]["mode"], "disk");
+    assert_eq!(config["cache"]["capacity"], "4294967296");
+    assert_eq!(
+        volume(agent, "cache")["hostPath"]["path"],
+        "/var/lib/poolcast/agent"
+    );
+    assert_eq!(
+        mount_path(agent, "cache"),
+        Some(str_of(&config["cacheHostPath"]))
+    );
+
+    let memory = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "p2p.v2.cache.mode=memory",
+            "--set",
+            "p2p.v2.cache.memoryCacheCapacityGB=8",
+        ])
+        .unwrap(),
+    );
+    let agent = of_kind(&memory, "DaemonSet", "agent")[0];
+    let config = config_of(&memory, str_of(&agent["metadata"]["name"]));
+    assert_eq!(config["cache"]["mode"], "memory");
+    assert_eq!(config["cache"]["capacity"], "8GiB");
+    // The agent's memory mode writes under /dev/shm: a RAM volume as large as the cache, and a
+    // memory limit that holds it.
+    assert_eq!(mount_path(agent, "shm"), Some("/dev/shm"));
+    assert_eq!(volume(agent, "shm")["emptyDir"]["medium"], "Memory");
+    assert_eq!(volume(agent, "shm")["emptyDir"]["sizeLimit"], "8Gi");
+    let limits = &agent["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(limits["memory"], "9Gi");
+    assert!(mount_path(agent, "cache").is_none());
+}
+
+#[test]
+fn generic_registries_become_mirror_upstreams() {
+    let objs = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set-json",
+            r#"registries=[{"host":"docker.io"},{"host":"harbor.example.com"},{"host":"10.0.0.5:5000","insecure":true}]"#,
+        ])
+        .unwrap(),
+    );
+    let mirror = of_kind(&objs, "Deployment", "mirror")[0];
+    let config = config_of(&objs, str_of(&mirror["metadata"]["name"]));
+    let upstreams: Vec<&str> = config["upstreams"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(
+        upstreams,
+        [
+            "docker.io=https://registry-1.docker.io",
+            "harbor.example.com=https://harbor.example.com",
+            "10.0.0.5:5000=http://10.0.0.5:5000"
+        ]
+    );
+}
+
+#[test]
+fn agent_pods_wire_containerd_at_start_and_unwire_it_on_stop() {
+    let objs = objects(
+        &render(&[
+            "--set-json",
+            &pools_json(3),
+            "--set-json",
+            r#"registries=[{"host":"docker.io"},{"host":"10.0.0.5:5000","insecure":true}]"#,
+            "--set",
+            "containerd.configPath=/etc/containerd/certs.d",
+        ])
+        .unwrap(),
+    );
+    for agent in of_kind(&objs, "DaemonSet", "agent") {
+        let spec = &agent["spec"]["template"]["spec"];
+        let init = &spec["initContainers"][0];
+        assert_eq!(
+            volume(agent, "containerd-config-path")["hostPath"]["path"],
+            "/etc/containerd/certs.d"
+        );
+        let mount = str_of(&init["volumeMounts"][0]["mountPath"]);
+        assert_eq!(mount_path(agent, "containerd-config-path"), Some(mount));
+        let write = strings(&init["args"]);
+        let remove = strings(&spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]);
+        assert_eq!(&write[..2], ["hosts", "write"]);
+        assert_eq!(&remove[..3], ["poolcast", "hosts", "remove"]);
+        assert_eq!(write[2..], remove[3..], "remove undoes what write did");
+
+        // The rendered commands, run by the real binary against a folder standing in for the
+        // node's config_path.
+        let dir = tempfile::tempdir().unwrap();
+        let local = |args: &[String]| -> Vec<String> {
+            args.iter()
+                .map(|a| {
+                    if a == mount {
+                        dir.path().display().to_string()
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect()
+        };
+        let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(local(&write)));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hub = std::fs::read_to_string(dir.path().join("docker.io/hosts.toml")).unwrap();
+        assert!(
+            hub.contains("server = \"https://registry-1.docker.io\""),
+            "{hub}"
+        );
+        assert!(hub.contains("[host.\"http://127.0.0.1:65001\"]"), "{hub}");
+        let private = std::fs::read_to_string(dir.path().join("10.0.0.5:5000/hosts.toml")).unwrap();
+        assert!(
+            private.contains("server = \"http://10.0.0.5:5000\""),
+            "{private}"
+        );
+        let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(local(&remove[1..])));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+    let off = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "containerd.hostsToml=false",
+        ])
+        .unwrap(),
+    );
+    let agent = of_kind(&off, "DaemonSet", "agent")[0];
+    assert!(agent["spec"]["template"]["spec"]
+        .get("initContainers")
+        .is_none());
+    assert!(agent["spec"]["template"]["spec"]["containers"][0]
+        .get("lifecycle")
+        .is_none());
+    assert!(mount_path(agent, "containerd-config-path").is_none());
+}

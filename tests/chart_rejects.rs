@@ -1,0 +1,174 @@
+//! Values that cannot work fail at `helm template` (values.schema.json, or a template check) with
+//! a message naming the key; and `poolcast config check` refuses what would stop a component.
+
+#![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+
+mod chart_support;
+
+use chart_support::*;
+use std::process::Command;
+
+#[test]
+fn a_pool_listed_twice_is_rejected() {
+    assert_rejected(
+        &[
+            "--set-json",
+            r#"p2p.plusMode.edgeNodePools=[{"name":"a","id":"np-1"},{"name":"b","id":"np-1"}]"#,
+        ],
+        "p2p.plusMode.edgeNodePools[1].id",
+    );
+}
+
+#[test]
+fn p2p_without_a_pool_is_rejected() {
+    assert_rejected(
+        &["--set", "p2p.plusMode.downloadPattern=p2p"],
+        "p2p.plusMode.edgeNodePools",
+    );
+}
+
+#[test]
+fn the_seeds_empty_pool_placeholder_is_rejected() {
+    assert_rejected(
+        &[
+            "--set-json",
+            r#"p2p.plusMode.edgeNodePools=[{"name":"","id":""}]"#,
+        ],
+        "p2p.plusMode.edgeNodePools.0.id",
+    );
+}
+
+#[test]
+fn a_port_out_of_range_is_rejected() {
+    for (key, value) in [
+        ("p2p.port", "0"),
+        ("p2p.port", "70000"),
+        ("p2p.peerPort", "65536"),
+    ] {
+        assert_rejected(
+            &[
+                "--set",
+                "edgeNodePool.id=a",
+                "--set",
+                &format!("{key}={value}"),
+            ],
+            key,
+        );
+    }
+}
+
+#[test]
+fn agent_ports_that_collide_are_rejected() {
+    assert_rejected(
+        &["--set", "edgeNodePool.id=a", "--set", "p2p.peerPort=65001"],
+        "p2p.peerPort",
+    );
+}
+
+#[test]
+fn an_unknown_download_pattern_is_rejected() {
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "p2p.plusMode.downloadPattern=torrent",
+        ],
+        "p2p.plusMode.downloadPattern",
+    );
+}
+
+#[test]
+fn bad_cache_settings_are_rejected() {
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "p2p.v2.cache.mode=ssd",
+        ],
+        "p2p.v2.cache.mode",
+    );
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "p2p.plusMode.cacheTTL=forever",
+        ],
+        "p2p.plusMode.cacheTTL",
+    );
+    assert_rejected(
+        &["--set", "edgeNodePool.id=a", "--set", "p2p.ratelimit=fast"],
+        "p2p.ratelimit",
+    );
+}
+
+#[test]
+fn a_misspelled_key_is_rejected() {
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "p2p.plusmode.cacheTTL=1h",
+        ],
+        "plusmode",
+    );
+}
+
+#[test]
+fn registry_settings_the_mirror_cannot_honour_are_rejected() {
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set-json",
+            r#"registries=[{"host":"h.example","ca":"PEM"}]"#,
+        ],
+        "registries[0].ca",
+    );
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set-json",
+            r#"registries=[{"host":"h.example"},{"host":"h.example"}]"#,
+        ],
+        "registries[1].host",
+    );
+}
+
+#[test]
+fn config_check_rejects_a_bad_file_naming_the_key() {
+    // What makes the ConfigMap test meaningful: the check fails on what would stop start-up.
+    let dir = tempfile::tempdir().unwrap();
+    for (component, yaml, key) in [
+        (
+            "mirror",
+            "upstreams: [\"http://a:5000\"]\ncacheTTL: 0s\n",
+            "cacheTTL",
+        ),
+        ("agent", "mirror: http://m:5000\n", "scheduler"),
+        (
+            "scheduler",
+            "edgeNodePools: [{id: a}, {id: a}]\n",
+            "edgeNodePools",
+        ),
+        (
+            "agent",
+            "mirror: http://m:5000\ndownloadPattern: source\nbogus: 1\n",
+            "bogus",
+        ),
+    ] {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast"))
+            .args(["config", "check", "--component", component])
+            .arg(&path));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{component} {yaml:?}: {stderr}");
+        assert!(stderr.contains(key), "{component} {yaml:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

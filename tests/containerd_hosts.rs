@@ -1,0 +1,92 @@
+//! `poolcast hosts`, as the chart's agent DaemonSet runs it, with a real containerd: the
+//! `hosts.toml` it writes sends pulls through the agent, still pulls from the registry once the
+//! agent is gone, and `hosts remove` takes it away again.
+
+#![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+
+mod common;
+
+use common::agent::SERVED_BYTES;
+use common::p2p::{BedSpec, P2pBed};
+use common::Containerd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn hosts(action: &str, config_path: &Path, agent_url: &str, registry: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_poolcast"))
+        .args(["hosts", action, "--config-path"])
+        .arg(config_path)
+        .args(["--agent", agent_url])
+        .args(["--registry", &format!("{registry}=http://{registry}")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "poolcast hosts {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ctr images pull` with the hosts dir as `poolcast hosts` left it (nothing rewritten).
+fn pull(containerd: &Containerd, full_ref: &str) -> String {
+    let hosts_dir = containerd.hosts_dir();
+    containerd
+        .ctr(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--hosts-dir",
+            hosts_dir.to_str().unwrap(),
+            "--snapshotter",
+            "native",
+            full_ref,
+        ])
+        .unwrap_or_else(|e| panic!("ctr pull {full_ref}: {e:#}\n{}", containerd.log()));
+    containerd.image_digest(full_ref).unwrap()
+}
+
+#[test]
+fn hosts_toml_pulls_through_the_agent_and_falls_back_to_the_registry_without_it() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 36,
+        scheduler: false,
+        ..BedSpec::default()
+    });
+    let a = bed.add_agent("pool-a", &[]);
+    let registry = bed.fx.registry.host();
+    let full_ref = format!("{registry}/{}", bed.image_ref());
+
+    let containerd = Containerd::start();
+    hosts(
+        "write",
+        &containerd.hosts_dir(),
+        bed.agents[a].url(),
+        &registry,
+    );
+    let file = containerd.hosts_dir().join(&registry).join("hosts.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains(&format!("server = \"http://{registry}\"")),
+        "{text}"
+    );
+
+    assert_eq!(pull(&containerd, &full_ref), bed.fx.image.manifest_digest);
+    // containerd goes around a failing mirror silently: the agent's counter shows it served.
+    let served = bed.agents[a].metric(SERVED_BYTES);
+    assert!(
+        served >= bed.one_copy() as f64,
+        "the agent served {served} of {} bytes; containerd went around it",
+        bed.one_copy()
+    );
+
+    // The agent gone (uninstalled, crashed), a node with the same hosts.toml still pulls.
+    let agent_url = bed.agents[a].url().to_string();
+    bed.agents[a].kill();
+    let fresh = Containerd::start();
+    hosts("write", &fresh.hosts_dir(), &agent_url, &registry);
+    assert_eq!(pull(&fresh, &full_ref), bed.fx.image.manifest_digest);
+
+    hosts("remove", &fresh.hosts_dir(), &agent_url, &registry);
+    assert!(!fresh.hosts_dir().join(&registry).exists());
+}
