@@ -227,6 +227,10 @@ pub struct SchedulerConfig {
     pub max_parents: u32,
     /// How often agents are told to announce while downloading.
     pub announce_interval: HumanDuration,
+    /// Most pieces of one blob a pool fetches from its mirror at once. Few, so that each
+    /// comes fast and peers pass it on while the mirror sends the next; many parallel ranges
+    /// only slice the mirror's link thinner and hold every piece back.
+    pub source_pieces_in_flight: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -239,6 +243,7 @@ impl Default for SchedulerConfig {
             source_assign_timeout: HumanDuration(Duration::from_secs(15)),
             max_parents: 16,
             announce_interval: HumanDuration(Duration::from_millis(500)),
+            source_pieces_in_flight: 2,
         }
     }
 }
@@ -271,6 +276,12 @@ impl SchedulerConfig {
             return Err(Error::Invalid {
                 key: "maxParents",
                 message: format!("{} is outside 1..=256", self.max_parents),
+            });
+        }
+        if !(1..=64).contains(&self.source_pieces_in_flight) {
+            return Err(Error::Invalid {
+                key: "sourcePiecesInFlight",
+                message: format!("{} is outside 1..=64", self.source_pieces_in_flight),
             });
         }
         self.pool_graph()?;

@@ -188,6 +188,7 @@ fn main() {
         source_assign_timeout: Duration::from_secs(15),
         max_parents: 16,
         announce_interval: Duration::from_millis(500),
+        source_in_flight: 2,
     };
     let graph = nodepool::PoolGraph::new(&pools).expect("pools");
     let metrics = Arc::new(Metrics::new());

@@ -37,6 +37,8 @@ pub struct RegistryConfig {
     pub source_assign_timeout: Duration,
     pub max_parents: usize,
     pub announce_interval: Duration,
+    /// Most live mirror reservations per blob and pool.
+    pub source_in_flight: usize,
 }
 
 impl RegistryConfig {
@@ -54,6 +56,7 @@ impl From<&SchedulerConfig> for RegistryConfig {
             source_assign_timeout: c.source_assign_timeout.0,
             max_parents: c.max_parents as usize,
             announce_interval: c.announce_interval.0,
+            source_in_flight: c.source_pieces_in_flight as usize,
         }
     }
 }
@@ -352,6 +355,7 @@ impl PeerRegistry {
             &who,
             now,
             (self.config.source_assign_timeout, self.config.quiet()),
+            self.config.source_in_flight,
         );
         resp.source_pieces = pieces;
         self.metrics.source_pieces.inc_by(added as u64);

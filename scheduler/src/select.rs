@@ -100,8 +100,11 @@ pub(crate) fn choose_parents(
 /// Pieces for the requester to fetch from the mirror: first those it was already given and
 /// still lacks, then the lowest pieces that no live peer it can pair with holds (its own
 /// holdings count) and that are not reserved for another such peer within `timeout`. At
-/// most [`SOURCE_PIECES_PER_ANSWER`]; new ones are reserved for it. Also returns how many
-/// are new.
+/// most [`SOURCE_PIECES_PER_ANSWER`], and new ones only while the requester's pool has fewer
+/// than `pool_limit` live reservations for this blob: the pool's mirror then sends a few
+/// pieces at a time at full speed, and peers spread each while the next comes, instead of
+/// every piece arriving at once at the end. New ones are reserved for the requester. Also
+/// returns how many are new.
 ///
 /// A reservation also lapses when its peer has gone quiet for `quiet`: a downloading agent
 /// announces every `announceInterval`, so one that stopped is dead or stuck, and waiting for
@@ -112,15 +115,19 @@ pub(crate) fn assign_source_pieces(
     who: &Requester<'_>,
     now: Instant,
     (timeout, quiet): (Duration, Duration),
+    pool_limit: usize,
 ) -> (Vec<u32>, usize) {
     let mut out = task.open_assignments(who.key, now, timeout);
     out.truncate(SOURCE_PIECES_PER_ANSWER);
     let mut added = 0;
-    if out.len() < SOURCE_PIECES_PER_ANSWER {
+    let room = SOURCE_PIECES_PER_ANSWER
+        .saturating_sub(out.len())
+        .min(pool_limit.saturating_sub(live_in_pool(task, peers, who.pool, now, (timeout, quiet))));
+    if room > 0 {
         let held = held_for(task, peers, who);
         let mut new = Vec::new();
         for piece in held.iter_missing() {
-            if out.len() + new.len() >= SOURCE_PIECES_PER_ANSWER {
+            if new.len() >= room {
                 break;
             }
             if out.contains(&piece)
@@ -138,6 +145,27 @@ pub(crate) fn assign_source_pieces(
     }
     out.sort_unstable();
     (out, added)
+}
+
+/// Live reservations (not lapsed, peer still announcing) held by peers of `pool`.
+fn live_in_pool(
+    task: &Task,
+    peers: &Peers,
+    pool: PoolKey,
+    now: Instant,
+    (timeout, quiet): (Duration, Duration),
+) -> usize {
+    task.reserved
+        .values()
+        .flatten()
+        .filter(|r| {
+            r.pool == pool
+                && now.saturating_duration_since(r.at) < timeout
+                && peers
+                    .get(r.peer)
+                    .is_some_and(|p| now.saturating_duration_since(p.last_seen) < quiet)
+        })
+        .count()
 }
 
 /// Pieces the requester holds or can get from a peer it may pair with and has not blocked.

@@ -121,14 +121,18 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
     let s = Running::start(config(SECRET, vec![])).await;
     let c = s.client(SECRET, "np-1");
     let first = c.announce(&ask("n1", "np-1", &[])).await.expect("announce");
-    assert_eq!(first.source_pieces, vec![0, 1, 2, 3]);
+    // The pool fetches `sourcePiecesInFlight` (2) pieces from its mirror at a time.
+    assert_eq!(first.source_pieces, vec![0, 1]);
     assert_eq!(first.interval_ms, 500);
     assert_eq!(first.reachable_pools, vec!["np-1"]);
     let second = c.announce(&ask("n2", "np-1", &[])).await.expect("announce");
-    assert_eq!(second.source_pieces, vec![4, 5]);
-    c.announce(&ask("n1", "np-1", &[0, 1]))
+    assert!(second.source_pieces.is_empty());
+    // n1 has them: the pool's budget opens again, and the next pieces go to the next asker.
+    let again = c
+        .announce(&ask("n1", "np-1", &[0, 1]))
         .await
         .expect("announce");
+    assert_eq!(again.source_pieces, vec![2, 3]);
     let third = c.announce(&ask("n3", "np-1", &[])).await.expect("announce");
     assert_eq!(third.parents.len(), 1);
     assert_eq!(third.parents[0].id, "n1");
@@ -144,8 +148,8 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
     assert!(fourth.parents.is_empty());
     assert_eq!(
         fourth.source_pieces,
-        vec![0, 1, 2, 3],
-        "n1 left with its pieces"
+        vec![0, 1],
+        "n1 left with its pieces and its reservations"
     );
 
     let text = reqwest::get(format!("{}/metrics", s.url))
@@ -158,7 +162,7 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
         "poolcast_scheduler_peers 2",
         "poolcast_scheduler_tasks 1",
         "poolcast_scheduler_decisions_total 5",
-        "poolcast_scheduler_source_pieces_total 10",
+        "poolcast_scheduler_source_pieces_total 6",
         "poolcast_scheduler_parent_reports_total 0",
         "poolcast_scheduler_go_source_total 0",
     ] {

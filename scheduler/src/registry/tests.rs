@@ -19,6 +19,7 @@ fn config(ttl: u64, assign_timeout: u64, max_parents: usize) -> RegistryConfig {
         source_assign_timeout: secs(assign_timeout),
         max_parents,
         announce_interval: Duration::from_millis(500),
+        source_in_flight: 64,
     }
 }
 
@@ -149,6 +150,40 @@ fn pool_without_interconnectivity_goes_to_source() {
     let resp = announce(&mut r, &ask("a2", "a", &[]), t0);
     assert_eq!(parent_ids(&resp), vec!["a1"]);
     assert_eq!(r.metrics.go_source.get(), 2);
+}
+
+#[test]
+fn a_pool_fetches_few_pieces_from_its_mirror_at_once() {
+    let t0 = Instant::now();
+    let cfg = RegistryConfig {
+        source_in_flight: 2,
+        ..config(30, 15, 16)
+    };
+    let mut r = registry_with(cfg, &[], t0);
+    assert_eq!(
+        announce(&mut r, &ask("p1", "a", &[]), t0).source_pieces,
+        vec![0, 1]
+    );
+    assert!(announce(&mut r, &ask("p2", "a", &[]), t0)
+        .source_pieces
+        .is_empty());
+    // p1 has piece 0: one slot opens, and the next piece goes to whoever asks next.
+    let p1 = announce(&mut r, &ask("p1", "a", &[0]), t0);
+    assert_eq!(p1.source_pieces, vec![1, 2]);
+    let p2 = announce(&mut r, &ask("p2", "a", &[]), t0);
+    assert!(p2.source_pieces.is_empty());
+    assert_eq!(parent_ids(&p2), vec!["p1"]);
+    // Another pool has its own mirror and its own budget.
+    assert_eq!(
+        announce(&mut r, &ask("q1", "b", &[]), t0).source_pieces,
+        vec![0, 1]
+    );
+    // A reservation whose peer went quiet frees its slot.
+    let t3 = t0 + secs(3);
+    assert_eq!(
+        announce(&mut r, &ask("p2", "a", &[]), t3).source_pieces,
+        vec![1, 2]
+    );
 }
 
 #[test]
