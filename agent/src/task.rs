@@ -6,7 +6,8 @@
 //!   layout loop ──piece digests──┐        announce loop <──> scheduler
 //!   (mirror /pieces, long-poll)  v          │ parents, source pieces
 //!                         TaskState <───────┘
-//!   workers ×N: pick lowest missing piece ─> peer (GET /pieces) or mirror (Range) ─> verify ─> write
+//!   workers ×N: assigned piece, else rarest among parents ─> peer (GET /pieces),
+//!               else mirror (Range) ─> verify ─> write
 //!   sequencer: contiguous prefix ─> sha256 of the whole ─> Ingest progress (containerd streams)
 //!              ─> verified ─> BlobStore::commit
 //! ```
@@ -32,6 +33,15 @@ use tokio::sync::watch;
 const WORKERS: usize = 8;
 /// Mirror failures in a row tolerated for one download before containerd is told.
 const SOURCE_RETRIES: u32 = 6;
+/// Mirror range requests one download keeps open at once. The mirror's link is shared by the
+/// pool: more parallel ranges per node only slice it thinner and delay every piece.
+const SOURCE_PARALLEL: u32 = 4;
+/// Least time between two announces of one download; pieces done in between go together.
+const ANNOUNCE_GAP: Duration = Duration::from_millis(50);
+/// Longest wait between announces while a worker is idle for want of a holder.
+const IDLE_ANNOUNCE: Duration = Duration::from_millis(200);
+/// Missing pieces, from the lowest, among which the rarest is taken.
+const PICK_WINDOW: usize = 128;
 const WRITE_CHUNK: usize = 128 * 1024;
 
 /// What a download needs to know about the blob and its requester.
@@ -71,6 +81,10 @@ struct TaskState {
     finished: bool,
     last_progress: Instant,
     source_failures: u32,
+    /// Mirror range requests in flight.
+    source_inflight: u32,
+    /// A worker found nothing to do: announce more often to hear of new holders sooner.
+    waiting: bool,
 }
 
 enum Job {
@@ -94,6 +108,9 @@ pub struct Task {
     file: Arc<File>,
     st: Mutex<TaskState>,
     generation: watch::Sender<u64>,
+    /// Wakes the announce loop early: a piece is done (peers may want it) or a worker is idle
+    /// (it wants to hear of new holders).
+    announce_now: tokio::sync::Notify,
 }
 
 impl Task {
@@ -140,7 +157,10 @@ impl Task {
                 finished: false,
                 last_progress: Instant::now(),
                 source_failures: 0,
+                source_inflight: 0,
+                waiting: false,
             }),
+            announce_now: tokio::sync::Notify::new(),
             generation: watch::channel(0).0,
             spec,
         });
@@ -186,51 +206,98 @@ impl Task {
         self.bump();
     }
 
+    /// The next piece for a worker. First the pieces the scheduler sent this node to the
+    /// mirror for (the pool waits on them); then, among the first [`PICK_WINDOW`] missing
+    /// pieces, the one fewest parents hold (ties spread by node), so a new piece leaves its
+    /// first holder for several nodes at once and they pass it on, instead of every node
+    /// chasing the same piece; then the lowest missing piece from the mirror, when P2P
+    /// cannot help (source mode, no scheduler, or no progress for `transferTimeout`).
     fn pick(&self, state: &AgentState) -> Job {
         let mut st = self.st.lock();
         if st.failed.is_some() || st.finished || st.pieces.iter().all(|p| *p == Piece::Done) {
             return Job::Finished;
         }
         let stalled = st.last_progress.elapsed() > state.cfg.transfer_timeout.0;
-        let source_ok = st.go_source || !st.scheduler_ok || stalled;
-        for i in 0..self.count {
-            if st.pieces[i as usize] != Piece::Missing {
-                continue;
+        let source_open = st.source_inflight < SOURCE_PARALLEL;
+        let known = st.digests.iter().take_while(|d| d.is_some()).count() as u32;
+        let missing = |st: &TaskState, i: u32| st.pieces[i as usize] == Piece::Missing;
+
+        if source_open {
+            let assigned = st
+                .assigned
+                .iter()
+                .copied()
+                .filter(|&i| i < known && missing(&st, i))
+                .min();
+            if let Some(index) = assigned {
+                return self.take_source(&mut st, index, false);
             }
-            if st.digests[i as usize].is_none() {
-                break; // digests arrive in order; wait for more
-            }
-            let holder = st
+        }
+
+        let node = &state.cfg.node;
+        let mut best: Option<((usize, u64), u32)> = None;
+        for i in (0..known).filter(|&i| missing(&st, i)).take(PICK_WINDOW) {
+            let holders = st
                 .parents
                 .iter()
                 .filter(|(id, p)| p.have.contains(&i) && !st.blocked.contains(*id))
-                .min_by_key(|(id, p)| (p.inflight, spread(id, i)))
+                .count();
+            if holders == 0 {
+                continue;
+            }
+            let key = (holders, spread(node, i));
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, i));
+            }
+        }
+        if let Some((_, index)) = best {
+            let holder = st
+                .parents
+                .iter()
+                .filter(|(id, p)| p.have.contains(&index) && !st.blocked.contains(*id))
+                .min_by_key(|(id, p)| (p.inflight, spread(id, index)))
                 .map(|(id, p)| (id.clone(), p.addr.clone()));
             if let Some((id, addr)) = holder {
-                st.pieces[i as usize] = Piece::InFlight;
+                st.pieces[index as usize] = Piece::InFlight;
+                st.waiting = false;
                 if let Some(p) = st.parents.get_mut(&id) {
                     p.inflight += 1;
                 }
-                return Job::Peer { index: i, id, addr };
-            }
-            if source_ok || st.assigned.contains(&i) {
-                st.pieces[i as usize] = Piece::InFlight;
-                if stalled {
-                    st.last_progress = Instant::now(); // one rescue per transferTimeout
-                }
-                return Job::Source { index: i };
+                return Job::Peer { index, id, addr };
             }
         }
+
+        let source_ok = st.go_source || !st.scheduler_ok || stalled;
+        if source_open && source_ok {
+            if let Some(index) = (0..known).find(|&i| missing(&st, i)) {
+                return self.take_source(&mut st, index, stalled);
+            }
+        }
+        st.waiting = true;
         Job::Wait
+    }
+
+    fn take_source(&self, st: &mut TaskState, index: u32, rescue: bool) -> Job {
+        st.pieces[index as usize] = Piece::InFlight;
+        st.source_inflight += 1;
+        st.waiting = false;
+        if rescue {
+            st.last_progress = Instant::now(); // one rescue per transferTimeout
+        }
+        Job::Source { index }
     }
 
     fn complete(&self, index: u32, from: Option<&str>, result: crate::Result<()>) {
         let mut st = self.st.lock();
-        if let Some(id) = from {
-            if let Some(p) = st.parents.get_mut(id) {
-                p.inflight = p.inflight.saturating_sub(1);
+        match from {
+            Some(id) => {
+                if let Some(p) = st.parents.get_mut(id) {
+                    p.inflight = p.inflight.saturating_sub(1);
+                }
             }
+            None => st.source_inflight = st.source_inflight.saturating_sub(1),
         }
+        let done = result.is_ok();
         match result {
             Ok(()) => {
                 st.pieces[index as usize] = Piece::Done;
@@ -261,6 +328,9 @@ impl Task {
             }
         }
         drop(st);
+        if done {
+            self.announce_now.notify_one(); // peers may want it
+        }
         self.bump();
     }
 }
@@ -354,7 +424,8 @@ async fn fetch_from_peer(
 }
 
 /// Streams one piece into place, hashing as it comes; only a piece that matches the mirror's
-/// digest counts. Bounded by `transferTimeout` from request to last byte.
+/// digest counts. Abandoned when no data comes for `transferTimeout` (as the seeds define it):
+/// a slow transfer that keeps moving is not a failed one.
 async fn fetch_piece(
     state: &AgentState,
     task: &Task,
@@ -374,8 +445,13 @@ async fn fetch_piece(
         .map_err(|e| err(e.to_string()))?;
     let (start, end) = task.piece_span(index);
     let want = task.st.lock().digests[index as usize].ok_or_else(|| err("no digest yet".into()))?;
+    let stall = state.cfg.transfer_timeout.0;
+    let stalled = || err(format!("no data for transferTimeout ({stall:?})"));
     let work = async {
-        let resp = req.send().await.map_err(|e| err(format!("request: {e}")))?;
+        let resp = tokio::time::timeout(stall, req.send())
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| err(format!("request: {e}")))?;
         if !(resp.status() == 200 || resp.status() == 206) {
             return Err(err(format!("answered {}", resp.status())));
         }
@@ -384,9 +460,9 @@ async fn fetch_piece(
         let mut buf = BytesMut::new();
         let mut offset = start;
         loop {
-            let chunk = body
-                .next()
+            let chunk = tokio::time::timeout(stall, body.next())
                 .await
+                .map_err(|_| stalled())?
                 .transpose()
                 .map_err(|e| err(format!("body: {e}")))?;
             let last = chunk.is_none();
@@ -427,14 +503,7 @@ async fn fetch_piece(
         }
         Ok(())
     };
-    match tokio::time::timeout(state.cfg.transfer_timeout.0, work).await {
-        Ok(r) => r,
-        Err(_) => Err(err(format!(
-            "stalled past transferTimeout ({:?})",
-            state.cfg.transfer_timeout.0
-        ))),
-    }
-    .inspect_err(|_| {
+    work.await.inspect_err(|_| {
         state.metrics.piece_failures.inc();
     })
 }
@@ -581,7 +650,19 @@ async fn announce_loop(state: web::Data<AgentState>, task: Arc<Task>) {
         if finished {
             return;
         }
-        tokio::time::sleep(wait).await;
+        let wait = if task.st.lock().waiting {
+            wait.min(IDLE_ANNOUNCE)
+        } else {
+            wait
+        };
+        // Sooner when a piece is done, so nodes waiting for it hear of it, but never more
+        // often than every ANNOUNCE_GAP.
+        tokio::time::sleep(ANNOUNCE_GAP.min(wait)).await;
+        let _ = tokio::time::timeout(
+            wait.saturating_sub(ANNOUNCE_GAP),
+            task.announce_now.notified(),
+        )
+        .await;
     }
 }
 

@@ -78,11 +78,10 @@ fn source_mode_rollout_serves_every_node_from_the_mirror() {
 }
 
 /// Source mode over a thin mirror link at the default `transferTimeout` (15 s): eight nodes, two
-/// layers each, eight piece workers per layer: about 128 pieces of 1 MiB share the mirror's
-/// 50 mbit at once, so each takes about 20 s to arrive although bytes keep flowing. The agent
-/// counts every such piece as a mirror failure and fails the pull after six in a row.
+/// layers each share the mirror's 50 mbit, so a piece takes many seconds to arrive although
+/// bytes keep flowing. A slow piece is not a failed one: only `transferTimeout` without data
+/// abandons a transfer (this once failed every pull with `unexpected EOF`).
 #[test]
-#[ignore = "poolcast bug: a slow but progressing mirror piece counts as a mirror failure; see docs/edge-tests.md"]
 fn source_mode_over_a_thin_mirror_link_completes_at_default_settings() {
     let pool = EdgePool::start(PoolSpec {
         nodes: 8,

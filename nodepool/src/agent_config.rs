@@ -78,7 +78,7 @@ pub struct AgentConfig {
     /// Piece size.
     pub blocksize: ByteSize,
     pub connect_timeout: HumanDuration,
-    /// A piece transfer that takes longer is abandoned and fetched elsewhere.
+    /// A piece transfer that receives no data for this long is abandoned and fetched elsewhere.
     pub transfer_timeout: HumanDuration,
     /// Piece transfers in flight at once, across all blobs.
     pub proxy_fs_parallels: u32,
