@@ -85,6 +85,9 @@ pub struct AgentConfig {
     /// How long the mirror's "this requester may read this blob" is trusted.
     #[serde(rename = "authCacheTTL")]
     pub auth_cache_ttl: HumanDuration,
+    /// Suffix of the distributed names the admission webhook gives registries that are not ACR
+    /// instances; containerd names them in `?ns=` and the agent maps them back.
+    pub distributed_suffix: String,
 }
 
 impl Default for AgentConfig {
@@ -110,6 +113,7 @@ impl Default for AgentConfig {
             transfer_timeout: HumanDuration(Duration::from_secs(15)),
             proxy_fs_parallels: 128,
             auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
+            distributed_suffix: crate::distributed::DEFAULT_SUFFIX.into(),
         }
     }
 }
@@ -196,7 +200,15 @@ impl AgentConfig {
                 ));
             }
         }
+        self.distributed_names()?;
         Ok(())
+    }
+
+    /// How the webhook names distributed registry hosts, to map `?ns=` back (the port is the
+    /// agent's own; a name maps back whatever port it carries).
+    pub fn distributed_names(&self) -> Result<crate::DistributedNames> {
+        crate::DistributedNames::new(&self.distributed_suffix, 65001)
+            .map_err(|m| invalid("distributedSuffix", m))
     }
 }
 
@@ -241,5 +253,12 @@ mod tests {
             .expect_err("tiny")
             .to_string()
             .contains("blocksize"));
+        let c = parse("mirror: http://m:5000\ndownloadPattern: source\ndistributedSuffix: a..b\n")
+            .expect("parses");
+        assert!(c
+            .validate()
+            .expect_err("bad suffix")
+            .to_string()
+            .contains("distributedSuffix"));
     }
 }

@@ -1,19 +1,24 @@
 //! The shared model of poolcast: node pools and which pools reach which, and the configuration
 //! schema every component reads. Keys are the Helm values keys users already know from the ACK
 //! add-on (`cacheTTL`, `cacheHostPath`, `ratelimit`, ...), so one YAML serves the chart and the
-//! binary. This crate knows nothing of HTTP or storage.
+//! binary. It also names the `distributed` registry hosts the admission webhook writes into
+//! pods and the agent maps back. This crate knows nothing of HTTP or storage.
 
 mod agent_config;
 pub mod auth;
 mod config;
+pub mod distributed;
 pub mod pools;
 mod units;
+mod webhook_config;
 
 pub use agent_config::{AgentConfig, CacheConfig, CacheMode, DownloadPattern};
 pub use auth::{AuthError, AUTH_HEADER};
 pub use config::{MirrorConfig, SchedulerConfig, UpstreamSpec};
+pub use distributed::DistributedNames;
 pub use pools::{PoolGraph, PoolSpec};
 pub use units::{ByteSize, HumanDuration, Rate};
+pub use webhook_config::WebhookConfig;
 
 /// Piece sizes the mirror and agents accept (`blocksize`).
 pub const MIN_PIECE: u64 = 64 * 1024;
