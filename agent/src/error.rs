@@ -23,6 +23,9 @@ pub enum Error {
     NotHeld(String),
     #[error("download of {digest} failed: {message}")]
     Download { digest: String, message: String },
+    /// Every upload slot is taken: ask another holder, or again shortly.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,6 +36,7 @@ impl ResponseError for Error {
             Error::Registry(e) => e.status_code(),
             Error::PeerDenied(_) => StatusCode::UNAUTHORIZED,
             Error::NotHeld(_) => StatusCode::NOT_FOUND,
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -44,11 +48,14 @@ impl ResponseError for Error {
         let code = match self {
             Error::PeerDenied(_) => "DENIED",
             Error::NotHeld(_) => "BLOB_UNKNOWN",
+            Error::Busy(_) => "UNAVAILABLE",
             _ => "UNKNOWN",
         };
         let body = serde_json::json!({ "errors": [{ "code": code, "message": self.to_string() }] });
-        HttpResponse::build(self.status_code())
-            .content_type("application/json")
-            .body(body.to_string())
+        let mut resp = HttpResponse::build(self.status_code());
+        if let Error::Busy(_) = self {
+            resp.insert_header(("Retry-After", "1"));
+        }
+        resp.content_type("application/json").body(body.to_string())
     }
 }

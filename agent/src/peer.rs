@@ -16,6 +16,11 @@ use std::time::SystemTime;
 const MAX_SKEW_SECS: u64 = 300;
 /// Upload chunks stay small: large buffers freed on other threads bloat glibc's arenas.
 const CHUNK: u64 = 128 * 1024;
+/// Pieces uploaded at once. More would slice the uplink so thin that no piece finishes soon:
+/// a piece sent whole to a few peers turns them into holders that pass it on, where the same
+/// bytes spread over every asker leave this node the only holder for longer. Askers beyond
+/// this get `503` and ask another holder.
+pub const UPLOAD_SLOTS: usize = 4;
 
 fn authorize(req: &HttpRequest, state: &AgentState) -> Result<()> {
     if state.cfg.secret.is_empty() {
@@ -107,24 +112,37 @@ pub async fn serve_piece(
         len = end - start;
         body = Box::pin(mirror::body::file_stream(file, start, end));
     }
+    let slot = state
+        .upload_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::Busy(format!("all {UPLOAD_SLOTS} upload slots in use")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
-        .body(SizedStream::new(len, upload(body, state.into_inner()))))
+        .body(SizedStream::new(
+            len,
+            upload(body, state.into_inner(), slot),
+        )))
 }
 
 /// Counts an upload while it runs, and spends the upload and total budgets on it.
 fn upload(
     body: std::pin::Pin<Box<dyn Stream<Item = mirror::Result<Bytes>>>>,
     state: Arc<AgentState>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> impl Stream<Item = mirror::Result<Bytes>> {
-    struct InProgress(Arc<AgentState>);
+    /// Holds the upload slot until the body is sent or dropped.
+    struct InProgress(
+        Arc<AgentState>,
+        #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+    );
     impl Drop for InProgress {
         fn drop(&mut self) {
             self.0.metrics.uploads.dec();
         }
     }
     state.metrics.uploads.inc();
-    let guard = Arc::new(InProgress(state));
+    let guard = Arc::new(InProgress(state, slot));
     body.then(move |chunk| {
         let guard = guard.clone();
         async move {

@@ -42,6 +42,8 @@ pub struct AgentState {
     pub sizes: Mutex<HashMap<String, u64>>,
     /// Piece transfers in flight across all downloads (`proxyFsParallels`).
     pub transfers: Arc<Semaphore>,
+    /// Pieces uploaded to peers at once ([`crate::peer::UPLOAD_SLOTS`]).
+    pub upload_slots: Arc<Semaphore>,
     /// Pools whose peers may fetch from us: our own, plus what the scheduler says.
     pub reachable: RwLock<Vec<String>>,
 }
@@ -52,7 +54,7 @@ impl AgentState {
             id: self.node.clone(),
             pool: self.cfg.pool.clone(),
             addr: self.advertise.clone(),
-            upload_slots: 8,
+            upload_slots: crate::peer::UPLOAD_SLOTS as u32,
         }
     }
 
@@ -161,6 +163,7 @@ impl AgentServer {
             metrics,
             sizes: Mutex::new(HashMap::new()),
             transfers,
+            upload_slots: Arc::new(Semaphore::new(crate::peer::UPLOAD_SLOTS)),
             reachable: RwLock::new(vec![pool]),
         };
         tracing::info!(node = %state.node, pool = %state.cfg.pool, advertise = %state.advertise, cache = %root.display(), "agent ready");

@@ -42,6 +42,11 @@ const ANNOUNCE_GAP: Duration = Duration::from_millis(50);
 const IDLE_ANNOUNCE: Duration = Duration::from_millis(200);
 /// Missing pieces, from the lowest, among which the rarest is taken.
 const PICK_WINDOW: usize = 128;
+/// Pieces one download fetches from one parent at once: parents' uplinks are shared by every
+/// node that wants them, so each node asks several parents rather than one for more.
+const PER_PARENT: u32 = 1;
+/// How long a parent that answered "busy" is left alone.
+const BUSY_BACKOFF: Duration = Duration::from_millis(150);
 const WRITE_CHUNK: usize = 128 * 1024;
 
 /// What a download needs to know about the blob and its requester.
@@ -66,6 +71,14 @@ struct Parent {
     addr: String,
     have: HashSet<u32>,
     inflight: u32,
+    /// It answered "busy" (all upload slots taken): not asked again before this.
+    busy_until: Option<Instant>,
+}
+
+impl Parent {
+    fn available(&self, now: Instant) -> bool {
+        self.inflight < PER_PARENT && self.busy_until.is_none_or(|t| t <= now)
+    }
 }
 
 struct TaskState {
@@ -235,14 +248,18 @@ impl Task {
         }
 
         let node = &state.cfg.node;
+        let now = Instant::now();
         let mut best: Option<((usize, u64), u32)> = None;
         for i in (0..known).filter(|&i| missing(&st, i)).take(PICK_WINDOW) {
-            let holders = st
-                .parents
-                .iter()
-                .filter(|(id, p)| p.have.contains(&i) && !st.blocked.contains(*id))
-                .count();
-            if holders == 0 {
+            let mut holders = 0;
+            let mut free = false;
+            for (id, p) in &st.parents {
+                if p.have.contains(&i) && !st.blocked.contains(id) {
+                    holders += 1;
+                    free |= p.available(now);
+                }
+            }
+            if !free {
                 continue;
             }
             let key = (holders, spread(node, i));
@@ -254,7 +271,9 @@ impl Task {
             let holder = st
                 .parents
                 .iter()
-                .filter(|(id, p)| p.have.contains(&index) && !st.blocked.contains(*id))
+                .filter(|(id, p)| {
+                    p.have.contains(&index) && !st.blocked.contains(*id) && p.available(now)
+                })
                 .min_by_key(|(id, p)| (p.inflight, spread(id, index)))
                 .map(|(id, p)| (id.clone(), p.addr.clone()));
             if let Some((id, addr)) = holder {
@@ -307,6 +326,12 @@ impl Task {
                     st.source_failures = 0; // only a mirror that keeps failing fails the pull
                 }
             }
+            Err(crate::Error::Busy(_)) => {
+                st.pieces[index as usize] = Piece::Missing;
+                if let Some(p) = from.and_then(|id| st.parents.get_mut(id)) {
+                    p.busy_until = Some(Instant::now() + BUSY_BACKOFF);
+                }
+            }
             Err(e) => {
                 st.pieces[index as usize] = Piece::Missing;
                 match from {
@@ -351,14 +376,19 @@ async fn worker(state: web::Data<AgentState>, task: Arc<Task>) {
         match task.pick(&state) {
             Job::Finished => return,
             Job::Wait => {
-                let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
+                // Short: a busy parent may be free again soon.
+                let _ = tokio::time::timeout(BUSY_BACKOFF, rx.changed()).await;
             }
             Job::Peer { index, id, addr } => {
+                let began = Instant::now();
                 let result = fetch_from_peer(&state, &task, index, &addr).await;
+                tracing::debug!(digest = %task.spec.digest, index, from = %id, ms = began.elapsed().as_millis() as u64, ok = result.is_ok(), busy = matches!(result, Err(crate::Error::Busy(_))), "piece from peer");
                 task.complete(index, Some(&id), result);
             }
             Job::Source { index } => {
+                let began = Instant::now();
                 let result = fetch_from_mirror(&state, &task, index).await;
+                tracing::debug!(digest = %task.spec.digest, index, ms = began.elapsed().as_millis() as u64, ok = result.is_ok(), "piece from mirror");
                 if result.is_ok() {
                     state.metrics.back_to_source.inc();
                 } else {
@@ -392,7 +422,17 @@ async fn fetch_from_mirror(state: &AgentState, task: &Task, index: u32) -> crate
     if let Some(auth) = &task.spec.auth {
         req = req.header("Authorization", auth.as_bytes());
     }
-    fetch_piece(state, task, index, req, state.metrics.source_bytes.clone()).await
+    fetch_piece(state, task, index, req, state.metrics.source_bytes.clone())
+        .await
+        .map_err(|e| match e {
+            // Only a peer's 503 means "ask another holder"; the mirror's counts as a failure.
+            crate::Error::Busy(_) => crate::Error::Piece {
+                digest: task.spec.digest.to_string(),
+                index,
+                message: "mirror answered 503 Service Unavailable".into(),
+            },
+            e => e,
+        })
 }
 
 async fn fetch_from_peer(
@@ -452,6 +492,9 @@ async fn fetch_piece(
             .await
             .map_err(|_| stalled())?
             .map_err(|e| err(format!("request: {e}")))?;
+        if resp.status() == 503 {
+            return Err(crate::Error::Busy(format!("piece {index}")));
+        }
         if !(resp.status() == 200 || resp.status() == 206) {
             return Err(err(format!("answered {}", resp.status())));
         }
@@ -503,8 +546,10 @@ async fn fetch_piece(
         }
         Ok(())
     };
-    work.await.inspect_err(|_| {
-        state.metrics.piece_failures.inc();
+    work.await.inspect_err(|e| {
+        if !matches!(e, crate::Error::Busy(_)) {
+            state.metrics.piece_failures.inc();
+        }
     })
 }
 
@@ -626,17 +671,21 @@ async fn announce_loop(state: web::Data<AgentState>, task: Arc<Task>) {
                 st.assigned = resp.source_pieces.into_iter().collect();
                 let mut parents = HashMap::new();
                 for p in resp.parents {
-                    let inflight = st.parents.get(&p.id).map_or(0, |old| old.inflight);
+                    let old = st.parents.get(&p.id);
+                    let inflight = old.map_or(0, |old| old.inflight);
+                    let busy_until = old.and_then(|old| old.busy_until);
                     parents.insert(
                         p.id,
                         Parent {
                             addr: p.addr,
                             have: p.have.into_iter().collect(),
                             inflight,
+                            busy_until,
                         },
                     );
                 }
                 st.parents = parents;
+                tracing::debug!(digest = %task.spec.digest, parents = st.parents.len(), offered = st.parents.values().map(|p| p.have.len()).sum::<usize>(), assigned = st.assigned.len(), "announced");
                 Duration::from_millis(resp.interval_ms.clamp(100, 10_000))
             }
             Err(e) => {
