@@ -322,6 +322,17 @@ impl Drop for Bed {
         if std::thread::panicking() {
             self.print_logs();
         }
+        // `EDGE_TESTS_KEEP_LOGS=DIR` keeps every process's log (the bed's folder goes).
+        if let Some(keep) = std::env::var_os("EDGE_TESTS_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let _ = fs::create_dir_all(&keep);
+            for entry in fs::read_dir(self.dir()).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let _ = fs::copy(&path, keep.join(entry.file_name()));
+                }
+            }
+        }
         let procs: Vec<Child> = self
             .procs
             .lock()

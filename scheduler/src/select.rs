@@ -120,9 +120,32 @@ pub(crate) fn assign_source_pieces(
     let mut out = task.open_assignments(who.key, now, timeout);
     out.truncate(SOURCE_PIECES_PER_ANSWER);
     let mut added = 0;
-    let room = SOURCE_PIECES_PER_ANSWER
+    let mut room = SOURCE_PIECES_PER_ANSWER
         .saturating_sub(out.len())
         .min(pool_limit.saturating_sub(live_in_pool(task, peers, who.pool, now, (timeout, quiet))));
+    if room > 0 {
+        // Peers of a pool take turns: new pieces only for a peer that has fetched no more
+        // from the mirror than any other downloading peer of its pool. Each piece's first
+        // holder is then another node, and every node's uplink helps spread the blob
+        // instead of one node's uplink feeding the whole pool.
+        let mine = task.members.get(&who.key).map_or(0, |m| m.sourced);
+        let fewest = task
+            .members
+            .iter()
+            .filter(|(key, m)| {
+                **key != who.key
+                    && m.pool == who.pool
+                    && !m.have.is_full()
+                    && peers
+                        .get(**key)
+                        .is_some_and(|p| now.saturating_duration_since(p.last_seen) < quiet)
+            })
+            .map(|(_, m)| m.sourced)
+            .min();
+        if fewest.is_some_and(|fewest| mine > fewest) {
+            room = 0;
+        }
+    }
     if room > 0 {
         let held = held_for(task, peers, who);
         let mut new = Vec::new();

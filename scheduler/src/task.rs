@@ -29,6 +29,8 @@ pub(crate) struct Member {
     pub blocked: HashSet<String>,
     /// Pieces handed to this peer to fetch from the mirror, and when.
     pub assigned: Vec<(u32, Instant)>,
+    /// How many pieces of this task it was ever sent to the mirror for.
+    pub sourced: u32,
 }
 
 /// The holders of a task inside one pool.
@@ -95,6 +97,7 @@ impl Task {
             slot: None,
             blocked: HashSet::new(),
             assigned: Vec::new(),
+            sourced: 0,
         });
         if member.have == have {
             return;
@@ -208,6 +211,7 @@ impl Task {
             return;
         };
         member.assigned.push((piece, now));
+        member.sourced = member.sourced.saturating_add(1);
         let list = self.reserved.entry(piece).or_default();
         list.retain(|r| r.peer != peer && now.saturating_duration_since(r.at) < timeout);
         list.push(Reservation {

@@ -127,12 +127,15 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
     assert_eq!(first.reachable_pools, vec!["np-1"]);
     let second = c.announce(&ask("n2", "np-1", &[])).await.expect("announce");
     assert!(second.source_pieces.is_empty());
-    // n1 has them: the pool's budget opens again, and the next pieces go to the next asker.
+    // n1 has them: the pool's budget opens again, and as peers take turns at the mirror the
+    // next pieces go to n2, not to n1 again.
     let again = c
         .announce(&ask("n1", "np-1", &[0, 1]))
         .await
         .expect("announce");
-    assert_eq!(again.source_pieces, vec![2, 3]);
+    assert!(again.source_pieces.is_empty());
+    let second = c.announce(&ask("n2", "np-1", &[])).await.expect("announce");
+    assert_eq!(second.source_pieces, vec![2, 3]);
     let third = c.announce(&ask("n3", "np-1", &[])).await.expect("announce");
     assert_eq!(third.parents.len(), 1);
     assert_eq!(third.parents[0].id, "n1");
@@ -144,13 +147,15 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
     })
     .await
     .expect("leave");
+    // n1 left with its pieces: 0 and 1 are unheld again, and n3's turn comes once n2 has
+    // its pieces.
+    c.announce(&ask("n2", "np-1", &[2, 3]))
+        .await
+        .expect("announce");
     let fourth = c.announce(&ask("n3", "np-1", &[])).await.expect("announce");
-    assert!(fourth.parents.is_empty());
-    assert_eq!(
-        fourth.source_pieces,
-        vec![0, 1],
-        "n1 left with its pieces and its reservations"
-    );
+    assert_eq!(fourth.parents.len(), 1);
+    assert_eq!(fourth.parents[0].id, "n2");
+    assert_eq!(fourth.source_pieces, vec![0, 1]);
 
     let text = reqwest::get(format!("{}/metrics", s.url))
         .await
@@ -161,7 +166,7 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
     for name in [
         "poolcast_scheduler_peers 2",
         "poolcast_scheduler_tasks 1",
-        "poolcast_scheduler_decisions_total 5",
+        "poolcast_scheduler_decisions_total 7",
         "poolcast_scheduler_source_pieces_total 6",
         "poolcast_scheduler_parent_reports_total 0",
         "poolcast_scheduler_go_source_total 0",
