@@ -15,52 +15,52 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 
 use edge_tests::bed::{require_tools, Bed, Host, ProcId};
 use edge_tests::image::{random_bytes, sha256_file};
 use edge_tests::parts::{self, AgentSpec, AGENT_PORT, REGISTRY_PORT};
 use edge_tests::torrent;
 
+/// One blob from one source to N nodes over shaped links: poolcast p2p (cold and warm
+/// mirror), poolcast source and BitTorrent, against the Kumar-Ross bound. Needs root.
+#[derive(clap::Parser)]
 struct Opts {
-    nodes: usize,
+    /// Nodes in the pool (1 to 200).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=200))]
+    nodes: u16,
+    /// Blob size (B, KiB, MiB or GiB).
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
     size: u64,
+    /// Every link's rate both ways, e.g. 50mbit.
+    #[arg(long = "rate", default_value = "50mbit", value_parser = parse_rate)]
     mbit: u32,
+    /// The agents' piece size (their `blocksize`).
+    #[arg(long, default_value = "4MiB")]
     blocksize: String,
+    /// BitTorrent piece size as a power of two (mktorrent -l).
+    #[arg(long, default_value_t = 20)]
     bt_piece_log2: u32,
+    /// Which methods to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "p2p,p2p-warm,source,bittorrent"
+    )]
+    methods: Vec<Method>,
 }
 
-fn parse_args() -> Result<Opts> {
-    let mut opts = Opts {
-        nodes: 8,
-        size: 128 << 20,
-        mbit: 50,
-        blocksize: "4MiB".into(),
-        bt_piece_log2: 20,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--nodes" => opts.nodes = value.parse().context("--nodes")?,
-            "--size" => opts.size = parse_size(value)?,
-            "--rate" => {
-                let mbit = value
-                    .strip_suffix("mbit")
-                    .context("--rate: write e.g. 50mbit")?;
-                opts.mbit = mbit.parse().context("--rate")?;
-            }
-            "--blocksize" => opts.blocksize = value.clone(),
-            "--bt-piece-log2" => opts.bt_piece_log2 = value.parse().context("--bt-piece-log2")?,
-            other => bail!(
-                "unknown flag {other}; usage: fanout [--nodes N] [--size 128MiB] [--rate 50mbit] \
-                 [--blocksize 4MiB] [--bt-piece-log2 20]"
-            ),
-        }
-    }
-    ensure!((1..=200).contains(&opts.nodes), "--nodes: 1 to 200");
-    Ok(opts)
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Method {
+    P2p,
+    P2pWarm,
+    Source,
+    Bittorrent,
+}
+
+fn parse_rate(s: &str) -> Result<u32> {
+    let mbit = s.strip_suffix("mbit").context("write e.g. 50mbit")?;
+    mbit.parse().context("not a number of mbit")
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -96,7 +96,7 @@ struct Setup {
 }
 
 fn main() -> Result<()> {
-    let opts = parse_args()?;
+    let opts = <Opts as clap::Parser>::parse();
     require_tools(&[
         "docker-registry",
         "curl",
@@ -107,17 +107,20 @@ fn main() -> Result<()> {
     let bin = parts::poolcast_bin()?;
     eprintln!("fanout: poolcast binary {}", bin.display());
     let setup = build(&opts)?;
-    let mut outcomes = vec![
-        poolcast_run(&setup, &opts, Mode::P2pCold, "poolcast p2p (cold)")?,
-        poolcast_run(
-            &setup,
-            &opts,
-            Mode::P2pWarmMirror,
-            "poolcast p2p (warm mirr)",
-        )?,
-        poolcast_run(&setup, &opts, Mode::Source, "poolcast source")?,
-        bittorrent_run(&setup, &opts)?,
-    ];
+    let mut outcomes = Vec::new();
+    for method in &opts.methods {
+        outcomes.push(match method {
+            Method::P2p => poolcast_run(&setup, &opts, Mode::P2pCold, "poolcast p2p (cold)")?,
+            Method::P2pWarm => poolcast_run(
+                &setup,
+                &opts,
+                Mode::P2pWarmMirror,
+                "poolcast p2p (warm mirr)",
+            )?,
+            Method::Source => poolcast_run(&setup, &opts, Mode::Source, "poolcast source")?,
+            Method::Bittorrent => bittorrent_run(&setup, &opts)?,
+        });
+    }
     report(&opts, &mut outcomes);
     Ok(())
 }
@@ -370,7 +373,7 @@ fn report(opts: &Opts, outcomes: &mut [Outcome]) {
     );
     for o in outcomes.iter_mut() {
         o.times.sort_by(f64::total_cmp);
-        let complete = o.times.len() == opts.nodes;
+        let complete = o.times.len() == usize::from(opts.nodes);
         let last = o.times.last().copied().unwrap_or(f64::NAN);
         let median = o
             .times
