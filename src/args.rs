@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use nodepool::{
     AgentConfig, ByteSize, CacheMode, DownloadPattern, HumanDuration, MirrorConfig, Rate,
-    SchedulerConfig, UpstreamSpec,
+    SchedulerConfig, UpstreamSpec, WebhookConfig,
 };
 use std::path::PathBuf;
 
@@ -228,6 +228,62 @@ impl SchedulerArgs {
         set!(c.secret, self.secret);
         set!(c.peer_ttl, self.peer_ttl);
         set!(c.source_assign_timeout, self.source_assign_timeout);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+pub struct WebhookArgs {
+    /// YAML config (keys: registries, port, distributedSuffix, tlsCertFile, tlsKeyFile, ...).
+    #[arg(long, env = "POOLCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [config: listen; default 0.0.0.0:8443].
+    #[arg(long, env = "POOLCAST_LISTEN")]
+    listen: Option<String>,
+    /// Registry host whose images go through the agent, `host[:port]` as images name it;
+    /// repeat for several [config: registries].
+    #[arg(
+        long = "registry",
+        env = "POOLCAST_WEBHOOK_REGISTRIES",
+        value_delimiter = ','
+    )]
+    registries: Vec<String>,
+    /// The agent's port on the nodes, which rewritten images name [config: port; default
+    /// 65001, the seeds' p2p.port].
+    #[arg(long, env = "POOLCAST_P2P_PORT")]
+    port: Option<u16>,
+    /// Suffix of the distributed names of registries that are not ACR instances [config:
+    /// distributedSuffix; default distributed.local].
+    #[arg(long, env = "POOLCAST_DISTRIBUTED_SUFFIX")]
+    distributed_suffix: Option<String>,
+    /// PEM certificate chain to serve [config: tlsCertFile].
+    #[arg(long, env = "POOLCAST_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key [config: tlsKeyFile].
+    #[arg(long, env = "POOLCAST_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP: tests and local trials only, the API server needs HTTPS [config: plainHttp].
+    #[arg(long, env = "POOLCAST_PLAIN_HTTP")]
+    plain_http: bool,
+}
+
+impl WebhookArgs {
+    pub fn into_config(self) -> Result<WebhookConfig> {
+        let mut c = match &self.config {
+            Some(path) => WebhookConfig::load(path)?,
+            None => WebhookConfig::default(),
+        };
+        let path = |p: Option<PathBuf>| p.map(|p| p.to_string_lossy().into_owned());
+        set!(c.listen, self.listen);
+        if !self.registries.is_empty() {
+            c.registries = self.registries;
+        }
+        set!(c.port, self.port);
+        set!(c.distributed_suffix, self.distributed_suffix);
+        set!(c.tls_cert_file, path(self.tls_cert));
+        set!(c.tls_key_file, path(self.tls_key));
+        c.plain_http |= self.plain_http;
         c.validate()?;
         Ok(c)
     }

@@ -1,14 +1,15 @@
 //! `poolcast`: one binary for every component. `poolcast up` runs the embedded default on one
-//! machine (mirror, scheduler and agent on loopback); `poolcast mirror`, `poolcast scheduler`
-//! and `poolcast agent` run one component each, as the Helm chart deploys them.
+//! machine (mirror, scheduler and agent on loopback); `poolcast mirror`, `poolcast scheduler`,
+//! `poolcast agent` and `poolcast webhook` run one component each, as the Helm chart deploys
+//! them.
 
 mod args;
 mod hosts;
 
 use anyhow::{Context, Result};
-use args::{AgentArgs, MirrorArgs, SchedulerArgs};
+use args::{AgentArgs, MirrorArgs, SchedulerArgs, WebhookArgs};
 use clap::{Args, Parser, Subcommand};
-use nodepool::{AgentConfig, MirrorConfig, SchedulerConfig, UpstreamSpec};
+use nodepool::{AgentConfig, MirrorConfig, SchedulerConfig, UpstreamSpec, WebhookConfig};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Run the node agent: a registry for containerd that swaps pieces with peers.
     Agent(AgentArgs),
+    /// Run the admission webhook: pods labelled k8s.aliyun.com/image-accelerate-mode=p2p pull
+    /// their images through the node-local agent.
+    Webhook(WebhookArgs),
     /// Try poolcast on one machine: mirror, scheduler and agent in one process on loopback,
     /// cached under ./poolcast-cache, Docker Hub as upstream unless told otherwise.
     Up(UpArgs),
@@ -65,6 +69,7 @@ enum Component {
     Mirror,
     Scheduler,
     Agent,
+    Webhook,
 }
 
 #[derive(Args)]
@@ -149,6 +154,28 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .context("agent server")
         }
+        Command::Webhook(args) => {
+            let config = args.into_config()?;
+            let listener = bind(&config.listen, "webhook")?;
+            let secrets = webhook::kube_secrets()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let server = webhook::WebhookServer::new(
+                &config,
+                Arc::new(secrets),
+                Arc::new(webhook::Metrics::new()),
+            )
+            .context("starting the webhook")?;
+            println!(
+                "poolcast webhook listening on {}://{}",
+                server.scheme(),
+                listener.local_addr()?
+            );
+            server
+                .run(listener, shutdown_signal())
+                .await
+                .context("webhook server")
+        }
         Command::Up(args) => up(args).await,
         Command::Hosts(command) => hosts::run(command),
         Command::Config(ConfigCommand::Check { component, file }) => {
@@ -159,6 +186,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .validate()
                     .with_context(what)?,
                 Component::Agent => AgentConfig::load(&file)?.validate().with_context(what)?,
+                Component::Webhook => WebhookConfig::load(&file)?.validate().with_context(what)?,
             }
             println!("ok");
             Ok(())

@@ -1,0 +1,177 @@
+//! The HTTPS surface the API server calls: `POST /mutate` (the webhook entry that selects pods
+//! by their own label) and `POST /mutate/namespace` (the entry that selects them by their
+//! namespace's label), plus `/healthz` and `/metrics`.
+//!
+//! Every AdmissionReview is answered `allowed: true`; a pod the webhook cannot or need not
+//! change gets no patch. Only a body that is not an AdmissionReview gets a 400.
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::mutate::{Mutator, Selection};
+use crate::review::AdmissionReview;
+use crate::secrets::SecretApi;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use nodepool::WebhookConfig;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Largest AdmissionReview read (the API server's own request limit is 3 MiB).
+const MAX_BODY: usize = 8 << 20;
+
+pub struct AppState {
+    pub mutator: Mutator,
+    pub secrets: Arc<dyn SecretApi>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct WebhookServer {
+    state: web::Data<AppState>,
+    tls: Option<rustls::ServerConfig>,
+}
+
+impl WebhookServer {
+    /// Checks the config and reads the certificate and key (unless `plainHttp`).
+    pub fn new(
+        config: &WebhookConfig,
+        secrets: Arc<dyn SecretApi>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let mutator = Mutator::new(config)?;
+        let tls = if config.plain_http {
+            None
+        } else {
+            Some(tls_config(&config.tls_cert_file, &config.tls_key_file)?)
+        };
+        Ok(WebhookServer {
+            state: web::Data::new(AppState {
+                mutator,
+                secrets,
+                metrics,
+            }),
+            tls,
+        })
+    }
+
+    /// `https`, or `http` in plain-HTTP mode.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    pub async fn run(
+        self,
+        listener: std::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(MAX_BODY))
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+                )
+                .route("/metrics", web::get().to(metrics_text))
+                .route("/mutate", web::post().to(by_pod_label))
+                .route("/mutate/namespace", web::post().to(by_namespace_label))
+        });
+        let server = match self.tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        }
+        .disable_signals()
+        .shutdown_timeout(5)
+        .run();
+        let handle = server.handle();
+        tokio::select! {
+            r = server => r,
+            _ = shutdown => {
+                handle.stop(true).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn by_pod_label(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+    review(&state, &body, Selection::PodLabel).await
+}
+
+async fn by_namespace_label(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+    review(&state, &body, Selection::NamespaceLabel).await
+}
+
+async fn review(state: &AppState, body: &[u8], selection: Selection) -> Result<HttpResponse> {
+    let (review, request) = AdmissionReview::parse(body).inspect_err(|e| {
+        state.metrics.bad_requests.inc();
+        tracing::warn!(error = %e, "refused a request that is not an AdmissionReview");
+    })?;
+    state.metrics.reviews.inc();
+    let pod = request
+        .object
+        .as_ref()
+        .and_then(|o| {
+            let meta = &o["metadata"];
+            meta["name"]
+                .as_str()
+                .or_else(|| meta["generateName"].as_str())
+        })
+        .unwrap_or("")
+        .to_string();
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let patch = match state
+        .mutator
+        .mutate(&request, selection, state.secrets.as_ref())
+        .await
+    {
+        Ok(Some(m)) => {
+            state.metrics.mutated.inc();
+            state.metrics.images_rewritten.inc_by(m.images.len() as u64);
+            state
+                .metrics
+                .secrets_written
+                .inc_by(m.secrets_written as u64);
+            tracing::info!(uid = %request.uid, %namespace, %pod, images = m.images.len(), secrets = ?m.secrets, dry_run = request.dry_run.unwrap_or(false), "pod pulls through the agent");
+            Some(m.patch)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            state.metrics.failures.inc();
+            tracing::warn!(uid = %request.uid, %namespace, %pod, error = %e, "pod left unchanged");
+            None
+        }
+    };
+    Ok(HttpResponse::Ok().json(review.respond(&request, patch.as_deref())))
+}
+
+/// The serving certificate chain and key, from PEM files.
+fn tls_config(cert_file: &str, key_file: &str) -> Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |what: &str, file: &str, e: &dyn std::fmt::Display| {
+        Error::Tls(format!("{what} {file}: {e}"))
+    };
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls("certificate", cert_file, &e))?;
+    if certs.is_empty() {
+        return Err(tls("certificate", cert_file, &"no PEM certificate in it"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| tls("key", key_file, &e))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls("certificate and key", cert_file, &e))
+}
