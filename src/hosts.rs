@@ -12,6 +12,10 @@
 //!       capabilities = ["pull", "resolve"]
 //! ```
 //!
+//! With `--distributed` it also writes one for each registry's distributed name, the host the
+//! admission webhook writes into pods' images (`nodepool::distributed`): same `server`, same
+//! agent, so that name needs no DNS; containerd sends it in `?ns=` and the agent maps it back.
+//!
 //! A `hosts.toml` that poolcast did not write (no marker line) is left alone, on write and on
 //! remove: the operator's own registry setup wins.
 
@@ -57,13 +61,49 @@ pub struct HostsArgs {
         required = true
     )]
     registries: Vec<UpstreamSpec>,
+    /// Also write (or remove) the files of the registries' distributed names, the hosts the
+    /// admission webhook rewrites images to (with the agent URL's port, `p2p.port`).
+    #[arg(long, env = "POOLCAST_HOSTS_DISTRIBUTED")]
+    distributed: bool,
+    /// Suffix of the distributed names of registries that are not ACR instances.
+    #[arg(
+        long,
+        env = "POOLCAST_DISTRIBUTED_SUFFIX",
+        default_value = nodepool::distributed::DEFAULT_SUFFIX
+    )]
+    distributed_suffix: String,
+}
+
+impl HostsArgs {
+    /// Each `hosts.toml` to write or remove, with the registry it sends containerd to.
+    fn files(&self) -> Result<Vec<(PathBuf, &UpstreamSpec)>> {
+        let mut files: Vec<_> = self
+            .registries
+            .iter()
+            .map(|r| (file_of(&self.config_path, &r.ns), r))
+            .collect();
+        if self.distributed {
+            let port = self
+                .agent
+                .port_or_known_default()
+                .context("--agent URL has no port")?;
+            let names = nodepool::DistributedNames::new(&self.distributed_suffix, port)
+                .map_err(|e| anyhow::anyhow!("--distributed-suffix: {e}"))?;
+            for r in &self.registries {
+                let name = names.distributed(&r.ns).with_context(|| {
+                    format!("registry `{}` cannot be given a distributed name", r.ns)
+                })?;
+                files.push((file_of(&self.config_path, &name), r));
+            }
+        }
+        Ok(files)
+    }
 }
 
 pub fn run(command: HostsCommand) -> Result<()> {
     match command {
         HostsCommand::Write(args) => {
-            for r in &args.registries {
-                let path = file_of(&args.config_path, r);
+            for (path, r) in args.files()? {
                 if write(&path, &hosts_toml(r, &args.agent))? {
                     println!("wrote {}", path.display());
                 } else {
@@ -75,8 +115,7 @@ pub fn run(command: HostsCommand) -> Result<()> {
             }
         }
         HostsCommand::Remove(args) => {
-            for r in &args.registries {
-                let path = file_of(&args.config_path, r);
+            for (path, _) in args.files()? {
                 if remove(&path)? {
                     println!("removed {}", path.display());
                 }
@@ -86,8 +125,9 @@ pub fn run(command: HostsCommand) -> Result<()> {
     Ok(())
 }
 
-fn file_of(config_path: &Path, registry: &UpstreamSpec) -> PathBuf {
-    config_path.join(&registry.ns).join("hosts.toml")
+/// containerd's file for a registry host (`host[:port]`, as image references name it).
+fn file_of(config_path: &Path, host: &str) -> PathBuf {
+    config_path.join(host).join("hosts.toml")
 }
 
 fn hosts_toml(registry: &UpstreamSpec, agent: &url::Url) -> String {
@@ -142,7 +182,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hub: UpstreamSpec = "docker.io=https://registry-1.docker.io".parse().unwrap();
         let agent: url::Url = "http://127.0.0.1:65001".parse().unwrap();
-        let path = file_of(dir.path(), &hub);
+        let path = file_of(dir.path(), &hub.ns);
         assert!(write(&path, &hosts_toml(&hub, &agent)).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -166,5 +206,41 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "server = \"https://mine\"\n"
         );
+    }
+
+    #[test]
+    fn distributed_names_send_containerd_to_the_same_agent_and_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = || HostsArgs {
+            config_path: dir.path().to_path_buf(),
+            agent: "http://127.0.0.1:7001".parse().unwrap(),
+            registries: vec![
+                "https://test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
+                    .parse()
+                    .unwrap(),
+                "10.0.0.5:5000=http://10.0.0.5:5000".parse().unwrap(),
+            ],
+            distributed: true,
+            distributed_suffix: "distributed.local".into(),
+        };
+        run(HostsCommand::Write(args())).unwrap();
+        let read = |host: &str| std::fs::read_to_string(file_of(dir.path(), host)).unwrap();
+        for host in [
+            "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
+            "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:7001",
+        ] {
+            let text = read(host);
+            assert!(
+                text.contains("server = \"https://test-registry-vpc.cn-hangzhou.cr.aliyuncs.com\""),
+                "{host}: {text}"
+            );
+            assert!(text.contains("[host.\"http://127.0.0.1:7001\"]"), "{text}");
+        }
+        let text = read("10.0.0.5.port-5000.distributed.local:7001");
+        assert!(text.contains("server = \"http://10.0.0.5:5000\""), "{text}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+
+        run(HostsCommand::Remove(args())).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -1,6 +1,7 @@
-//! The registry API containerd talks to (hosts.toml mirror or rewritten image). Manifests and
-//! the `/v2/` ping go to the mirror as they are; blobs come from the local cache or a download,
-//! after the mirror confirmed this requester may read them.
+//! The registry API containerd talks to (hosts.toml mirror, for the registry itself or for the
+//! distributed name the admission webhook wrote into the image). Manifests and the `/v2/` ping
+//! go to the mirror as they are; blobs come from the local cache or a download, after the
+//! mirror confirmed this requester may read them.
 
 use crate::error::{Error, Result};
 use crate::state::AgentState;
@@ -33,6 +34,12 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
             && ns
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+    });
+    // An image the admission webhook rewrote names its registry's distributed host; the
+    // mirror, the access grants and the cache know the registry itself.
+    let ns = ns.map(|ns| {
+        let names = state.cfg.distributed_names().ok();
+        names.and_then(|n| n.registry(&ns)).unwrap_or(ns)
     });
     let tail = req.match_info().get("tail").unwrap_or("");
     if tail.is_empty() {
