@@ -155,8 +155,12 @@ fn every_rendered_config_file_is_accepted_by_poolcast() {
             }
         }
     }
-    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 1 more p2p one.
-    assert_eq!(checked, 8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + (1 + 2));
+    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 1 more p2p one;
+    // and the webhook's in each of the 33.
+    assert_eq!(
+        checked,
+        8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + (1 + 2) + 33
+    );
 }
 
 #[test]
@@ -495,6 +499,12 @@ fn agent_pods_wire_containerd_at_start_and_unwire_it_on_stop() {
             private.contains("server = \"http://10.0.0.5:5000\""),
             "{private}"
         );
+        // The names the webhook rewrites images to go to the same agent and registry.
+        let distributed = dir
+            .path()
+            .join("docker.io.distributed.local:65001/hosts.toml");
+        let distributed = std::fs::read_to_string(distributed).unwrap();
+        assert_eq!(distributed, hub);
         let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(local(&remove[1..])));
         assert!(
             out.status.success(),
@@ -520,4 +530,186 @@ fn agent_pods_wire_containerd_at_start_and_unwire_it_on_stop() {
         .get("lifecycle")
         .is_none());
     assert!(mount_path(agent, "containerd-config-path").is_none());
+}
+
+/// The rendered MutatingWebhookConfiguration's entries, by name.
+fn webhook_entries(objs: &[serde_yaml::Value]) -> Vec<&serde_yaml::Value> {
+    let config = objs
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("a MutatingWebhookConfiguration");
+    config["webhooks"].as_sequence().unwrap().iter().collect()
+}
+
+fn by_name<'a>(objs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn the_webhook_never_blocks_pods_and_selects_them_by_pod_or_namespace_label() {
+    let objs = objects(&render(&["--set", "edgeNodePool.id=a"]).unwrap());
+    let entries = webhook_entries(&objs);
+    assert_eq!(entries.len(), 2);
+    let service = of_kind(&objs, "Service", "webhook")[0];
+    let deployment = of_kind(&objs, "Deployment", "webhook")[0];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let https = &container["ports"][0];
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], https["name"]);
+    let skip = serde_yaml::from_str::<serde_yaml::Value>(
+        r#"{key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, edge]}"#,
+    )
+    .unwrap();
+    for (entry, path) in entries.iter().zip(["/mutate", "/mutate/namespace"]) {
+        assert_eq!(entry["failurePolicy"], "Ignore");
+        assert_eq!(entry["sideEffects"], "NoneOnDryRun");
+        assert_eq!(entry["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(strings(&entry["admissionReviewVersions"]), ["v1"]);
+        assert!(entry["timeoutSeconds"].as_u64().unwrap() <= 10);
+        let svc = &entry["clientConfig"]["service"];
+        assert_eq!(svc["name"], service["metadata"]["name"]);
+        assert_eq!(svc["namespace"], "edge");
+        assert_eq!(svc["port"], service["spec"]["ports"][0]["port"]);
+        assert_eq!(svc["path"], path);
+        let rules = entry["rules"].as_sequence().unwrap();
+        let rule = |resource: &str| {
+            rules
+                .iter()
+                .find(|r| strings(&r["resources"]) == [resource])
+                .map(|r| strings(&r["operations"]))
+        };
+        assert_eq!(rule("pods"), Some(vec!["CREATE".to_string()]));
+        assert_eq!(
+            rule("pods/ephemeralcontainers"),
+            Some(vec!["UPDATE".to_string()])
+        );
+        let ns_exprs = entry["namespaceSelector"]["matchExpressions"]
+            .as_sequence()
+            .unwrap();
+        assert!(ns_exprs.contains(&skip), "{ns_exprs:?}");
+    }
+    let mode = "k8s.aliyun.com/image-accelerate-mode";
+    assert_eq!(entries[0]["objectSelector"]["matchLabels"][mode], "p2p");
+    let ns_label = &entries[1]["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(
+        (ns_label["key"].as_str(), ns_label["operator"].as_str()),
+        (Some(mode), Some("In"))
+    );
+    assert_eq!(strings(&ns_label["values"]), ["p2p"]);
+    // A pod with its own label is the first entry's alone: never mutated twice.
+    let own = &entries[1]["objectSelector"]["matchExpressions"][0];
+    assert_eq!(
+        (own["key"].as_str(), own["operator"].as_str()),
+        (Some(mode), Some("DoesNotExist"))
+    );
+}
+
+#[test]
+fn the_webhook_serves_its_config_and_certificate_with_only_secret_rights() {
+    let objs = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "p2p.port=7001",
+            "--set-json",
+            r#"registries=[{"host":"test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"},{"host":"docker.io"}]"#,
+        ])
+        .unwrap(),
+    );
+    let deployment = of_kind(&objs, "Deployment", "webhook")[0];
+    let name = str_of(&deployment["metadata"]["name"]);
+    let config = config_of(&objs, name);
+    assert_eq!(
+        strings(&config["registries"]),
+        ["test-registry-vpc.cn-hangzhou.cr.aliyuncs.com", "docker.io"]
+    );
+    assert_eq!(config["port"], 7001);
+    // The agents map the same distributed names back.
+    let agent = of_kind(&objs, "DaemonSet", "agent")[0];
+    let agent_config = config_of(&objs, str_of(&agent["metadata"]["name"]));
+    assert_eq!(
+        agent_config["distributedSuffix"],
+        config["distributedSuffix"]
+    );
+
+    let spec = &deployment["spec"]["template"]["spec"];
+    let tls_dir = mount_path(deployment, "tls").unwrap();
+    assert!(str_of(&config["tlsCertFile"]).starts_with(tls_dir));
+    assert!(str_of(&config["tlsKeyFile"]).starts_with(tls_dir));
+    let secret = by_name(
+        &objs,
+        "Secret",
+        str_of(&volume(deployment, "tls")["secret"]["secretName"]),
+    );
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    for entry in webhook_entries(&objs) {
+        assert_eq!(entry["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
+    }
+
+    // It may read pull secrets and write their copies: nothing else.
+    assert_eq!(spec["automountServiceAccountToken"], true);
+    let account = str_of(&spec["serviceAccountName"]);
+    let binding = by_name(&objs, "ClusterRoleBinding", name);
+    assert_eq!(binding["subjects"][0]["name"], account);
+    assert_eq!(binding["subjects"][0]["namespace"], "edge");
+    let role = by_name(&objs, "ClusterRole", str_of(&binding["roleRef"]["name"]));
+    let rules = role["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strings(&rules[0]["resources"]), ["secrets"]);
+    assert_eq!(strings(&rules[0]["verbs"]), ["get", "create", "update"]);
+    // The other workloads still mount no token.
+    for kind in ["DaemonSet", "Deployment"] {
+        for w in objs.iter().filter(|o| o["kind"] == kind) {
+            if w["metadata"]["labels"]["app.kubernetes.io/component"] != "webhook" {
+                assert_eq!(
+                    w["spec"]["template"]["spec"]["automountServiceAccountToken"],
+                    false
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_webhook_takes_a_given_certificate_or_can_be_left_out() {
+    let objs = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "webhook.tls.cert=CERT",
+            "--set",
+            "webhook.tls.key=KEY",
+            "--set",
+            "webhook.tls.caBundle=CA",
+        ])
+        .unwrap(),
+    );
+    let secret = by_name(&objs, "Secret", "pc-poolcast-webhook-tls");
+    assert_eq!(secret["data"]["tls.crt"], "Q0VSVA==");
+    assert_eq!(secret["data"]["tls.key"], "S0VZ");
+    for entry in webhook_entries(&objs) {
+        assert_eq!(entry["clientConfig"]["caBundle"], "Q0E=");
+    }
+
+    let off = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "webhook.enabled=false",
+        ])
+        .unwrap(),
+    );
+    assert!(off
+        .iter()
+        .all(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] != "webhook"));
+    assert!(!off
+        .iter()
+        .any(|o| o["kind"] == "MutatingWebhookConfiguration"));
+    let agent = of_kind(&off, "DaemonSet", "agent")[0];
+    let write = strings(&agent["spec"]["template"]["spec"]["initContainers"][0]["args"]);
+    assert!(!write.contains(&"--distributed".to_string()), "{write:?}");
 }

@@ -172,3 +172,34 @@ fn config_check_rejects_a_bad_file_naming_the_key() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn half_a_webhook_certificate_is_rejected() {
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "webhook.tls.cert=CERT",
+        ],
+        "webhook.tls",
+    );
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "webhook.timeoutSeconds=60",
+        ],
+        "webhook.timeoutSeconds",
+    );
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "webhook.distributedSuffix=bad_suffix",
+        ],
+        "webhook.distributedSuffix",
+    );
+}
