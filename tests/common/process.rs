@@ -43,6 +43,17 @@ impl Component {
         ready_prefixes: &[&str],
         log: &Path,
     ) -> Result<(Component, Vec<String>)> {
+        Self::try_start_env(label, args, &[], ready_prefixes, log)
+    }
+
+    /// [`Component::try_start`] with extra environment variables (`KUBECONFIG`, ...).
+    pub fn try_start_env(
+        label: &str,
+        args: &[String],
+        envs: &[(&str, &str)],
+        ready_prefixes: &[&str],
+        log: &Path,
+    ) -> Result<(Component, Vec<String>)> {
         let log_file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -50,6 +61,7 @@ impl Component {
             .with_context(|| format!("opening {}", log.display()))?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_poolcast"));
         cmd.args(args)
+            .envs(envs.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
