@@ -1,6 +1,7 @@
 //! `poolcast hosts`, as the chart's agent DaemonSet runs it, with a real containerd: the
 //! `hosts.toml` it writes sends pulls through the agent, still pulls from the registry once the
-//! agent is gone, and `hosts remove` takes it away again.
+//! agent is gone, and `hosts remove` takes it away again. An image the admission webhook
+//! rewrote to its registry's distributed name pulls the same way, with no DNS for that name.
 
 #![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 
@@ -13,11 +14,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn hosts(action: &str, config_path: &Path, agent_url: &str, registry: &str) {
+    hosts_with(action, config_path, agent_url, registry, &[]);
+}
+
+fn hosts_with(action: &str, config_path: &Path, agent_url: &str, registry: &str, extra: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_poolcast"))
         .args(["hosts", action, "--config-path"])
         .arg(config_path)
         .args(["--agent", agent_url])
         .args(["--registry", &format!("{registry}=http://{registry}")])
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -89,4 +95,64 @@ fn hosts_toml_pulls_through_the_agent_and_falls_back_to_the_registry_without_it(
 
     hosts("remove", &fresh.hosts_dir(), &agent_url, &registry);
     assert!(!fresh.hosts_dir().join(&registry).exists());
+}
+
+#[test]
+fn a_rewritten_image_pulls_through_the_agent_and_falls_back_to_its_registry() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 37,
+        scheduler: false,
+        ..BedSpec::default()
+    });
+    let a = bed.add_agent("pool-a", &[]);
+    let registry = bed.fx.registry.host();
+    let agent_url = bed.agents[a].url().to_string();
+    // What the webhook writes into the pod: the registry's distributed name at the agent's port.
+    let agent_port = agent_url.rsplit(':').next().unwrap().trim_end_matches('/');
+    let names =
+        nodepool::DistributedNames::new("distributed.local", agent_port.parse().unwrap()).unwrap();
+    let distributed = names.distributed(&registry).unwrap();
+    assert!(
+        distributed.ends_with(&format!(".distributed.local:{agent_port}")),
+        "{distributed}"
+    );
+    let rewritten = format!("{distributed}/{}", bed.image_ref());
+
+    let containerd = Containerd::start();
+    hosts_with(
+        "write",
+        &containerd.hosts_dir(),
+        &agent_url,
+        &registry,
+        &["--distributed"],
+    );
+    assert_eq!(pull(&containerd, &rewritten), bed.fx.image.manifest_digest);
+    // The agent served it (containerd would go around a failing agent silently), having mapped
+    // `?ns=<distributed name>` back to the registry the mirror knows.
+    let served = bed.agents[a].metric(SERVED_BYTES);
+    assert!(
+        served >= bed.one_copy() as f64,
+        "the agent served {served} of {} bytes",
+        bed.one_copy()
+    );
+
+    // With the agent gone the same name still pulls, from the registry itself.
+    bed.agents[a].kill();
+    let fresh = Containerd::start();
+    hosts_with(
+        "write",
+        &fresh.hosts_dir(),
+        &agent_url,
+        &registry,
+        &["--distributed"],
+    );
+    assert_eq!(pull(&fresh, &rewritten), bed.fx.image.manifest_digest);
+    hosts_with(
+        "remove",
+        &fresh.hosts_dir(),
+        &agent_url,
+        &registry,
+        &["--distributed"],
+    );
+    assert_eq!(std::fs::read_dir(fresh.hosts_dir()).unwrap().count(), 0);
 }
