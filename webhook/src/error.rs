@@ -26,8 +26,6 @@ pub enum Error {
     Tls(String),
     #[error("bad configuration: {0}")]
     Config(#[from] nodepool::Error),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

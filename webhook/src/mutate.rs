@@ -119,10 +119,6 @@ impl Mutator {
         })
     }
 
-    pub fn names(&self) -> &DistributedNames {
-        &self.names
-    }
-
     /// The image under its registry's distributed name; `None` for images of registries not
     /// configured (including images already rewritten) and for what does not parse.
     pub fn rewrite(&self, image: &str) -> Option<String> {
