@@ -193,7 +193,8 @@ impl MirrorServer {
         } else {
             (std::path::PathBuf::from(&config.cache_host_path), None)
         };
-        let store = BlobStore::open(&root, config.cache_ttl.0, config.capacity.0)?;
+        let store = BlobStore::open(&root, config.cache_ttl.0, config.capacity.0)?
+            .with_verify_interval(config.verify_interval.0);
         metrics.cache_bytes.set(store.total_bytes() as i64);
         tracing::info!(cache = %root.display(), bytes = store.total_bytes(), "cache opened");
         let state = AppState {

@@ -3,8 +3,11 @@
 //! A file becomes visible only after its bytes were hashed and matched its name (see
 //! `ingest`), and is renamed into place from `<root>/tmp`. Every serve checks the file against
 //! the stamp (length, mtime) it had when last verified; a file never verified by this process,
-//! or changed since, is hashed again before a byte of it leaves, and dropped if it no longer
-//! matches. Entries unused for `cacheTTL` expire; past `capacity` the least recently used go.
+//! changed since, or last verified more than `verifyInterval` ago is hashed again before a byte
+//! of it leaves, and dropped if it no longer matches. The interval bounds how long rot that
+//! leaves the mtime alone (a bad sector, a write through a preserved timestamp) goes unseen,
+//! while a hot blob is hashed at most once per interval, not once per serve. Entries unused for
+//! `cacheTTL` expire; past `capacity` the least recently used go.
 
 use crate::error::Result;
 use crate::reference::Digest;
@@ -15,8 +18,12 @@ use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tempfile::TempPath;
+
+/// How long a verified file is trusted before it is hashed again, unless configured.
+pub const DEFAULT_VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobEntry {
@@ -71,10 +78,20 @@ pub struct BlobStore {
     tags: sled::Tree,
     access: sled::Tree,
     db: sled::Db,
-    verified: Mutex<HashMap<String, FileStamp>>,
+    /// What each file looked like when this process last hashed it, and when that was.
+    verified: Mutex<HashMap<String, Verified>>,
+    /// One re-hash per digest at a time; concurrent serves wait for its verdict.
+    verifying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    verify_interval: Duration,
     total: AtomicU64,
     ttl: Duration,
     capacity: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    stamp: FileStamp,
+    at: Instant,
 }
 
 impl BlobStore {
@@ -94,12 +111,21 @@ impl BlobStore {
             access: db.open_tree("access")?,
             db,
             verified: Mutex::new(HashMap::new()),
+            verifying: Mutex::new(HashMap::new()),
+            verify_interval: DEFAULT_VERIFY_INTERVAL,
             total: AtomicU64::new(0),
             ttl,
             capacity,
         };
         store.reconcile()?;
         Ok(store)
+    }
+
+    /// Files verified longer ago than `interval` are hashed again at their next serve;
+    /// `0` hashes on every serve.
+    pub fn with_verify_interval(mut self, interval: Duration) -> Self {
+        self.verify_interval = interval;
+        self
     }
 
     fn reconcile(&self) -> Result<()> {
@@ -184,24 +210,48 @@ impl BlobStore {
             Err(e) => return Err(e.into()),
         };
         let stamp = FileStamp::of(&file.metadata()?);
-        let known = self.verified.lock().get(d.hex()).copied();
-        if known != Some(stamp) {
-            let ok = stamp.len == entry.size && {
-                let f = file.try_clone()?;
-                let want = d.clone();
-                tokio::task::spawn_blocking(move || hash_file(f).map(|got| got == want))
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))??
-            };
+        if !self.trusted(d, stamp) {
+            // Concurrent serves of a file due for a re-hash share one: the first hashes, the
+            // rest wait for its verdict instead of reading the disk again or serving unchecked.
+            let gate = self
+                .verifying
+                .lock()
+                .entry(d.hex().to_string())
+                .or_default()
+                .clone();
+            let _turn = gate.lock().await;
+            let ok = self.trusted(d, stamp)
+                || (stamp.len == entry.size && {
+                    let f = file.try_clone()?;
+                    let want = d.clone();
+                    tokio::task::spawn_blocking(move || hash_file(f).map(|got| got == want))
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))??
+                });
+            self.verifying.lock().remove(d.hex());
             if !ok {
                 tracing::warn!(digest = %d, "cache file does not match its digest; removed, will refetch");
                 self.remove(d)?;
                 return Ok(None);
             }
-            self.verified.lock().insert(d.hex().to_string(), stamp);
+            if !self.trusted(d, stamp) {
+                let v = Verified {
+                    stamp,
+                    at: Instant::now(),
+                };
+                self.verified.lock().insert(d.hex().to_string(), v);
+            }
         }
         self.touch(d, &entry, now)?;
         Ok(Some((file, entry)))
+    }
+
+    /// Whether this process hashed the file as it is now, recently enough to serve it unhashed.
+    fn trusted(&self, d: &Digest, stamp: FileStamp) -> bool {
+        self.verified
+            .lock()
+            .get(d.hex())
+            .is_some_and(|v| v.stamp == stamp && v.at.elapsed() < self.verify_interval)
     }
 
     fn touch(&self, d: &Digest, entry: &BlobEntry, now: SystemTime) -> Result<()> {
@@ -236,9 +286,11 @@ impl BlobStore {
         let path = self.blob_path(d);
         temp.persist(&path).map_err(|e| e.error)?;
         let meta = std::fs::metadata(&path)?;
-        self.verified
-            .lock()
-            .insert(d.hex().to_string(), FileStamp::of(&meta));
+        let v = Verified {
+            stamp: FileStamp::of(&meta),
+            at: Instant::now(),
+        };
+        self.verified.lock().insert(d.hex().to_string(), v);
         let entry = BlobEntry {
             size: meta.len(),
             last_used: unix(now),
@@ -453,6 +505,45 @@ mod tests {
         assert!(s.read_small(&d, at(1)).await.expect("read").is_none());
         assert!(!s.blob_path(&d).exists());
         assert_eq!(s.total_bytes(), 0);
+    }
+
+    /// Rewrites a byte of `path` in place and puts its mtime back, so only a hash can tell.
+    fn rot_keeping_mtime(path: &Path) {
+        use std::io::Write;
+        let mtime = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open");
+        f.write_all(b"J").expect("write");
+        f.set_modified(mtime).expect("restore mtime");
+    }
+
+    #[tokio::test]
+    async fn rot_that_keeps_the_mtime_is_caught_once_the_verification_is_old() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = Digest::of(b"hello");
+        let s = store(dir.path(), 3600, 0).with_verify_interval(Duration::from_millis(200));
+        s.put_small(&d, b"hello", None, at(0)).expect("put");
+        rot_keeping_mtime(&s.blob_path(&d));
+        // Within the interval the stamp vouches for the file: the hot path does not hash.
+        assert!(s.read_small(&d, at(1)).await.expect("read").is_some());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(s.read_small(&d, at(2)).await.expect("read").is_none());
+        assert!(!s.blob_path(&d).exists());
+    }
+
+    #[tokio::test]
+    async fn a_zero_interval_hashes_every_serve() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = Digest::of(b"hello");
+        let s = store(dir.path(), 3600, 0).with_verify_interval(Duration::ZERO);
+        s.put_small(&d, b"hello", None, at(0)).expect("put");
+        assert!(s.read_small(&d, at(1)).await.expect("read").is_some());
+        rot_keeping_mtime(&s.blob_path(&d));
+        assert!(s.read_small(&d, at(2)).await.expect("read").is_none());
     }
 
     #[tokio::test]

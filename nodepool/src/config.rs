@@ -104,6 +104,9 @@ pub struct MirrorConfig {
     pub manifest_ttl: HumanDuration,
     /// Time allowed to connect to an upstream.
     pub connect_timeout: HumanDuration,
+    /// A cached file verified longer ago than this is hashed again before its next serve, so
+    /// rot that leaves length and mtime alone is caught within this time; `0s`: every serve.
+    pub verify_interval: HumanDuration,
 }
 
 impl Default for MirrorConfig {
@@ -120,6 +123,7 @@ impl Default for MirrorConfig {
             auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
             manifest_ttl: HumanDuration(Duration::from_secs(30)),
             connect_timeout: HumanDuration(Duration::from_secs(5)),
+            verify_interval: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }
