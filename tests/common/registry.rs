@@ -151,6 +151,26 @@ impl Registry {
         self.creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
+    /// How many `method` requests for a path containing `fragment` the registry's access log
+    /// shows (e.g. `("GET", "/blobs/")`): origin traffic counted at the origin, which no
+    /// restart of the mirror resets.
+    pub fn requests_seen(&self, method: &str, fragment: &str) -> usize {
+        let needle = format!("\"{method} /v2/");
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.find(&needle).is_some_and(|i| {
+                    let request = &l[i..];
+                    request
+                        .split_whitespace()
+                        .nth(1)
+                        .is_some_and(|path| path.contains(fragment))
+                })
+            })
+            .count()
+    }
+
     /// Stops the registry (to prove that something is served without it). Its data stays.
     pub fn stop(&mut self) {
         self.kill();
