@@ -150,7 +150,7 @@ struct Case<'a>(&'a str, String, Vec<(&'a str, &'a str)>, Expect);
 
 #[test]
 fn hostile_requests_get_4xx_and_mirror_stays_up() {
-    let fx = Fixture::new(&[64 * KIB], 45, &[]);
+    let mut fx = Fixture::new(&[64 * KIB], 45, &[]);
     let layer = fx.image.layers[0].clone();
     warm(&fx, &layer.digest);
     let blob = fx.blob_path(&layer.digest);
@@ -223,6 +223,7 @@ fn hostile_requests_get_4xx_and_mirror_stays_up() {
         "mirror unhealthy after hostile input"
     );
     warm(&fx, &layer.digest);
+    fx.mirror.stop_and_assert_no_panic();
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use super::http::client;
 use super::registry::Registry;
@@ -21,16 +21,22 @@ pub struct Mirror {
     args: Vec<String>,
     child: Option<Child>,
     url: String,
+    /// Every line the mirror wrote to stderr (its logs, and any panic message), across restarts.
+    stderr: Arc<Mutex<Vec<String>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Mirror {
     /// Runs `poolcast mirror --listen 127.0.0.1:0 ARGS...` and waits until it is listening.
-    /// Its output goes to the test's stderr (shown when the test fails).
+    /// Its output goes to the test's stderr (shown when the test fails); stderr is also kept
+    /// for [`Mirror::assert_no_panic`].
     pub fn start(args: &[&str]) -> Mirror {
         let mut mirror = Mirror {
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
             url: String::new(),
+            stderr: Arc::new(Mutex::new(Vec::new())),
+            stderr_reader: None,
         };
         mirror.spawn();
         mirror
@@ -51,12 +57,21 @@ impl Mirror {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
         let mut child = cmd.spawn().expect("spawning poolcast mirror");
         let stdout = child.stdout.take().expect("mirror stdout");
+        let stderr = child.stderr.take().expect("mirror stderr");
+        let kept = self.stderr.clone();
+        self.stderr_reader = Some(std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[mirror] {line}");
+                kept.lock().expect("stderr log").push(line);
+            }
+        }));
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
@@ -129,15 +144,41 @@ impl Mirror {
         resp.text().expect("reading /metrics")
     }
 
+    /// The stderr lines so far that contain `needle`.
+    pub fn stderr_matching(&self, needle: &str) -> Vec<String> {
+        self.stderr
+            .lock()
+            .expect("stderr log")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the mirror and fails if it reported a panic on stderr (actix turns a panicking
+    /// handler into a dropped connection and a replaced worker, so a client alone cannot
+    /// tell). Stopping first means every line it wrote has been read.
+    pub fn stop_and_assert_no_panic(&mut self) {
+        assert_eq!(self.healthz(), 200, "mirror /healthz after the requests");
+        self.kill();
+        let panics = self.stderr_matching("panicked");
+        assert!(panics.is_empty(), "the mirror panicked: {panics:#?}");
+    }
+
     /// The sum of every sample of metric `name` across all label sets; 0 if it has none yet.
     pub fn metric(&self, name: &str) -> f64 {
         sum_metric(&self.metrics_text(), name)
     }
 
+    /// Stops the mirror; returns once its stderr is read to the end.
     pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = child.kill();
-        child.wait().ok()
+        let status = child.wait().ok();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        status
     }
 }
 
