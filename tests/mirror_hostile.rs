@@ -26,7 +26,7 @@ fn upstream_lying_about_a_blob_is_an_error_and_nothing_is_kept() {
     evil[1234] ^= 0xff; // same length, different bytes
     let fake = FakeUpstream::start(move |_| Reply::new(200, evil.clone()));
     let cache = tempfile::tempdir().unwrap();
-    let mirror = mirror_for(&fake, cache.path());
+    let mut mirror = mirror_for(&fake, cache.path());
     let url = format!("{}/v2/lies/app/blobs/{digest}", mirror.url());
 
     for attempt in 0..2 {
@@ -52,6 +52,7 @@ fn upstream_lying_about_a_blob_is_an_error_and_nothing_is_kept() {
     // Both attempts went upstream: nothing was served from a cache of lies.
     let gets = fake.requests().iter().filter(|r| r.method == "GET").count();
     assert_eq!(gets, 2);
+    mirror.stop_and_assert_no_panic();
 }
 
 #[test]
@@ -64,7 +65,7 @@ fn upstream_lying_about_a_manifest_digest_is_refused() {
             .header("Docker-Content-Digest", &wrong)
     });
     let cache = tempfile::tempdir().unwrap();
-    let mirror = mirror_for(&fake, cache.path());
+    let mut mirror = mirror_for(&fake, cache.path());
     let resp = client()
         .get(format!("{}/v2/lies/app/manifests/v1", mirror.url()))
         .send()
@@ -72,6 +73,7 @@ fn upstream_lying_about_a_manifest_digest_is_refused() {
     assert_eq!(resp.status().as_u16(), 502);
     let codes = common::http::oci_error_codes(&resp.bytes().unwrap());
     assert_eq!(codes, vec!["DIGEST_INVALID".to_string()]);
+    mirror.stop_and_assert_no_panic();
 }
 
 #[test]
@@ -83,7 +85,7 @@ fn credentials_are_not_forwarded_across_a_redirect_to_another_host() {
     let registry =
         FakeUpstream::start(move |_| Reply::new(307, Vec::new()).header("Location", &location));
     let cache = tempfile::tempdir().unwrap();
-    let mirror = mirror_for(&registry, cache.path());
+    let mut mirror = mirror_for(&registry, cache.path());
 
     let resp = client()
         .get(format!("{}/v2/team/app/blobs/{digest}", mirror.url()))
@@ -105,4 +107,45 @@ fn credentials_are_not_forwarded_across_a_redirect_to_another_host() {
             .all(|r| r.header("authorization").is_none()),
         "Authorization leaked to another host: {at_storage:?}"
     );
+    mirror.stop_and_assert_no_panic();
+}
+
+#[test]
+fn head_of_an_uncached_blob_has_its_real_length_when_upstream_omits_it() {
+    let blob = vec![9u8; 200 * 1024];
+    let digest = format!("sha256:{}", sha256_hex(&blob));
+    let body = blob.clone();
+    // Upstream answers HEAD 200 with no Content-Length at all, GET with the bytes.
+    let fake = FakeUpstream::start(move |req| {
+        let reply = if req.method == "HEAD" {
+            Reply::new(200, Vec::new())
+        } else {
+            Reply::new(200, body.clone())
+        };
+        reply.without_length()
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let mut mirror = mirror_for(&fake, cache.path());
+    let path = format!("/v2/team/app/blobs/{digest}");
+
+    let head = common::raw_request(mirror.host(), "HEAD", &path, &[]).unwrap();
+    assert_eq!(head.status, 200, "HEAD {path}");
+    assert_eq!(
+        head.header("content-length"),
+        Some(blob.len().to_string().as_str()),
+        "HEAD Content-Length when upstream gave none"
+    );
+    assert_eq!(head.header("docker-content-digest"), Some(digest.as_str()));
+    let seen = fake.requests();
+    assert!(
+        seen.iter().any(|r| r.method == "HEAD"),
+        "upstream was not asked first: {seen:?}"
+    );
+
+    let get = common::raw_request(mirror.host(), "GET", &path, &[]).unwrap();
+    assert_eq!(get.status, 200);
+    assert_eq!(get.body, blob);
+    let gets = fake.requests().iter().filter(|r| r.method == "GET").count();
+    assert_eq!(gets, 1, "the HEAD's fetch was not the one the GET used");
+    mirror.stop_and_assert_no_panic();
 }

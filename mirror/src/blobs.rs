@@ -88,9 +88,20 @@ pub async fn get(
         .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
     let range = parse_range(range_text)?;
     let range_text = range_text.unwrap_or("");
-    // HEAD never starts a fetch: for a blob we do not hold, upstream answers.
-    match locate(state, ctx, &digest, !ctx.head).await? {
-        Some(Source::Cached(file, entry)) => {
+    // HEAD never starts a fetch unless it must: for a blob we do not hold, upstream answers.
+    let source = match locate(state, ctx, &digest, !ctx.head).await? {
+        Some(source) => source,
+        None => match head_upstream(state, ctx, &digest).await? {
+            Some(resp) => return Ok(resp),
+            // Upstream's HEAD did not say how long the blob is, and a HEAD must. The client
+            // is about to GET it anyway: start the one fetch, and answer once the size is in.
+            None => locate(state, ctx, &digest, true)
+                .await?
+                .ok_or_else(|| Error::Transfer(format!("{digest}: fetch did not start")))?,
+        },
+    };
+    match source {
+        Source::Cached(file, entry) => {
             let (status, start, end) = span(range, entry.size, range_text)?;
             let body = file_stream(file, start, end + 1);
             Ok(respond(
@@ -102,10 +113,9 @@ pub async fn get(
                 body,
             ))
         }
-        Some(Source::Ingest(ingest)) => {
+        Source::Ingest(ingest) => {
             serve_ingest(state, ctx, &digest, &ingest, range, range_text).await
         }
-        None => head_upstream(state, ctx, &digest).await,
     }
 }
 
@@ -117,7 +127,11 @@ async fn serve_ingest(
     range: Option<RangeSpec>,
     range_text: &str,
 ) -> Result<HttpResponse> {
-    let size = ingest.started().await?;
+    let size = match ingest.started().await? {
+        // A HEAD has no body to delimit: its Content-Length must be the blob's.
+        None if ctx.head => Some(ingest.known_size().await?),
+        size => size,
+    };
     match size {
         Some(size) => {
             let (status, start, end) = span(range, size, range_text)?;
@@ -178,8 +192,13 @@ fn respond(
     builder.body(SizedStream::new(len, body))
 }
 
-/// HEAD for a blob we do not hold: ask upstream, start nothing.
-async fn head_upstream(state: &AppState, ctx: &Ctx<'_>, digest: &Digest) -> Result<HttpResponse> {
+/// HEAD for a blob we do not hold: ask upstream, start nothing. `None`: upstream accepted
+/// but gave no usable `Content-Length` (none, unparsable, or 0 for a blob that is not empty).
+async fn head_upstream(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+) -> Result<Option<HttpResponse>> {
     state.metrics.upstream_requests.inc();
     let resp = state
         .client
@@ -197,9 +216,15 @@ async fn head_upstream(state: &AppState, ctx: &Ctx<'_>, digest: &Digest) -> Resu
         .headers()
         .get(reqwest::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
+        .filter(|&n| n > 0 || *digest == Digest::of(b""));
+    let Some(len) = len else {
+        tracing::debug!(%digest, "upstream HEAD without a Content-Length; fetching to learn it");
+        return Ok(None);
+    };
     let empty = futures_util::stream::empty::<Result<Bytes>>();
-    Ok(blob_headers(HttpResponse::Ok(), digest).body(SizedStream::new(len, empty)))
+    Ok(Some(
+        blob_headers(HttpResponse::Ok(), digest).body(SizedStream::new(len, empty)),
+    ))
 }
 
 /// The one upstream fetch of a blob: write at offset, hash, announce progress, verify,

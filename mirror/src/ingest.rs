@@ -169,6 +169,27 @@ impl Ingest {
         }
     }
 
+    /// Waits until the blob's length is known: upstream's `Content-Length`, or, when upstream
+    /// sent none, the end of the verified transfer.
+    pub async fn known_size(&self) -> Result<u64> {
+        let mut rx = self.progress.clone();
+        loop {
+            let progress = rx.borrow_and_update().clone();
+            match progress {
+                Progress::Connecting | Progress::Running { size: None, .. } => {}
+                Progress::Running {
+                    size: Some(size), ..
+                }
+                | Progress::Done { size } => return Ok(size),
+                Progress::Refused(reply) => return Err(Error::Upstream(reply)),
+                Progress::Failed(msg) => return Err(Error::Transfer(msg)),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Transfer("ingest ended early".into()));
+            }
+        }
+    }
+
     /// The bytes `start..end` (end exclusive; `None`: to the end), as they arrive.
     pub fn stream(
         self: &Arc<Self>,

@@ -1,5 +1,6 @@
-//! A hostile fake upstream, for what no real registry shows: one that lies about a digest, or
-//! redirects to another host. Each connection gets one response and is closed.
+//! A hostile fake upstream, for what no real registry shows: one that lies about a digest,
+//! redirects to another host, or leaves out `Content-Length`. Each connection gets one
+//! response and is closed.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -27,6 +28,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Send no `Content-Length`: the body ends when the connection closes.
+    pub no_length: bool,
 }
 
 impl Reply {
@@ -35,7 +38,14 @@ impl Reply {
             status,
             headers: Vec::new(),
             body,
+            no_length: false,
         }
+    }
+
+    /// Leaves out `Content-Length` (as some registries and CDNs do on HEAD).
+    pub fn without_length(mut self) -> Reply {
+        self.no_length = true;
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -84,11 +94,10 @@ impl FakeUpstream {
                 };
                 let reply = handler(&req);
                 log.lock().expect("log").push(req.clone());
-                let mut out = format!(
-                    "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    reply.status,
-                    reply.body.len()
-                );
+                let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
+                if !reply.no_length {
+                    out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+                }
                 for (k, v) in &reply.headers {
                     out.push_str(&format!("{k}: {v}\r\n"));
                 }
