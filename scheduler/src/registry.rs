@@ -7,7 +7,7 @@
 //! see live peers.
 
 use crate::api::{
-    piece_count, AnnounceRequest, AnnounceResponse, HeartbeatRequest, HeartbeatResponse,
+    piece_count, AnnounceRequest, AnnounceResponse, HeartbeatRequest, HeartbeatResponse, HeldTask,
     LeaveRequest, PeerInfo,
 };
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use crate::pieces::PieceSet;
 use crate::select::{assign_source_pieces, choose_parents, Requester};
 use crate::task::{PeerKey, PoolKey, Task};
 use nodepool::{PoolGraph, SchedulerConfig};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -364,6 +364,11 @@ impl PeerRegistry {
 
     /// Refreshes a peer and its load, and records it as a complete holder of each blob it
     /// lists, so a restarted scheduler learns every holder within one heartbeat interval.
+    ///
+    /// The list is authoritative for complete blobs: a task the peer holds whole but no
+    /// longer lists (its cache evicted it, or it restarted with an empty cache) is dropped,
+    /// so requesters stop being sent to a holder that answers 404. Tasks it holds only part
+    /// of are downloads in progress, which announces (not heartbeats) describe: left alone.
     pub fn heartbeat(&mut self, req: &HeartbeatRequest, now: Instant) -> Result<HeartbeatResponse> {
         req.validate()?;
         self.expire(now);
@@ -377,6 +382,7 @@ impl PeerRegistry {
             None => (false, Vec::new()),
         };
         if p2p {
+            self.forget_unlisted(key, &req.held);
             for held in &req.held {
                 let pieces = piece_count(held.size, held.piece_size)?;
                 match self.task_for(&held.digest, held.size, held.piece_size, pieces) {
@@ -400,6 +406,41 @@ impl PeerRegistry {
                 .unwrap_or(u64::MAX),
             reachable_pools: names,
         })
+    }
+
+    /// Drops `key` from the tasks it holds whole but `held` does not list. A download whose
+    /// last pieces arrived after the agent took its list is dropped too, and is back with its
+    /// next announce or heartbeat (the agent commits a blob before announcing it done).
+    fn forget_unlisted(&mut self, key: PeerKey, held: &[HeldTask]) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let listed: HashSet<&str> = held.iter().map(|h| h.digest.as_str()).collect();
+        let gone: Vec<String> = peer
+            .tasks
+            .iter()
+            .filter(|d| !listed.contains(d.as_str()))
+            .filter(|d| {
+                self.tasks
+                    .get(d.as_str())
+                    .and_then(|t| t.members.get(&key))
+                    .is_none_or(|m| m.have.is_full())
+            })
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        if let Some(peer) = self.peers.get(key) {
+            tracing::info!(peer = %peer.id, blobs = gone.len(), "held blobs no longer listed; dropped");
+        }
+        for digest in &gone {
+            if let Some(peer) = self.peers.get_mut(key) {
+                peer.tasks.remove(digest);
+            }
+            self.leave_task(key, digest);
+        }
+        self.update_gauges();
     }
 
     /// A peer gives up one blob (evicted, failed) or leaves entirely. Unknown peers, and a

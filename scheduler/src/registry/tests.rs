@@ -385,6 +385,63 @@ fn heartbeat_restores_holders_after_restart() {
 }
 
 #[test]
+fn heartbeat_without_a_held_blob_stops_offers_of_it() {
+    let t0 = Instant::now();
+    let mut r = registry(&[], t0);
+    let held = |digests: &[&str]| HeartbeatRequest {
+        peer: peer("h1", "a"),
+        held: digests
+            .iter()
+            .map(|d| HeldTask {
+                digest: d.to_string(),
+                size: SIZE,
+                piece_size: PIECE,
+            })
+            .collect(),
+        load: 0,
+    };
+    let other = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    r.heartbeat(&held(&[DIGEST, other]), t0).expect("heartbeat");
+    // A download h1 has under way: announced, partly held.
+    let third = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    let mut partial = ask("h1", "a", &[0, 1]);
+    partial.task.digest = third.into();
+    announce(&mut r, &partial, t0);
+    // And one it announced done (complete through an announce, not a heartbeat).
+    announce(&mut r, &done("h2", "a"), t0);
+    assert_eq!(
+        parent_ids(&announce(&mut r, &ask("r1", "a", &[]), t0)),
+        vec!["h1", "h2"]
+    );
+
+    // h1's cache evicted DIGEST; h2's was emptied by a restart in memory mode.
+    let t1 = t0 + secs(5);
+    r.heartbeat(&held(&[other]), t1).expect("heartbeat");
+    r.heartbeat(
+        &HeartbeatRequest {
+            peer: peer("h2", "a"),
+            held: Vec::new(),
+            load: 0,
+        },
+        t1,
+    )
+    .expect("heartbeat");
+    assert!(!r.holds("h1", DIGEST) && !r.holds("h2", DIGEST));
+    let resp = announce(&mut r, &ask("r1", "a", &[]), t1);
+    assert!(resp.parents.is_empty(), "no holder left: {resp:?}");
+    assert!(!resp.source_pieces.is_empty());
+    assert!(r.holds("h1", other), "what it still lists stays");
+    assert!(
+        r.holds("h1", third),
+        "a download in progress is not a held blob and stays"
+    );
+    let mut asker = ask("r2", "a", &[]);
+    asker.task.digest = third.into();
+    assert_eq!(parent_ids(&announce(&mut r, &asker, t1)), vec!["h1"]);
+    assert_eq!(r.peer_count(), 4, "peers stay registered");
+}
+
+#[test]
 fn leaving_a_task_or_the_cluster_stops_offers() {
     let t0 = Instant::now();
     let mut r = registry(&[], t0);
