@@ -9,16 +9,26 @@ use mirror::body::RateLimit;
 use mirror::store::BlobStore;
 use nodepool::{AgentConfig, CacheMode, DownloadPattern};
 use parking_lot::{Mutex, RwLock};
-use scheduler::api::{HeartbeatRequest, HeldTask, PeerInfo};
+use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo};
 use scheduler::client::SchedulerClient;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 
-/// How often the agent tells the scheduler it is alive and what it holds.
+/// How often the agent tells the scheduler it is alive and what it holds, until the scheduler
+/// says otherwise, and at most: the scheduler asks for `peerTTL / 3`, which is honoured when
+/// shorter, so a short `peerTTL` does not drop idle peers, but never stretched past this, so a
+/// restarted scheduler relearns the holders within seconds.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The shortest heartbeat interval honoured, whatever the scheduler asks.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// The wait before the next heartbeat when the scheduler asked for `interval_ms`.
+pub(crate) fn heartbeat_interval(interval_ms: u64) -> Duration {
+    Duration::from_millis(interval_ms).clamp(MIN_HEARTBEAT, HEARTBEAT)
+}
 
 pub struct Limits {
     pub total: RateLimit,
@@ -265,9 +275,8 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
     let Some(client) = state.scheduler.as_ref() else {
         return;
     };
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut every = HEARTBEAT;
     loop {
-        tick.tick().await;
         let held = state
             .store
             .list()
@@ -285,12 +294,16 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
             load: state.metrics.uploads.get().max(0) as u32,
         };
         match client.heartbeat(&req).await {
-            Ok(resp) => state.set_reachable(resp.reachable_pools),
+            Ok(resp) => {
+                every = heartbeat_interval(resp.interval_ms);
+                state.set_reachable(resp.reachable_pools);
+            }
             Err(e) => {
                 state.metrics.scheduler_errors.inc();
                 tracing::debug!(error = %e, "scheduler heartbeat failed");
             }
         }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -300,10 +313,76 @@ async fn gc_loop(state: web::Data<AgentState>) {
     loop {
         tick.tick().await;
         let store = state.store.clone();
-        match tokio::task::spawn_blocking(move || store.gc(SystemTime::now())).await {
-            Ok(Ok(r)) if r.expired + r.evicted > 0 => tracing::info!(?r, "agent cache gc"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "agent cache gc failed"),
-            _ => {}
+        let swept = tokio::task::spawn_blocking(move || {
+            let before = held_blobs(&store);
+            let report = store.gc(SystemTime::now());
+            let after = held_blobs(&store);
+            (
+                report,
+                before.difference(&after).cloned().collect::<Vec<_>>(),
+            )
+        })
+        .await;
+        let gone = match swept {
+            Ok((Ok(r), gone)) => {
+                if r.expired + r.evicted > 0 {
+                    tracing::info!(?r, "agent cache gc");
+                }
+                gone
+            }
+            Ok((Err(e), gone)) => {
+                tracing::warn!(error = %e, "agent cache gc failed");
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        leave_evicted(&state, gone).await;
+    }
+}
+
+/// Digests of the blobs the cache holds whole (manifests are kept apart and never shared).
+fn held_blobs(store: &BlobStore) -> HashSet<String> {
+    store
+        .list()
+        .into_iter()
+        .filter(|(_, e)| e.media_type.is_none())
+        .map(|(d, _)| d.to_string())
+        .collect()
+}
+
+/// Tells the scheduler at once that blobs the GC removed are no longer ours to serve, so peers
+/// stop being sent here for them (the next heartbeat would say so too, by leaving them out).
+async fn leave_evicted(state: &AgentState, gone: Vec<String>) {
+    let Some(client) = state.scheduler.as_ref().filter(|_| state.p2p()) else {
+        return;
+    };
+    for digest in gone {
+        let req = LeaveRequest {
+            peer_id: state.node.clone(),
+            pool: state.cfg.pool.clone(),
+            digest: Some(digest),
+        };
+        if let Err(e) = client.leave(&req).await {
+            state.metrics.scheduler_errors.inc();
+            tracing::debug!(error = %e, "telling the scheduler of an evicted blob failed");
+            // The next heartbeat leaves the rest out anyway.
+            return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_follows_the_scheduler_within_bounds() {
+        // peerTTL 3s: the scheduler asks for 1s, and gets it, so the peer stays alive.
+        assert_eq!(heartbeat_interval(1_000), Duration::from_secs(1));
+        // The default peerTTL (30s) asks for 10s: capped, holders stay fresh.
+        assert_eq!(heartbeat_interval(10_000), HEARTBEAT);
+        // Nonsense is bounded both ways.
+        assert_eq!(heartbeat_interval(0), MIN_HEARTBEAT);
+        assert_eq!(heartbeat_interval(u64::MAX), HEARTBEAT);
     }
 }
