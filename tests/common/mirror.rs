@@ -161,6 +161,11 @@ impl Mirror {
     pub fn stop_and_assert_no_panic(&mut self) {
         assert_eq!(self.healthz(), 200, "mirror /healthz after the requests");
         self.kill();
+        // Control: the start-up log line arrived, so stderr really is being read.
+        assert!(
+            !self.stderr_matching("cache opened").is_empty(),
+            "the mirror's stderr was not captured"
+        );
         let panics = self.stderr_matching("panicked");
         assert!(panics.is_empty(), "the mirror panicked: {panics:#?}");
     }
