@@ -12,6 +12,7 @@ use common::image::MANIFEST_TYPE;
 use common::{raw_request, Fixture};
 
 const KIB: usize = 1024;
+const STALE_SERVED: &str = "poolcast_mirror_stale_served_total";
 
 /// Fetches `digest` through the mirror so it is cached, checking the bytes on the way.
 fn warm(fx: &Fixture, digest: &str) -> Vec<u8> {
@@ -128,12 +129,46 @@ fn unknown_registry_ns_gets_clear_error() {
             "GET {target} answered {}",
             resp.status
         );
-        assert!(
-            !resp.error_codes().is_empty(),
-            "GET {target}: expected an OCI error body, got {:?}",
+        assert_eq!(resp.status, 404, "GET {target}");
+        assert_eq!(
+            resp.error_codes(),
+            vec!["NAME_UNKNOWN".to_string()],
+            "GET {target}: expected an OCI NAME_UNKNOWN error, got {:?}",
             String::from_utf8_lossy(&resp.body)
         );
     }
+}
+
+#[test]
+fn cached_manifest_is_served_stale_when_upstream_is_down() {
+    let mut fx = Fixture::new(&[64 * KIB, 128 * KIB], 47, &["--manifest-ttl", "1s"]);
+    fx.pull_and_verify(&fx.via_mirror_by_tag(), None);
+    assert_eq!(fx.mirror.metric(STALE_SERVED), 0.0);
+
+    fx.registry.stop();
+    // Waiting out manifestTTL is the behaviour under test: a fresh tag is served without
+    // asking upstream at all, so only an expired one takes the stale path.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    fx.pull_and_verify(&fx.via_mirror_by_tag(), None);
+    let resp = raw_request(
+        fx.mirror.host(),
+        "GET",
+        &format!("/v2/{REPO}/manifests/{TAG}"),
+        &[("Accept", MANIFEST_TYPE)],
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, fx.image.manifest);
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(fx.image.manifest_digest.as_str())
+    );
+    assert!(
+        fx.mirror.metric(STALE_SERVED) >= 2.0,
+        "{STALE_SERVED} is {} after two pulls by tag with upstream down",
+        fx.mirror.metric(STALE_SERVED)
+    );
 }
 
 enum Expect {
