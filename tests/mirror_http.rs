@@ -336,3 +336,79 @@ fn piece_digests_are_published_for_agents_to_check_peers() {
         bad.status
     );
 }
+
+#[test]
+fn docker_schema2_manifest_keeps_its_type_and_digest() {
+    const DOCKER_V2S2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    let fx = Fixture::new(&[64 * KIB], 48, &[]);
+    // skopeo converts the OCI image to a Docker schema 2 manifest on the way in.
+    let docker_tag = "docker-v2s2";
+    let mut push = std::process::Command::new("skopeo");
+    push.args(["--insecure-policy", "copy", "--quiet", "--format", "v2s2"])
+        .args(["--dest-tls-verify=false", "--dest-no-creds"])
+        .arg(format!("oci:{}:poolcast-test", fx.image.layout.display()))
+        .arg(format!(
+            "docker://{}/{REPO}:{docker_tag}",
+            fx.registry.host()
+        ));
+    common::run_ok(&mut push, common::CLIENT_TIMEOUT).unwrap();
+
+    // What the registry itself says the manifest is.
+    let origin = common::client()
+        .get(format!(
+            "{}/v2/{REPO}/manifests/{docker_tag}",
+            fx.registry.url()
+        ))
+        .header("Accept", DOCKER_V2S2)
+        .send()
+        .unwrap();
+    assert_eq!(origin.status().as_u16(), 200);
+    let origin_type = origin.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        origin_type, DOCKER_V2S2,
+        "skopeo --format v2s2 did not push v2s2"
+    );
+    let origin_body = origin.bytes().unwrap().to_vec();
+    let digest = format!("sha256:{}", common::sha256_hex(&origin_body));
+
+    for reference in [docker_tag, digest.as_str()] {
+        for method in ["GET", "HEAD"] {
+            let target = format!("/v2/{REPO}/manifests/{reference}");
+            let accept = [("Accept", DOCKER_V2S2)];
+            let resp = raw_request(fx.mirror.host(), method, &target, &accept).unwrap();
+            assert_eq!(resp.status, 200, "{method} {target}");
+            assert_eq!(
+                resp.header("content-type"),
+                Some(DOCKER_V2S2),
+                "{method} {target}"
+            );
+            assert_eq!(
+                resp.header("docker-content-digest"),
+                Some(digest.as_str()),
+                "{method} {target}"
+            );
+            assert_eq!(
+                resp.header("content-length"),
+                Some(origin_body.len().to_string().as_str()),
+                "{method} {target}"
+            );
+            if method == "GET" {
+                assert_eq!(resp.body, origin_body, "{method} {target}");
+            }
+        }
+    }
+
+    // The layers it names come through the mirror intact.
+    let manifest: serde_json::Value = serde_json::from_slice(&origin_body).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for layer in layers {
+        let d = layer["digest"].as_str().unwrap();
+        let resp = raw_request(fx.mirror.host(), "GET", &fx.blob_path(d), &[]).unwrap();
+        assert_eq!(resp.status, 200, "GET blob {d}");
+        assert_eq!(format!("sha256:{}", common::sha256_hex(&resp.body)), d);
+    }
+}
