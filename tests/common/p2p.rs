@@ -38,6 +38,8 @@ pub struct BedSpec<'a> {
     /// The pool secret, given to the scheduler and every agent.
     pub secret: Option<&'a str>,
     pub scheduler_args: &'a [&'a str],
+    /// `Some((user, pass))`: the registry demands these credentials (htpasswd).
+    pub auth: Option<(&'a str, &'a str)>,
 }
 
 impl Default for BedSpec<'_> {
@@ -49,6 +51,7 @@ impl Default for BedSpec<'_> {
             pools_yaml: None,
             secret: None,
             scheduler_args: &[],
+            auth: None,
         }
     }
 }
@@ -65,7 +68,10 @@ pub struct P2pBed {
 impl P2pBed {
     /// The registry with the image pushed as `pool/app:v1`, the mirror, the scheduler; no agents.
     pub fn start(spec: BedSpec) -> P2pBed {
-        let fx = Fixture::new(spec.layers, spec.seed, &[]);
+        let fx = match spec.auth {
+            Some((user, pass)) => Fixture::with_auth(user, pass, spec.layers, spec.seed),
+            None => Fixture::new(spec.layers, spec.seed, &[]),
+        };
         let scheduler = spec.scheduler.then(|| match spec.pools_yaml {
             Some(yaml) => Scheduler::with_pools(yaml, spec.secret, spec.scheduler_args),
             None => {
@@ -144,6 +150,16 @@ impl P2pBed {
     /// skopeo-pulls through agent `i` and checks the image digest for digest.
     pub fn pull(&self, i: usize) -> Duration {
         self.pull_all(&[i])[0]
+    }
+
+    /// skopeo-pulls through agent `i` as `creds` (anonymous when `None`), unchecked: the output
+    /// and where the image went, for tests that expect a refusal or verify themselves.
+    pub fn pull_as(&self, i: usize, creds: Option<(&str, &str)>) -> (Output, PathBuf) {
+        let out = self
+            .fx
+            .fresh_dir(&format!("pull-{}", self.agents[i].node()));
+        let output = skopeo_pull(&self.source(i), &out, creds).expect("running skopeo");
+        (output, out)
     }
 
     /// Pulls through each of `agents` at once and checks every result; returns the durations.
