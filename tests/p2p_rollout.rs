@@ -160,3 +160,48 @@ fn containerd_pulls_through_the_agent_with_hosts_toml() {
         bed.one_copy()
     );
 }
+
+#[test]
+fn memory_cache_serves_pulls_and_is_gone_after_restart() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 35,
+        ..BedSpec::default()
+    });
+    let a = bed.add_agent(POOL, &["--cache-mode", "memory"]);
+    bed.pull(a);
+    let cache_dir = bed.agents[a].opts.cache_dir.clone();
+    let on_disk = std::fs::read_dir(&cache_dir).map_or(0, |d| d.count());
+    assert_eq!(
+        on_disk,
+        0,
+        "memory mode wrote to the disk cache dir {}",
+        cache_dir.display()
+    );
+    // Held in memory: a second pull is served from it.
+    let from_mirror = bed.agents[a].metric(SOURCE_BYTES);
+    bed.pull(a);
+    assert_eq!(
+        bed.agents[a].metric(SOURCE_BYTES),
+        from_mirror,
+        "the second pull fetched again instead of using the memory cache"
+    );
+    assert!(bed.agents[a].metric(CACHE_HITS) >= bed.fx.image.blobs().len() as f64);
+
+    // A restart loses the cache: the same pull fetches every blob again.
+    bed.agents[a].restart();
+    bed.pull(a);
+    let agent = &bed.agents[a];
+    eprintln!(
+        "memory mode after restart: cache hits {}, bytes from the mirror {}, from peers {}",
+        agent.metric(CACHE_HITS),
+        agent.metric(SOURCE_BYTES),
+        agent.peer_bytes("in")
+    );
+    assert_eq!(agent.metric(CACHE_HITS), 0.0, "a blob survived the restart");
+    assert!(
+        agent.metric(SOURCE_BYTES) >= bed.one_copy() as f64,
+        "the restarted agent fetched {} bytes, less than the image ({})",
+        agent.metric(SOURCE_BYTES),
+        bed.one_copy()
+    );
+}
