@@ -713,3 +713,46 @@ fn the_webhook_takes_a_given_certificate_or_can_be_left_out() {
     let write = strings(&agent["spec"]["template"]["spec"]["initContainers"][0]["args"]);
     assert!(!write.contains(&"--distributed".to_string()), "{write:?}");
 }
+
+#[test]
+fn acr_instances_become_registries_like_registries_entries() {
+    let objs = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set-json",
+            r#"registryInstances="cri-abc=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com, other-registry-vpc.cn-beijing.cr.aliyuncs.com""#,
+            "--set",
+            "acrInstances=shop",
+            "--set",
+            "region=cn-shanghai",
+        ])
+        .unwrap(),
+    );
+    let hosts = [
+        "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
+        "other-registry-vpc.cn-beijing.cr.aliyuncs.com",
+        "shop-registry-vpc.cn-shanghai.cr.aliyuncs.com",
+    ];
+    // Mirror upstreams over https, after the `registries` entries.
+    let mirror = of_kind(&objs, "Deployment", "mirror")[0];
+    let config = config_of(&objs, str_of(&mirror["metadata"]["name"]));
+    let mut expected = vec!["docker.io=https://registry-1.docker.io".to_string()];
+    expected.extend(hosts.iter().map(|h| format!("{h}=https://{h}")));
+    assert_eq!(strings(&config["upstreams"]), expected);
+    assert_config_accepted("mirror", &config);
+    // Webhook registries, so labelled pods' images of these instances are rewritten.
+    let webhook = of_kind(&objs, "Deployment", "webhook")[0];
+    let config = config_of(&objs, str_of(&webhook["metadata"]["name"]));
+    assert_eq!(strings(&config["registries"])[1..], hosts);
+    assert_config_accepted("webhook", &config);
+    // A hosts.toml per instance (and its distributed name) on every node.
+    let agent = of_kind(&objs, "DaemonSet", "agent")[0];
+    let write = strings(&agent["spec"]["template"]["spec"]["initContainers"][0]["args"]);
+    for h in hosts {
+        assert!(
+            write.contains(&format!("{h}=https://{h}")),
+            "{h} not in {write:?}"
+        );
+    }
+}

@@ -203,3 +203,92 @@ fn half_a_webhook_certificate_is_rejected() {
         "webhook.distributedSuffix",
     );
 }
+
+#[test]
+fn an_acr_instance_that_cannot_be_resolved_is_rejected() {
+    // A bare id needs the ACR OpenAPI to become an endpoint; the message says what to write.
+    let with = |args: &[&str]| {
+        let mut all = vec!["--set", "edgeNodePool.id=a"];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    for (args, key, says) in [
+        (
+            with(&["--set", "registryInstances=cri-xxx"]),
+            "registryInstances",
+            "cri-xxx=NAME-registry-vpc.REGION.cr.aliyuncs.com",
+        ),
+        (
+            with(&["--set", "acrInstances=cri-yyy"]),
+            "acrInstances",
+            "Alibaba Cloud API",
+        ),
+        (with(&["--set", "acrInstances=shop"]), "region", "shop"),
+        (
+            with(&["--set", "registryInstances=cri-x=bad_host"]),
+            "registryInstances",
+            "bad_host",
+        ),
+        (
+            with(&[
+                "--set",
+                "region=cn-hangzhou",
+                "--set",
+                "registryInstances=a_b",
+            ]),
+            "registryInstances",
+            "",
+        ),
+        (
+            with(&[
+                "--set-json",
+                r#"registryInstances="test-registry-vpc.cn-hangzhou.cr.aliyuncs.com""#,
+                "--set-json",
+                r#"registries=[{"host":"test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"}]"#,
+            ]),
+            "registryInstances",
+            "registries[0].host",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_rejected(&args, key);
+        assert!(render(&args).unwrap_err().contains(says), "{args:?}");
+    }
+}
+
+#[test]
+fn alibaba_cloud_credentials_poolcast_cannot_use_are_rejected() {
+    for (key, value) in [
+        ("vpcId", "vpc-123"),
+        ("accessKey", "LTAI"),
+        ("accessKeySecret", "secret"),
+        ("rrsa.enable", "true"),
+        ("rrsa.rrsaRoleARN", "acs:ram::1:role/p2p"),
+        ("rrsa.assumeRoleARN", "acs:ram::2:role/acr"),
+        ("controller.ramRole", "p2p-role"),
+    ] {
+        let args = [
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            &format!("{key}={value}"),
+        ];
+        assert_rejected(&args, key);
+        assert!(
+            render(&args).unwrap_err().contains("not supported"),
+            "{key}"
+        );
+    }
+    // At their defaults (a values file written for the ACK add-on) they render.
+    render(&[
+        "--set",
+        "edgeNodePool.id=a",
+        "--set",
+        "rrsa.enable=false",
+        "--set",
+        "rrsa.expireDuration=3600",
+        "--set",
+        "vpcId=",
+    ])
+    .unwrap();
+}

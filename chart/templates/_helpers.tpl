@@ -67,12 +67,24 @@ differ only in characters a name cannot hold stay apart. Call with the pool id.
 {{- printf "%s-%s" $safe (sha256sum . | trunc 6) | trimPrefix "-" -}}
 {{- end -}}
 
-{{/* The mirror's upstreams, `NS=URL`, from `registries`. */}}
-{{- define "poolcast.upstreams" -}}
+{{/*
+Every registry the chart wires, as a JSON list of {host, url, key}: the entries of `registries`,
+then those of registryInstances and acrInstances (ACR EE instances). `key` names the value an
+entry came from, for messages. Fails naming the key on an entry that cannot be used.
+
+An ACR entry is one of (comma-separated):
+  ID=HOST   the instance's registry endpoint host, labelled by its id (cri-xxx=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com)
+  HOST      the endpoint host alone (anything with a dot)
+  NAME      the instance name: NAME-registry-vpc.REGION.cr.aliyuncs.com, with REGION from `region`
+A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
+(cr:GetInstanceVpcEndpoint), which poolcast does not call.
+*/}}
+{{- define "poolcast.registries" -}}
+{{- $hostPattern := "^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$" -}}
 {{- $out := list -}}
 {{- range $i, $r := .Values.registries -}}
 {{- if $r.ca -}}
-{{- fail (printf "registries[%d].ca: custom CAs are not supported by the mirror yet (it trusts the public web PKI); use a registry with a public certificate or insecure: true" $i) -}}
+{{- fail (printf "registries[%d].ca: custom CAs are not supported: the mirror trusts the public web PKI only, so it could not fetch from this registry; use a registry with a publicly trusted certificate, or insecure: true for plain HTTP" $i) -}}
 {{- end -}}
 {{- $url := $r.endpoint -}}
 {{- if not $url -}}
@@ -82,7 +94,49 @@ differ only in characters a name cannot hold stay apart. Call with the pool id.
 {{- $url = printf "%s://%s" (ternary "http" "https" (default false $r.insecure)) $r.host -}}
 {{- end -}}
 {{- end -}}
-{{- $out = append $out (printf "%s=%s" $r.host $url) -}}
+{{- $out = append $out (dict "host" $r.host "url" (trimSuffix "/" $url) "key" (printf "registries[%d].host" $i)) -}}
+{{- end -}}
+{{- $region := .Values.region | default "" -}}
+{{- range $key := list "registryInstances" "acrInstances" -}}
+{{- range $entry := splitList "," (index $.Values $key | default "") -}}
+{{- $entry = trim $entry -}}
+{{- if $entry -}}
+{{- $host := "" -}}
+{{- if contains "=" $entry -}}
+{{- $host = trim (index (splitn "=" 2 $entry) "_1") -}}
+{{- else if contains "." $entry -}}
+{{- $host = $entry -}}
+{{- else if hasPrefix "cri-" $entry -}}
+{{- fail (printf "%s: %q is an ACR EE instance id; poolcast cannot resolve it to the instance's endpoint (that needs the Alibaba Cloud API, cr:GetInstanceVpcEndpoint). Write ID=HOST with the instance's registry endpoint host (%s=NAME-registry-vpc.REGION.cr.aliyuncs.com), the host alone, or the instance name with `region` set" $key $entry $entry) -}}
+{{- else if regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $entry -}}
+{{- if not $region -}}
+{{- fail (printf "region: needed to derive the endpoint of the ACR EE instance named %q in %s (NAME-registry-vpc.REGION.cr.aliyuncs.com); set region (e.g. cn-hangzhou) or write the endpoint host" $entry $key) -}}
+{{- end -}}
+{{- $host = printf "%s-registry-vpc.%s.cr.aliyuncs.com" $entry $region -}}
+{{- end -}}
+{{- if not (regexMatch $hostPattern $host) -}}
+{{- fail (printf "%s: %q is not an ACR EE instance: expected ID=HOST, HOST or an instance name (e.g. cri-xxx=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com)" $key $entry) -}}
+{{- end -}}
+{{- $host = lower $host -}}
+{{- $out = append $out (dict "host" $host "url" (printf "https://%s" $host) "key" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $r := $out -}}
+{{- if hasKey $seen $r.host -}}
+{{- fail (printf "%s: registry %q is listed twice (also in %s)" $r.key $r.host (index $seen $r.host)) -}}
+{{- end -}}
+{{- $_ := set $seen $r.host $r.key -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The mirror's upstreams, `NS=URL`, from poolcast.registries. */}}
+{{- define "poolcast.upstreams" -}}
+{{- $out := list -}}
+{{- range $r := include "poolcast.registries" . | fromJsonArray -}}
+{{- $out = append $out (printf "%s=%s" $r.host $r.url) -}}
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}

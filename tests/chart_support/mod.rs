@@ -168,3 +168,19 @@ pub fn assert_rejected(args: &[&str], key: &str) {
         ),
     }
 }
+
+/// `poolcast config check --component COMPONENT` on a rendered config file; panics with its
+/// message when the file is refused.
+pub fn assert_config_accepted(component: &str, config: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{component}.yaml"));
+    std::fs::write(&path, serde_yaml::to_string(config).unwrap()).unwrap();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast"))
+        .args(["config", "check", "--component", component])
+        .arg(&path));
+    assert!(
+        out.status.success(),
+        "{component} config rejected: {}\n{config:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
