@@ -756,3 +756,39 @@ fn acr_instances_become_registries_like_registries_entries() {
         );
     }
 }
+
+#[test]
+fn mirror_registry_and_ttl_settings_reach_every_mirrors_config() {
+    let defaults = objects(&render(&["--set-json", &pools_json(1)]).unwrap());
+    let mirror = of_kind(&defaults, "Deployment", "mirror")[0];
+    let config = config_of(&defaults, str_of(&mirror["metadata"]["name"]));
+    assert_eq!(config["allowAnyRegistry"], false);
+    assert_eq!(config["authCacheTTL"], "60s");
+    assert_eq!(config["manifestTTL"], "30s");
+
+    let objs = objects(
+        &render(&[
+            "--set-json",
+            &pools_json(3),
+            "--set",
+            "mirror.allowAnyRegistry=true",
+            "--set",
+            "mirror.authCacheTTL=5m",
+            "--set",
+            "mirror.manifestTTL=120",
+        ])
+        .unwrap(),
+    );
+    let mirrors = of_kind(&objs, "Deployment", "mirror");
+    assert_eq!(mirrors.len(), 3);
+    for mirror in mirrors {
+        let config = config_of(&objs, str_of(&mirror["metadata"]["name"]));
+        assert_eq!(config["allowAnyRegistry"], true);
+        assert_eq!(config["authCacheTTL"], "5m");
+        assert_eq!(
+            config["manifestTTL"], "120s",
+            "whole seconds, as the add-on writes them"
+        );
+        assert_config_accepted("mirror", &config);
+    }
+}

@@ -102,6 +102,24 @@ fn bad_cache_settings_are_rejected() {
         &["--set", "edgeNodePool.id=a", "--set", "p2p.ratelimit=fast"],
         "p2p.ratelimit",
     );
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "mirror.manifestTTL=soon",
+        ],
+        "mirror.manifestTTL",
+    );
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "mirror.authCacheTTL=0",
+        ],
+        "mirror.authCacheTTL",
+    );
 }
 
 #[test]
