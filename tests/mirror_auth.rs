@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{basic_auth, raw_request, Fixture};
+use common::fixture::{REPO, TAG};
+use common::registry::{TokenIssuer, TOKEN_SERVICE};
+use common::{basic_auth, raw_request, Fixture, Mirror, Registry, TestImage};
 
 const KIB: usize = 1024;
 const USER: &str = "alice";
@@ -112,4 +114,118 @@ fn a_grant_for_one_repository_does_not_open_another_repositorys_blobs() {
         "GET {path}: a blob of pool/app through other/repo"
     );
     assert!(!leaks(&cross.body, &blob), "the refusal carries blob bytes");
+}
+
+#[test]
+fn bearer_token_flow_is_relayed_and_cached_blobs_need_a_token() {
+    // The real registry verifies every token itself: nothing here can pass without a JWT
+    // it accepts for the repository.
+    let issuer = TokenIssuer::start(USER, PASS);
+    let registry = Registry::start_with_token_auth(USER, PASS, issuer.auth());
+    let work = tempfile::tempdir().unwrap();
+    let image = TestImage::build(&work.path().join("layout"), &[256 * KIB, 128 * KIB], 35);
+    image.push(&registry, &format!("{REPO}:{TAG}"), Some((USER, PASS)));
+    let cache = work.path().join("cache");
+    let mut mirror = Mirror::for_registry(&registry, &cache, &[]);
+    let bearer = |scope: &str| format!("Bearer {}", issuer.sign(USER, &[scope.into()]).unwrap());
+    let pull_scope = format!("repository:{REPO}:pull");
+
+    // The challenge comes from upstream, realm and all, so clients go to the real issuer.
+    let ping = raw_request(mirror.host(), "GET", "/v2/", &[]).unwrap();
+    assert_eq!(ping.status, 401, "anonymous GET /v2/");
+    let challenge = ping.header("www-authenticate").unwrap_or("");
+    assert!(
+        challenge.starts_with(&format!("Bearer realm=\"{}\"", issuer.realm))
+            && challenge.contains(&format!("service=\"{TOKEN_SERVICE}\"")),
+        "GET /v2/ challenge: {challenge:?}"
+    );
+    let manifest_path = format!("/v2/{REPO}/manifests/{TAG}");
+    let anon = raw_request(mirror.host(), "GET", &manifest_path, &[]).unwrap();
+    assert_eq!(anon.status, 401);
+    let challenge = anon.header("www-authenticate").unwrap_or("");
+    assert!(
+        challenge.contains(&format!("scope=\"{pull_scope}\"")),
+        "manifest challenge names the repository scope: {challenge:?}"
+    );
+
+    // A blob not cached yet: the client's token goes upstream, and upstream judges it.
+    let layer = &image.layers[1];
+    let blob = image.blob_bytes(&layer.digest);
+    let blob_path = format!("/v2/{REPO}/blobs/{}", layer.digest);
+    let other_repo = bearer("repository:other/repo:pull");
+    let refused = raw_request(
+        mirror.host(),
+        "GET",
+        &blob_path,
+        &[("Authorization", &other_repo)],
+    )
+    .unwrap();
+    assert_eq!(
+        refused.status, 401,
+        "a token for another repository, uncached blob"
+    );
+    let token = bearer(&pull_scope);
+    let fetched = raw_request(
+        mirror.host(),
+        "GET",
+        &blob_path,
+        &[("Authorization", &token)],
+    )
+    .unwrap();
+    assert_eq!(fetched.status, 200, "GET {blob_path} with a pull token");
+    assert_eq!(fetched.body, blob);
+
+    // skopeo does the whole dance against the mirror: 401, token from the realm, retry.
+    let issued_before = issuer.issued().len();
+    image.pull_and_verify(
+        &format!("{}/{REPO}:{TAG}", mirror.host()),
+        &work.path().join("pull"),
+        Some((USER, PASS)),
+    );
+    assert!(
+        issuer.issued().len() > issued_before,
+        "skopeo pulled through the mirror without getting a token from the realm"
+    );
+
+    // Everything is cached now; without a token (or with one upstream refuses) nothing leaks.
+    let cached = &image.layers[0];
+    let cached_blob = image.blob_bytes(&cached.digest);
+    let cached_path = format!("/v2/{REPO}/blobs/{}", cached.digest);
+    for (who, headers) in [
+        ("anonymous", vec![]),
+        (
+            "another repository's token",
+            vec![("Authorization", other_repo.as_str())],
+        ),
+        (
+            "a password instead of a token",
+            vec![("Authorization", &*basic_auth(USER, PASS))],
+        ),
+    ] {
+        for method in ["GET", "HEAD"] {
+            let resp = raw_request(mirror.host(), method, &cached_path, &headers).unwrap();
+            assert_eq!(resp.status, 401, "{who}: {method} of a cached blob");
+            assert!(
+                !leaks(&resp.body, &cached_blob),
+                "{who}: 401 body carries blob bytes"
+            );
+            if who == "anonymous" {
+                assert!(
+                    resp.header("www-authenticate")
+                        .is_some_and(|c| c.starts_with("Bearer ")),
+                    "{who}: {method} must relay the Bearer challenge"
+                );
+            }
+        }
+    }
+    let served = raw_request(
+        mirror.host(),
+        "GET",
+        &cached_path,
+        &[("Authorization", &token)],
+    )
+    .unwrap();
+    assert_eq!(served.status, 200, "the pull token opens the cached blob");
+    assert_eq!(served.body, cached_blob);
+    mirror.stop_and_assert_no_panic();
 }
