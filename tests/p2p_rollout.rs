@@ -52,9 +52,12 @@ fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
         "the mirror should fetch each blob from upstream exactly once"
     );
     assert!(peer_in > 0.0, "no bytes moved peer to peer");
+    // Measured at 1.00 copies in four runs out of four (each piece leaves the mirror once);
+    // the margin covers a reservation that lapses on a loaded machine and is fetched again.
     assert!(
-        served < 3.0 * copy,
-        "the mirror served {:.2} copies of the image to a pool of 6 (source mode would be 6)",
+        served <= 1.5 * copy,
+        "the mirror served {:.2} copies of the image to a pool of 6 (measured 1.00; source mode \
+         would be 6)",
         served / copy
     );
 }
