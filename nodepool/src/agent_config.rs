@@ -223,15 +223,27 @@ mod tests {
     #[test]
     fn seed_keys_are_read_with_seed_defaults() {
         let c = parse("mirror: http://10.0.0.2:5000\nscheduler: http://10.0.0.3:65003\ndownloadPattern: p2p\n\
-                       ratelimit: 5M\ncache:\n  mode: memory\n  capacity: 8GiB\nblocksize: 4MiB\n")
+                       ratelimit: 5M\ndownloadRate: 3M\nuploadRate: 2M\n\
+                       cache:\n  mode: memory\n  capacity: 8GiB\nblocksize: 2MiB\n")
             .expect("parses");
         assert_eq!(c.ratelimit.0, 5_000_000);
+        assert_eq!(c.download_rate.0, 3_000_000);
+        assert_eq!(c.upload_rate.0, 2_000_000);
         assert_eq!(c.cache.mode, CacheMode::Memory);
+        assert_eq!(c.cache.capacity.0, 8 << 30);
+        assert_eq!(c.blocksize.0, 2 << 20);
         assert_eq!(c.transfer_timeout.0, Duration::from_secs(15));
         assert_eq!(c.connect_timeout.0, Duration::from_secs(5));
         assert_eq!(c.proxy_fs_parallels, 128);
         assert_eq!(c.listen, "0.0.0.0:65001");
         c.validate().expect("valid");
+        // Left out, the seeds' defaults: disk, 4 GiB, 4 MiB pieces, no separate caps.
+        let d = parse("mirror: http://10.0.0.2:5000\ndownloadPattern: source\n").expect("parses");
+        assert_eq!(d.cache.mode, CacheMode::Disk);
+        assert_eq!(d.cache.capacity.0, 4 << 30);
+        assert_eq!(d.blocksize.0, 4 << 20);
+        assert_eq!((d.download_rate.0, d.upload_rate.0), (0, 0));
+        assert_eq!(d.ratelimit.0, 512_000_000);
     }
 
     #[test]
