@@ -12,6 +12,13 @@
 //!       capabilities = ["pull", "resolve"]
 //! ```
 //!
+//! With `--default` it also writes `<config_path>/_default/hosts.toml`, which containerd reads
+//! for every registry that has no folder of its own: the agent first, and no `server` line, so
+//! containerd's fallback is the registry the image names (`https://HOST`, Docker Hub's
+//! `registry-1.docker.io` for docker.io). The agent passes `?ns=HOST` to its mirror, which serves
+//! such a registry only with `allowAnyRegistry`; otherwise containerd gets a 404 and goes to the
+//! registry.
+//!
 //! With `--distributed` it also writes one for each registry's distributed name, the host the
 //! admission webhook writes into pods' images (`nodepool::distributed`): same `server`, same
 //! agent, so that name needs no DNS; containerd sends it in `?ns=` and the agent maps it back.
@@ -26,6 +33,9 @@ use std::path::{Path, PathBuf};
 
 /// First line of every file poolcast writes; only such files are replaced or removed.
 const MARKER: &str = "# Written by poolcast hosts; removed by `poolcast hosts remove`.";
+
+/// The folder containerd reads for a registry that has none of its own.
+const DEFAULT_HOST: &str = "_default";
 
 #[derive(Subcommand)]
 pub enum HostsCommand {
@@ -58,9 +68,13 @@ pub struct HostsArgs {
         long = "registry",
         env = "POOLCAST_REGISTRIES",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "default_mirror"
     )]
     registries: Vec<UpstreamSpec>,
+    /// Also write (or remove) `_default/hosts.toml`: every registry without a file of its own
+    /// tries the agent first, the registry itself as fallback.
+    #[arg(long = "default", env = "POOLCAST_HOSTS_DEFAULT")]
+    default_mirror: bool,
     /// Also write (or remove) the files of the registries' distributed names, the hosts the
     /// admission webhook rewrites images to (with the agent URL's port, `p2p.port`).
     #[arg(long, env = "POOLCAST_HOSTS_DISTRIBUTED")]
@@ -75,12 +89,13 @@ pub struct HostsArgs {
 }
 
 impl HostsArgs {
-    /// Each `hosts.toml` to write or remove, with the registry it sends containerd to.
-    fn files(&self) -> Result<Vec<(PathBuf, &UpstreamSpec)>> {
+    /// Each `hosts.toml` to write or remove, with the registry it sends containerd to (None:
+    /// `_default`, whose fallback is whichever registry the image names).
+    fn files(&self) -> Result<Vec<(PathBuf, Option<&UpstreamSpec>)>> {
         let mut files: Vec<_> = self
             .registries
             .iter()
-            .map(|r| (file_of(&self.config_path, &r.ns), r))
+            .map(|r| (file_of(&self.config_path, &r.ns), Some(r)))
             .collect();
         if self.distributed {
             let port = self
@@ -93,8 +108,11 @@ impl HostsArgs {
                 let name = names.distributed(&r.ns).with_context(|| {
                     format!("registry `{}` cannot be given a distributed name", r.ns)
                 })?;
-                files.push((file_of(&self.config_path, &name), r));
+                files.push((file_of(&self.config_path, &name), Some(r)));
             }
+        }
+        if self.default_mirror {
+            files.push((file_of(&self.config_path, DEFAULT_HOST), None));
         }
         Ok(files)
     }
@@ -130,10 +148,14 @@ fn file_of(config_path: &Path, host: &str) -> PathBuf {
     config_path.join(host).join("hosts.toml")
 }
 
-fn hosts_toml(registry: &UpstreamSpec, agent: &url::Url) -> String {
+/// The file for `registry`; for `_default` (None) without `server`, so that containerd falls
+/// back to the registry the image names.
+fn hosts_toml(registry: Option<&UpstreamSpec>, agent: &url::Url) -> String {
+    let server = registry
+        .map(|r| format!("server = \"{}\"\n\n", r.url.as_str().trim_end_matches('/')))
+        .unwrap_or_default();
     format!(
-        "{MARKER}\nserver = \"{}\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-        registry.url.as_str().trim_end_matches('/'),
+        "{MARKER}\n{server}[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
         agent.as_str().trim_end_matches('/'),
     )
 }
@@ -183,7 +205,7 @@ mod tests {
         let hub: UpstreamSpec = "docker.io=https://registry-1.docker.io".parse().unwrap();
         let agent: url::Url = "http://127.0.0.1:65001".parse().unwrap();
         let path = file_of(dir.path(), &hub.ns);
-        assert!(write(&path, &hosts_toml(&hub, &agent)).unwrap());
+        assert!(write(&path, &hosts_toml(Some(&hub), &agent)).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("server = \"https://registry-1.docker.io\"\n"),
@@ -191,7 +213,7 @@ mod tests {
         );
         assert!(text.contains("[host.\"http://127.0.0.1:65001\"]"), "{text}");
         assert!(
-            write(&path, &hosts_toml(&hub, &agent)).unwrap(),
+            write(&path, &hosts_toml(Some(&hub), &agent)).unwrap(),
             "its own file is replaced"
         );
         assert!(remove(&path).unwrap());
@@ -200,7 +222,7 @@ mod tests {
 
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "server = \"https://mine\"\n").unwrap();
-        assert!(!write(&path, &hosts_toml(&hub, &agent)).unwrap());
+        assert!(!write(&path, &hosts_toml(Some(&hub), &agent)).unwrap());
         assert!(!remove(&path).unwrap());
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
@@ -222,6 +244,7 @@ mod tests {
             ],
             distributed: true,
             distributed_suffix: "distributed.local".into(),
+            default_mirror: false,
         };
         run(HostsCommand::Write(args())).unwrap();
         let read = |host: &str| std::fs::read_to_string(file_of(dir.path(), host)).unwrap();
@@ -241,6 +264,34 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
 
         run(HostsCommand::Remove(args())).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_default_file_sends_every_other_registry_to_the_agent_without_a_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |registries: Vec<UpstreamSpec>| HostsArgs {
+            config_path: dir.path().to_path_buf(),
+            agent: "http://127.0.0.1:65001".parse().unwrap(),
+            registries,
+            distributed: false,
+            distributed_suffix: "distributed.local".into(),
+            default_mirror: true,
+        };
+        run(HostsCommand::Write(args(Vec::new()))).unwrap();
+        let text = std::fs::read_to_string(file_of(dir.path(), "_default")).unwrap();
+        assert_eq!(
+            text,
+            format!("{MARKER}\n[host.\"http://127.0.0.1:65001\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
+        );
+        // No `server`: containerd's fallback is the registry the image names, whichever it is.
+        assert!(!text.contains("server"), "{text}");
+
+        // Beside listed registries, which keep their own files and servers.
+        let hub: UpstreamSpec = "docker.io=https://registry-1.docker.io".parse().unwrap();
+        run(HostsCommand::Write(args(vec![hub.clone()]))).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        run(HostsCommand::Remove(args(vec![hub]))).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

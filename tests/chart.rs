@@ -792,3 +792,62 @@ fn mirror_registry_and_ttl_settings_reach_every_mirrors_config() {
         assert_config_accepted("mirror", &config);
     }
 }
+
+#[test]
+fn the_default_mirror_sends_unlisted_registries_to_the_agent_when_asked() {
+    let objs = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "containerd.defaultMirror=true",
+            "--set",
+            "mirror.allowAnyRegistry=true",
+        ])
+        .unwrap(),
+    );
+    let agent = of_kind(&objs, "DaemonSet", "agent")[0];
+    let spec = &agent["spec"]["template"]["spec"];
+    let write = strings(&spec["initContainers"][0]["args"]);
+    let remove = strings(&spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]);
+    assert!(write.contains(&"--default".to_string()), "{write:?}");
+    assert_eq!(write[2..], remove[3..], "remove undoes what write did");
+    let mirror = of_kind(&objs, "Deployment", "mirror")[0];
+    assert_eq!(
+        config_of(&objs, str_of(&mirror["metadata"]["name"]))["allowAnyRegistry"],
+        true
+    );
+
+    // The rendered command, run by the real binary: _default beside the listed registry.
+    let dir = tempfile::tempdir().unwrap();
+    let mount = str_of(&spec["initContainers"][0]["volumeMounts"][0]["mountPath"]);
+    let local: Vec<String> = write
+        .iter()
+        .map(|a| {
+            if a == mount {
+                dir.path().display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(&local));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let default = std::fs::read_to_string(dir.path().join("_default/hosts.toml")).unwrap();
+    assert!(
+        default.contains("[host.\"http://127.0.0.1:65001\"]"),
+        "{default}"
+    );
+    assert!(!default.contains("server"), "{default}");
+    assert!(dir.path().join("docker.io/hosts.toml").exists());
+
+    // Off by default.
+    let objs = objects(&render(&["--set", "edgeNodePool.id=a"]).unwrap());
+    let agent = of_kind(&objs, "DaemonSet", "agent")[0];
+    let write = strings(&agent["spec"]["template"]["spec"]["initContainers"][0]["args"]);
+    assert!(!write.contains(&"--default".to_string()), "{write:?}");
+}

@@ -310,3 +310,30 @@ fn alibaba_cloud_credentials_poolcast_cannot_use_are_rejected() {
     ])
     .unwrap();
 }
+
+#[test]
+fn a_default_mirror_the_mirrors_cannot_serve_is_rejected() {
+    // Every unlisted registry would go agent -> mirror -> NAME_UNKNOWN -> registry: no gain.
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "containerd.defaultMirror=true",
+        ],
+        "mirror.allowAnyRegistry",
+    );
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "containerd.defaultMirror=true",
+            "--set",
+            "mirror.allowAnyRegistry=true",
+            "--set",
+            "containerd.hostsToml=false",
+        ],
+        "containerd.hostsToml",
+    );
+}

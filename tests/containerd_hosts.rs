@@ -1,7 +1,8 @@
 //! `poolcast hosts`, as the chart's agent DaemonSet runs it, with a real containerd: the
 //! `hosts.toml` it writes sends pulls through the agent, still pulls from the registry once the
 //! agent is gone, and `hosts remove` takes it away again. An image the admission webhook
-//! rewrote to its registry's distributed name pulls the same way, with no DNS for that name.
+//! rewrote to its registry's distributed name pulls the same way, with no DNS for that name; and
+//! `_default/hosts.toml` does the same for a registry that has no file of its own.
 
 #![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 
@@ -154,5 +155,54 @@ fn a_rewritten_image_pulls_through_the_agent_and_falls_back_to_its_registry() {
         &registry,
         &["--distributed"],
     );
+    assert_eq!(std::fs::read_dir(fresh.hosts_dir()).unwrap().count(), 0);
+}
+
+/// `poolcast hosts ACTION --default` alone: only `_default/hosts.toml`, no registry listed.
+fn default_hosts(action: &str, config_path: &Path, agent_url: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_poolcast"))
+        .args(["hosts", action, "--default", "--config-path"])
+        .arg(config_path)
+        .args(["--agent", agent_url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "poolcast hosts {action} --default: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_default_hosts_toml_sends_an_unlisted_registry_through_the_agent_and_falls_back_without_it() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 38,
+        scheduler: false,
+        ..BedSpec::default()
+    });
+    let a = bed.add_agent("pool-a", &[]);
+    let registry = bed.fx.registry.host();
+    let full_ref = format!("{registry}/{}", bed.image_ref());
+    let agent_url = bed.agents[a].url().to_string();
+
+    // No file for the registry itself: containerd reads _default for it.
+    let containerd = Containerd::start();
+    default_hosts("write", &containerd.hosts_dir(), &agent_url);
+    assert!(!containerd.hosts_dir().join(&registry).exists());
+    assert_eq!(pull(&containerd, &full_ref), bed.fx.image.manifest_digest);
+    let served = bed.agents[a].metric(SERVED_BYTES);
+    assert!(
+        served >= bed.one_copy() as f64,
+        "the agent served {served} of {} bytes; containerd went around it",
+        bed.one_copy()
+    );
+
+    // With the agent gone, containerd's own fallback (the registry the image names) serves.
+    bed.agents[a].kill();
+    let fresh = Containerd::start();
+    default_hosts("write", &fresh.hosts_dir(), &agent_url);
+    assert_eq!(pull(&fresh, &full_ref), bed.fx.image.manifest_digest);
+    default_hosts("remove", &fresh.hosts_dir(), &agent_url);
     assert_eq!(std::fs::read_dir(fresh.hosts_dir()).unwrap().count(), 0);
 }
