@@ -82,14 +82,16 @@ fn matrix() -> Vec<Case> {
 }
 
 #[test]
-fn chart_lints_clean() {
-    let out = run(Command::new(helm())
-        .args(["lint", "--strict"])
-        .arg(root().join("chart"))
-        .args(["--set", "edgeNodePool.id=np-shop-1"]));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "helm lint: {text}");
-    assert!(text.contains("0 chart(s) failed"), "{text}");
+fn every_point_of_the_matrix_lints_clean() {
+    for case in matrix() {
+        let out = run(Command::new(helm())
+            .args(["lint", "--strict"])
+            .arg(root().join("chart"))
+            .args(case.args()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{case:?}: helm lint: {text}");
+        assert!(text.contains("0 chart(s) failed"), "{case:?}: {text}");
+    }
 }
 
 #[test]
@@ -850,4 +852,84 @@ fn the_default_mirror_sends_unlisted_registries_to_the_agent_when_asked() {
     let agent = of_kind(&objs, "DaemonSet", "agent")[0];
     let write = strings(&agent["spec"]["template"]["spec"]["initContainers"][0]["args"]);
     assert!(!write.contains(&"--default".to_string()), "{write:?}");
+}
+
+/// A probe's port, as a number: a named port is looked up in the container's ports.
+fn probe_port(container: &serde_yaml::Value, probe: &str) -> u64 {
+    let port = &container[probe]["httpGet"]["port"];
+    if let Some(n) = port.as_u64() {
+        return n;
+    }
+    container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == *port)
+        .unwrap_or_else(|| panic!("{probe} names port {port:?}, which the container lacks"))
+        ["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn every_workload_probes_healthz_on_its_own_port_and_has_the_resources_of_its_values() {
+    let objs = objects(&render(&["--set", "edgeNodePool.id=a"]).unwrap());
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("chart/values.yaml")).unwrap())
+            .unwrap();
+    for (kind, component, port, scheme) in [
+        ("DaemonSet", "agent", 65001, "HTTP"),
+        ("Deployment", "mirror", 5000, "HTTP"),
+        ("Deployment", "scheduler", 65003, "HTTP"),
+        ("Deployment", "webhook", 8443, "HTTPS"),
+    ] {
+        let workloads = of_kind(&objs, kind, component);
+        assert_eq!(workloads.len(), 1, "{component}");
+        let container = &workloads[0]["spec"]["template"]["spec"]["containers"][0];
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(get["path"], "/healthz", "{component} {probe}");
+            assert_eq!(probe_port(container, probe), port, "{component} {probe}");
+            let used = get["scheme"].as_str().unwrap_or("HTTP");
+            assert_eq!(used, scheme, "{component} {probe}");
+            assert!(container[probe]["periodSeconds"].as_u64().unwrap() > 0);
+        }
+        assert!(
+            container["livenessProbe"]["periodSeconds"].as_u64()
+                >= container["readinessProbe"]["periodSeconds"].as_u64(),
+            "{component}: liveness checks no more often than readiness"
+        );
+        // Requests and limits are exactly the values' (memory mode aside, see the cache test).
+        let resources = &container["resources"];
+        assert_eq!(resources, &values[component]["resources"], "{component}");
+        assert!(resources["requests"]["cpu"].is_string(), "{component}");
+        assert!(resources["requests"]["memory"].is_string(), "{component}");
+        assert!(resources["limits"]["memory"].is_string(), "{component}");
+    }
+    // Given resources replace the defaults, for each component.
+    let objs = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set-json",
+            r#"mirror.resources={"requests":{"cpu":"1","memory":"2Gi"},"limits":{"memory":"4Gi"}}"#,
+            "--set-json",
+            r#"scheduler.resources={"requests":{"cpu":"200m","memory":"1Gi"},"limits":{"memory":"3Gi"}}"#,
+            "--set-json",
+            r#"webhook.resources={"requests":{"cpu":"300m","memory":"64Mi"},"limits":{"memory":"256Mi"}}"#,
+        ])
+        .unwrap(),
+    );
+    for (kind, component, memory) in [
+        ("Deployment", "mirror", "4Gi"),
+        ("Deployment", "scheduler", "3Gi"),
+        ("Deployment", "webhook", "256Mi"),
+    ] {
+        let container =
+            &of_kind(&objs, kind, component)[0]["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["resources"]["limits"]["memory"], memory,
+            "{component}"
+        );
+    }
 }
