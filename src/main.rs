@@ -86,6 +86,10 @@ struct UpArgs {
     /// Address of the mirror.
     #[arg(long, default_value = "127.0.0.1:5000")]
     mirror_listen: String,
+    /// Secret of the agent's peer and scheduler traffic; default: a random one per run, so the
+    /// peer port never serves unauthenticated requests.
+    #[arg(long, env = "POOLCAST_SECRET", hide_env_values = true)]
+    secret: Option<String>,
 }
 
 fn main() {
@@ -240,8 +244,13 @@ async fn up(args: UpArgs) -> Result<()> {
         sched_l.local_addr()?,
         agent_l.local_addr()?,
     );
+    let secret = match args.secret.filter(|s| !s.is_empty()) {
+        Some(s) => s,
+        None => random_secret().context("generating the pool secret")?,
+    };
     let sched_cfg = SchedulerConfig {
         listen: sched_addr.to_string(),
+        secret: secret.clone(),
         ..SchedulerConfig::default()
     };
     let agent_cfg = AgentConfig {
@@ -251,6 +260,7 @@ async fn up(args: UpArgs) -> Result<()> {
         scheduler: format!("http://{sched_addr}"),
         node: "local".into(),
         cache_host_path: cache.join("agent").to_string_lossy().into_owned(),
+        secret,
         ..AgentConfig::default()
     };
     agent_cfg.validate()?;
@@ -296,6 +306,14 @@ async fn up(args: UpArgs) -> Result<()> {
     }
 }
 
+/// 32 bytes from the kernel's CSPRNG, as hex.
+fn random_secret() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -310,4 +328,16 @@ async fn shutdown_signal() {
         }
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn up_generates_a_fresh_secret_each_run() {
+        let (a, b) = (super::random_secret(), super::random_secret());
+        let (a, b) = (a.expect("urandom"), b.expect("urandom"));
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 }
