@@ -933,3 +933,70 @@ fn every_workload_probes_healthz_on_its_own_port_and_has_the_resources_of_its_va
         );
     }
 }
+
+/// Every key path of a values tree, down to lists, empty maps and free-form maps (resources,
+/// nodeSelector), which are values of their own.
+fn value_keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+    for (k, child) in v.as_mapping().unwrap() {
+        let path = format!("{prefix}{}", str_of(k));
+        let nested = child.as_mapping().is_some_and(|m| !m.is_empty())
+            && !["resources", "nodeSelector"].contains(&str_of(k));
+        if nested {
+            value_keys(child, &format!("{path}."), out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_values_reference_in_the_install_guide_names_every_value_and_no_other() {
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("chart/values.yaml")).unwrap())
+            .unwrap();
+    let mut keys = Vec::new();
+    value_keys(&values, "", &mut keys);
+    let guide = std::fs::read_to_string(root().join("docs/install.md")).unwrap();
+    let reference = guide
+        .split("## Values reference")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/install.md has a values reference");
+    // The backquoted names in the first column of each row.
+    let documented: Vec<String> = reference
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .flat_map(|l| {
+            let first = l.split(" |").next().unwrap();
+            format!("`{first}")
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|k| k.trim_end_matches("[]").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for key in &keys {
+        let leaf = key.rsplit('.').next().unwrap();
+        let group = key.rsplit_once('.').map(|(g, _)| format!("{g}.*"));
+        assert!(
+            documented.contains(key)
+                || documented.contains(&format!("*.{leaf}"))
+                || group.is_some_and(|g| documented.contains(&g)),
+            "values.yaml key {key} is not in the docs/install.md values reference"
+        );
+    }
+    for doc in &documented {
+        let known = if let Some(leaf) = doc.strip_prefix("*.") {
+            keys.iter().any(|k| k.ends_with(&format!(".{leaf}")))
+        } else if let Some(group) = doc.strip_suffix(".*") {
+            keys.iter().any(|k| k.starts_with(&format!("{group}.")))
+        } else {
+            keys.contains(doc)
+        };
+        assert!(
+            known,
+            "docs/install.md documents {doc}, which values.yaml lacks"
+        );
+    }
+}
