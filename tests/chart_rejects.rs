@@ -146,6 +146,15 @@ fn registry_settings_the_mirror_cannot_honour_are_rejected() {
         ],
         "registries[0].ca",
     );
+    let message = render(&[
+        "--set",
+        "edgeNodePool.id=a",
+        "--set-json",
+        r#"registries=[{"host":"h.example","ca":"PEM"}]"#,
+    ])
+    .unwrap_err();
+    assert!(message.contains("not supported"), "{message}");
+    assert!(message.contains("leave h.example out"), "{message}");
     assert_rejected(
         &[
             "--set",

@@ -84,7 +84,7 @@ A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
 {{- $out := list -}}
 {{- range $i, $r := .Values.registries -}}
 {{- if $r.ca -}}
-{{- fail (printf "registries[%d].ca: custom CAs are not supported: the mirror trusts the public web PKI only, so it could not fetch from this registry; use a registry with a publicly trusted certificate, or insecure: true for plain HTTP" $i) -}}
+{{- fail (printf "registries[%d].ca: not supported: the mirror's upstream client trusts the public web PKI only, so it could not fetch from a registry whose certificate needs this CA. Use a publicly trusted certificate, or insecure: true for plain HTTP, or leave %s out of registries (containerd then pulls it directly, with a CA you configure in its own hosts.toml)" $i $r.host) -}}
 {{- end -}}
 {{- $url := $r.endpoint -}}
 {{- if not $url -}}
