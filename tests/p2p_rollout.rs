@@ -190,8 +190,16 @@ fn memory_cache_serves_pulls_and_is_gone_after_restart() {
     );
     assert!(bed.agents[a].metric(CACHE_HITS) >= bed.fx.image.blobs().len() as f64);
 
-    // A restart loses the cache: the same pull fetches every blob again.
+    // A restart (a SIGKILL, no clean-up) loses the cache: the same pull fetches every blob
+    // again, and the dead agent's tmpfs folder is freed by the next agent to start.
+    let before = memory_dir(&bed.agents[a].log_path());
+    assert!(before.is_dir(), "no memory cache at {}", before.display());
     bed.agents[a].restart();
+    assert!(
+        !before.exists(),
+        "the killed agent's memory cache {} still takes RAM",
+        before.display()
+    );
     bed.pull(a);
     let agent = &bed.agents[a];
     eprintln!(
@@ -207,4 +215,35 @@ fn memory_cache_serves_pulls_and_is_gone_after_restart() {
         agent.metric(SOURCE_BYTES),
         bed.one_copy()
     );
+}
+
+/// The memory cache folder the agent's last "agent ready" line names.
+fn memory_dir(log: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(log).unwrap();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("agent ready"))
+        .unwrap();
+    let plain: String = strip_ansi(line);
+    let at = plain.find("cache=").unwrap() + "cache=".len();
+    let path = plain[at..].split_whitespace().next().unwrap();
+    std::path::PathBuf::from(path)
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

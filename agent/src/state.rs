@@ -100,7 +100,7 @@ impl AgentState {
 
 pub struct AgentServer {
     state: web::Data<AgentState>,
-    _scratch: Option<tempfile::TempDir>,
+    _scratch: Option<Scratch>,
 }
 
 impl AgentServer {
@@ -238,28 +238,112 @@ impl AgentServer {
     }
 }
 
-fn cache_root(cfg: &AgentConfig) -> crate::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+/// A cache folder that lives as long as the agent: held only for what its drop removes.
+#[allow(dead_code)]
+enum Scratch {
+    Disk(tempfile::TempDir),
+    Memory(MemoryDir),
+}
+
+fn cache_root(cfg: &AgentConfig) -> crate::Result<(std::path::PathBuf, Option<Scratch>)> {
     if cfg.cache.mode == CacheMode::Memory {
         // Memory mode keeps blobs on tmpfs: RAM-backed, gone with the process.
         let shm = std::path::Path::new("/dev/shm");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("poolcast-agent-");
-        let dir = if shm.is_dir() {
-            builder.tempdir_in(shm)
+        let parent = if shm.is_dir() {
+            shm.to_path_buf()
         } else {
-            builder.tempdir()
-        }
-        .map_err(mirror::Error::from)?;
-        return Ok((dir.path().to_path_buf(), Some(dir)));
+            std::env::temp_dir()
+        };
+        let dir = MemoryDir::create(&parent).map_err(mirror::Error::from)?;
+        return Ok((dir.dir.path().to_path_buf(), Some(Scratch::Memory(dir))));
     }
     if cfg.cache_host_path.is_empty() {
         let dir = tempfile::Builder::new()
             .prefix("poolcast-agent-")
             .tempdir()
             .map_err(mirror::Error::from)?;
-        return Ok((dir.path().to_path_buf(), Some(dir)));
+        return Ok((dir.path().to_path_buf(), Some(Scratch::Disk(dir))));
     }
     Ok((std::path::PathBuf::from(&cfg.cache_host_path), None))
+}
+
+const MEMORY_PREFIX: &str = "poolcast-agent-mem-";
+
+/// A memory-mode cache folder on tmpfs, with a lock file beside it (`<dir>.lock`) that this
+/// process holds locked. A killed agent cannot remove its folder, and on tmpfs that is RAM
+/// lost until reboot (or for as long as the pod's `/dev/shm` lives): the next agent to start
+/// removes every folder whose lock nobody holds.
+struct MemoryDir {
+    dir: tempfile::TempDir,
+    lock_path: std::path::PathBuf,
+    _lock: std::fs::File,
+}
+
+impl MemoryDir {
+    fn create(parent: &std::path::Path) -> std::io::Result<MemoryDir> {
+        sweep_dead_memory_dirs(parent);
+        let dir = tempfile::Builder::new()
+            .prefix(MEMORY_PREFIX)
+            .tempdir_in(parent)?;
+        let name = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Locked under a name the sweep ignores, then renamed: a lock file is never seen
+        // unlocked while its agent lives.
+        let pending = parent.join(format!(".{name}.lock"));
+        let lock = std::fs::File::create(&pending)?;
+        lock.try_lock().map_err(std::io::Error::other)?;
+        let lock_path = parent.join(format!("{name}.lock"));
+        std::fs::rename(&pending, &lock_path)?;
+        Ok(MemoryDir {
+            dir,
+            lock_path,
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for MemoryDir {
+    fn drop(&mut self) {
+        // The folder goes with `dir`, after this.
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Removes memory-mode folders of agents that died without cleaning up.
+fn sweep_dead_memory_dirs(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(dir) = name
+            .strip_suffix(".lock")
+            .filter(|d| d.starts_with(MEMORY_PREFIX))
+        else {
+            continue;
+        };
+        let Ok(lock) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue; // its agent is alive
+        }
+        let dir = parent.join(dir);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the memory cache of an agent that died")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dead agent's memory cache");
+                continue;
+            }
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
 }
 
 async fn metrics_text(state: web::Data<AgentState>) -> HttpResponse {
