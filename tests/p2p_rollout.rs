@@ -8,7 +8,8 @@ mod common;
 
 use common::agent::{CACHE_HITS, PEER_BYTES, SERVED_BYTES, SOURCE_BYTES};
 use common::p2p::{BedSpec, P2pBed};
-use common::Containerd;
+use common::scheduler::{DECISIONS, PEERS, TASKS};
+use common::{assert_eventually, Containerd};
 
 const POOL: &str = "pool-a";
 
@@ -214,6 +215,41 @@ fn memory_cache_serves_pulls_and_is_gone_after_restart() {
         "the restarted agent fetched {} bytes, less than the image ({})",
         agent.metric(SOURCE_BYTES),
         bed.one_copy()
+    );
+}
+
+#[test]
+fn evicted_blobs_stop_being_offered_to_peers() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 36,
+        ..BedSpec::default()
+    });
+    // Blobs unused for 2 s expire; the cache GC runs every second.
+    let a = bed.add_agent(POOL, &["--cache-ttl", "2s"]);
+    bed.pull(a);
+    // (Not "the scheduler knows every blob" first: the earliest may already have expired.)
+    assert!(
+        bed.scheduler().metric(DECISIONS) > 0.0,
+        "the pull skipped the scheduler"
+    );
+    assert_eventually(
+        std::time::Duration::from_secs(20),
+        "the scheduler forgets the blobs the agent's cache evicted",
+        || bed.scheduler().metric(TASKS) == 0.0,
+    );
+    assert_eq!(bed.scheduler().metric(PEERS), 1.0, "the agent itself stays");
+    // A new node is sent to the mirror, not to a holder that would answer 404.
+    let b = bed.add_agent(POOL, &[]);
+    bed.pull(b);
+    assert_eq!(
+        bed.agents[b].peer_bytes("in"),
+        0.0,
+        "bytes came from an agent that no longer holds the image"
+    );
+    assert_eq!(
+        bed.agents[b].metric(common::agent::PIECE_FAILURES),
+        0.0,
+        "the new node was sent to a peer without the pieces"
     );
 }
 
