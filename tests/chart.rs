@@ -25,6 +25,8 @@ struct Case {
     host_path: &'static str,
     cache_mode: &'static str,
     hosts_toml: bool,
+    /// More `helm template` arguments.
+    extra: &'static [&'static str],
 }
 
 impl Case {
@@ -43,6 +45,9 @@ impl Case {
             "--set".into(),
             format!("containerd.hostsToml={}", self.hosts_toml),
         ]
+        .into_iter()
+        .chain(self.extra.iter().map(|a| a.to_string()))
+        .collect()
     }
 
     fn render(&self) -> String {
@@ -53,7 +58,7 @@ impl Case {
 }
 
 /// p2p/source x one/three pools x nodeSelectorEnable x hostPath set/empty x disk/memory, with
-/// containerd wiring; plus one case without it.
+/// containerd wiring; plus one case without it, and one with ACR instances and `_default`.
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
     for pattern in ["p2p", "source"] {
@@ -68,6 +73,7 @@ fn matrix() -> Vec<Case> {
                             host_path,
                             cache_mode,
                             hosts_toml: true,
+                            extra: &[],
                         });
                     }
                 }
@@ -76,6 +82,19 @@ fn matrix() -> Vec<Case> {
     }
     cases.push(Case {
         hosts_toml: false,
+        ..cases[0]
+    });
+    cases.push(Case {
+        extra: &[
+            "--set-json",
+            r#"registryInstances="cri-a=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com,shop""#,
+            "--set",
+            "region=cn-shanghai",
+            "--set",
+            "containerd.defaultMirror=true",
+            "--set",
+            "mirror.allowAnyRegistry=true",
+        ],
         ..cases[0]
     });
     cases
@@ -157,11 +176,11 @@ fn every_rendered_config_file_is_accepted_by_poolcast() {
             }
         }
     }
-    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 1 more p2p one;
-    // and the webhook's in each of the 33.
+    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 2 more one-pool
+    // p2p ones; and the webhook's in each of the 34.
     assert_eq!(
         checked,
-        8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + (1 + 2) + 33
+        8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + 2 * (1 + 2) + 34
     );
 }
 
