@@ -150,7 +150,10 @@ impl AgentServer {
             _ => None,
         };
         if cfg.secret.is_empty() {
-            tracing::warn!("no secret configured: peer traffic is not authenticated");
+            tracing::warn!(
+                "no secret configured: peer traffic is not authenticated, and the peer port \
+                 serves every piece this node holds to anyone who can reach it"
+            );
         }
         let limits = Limits {
             total: RateLimit::new(cfg.ratelimit.0),
