@@ -41,6 +41,10 @@ pub struct Ingest {
     pub digest: Digest,
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
+    /// Per piece size, the digests of the pieces arrived so far (see `pieces`): every agent of
+    /// a pool long-polls a blob still arriving at once, and each piece is hashed once, not once
+    /// per agent. It dies with this ingest, so a failed fetch's bytes never vouch for the next.
+    pub piece_digests: tokio::sync::Mutex<HashMap<u64, Vec<String>>>,
 }
 
 /// The sending half, held by the fetch task.
@@ -108,6 +112,7 @@ impl Ingests {
             digest: digest.clone(),
             file: file.clone(),
             progress: rx,
+            piece_digests: Default::default(),
         });
         map.insert(digest.hex().to_string(), ingest.clone());
         let writer = IngestWriter {

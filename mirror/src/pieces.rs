@@ -24,6 +24,8 @@ const MAX_PER_ANSWER: u64 = 4096;
 /// How long a request waits for the next piece of a blob still arriving.
 const LONG_POLL: Duration = Duration::from_secs(5);
 const MEMO_ENTRIES: usize = 256;
+/// Piece sizes whose digests one arriving blob keeps (a pool uses one).
+const MAX_ARRIVING_SIZES: usize = 4;
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -174,18 +176,28 @@ async fn arriving(
             Err(_) => break (avail, size, false),
         }
     };
-    let mut pieces = Vec::new();
-    let mut index = from;
-    while pieces.len() < MAX_PER_ANSWER as usize && index * piece_size < size {
-        let start = index * piece_size;
-        let end = (start + piece_size).min(size);
-        if end > avail {
-            break;
-        }
-        let bytes = ingest.read_at(start, (end - start) as usize).await?;
-        pieces.push(hex::encode(sha2::Sha256::digest(&bytes)));
-        index += 1;
+    // Extend the ingest's shared list to what has arrived, then answer from it.
+    let arrived = if avail >= size {
+        size.div_ceil(piece_size)
+    } else {
+        avail / piece_size
+    };
+    let wanted = arrived.min(from.saturating_add(MAX_PER_ANSWER));
+    let mut memo = ingest.piece_digests.lock().await;
+    if memo.len() >= MAX_ARRIVING_SIZES && !memo.contains_key(&piece_size) {
+        memo.clear(); // a client cycling through piece sizes; the pool's own size comes back
     }
+    let known = memo.entry(piece_size).or_default();
+    while (known.len() as u64) < wanted {
+        let start = known.len() as u64 * piece_size;
+        let end = (start + piece_size).min(size);
+        let bytes = ingest.read_at(start, (end - start) as usize).await?;
+        known.push(hex::encode(sha2::Sha256::digest(&bytes)));
+    }
+    let first = (from as usize).min(known.len());
+    let pieces = known[first..(wanted as usize).max(first)].to_vec();
+    drop(memo);
+    let index = from + pieces.len() as u64;
     Ok(PieceList {
         digest: digest.to_string(),
         size,
@@ -200,6 +212,49 @@ async fn arriving(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[tokio::test]
+    async fn pieces_of_a_blob_still_arriving_are_hashed_once_and_paged() {
+        use crate::ingest::{Ingests, Joined};
+        use std::os::unix::fs::FileExt;
+        let data: Vec<u8> = (0..(10 * 1024)).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(&data);
+        let ingests = Arc::new(Ingests::default());
+        let make = || Ok(tempfile::NamedTempFile::new()?.into_parts());
+        let Ok(Joined::Started(ingest, writer)) = ingests.join_or_start(&digest, make) else {
+            panic!("should start");
+        };
+        let want: Vec<String> = data
+            .chunks(4096)
+            .map(|c| hex::encode(sha2::Sha256::digest(c)))
+            .collect();
+        // 6 KiB of 10 have arrived: one whole 4 KiB piece.
+        writer.file.write_all_at(&data[..6144], 0).expect("write");
+        writer.set(Progress::Running {
+            written: 6144,
+            size: Some(data.len() as u64),
+        });
+        let first = arriving(&ingest, &digest, 4096, 0).await.expect("list");
+        assert_eq!(
+            (first.pieces.clone(), first.complete),
+            (want[..1].to_vec(), false)
+        );
+        writer
+            .file
+            .write_all_at(&data[6144..], 6144)
+            .expect("write");
+        writer.set(Progress::Done {
+            size: data.len() as u64,
+        });
+        let rest = arriving(&ingest, &digest, 4096, 1).await.expect("list");
+        assert_eq!((rest.pieces, rest.complete), (want[1..].to_vec(), true));
+        let memo = ingest.piece_digests.lock().await;
+        assert_eq!(
+            memo.get(&4096),
+            Some(&want),
+            "each piece hashed once, kept in order"
+        );
+    }
 
     #[test]
     fn pieces_hash_each_slice_and_the_short_tail() {
