@@ -232,8 +232,9 @@ pub struct SchedulerConfig {
     /// How often agents are told to announce while downloading.
     pub announce_interval: HumanDuration,
     /// Most pieces of one blob a pool fetches from its mirror at once. Few, so that each
-    /// comes fast and peers pass it on while the mirror sends the next; many parallel ranges
-    /// only slice the mirror's link thinner and hold every piece back.
+    /// comes fast and peers pass it on while the mirror sends the next; but not one or two:
+    /// each range shares its receiver's downlink with that node's peer transfers, and with
+    /// two the mirror's link ran at about 60% on the fan-out bed (4: about 85%).
     pub source_pieces_in_flight: u32,
 }
 
@@ -247,7 +248,7 @@ impl Default for SchedulerConfig {
             source_assign_timeout: HumanDuration(Duration::from_secs(15)),
             max_parents: 16,
             announce_interval: HumanDuration(Duration::from_millis(500)),
-            source_pieces_in_flight: 2,
+            source_pieces_in_flight: 4,
         }
     }
 }

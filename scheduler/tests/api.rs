@@ -118,10 +118,14 @@ fn status_of(e: Error) -> u16 {
 
 #[actix_web::test]
 async fn announce_over_http_hands_out_parents_and_source_pieces() {
-    let s = Running::start(config(SECRET, vec![])).await;
+    let s = Running::start(SchedulerConfig {
+        source_pieces_in_flight: 2,
+        ..config(SECRET, vec![])
+    })
+    .await;
     let c = s.client(SECRET, "np-1");
     let first = c.announce(&ask("n1", "np-1", &[])).await.expect("announce");
-    // The pool fetches `sourcePiecesInFlight` (2) pieces from its mirror at a time.
+    // The pool fetches `sourcePiecesInFlight` (here 2) pieces from its mirror at a time.
     assert_eq!(first.source_pieces, vec![0, 1]);
     assert_eq!(first.interval_ms, 500);
     assert_eq!(first.reachable_pools, vec!["np-1"]);
