@@ -53,6 +53,10 @@ pub struct MirrorArgs {
     /// Revalidate manifests fetched by tag after this long [config: manifestTTL; default 30s].
     #[arg(long, env = "POOLCAST_MANIFEST_TTL")]
     manifest_ttl: Option<HumanDuration>,
+    /// PEM file of CA certificates trusted for upstream HTTPS besides the public web PKI
+    /// [config: upstreamCAFile; default: the public web PKI only].
+    #[arg(long, env = "POOLCAST_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<PathBuf>,
 }
 
 impl MirrorArgs {
@@ -74,6 +78,11 @@ impl MirrorArgs {
         set!(c.ratelimit, self.ratelimit);
         set!(c.auth_cache_ttl, self.auth_cache_ttl);
         set!(c.manifest_ttl, self.manifest_ttl);
+        set!(
+            c.upstream_ca_file,
+            self.upstream_ca_file
+                .map(|f| f.to_string_lossy().into_owned())
+        );
         c.oss_internet_accelerate |= self.oss_internet_accelerate;
         c.allow_any_registry |= self.allow_any_registry;
         c.validate()?;
@@ -286,5 +295,40 @@ impl WebhookArgs {
         c.plain_http |= self.plain_http;
         c.validate()?;
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mirror: MirrorArgs,
+    }
+
+    #[test]
+    fn the_upstream_ca_flag_overrides_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mirror.yaml");
+        std::fs::write(
+            &path,
+            "upstreams: [\"https://h.example\"]\nupstreamCAFile: /from/file.pem\n",
+        )
+        .unwrap();
+        let config = path.to_str().unwrap();
+        let from = |args: &[&str]| {
+            let argv = ["poolcast-mirror", "--config", config];
+            let cli = Cli::try_parse_from(argv.iter().chain(args)).unwrap();
+            cli.mirror.into_config().unwrap().upstream_ca_file
+        };
+        assert_eq!(from(&[]), "/from/file.pem");
+        assert_eq!(
+            from(&["--upstream-ca-file", "/from/flag.pem"]),
+            "/from/flag.pem"
+        );
     }
 }

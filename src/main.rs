@@ -204,7 +204,7 @@ fn bind(addr: &str, what: &str) -> Result<TcpListener> {
 
 fn mirror_server(config: &MirrorConfig) -> Result<mirror::MirrorServer> {
     mirror::MirrorServer::new(config, Arc::new(mirror::Metrics::new()))
-        .context("opening the mirror's cache")
+        .context("starting the mirror")
 }
 
 fn scheduler_server(config: &SchedulerConfig) -> Result<scheduler::SchedulerServer> {

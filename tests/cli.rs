@@ -32,6 +32,10 @@ fn bad_config_value_stops_start_up_with_one_line_naming_the_key() {
             "listen",
         ),
         ("cacheHostPath: /tmp\n", "upstreams"),
+        (
+            "upstreams: [\"https://127.0.0.1:1\"]\nupstreamCAFile: /nonexistent/poolcast-ca.pem\n",
+            "upstreamCAFile",
+        ),
     ];
     for (yaml, key) in cases {
         let path = dir.path().join("mirror.yaml");

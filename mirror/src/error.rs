@@ -46,6 +46,9 @@ pub enum Error {
     ManifestTooLarge(usize),
     #[error("upstream transfer failed: {0}")]
     Transfer(String),
+    /// `upstreamCAFile` cannot be used: unreadable, no certificate in it, or bad PEM/DER.
+    #[error("upstreamCAFile {path}: {message}")]
+    UpstreamCa { path: String, message: String },
     #[error("cache I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("cache index: {0}")]
@@ -90,7 +93,9 @@ impl ResponseError for Error {
             | Error::SizeMismatch { .. }
             | Error::ManifestTooLarge(_)
             | Error::Transfer(_) => StatusCode::BAD_GATEWAY,
-            Error::Io(_) | Error::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Io(_) | Error::Index(_) | Error::UpstreamCa { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

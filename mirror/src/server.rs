@@ -10,7 +10,7 @@ use crate::manifests;
 use crate::metrics::Metrics;
 use crate::reference::{split_path, validate_name, Digest, Reference};
 use crate::store::{unix, BlobStore};
-use crate::upstream::{refusal, RequestOpts, Upstream, UpstreamClient};
+use crate::upstream::{refusal, RequestOpts, Upstream, UpstreamClient, UpstreamRoots};
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -185,6 +185,14 @@ pub struct MirrorServer {
 
 impl MirrorServer {
     pub fn new(config: &MirrorConfig, metrics: Arc<Metrics>) -> Result<Self> {
+        // Before the cache: a CA file that cannot be used stops start-up with nothing opened.
+        let roots = if config.upstream_ca_file.is_empty() {
+            UpstreamRoots::default()
+        } else {
+            let roots = UpstreamRoots::load(&config.upstream_ca_file)?;
+            tracing::info!(file = %config.upstream_ca_file, certificates = roots.len(), "upstream CA file read");
+            roots
+        };
         let (root, scratch) = if config.cache_host_path.is_empty() {
             let dir = tempfile::Builder::new()
                 .prefix("poolcast-mirror-")
@@ -200,7 +208,11 @@ impl MirrorServer {
         let state = AppState {
             upstreams: config.upstreams.iter().map(Upstream::from_spec).collect(),
             allow_any_registry: config.allow_any_registry,
-            client: UpstreamClient::new(config.connect_timeout.0, config.oss_internet_accelerate)?,
+            client: UpstreamClient::new(
+                config.connect_timeout.0,
+                config.oss_internet_accelerate,
+                &roots,
+            )?,
             store: Arc::new(store),
             ingests: Arc::new(Ingests::default()),
             limit: Arc::new(RateLimit::new(config.ratelimit.0)),

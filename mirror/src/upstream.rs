@@ -1,6 +1,7 @@
 //! Talking to upstream registries: URLs for `?ns=`, credentials passed through, redirects
 //! followed by hand so `Authorization` never leaves the registry's own origin, and OSS
-//! transfer acceleration for blobs that upstream redirects to OSS.
+//! transfer acceleration for blobs that upstream redirects to OSS. Upstream HTTPS trusts the
+//! public web PKI and, with `upstreamCAFile`, the private CAs in that file.
 
 use crate::error::{Error, Result, UpstreamReply};
 use crate::reference::Digest;
@@ -74,21 +75,82 @@ fn header_value(bytes: &[u8], name: &str) -> Result<HeaderValue> {
         .map_err(|_| Error::Transfer(format!("client sent an invalid {name} header")))
 }
 
+/// CA certificates trusted for upstream HTTPS besides the public web PKI, read from the
+/// `upstreamCAFile` named by `path`.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamRoots {
+    path: String,
+    certs: Vec<reqwest::Certificate>,
+}
+
+impl UpstreamRoots {
+    /// Reads a PEM bundle. A file that cannot be read, holds no certificate or holds a bad
+    /// one is an error naming the key and the path: the mirror must not start without the
+    /// trust it was told to have.
+    pub fn load(path: &str) -> Result<Self> {
+        let fail = |message: String| Error::UpstreamCa {
+            path: path.to_string(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            fail(format!(
+                "is not a PEM certificate bundle: {}",
+                error_chain(&e)
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(fail(
+                "holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)".into(),
+            ));
+        }
+        Ok(UpstreamRoots {
+            path: path.to_string(),
+            certs,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+}
+
 pub struct UpstreamClient {
     http: reqwest::Client,
     oss_accelerate: bool,
 }
 
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration, oss_accelerate: bool) -> Result<Self> {
-        let http = reqwest::Client::builder()
+    /// `extra_roots` are trusted besides the public web PKI (empty: the public PKI only).
+    pub fn new(
+        connect_timeout: Duration,
+        oss_accelerate: bool,
+        extra_roots: &UpstreamRoots,
+    ) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .read_timeout(Duration::from_secs(60))
             .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("poolcast-mirror/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Transfer(format!("building HTTP client: {e}")))?;
+            .user_agent(concat!("poolcast-mirror/", env!("CARGO_PKG_VERSION")));
+        for cert in &extra_roots.certs {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        // The PEM parse only checks the armour; the certificates themselves are parsed here.
+        let http = builder.build().map_err(|e| {
+            if extra_roots.is_empty() {
+                Error::Transfer(format!("building HTTP client: {}", error_chain(&e)))
+            } else {
+                Error::UpstreamCa {
+                    path: extra_roots.path.clone(),
+                    message: format!("not usable as CA certificates: {}", error_chain(&e)),
+                }
+            }
+        })?;
         Ok(UpstreamClient {
             http,
             oss_accelerate,
@@ -267,6 +329,66 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_an_error_naming_the_key_and_the_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().expect("utf-8 path");
+        let err = UpstreamRoots::load(missing)
+            .expect_err("missing file")
+            .to_string();
+        assert!(
+            err.starts_with(&format!("upstreamCAFile {missing}: cannot be read")),
+            "{err}"
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").expect("write");
+        let empty = empty.to_str().expect("utf-8 path");
+        let err = UpstreamRoots::load(empty)
+            .expect_err("no certificate")
+            .to_string();
+        assert!(
+            err.contains("upstreamCAFile") && err.contains("holds no certificate"),
+            "{err}"
+        );
+
+        // Valid armour around bytes that are not a certificate: refused when the client is built.
+        let bogus = dir.path().join("bogus.pem");
+        std::fs::write(
+            &bogus,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let bogus = bogus.to_str().expect("utf-8 path");
+        let err = match UpstreamRoots::load(bogus) {
+            Err(e) => e.to_string(),
+            Ok(roots) => UpstreamClient::new(Duration::from_secs(1), false, &roots)
+                .err()
+                .expect("a bogus certificate is refused")
+                .to_string(),
+        };
+        assert!(
+            err.starts_with(&format!("upstreamCAFile {bogus}: ")),
+            "{err}"
+        );
+
+        let bad_base64 = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad_base64,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let bad_base64 = bad_base64.to_str().expect("utf-8 path");
+        let err = UpstreamRoots::load(bad_base64)
+            .expect_err("bad PEM")
+            .to_string();
+        assert!(
+            err.starts_with(&format!("upstreamCAFile {bad_base64}: ")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -104,6 +104,11 @@ pub struct MirrorConfig {
     pub manifest_ttl: HumanDuration,
     /// Time allowed to connect to an upstream.
     pub connect_timeout: HumanDuration,
+    /// PEM file of CA certificates that upstream HTTPS is also trusted with, besides the public
+    /// web PKI (a registry whose certificate a private CA signed); empty: the public PKI only.
+    /// Read at start: a file that cannot be read or holds no certificate stops the mirror.
+    #[serde(rename = "upstreamCAFile")]
+    pub upstream_ca_file: String,
     /// A cached file verified longer ago than this is hashed again before its next serve, so
     /// rot that leaves length and mtime alone is caught within this time; `0s`: every serve.
     pub verify_interval: HumanDuration,
@@ -123,6 +128,7 @@ impl Default for MirrorConfig {
             auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
             manifest_ttl: HumanDuration(Duration::from_secs(30)),
             connect_timeout: HumanDuration(Duration::from_secs(5)),
+            upstream_ca_file: String::new(),
             verify_interval: HumanDuration(Duration::from_secs(3600)),
         }
     }
@@ -321,7 +327,15 @@ mod tests {
         assert!(c.oss_internet_accelerate);
         assert_eq!(c.upstreams[0].ns, "docker.io");
         assert_eq!(c.upstreams[1].ns, "harbor");
+        assert_eq!(c.upstream_ca_file, "", "no private CA unless asked");
         c.validate().expect("valid");
+        let c = parse(
+            "upstreams: [\"https://harbor.example\"]\nupstreamCAFile: /etc/poolcast-ca/ca.pem\n",
+        )
+        .expect("parses");
+        assert_eq!(c.upstream_ca_file, "/etc/poolcast-ca/ca.pem");
+        let err = parse("upstreamCaFile: /x\n").expect_err("the key is spelled upstreamCAFile");
+        assert!(err.contains("upstreamCaFile"), "{err}");
     }
 
     #[test]

@@ -46,7 +46,8 @@ impl Fixture {
         )
     }
 
-    fn around(
+    /// As [`Fixture::new`], in front of a registry the caller started.
+    pub fn around(
         registry: Registry,
         layer_sizes: &[usize],
         seed: u64,

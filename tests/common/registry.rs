@@ -1,6 +1,7 @@
 //! The CNCF distribution registry (`docker-registry serve`, v2.8) as the origin, with filesystem
 //! storage in a temp dir and optionally htpasswd (bcrypt) basic auth, or Bearer token auth
-//! against a [`TokenIssuer`] whose JWTs it verifies itself.
+//! against a [`TokenIssuer`] whose JWTs it verifies itself, or over HTTPS with a given
+//! certificate (`http.tls`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub struct Registry {
     port: u16,
     creds: Option<(String, String)>,
     token: Option<TokenAuth>,
+    /// Serve HTTPS with this PEM certificate chain and key (files in `dir`).
+    tls: bool,
     dir: TempDir,
 }
 
@@ -49,11 +52,30 @@ impl Registry {
             .expect("starting docker-registry with token auth")
     }
 
+    /// An anonymous, read-write registry serving HTTPS with `cert_pem` (the chain) and
+    /// `key_pem`; `url()` is then `https://127.0.0.1:PORT`.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Registry {
+        Self::try_launch(None, None, Some((cert_pem, key_pem)))
+            .expect("starting docker-registry with TLS")
+    }
+
     fn launch(creds: Option<(String, String)>, token: Option<TokenAuth>) -> Result<Registry> {
+        Self::try_launch(creds, token, None)
+    }
+
+    fn try_launch(
+        creds: Option<(String, String)>,
+        token: Option<TokenAuth>,
+        tls: Option<(&str, &str)>,
+    ) -> Result<Registry> {
         require_tool("docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("poolcast-registry-")
             .tempdir()?;
+        if let Some((cert, key)) = tls {
+            fs::write(dir.path().join("tls-cert.pem"), cert)?;
+            fs::write(dir.path().join("tls-key.pem"), key)?;
+        }
         if let (Some((user, pass)), None) = (&creds, &token) {
             require_tool("htpasswd");
             // -B: bcrypt, the only hash distribution's htpasswd accepts.
@@ -70,6 +92,7 @@ impl Registry {
             port: 0,
             creds,
             token,
+            tls: tls.is_some(),
             dir,
         };
         let mut last_err = None;
@@ -110,11 +133,20 @@ impl Registry {
         } else {
             String::new()
         };
+        let tls = if self.tls {
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                root.join("tls-cert.pem").display(),
+                root.join("tls-key.pem").display()
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n\
+             http:\n  addr: 127.0.0.1:{port}\n{tls}\
              {auth}",
             data = root.join("data").display(),
             port = self.port,
@@ -134,8 +166,10 @@ impl Registry {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
+        // Readiness only: whether the certificate is trusted is what the tests themselves check.
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(2))
+            .danger_accept_invalid_certs(true)
             .build()?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let want = if self.creds.is_some() { 401 } else { 200 };
@@ -173,7 +207,8 @@ impl Registry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.host())
     }
 
     pub fn creds(&self) -> Option<(&str, &str)> {
