@@ -23,6 +23,19 @@
 //! admission webhook writes into pods' images (`nodepool::distributed`): same `server`, same
 //! agent, so that name needs no DNS; containerd sends it in `?ns=` and the agent maps it back.
 //!
+//! With `--ca NS=FILE` the registry's server is trusted with that PEM CA bundle: containerd
+//! ignores the Docker-style `*.crt` files of a folder that has a `hosts.toml`, so the bundle is
+//! copied beside it as `poolcast-ca.crt` and named by a top-level `ca`, which applies to
+//! `server` (relative, so containerd resolves it in that folder whatever the folder is called
+//! where this command runs; its own name so an operator's `ca.crt` is never overwritten):
+//!
+//! ```text
+//!   <config_path>/<registry>/hosts.toml
+//!     server = "https://<registry>"
+//!     ca = "poolcast-ca.crt"                          <- <config_path>/<registry>/poolcast-ca.crt
+//!     [host."http://127.0.0.1:65001"]
+//! ```
+//!
 //! A `hosts.toml` that poolcast did not write (no marker line) is left alone, on write and on
 //! remove: the operator's own registry setup wins.
 
@@ -36,6 +49,33 @@ const MARKER: &str = "# Written by poolcast hosts; removed by `poolcast hosts re
 
 /// The folder containerd reads for a registry that has none of its own.
 const DEFAULT_HOST: &str = "_default";
+
+/// The CA bundle `--ca` copies beside a `hosts.toml`.
+const CA_FILE: &str = "poolcast-ca.crt";
+
+/// `--ca NS=FILE`: the PEM CA bundle that registry `NS`'s server certificate chains to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryCa {
+    ns: String,
+    file: PathBuf,
+}
+
+impl std::str::FromStr for RegistryCa {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().split_once('=') {
+            Some((ns, file)) if !ns.trim().is_empty() && !file.trim().is_empty() => {
+                Ok(RegistryCa {
+                    ns: ns.trim().to_ascii_lowercase(),
+                    file: PathBuf::from(file.trim()),
+                })
+            }
+            _ => Err(format!(
+                "`{s}`: expected NS=FILE, a registry as --registry names it and a PEM CA file"
+            )),
+        }
+    }
+}
 
 #[derive(Subcommand)]
 pub enum HostsCommand {
@@ -86,9 +126,33 @@ pub struct HostsArgs {
         default_value = nodepool::distributed::DEFAULT_SUFFIX
     )]
     distributed_suffix: String,
+    /// `NS=FILE`: trust registry NS's server with the PEM CA bundle FILE, copied beside its
+    /// hosts.toml as `poolcast-ca.crt` (containerd ignores `*.crt` files once a hosts.toml
+    /// exists); repeat for several. `remove` removes the copy.
+    #[arg(long = "ca", env = "POOLCAST_HOSTS_CA", value_delimiter = ',')]
+    cas: Vec<RegistryCa>,
 }
 
 impl HostsArgs {
+    /// The `--ca` file of registry `ns`; fails on a `--ca` that names no `--registry`.
+    fn ca_of(&self, ns: &str) -> Result<Option<&Path>> {
+        for ca in &self.cas {
+            if !self.registries.iter().any(|r| r.ns == ca.ns) {
+                anyhow::bail!(
+                    "--ca {}={}: `{}` is not one of the --registry hosts",
+                    ca.ns,
+                    ca.file.display(),
+                    ca.ns
+                );
+            }
+        }
+        Ok(self
+            .cas
+            .iter()
+            .find(|ca| ca.ns == ns)
+            .map(|ca| ca.file.as_path()))
+    }
+
     /// Each `hosts.toml` to write or remove, with the registry it sends containerd to (None:
     /// `_default`, whose fallback is whichever registry the image names).
     fn files(&self) -> Result<Vec<(PathBuf, Option<&UpstreamSpec>)>> {
@@ -121,8 +185,22 @@ impl HostsArgs {
 pub fn run(command: HostsCommand) -> Result<()> {
     match command {
         HostsCommand::Write(args) => {
-            for (path, r) in args.files()? {
-                if write(&path, &hosts_toml(r, &args.agent))? {
+            let files = args.files()?;
+            // Every CA is read before anything is written: a bad one leaves containerd as it was.
+            let mut pems = Vec::new();
+            for (_, r) in &files {
+                let ca = match r {
+                    Some(r) => args.ca_of(&r.ns)?,
+                    None => None,
+                };
+                pems.push(ca.map(read_ca).transpose()?);
+            }
+            for ((path, r), pem) in files.into_iter().zip(pems) {
+                if write(
+                    &path,
+                    &hosts_toml(r, &args.agent, pem.is_some()),
+                    pem.as_deref(),
+                )? {
                     println!("wrote {}", path.display());
                 } else {
                     eprintln!(
@@ -133,7 +211,10 @@ pub fn run(command: HostsCommand) -> Result<()> {
             }
         }
         HostsCommand::Remove(args) => {
-            for (path, _) in args.files()? {
+            for (path, r) in args.files()? {
+                if let Some(r) = r {
+                    args.ca_of(&r.ns)?;
+                }
                 if remove(&path)? {
                     println!("removed {}", path.display());
                 }
@@ -149,10 +230,21 @@ fn file_of(config_path: &Path, host: &str) -> PathBuf {
 }
 
 /// The file for `registry`; for `_default` (None) without `server`, so that containerd falls
-/// back to the registry the image names.
-fn hosts_toml(registry: Option<&UpstreamSpec>, agent: &url::Url) -> String {
+/// back to the registry the image names. With `ca`, the server is trusted with the
+/// `poolcast-ca.crt` beside the file (a top-level key, so before any table).
+fn hosts_toml(registry: Option<&UpstreamSpec>, agent: &url::Url, ca: bool) -> String {
+    let ca = if ca {
+        format!("ca = \"{CA_FILE}\"\n")
+    } else {
+        String::new()
+    };
     let server = registry
-        .map(|r| format!("server = \"{}\"\n\n", r.url.as_str().trim_end_matches('/')))
+        .map(|r| {
+            format!(
+                "server = \"{}\"\n{ca}\n",
+                r.url.as_str().trim_end_matches('/')
+            )
+        })
         .unwrap_or_default();
     format!(
         "{MARKER}\n{server}[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
@@ -168,18 +260,56 @@ fn ours(path: &Path) -> Result<Option<bool>> {
     }
 }
 
-/// Writes `text` to `path` through a temporary file (containerd never reads half a file);
-/// false when a file poolcast did not write is in the way.
-fn write(path: &Path, text: &str) -> Result<bool> {
+/// A `--ca` file's text; fails naming the file when it cannot be read or holds no certificate
+/// (containerd would log the error on every pull, and fall back to nothing).
+fn read_ca(file: &Path) -> Result<String> {
+    let pem = std::fs::read_to_string(file)
+        .with_context(|| format!("--ca: reading {}", file.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!(
+            "--ca: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            file.display()
+        );
+    }
+    Ok(pem)
+}
+
+/// Writes `to` through a temporary file in its folder, so containerd never reads half a file.
+fn replace(dir: &Path, to: &Path, text: &str) -> Result<()> {
+    let tmp = dir.join(".poolcast.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, to).with_context(|| format!("writing {}", to.display()))
+}
+
+/// Writes `text` to `path` and `ca` beside it (the CA first: the file that names it must not
+/// come before it; without `ca`, a copy left from an earlier write goes after); false when a file poolcast did not write is in the way.
+fn write(path: &Path, text: &str, ca: Option<&str>) -> Result<bool> {
     if ours(path)? == Some(false) {
         return Ok(false);
     }
     let dir = path.parent().context("hosts.toml has a folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(".hosts.toml.poolcast");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    match ca {
+        Some(pem) => {
+            replace(dir, &dir.join(CA_FILE), pem)?;
+            replace(dir, path, text)?;
+        }
+        None => {
+            replace(dir, path, text)?;
+            remove_ca(dir)?;
+        }
+    }
     Ok(true)
+}
+
+/// Removes the `poolcast-ca.crt` of a folder, if there is one.
+fn remove_ca(dir: &Path) -> Result<()> {
+    let ca = dir.join(CA_FILE);
+    match std::fs::remove_file(&ca) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", ca.display())),
+    }
 }
 
 fn remove(path: &Path) -> Result<bool> {
@@ -187,6 +317,9 @@ fn remove(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        remove_ca(dir)?;
+    }
     if let Some(dir) = path.parent() {
         // Only an empty folder goes; a CA or client cert the operator put beside it stays.
         let _ = std::fs::remove_dir(dir);
@@ -205,7 +338,7 @@ mod tests {
         let hub: UpstreamSpec = "docker.io=https://registry-1.docker.io".parse().unwrap();
         let agent: url::Url = "http://127.0.0.1:65001".parse().unwrap();
         let path = file_of(dir.path(), &hub.ns);
-        assert!(write(&path, &hosts_toml(Some(&hub), &agent)).unwrap());
+        assert!(write(&path, &hosts_toml(Some(&hub), &agent, false), None).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("server = \"https://registry-1.docker.io\"\n"),
@@ -213,7 +346,7 @@ mod tests {
         );
         assert!(text.contains("[host.\"http://127.0.0.1:65001\"]"), "{text}");
         assert!(
-            write(&path, &hosts_toml(Some(&hub), &agent)).unwrap(),
+            write(&path, &hosts_toml(Some(&hub), &agent, false), None).unwrap(),
             "its own file is replaced"
         );
         assert!(remove(&path).unwrap());
@@ -222,7 +355,7 @@ mod tests {
 
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "server = \"https://mine\"\n").unwrap();
-        assert!(!write(&path, &hosts_toml(Some(&hub), &agent)).unwrap());
+        assert!(!write(&path, &hosts_toml(Some(&hub), &agent, false), None).unwrap());
         assert!(!remove(&path).unwrap());
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
@@ -245,6 +378,7 @@ mod tests {
             distributed: true,
             distributed_suffix: "distributed.local".into(),
             default_mirror: false,
+            cas: Vec::new(),
         };
         run(HostsCommand::Write(args())).unwrap();
         let read = |host: &str| std::fs::read_to_string(file_of(dir.path(), host)).unwrap();
@@ -277,6 +411,7 @@ mod tests {
             distributed: false,
             distributed_suffix: "distributed.local".into(),
             default_mirror: true,
+            cas: Vec::new(),
         };
         run(HostsCommand::Write(args(Vec::new()))).unwrap();
         let text = std::fs::read_to_string(file_of(dir.path(), "_default")).unwrap();
@@ -293,5 +428,115 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         run(HostsCommand::Remove(args(vec![hub]))).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_registry_with_a_ca_has_it_beside_its_file_for_its_server_and_removed_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let ca_file = dir.path().join("harbor-ca.pem");
+        std::fs::write(&ca_file, pem).unwrap();
+        let config_path = dir.path().join("certs.d");
+        let args = |cas: &[&str]| HostsArgs {
+            config_path: config_path.clone(),
+            agent: "http://127.0.0.1:65001".parse().unwrap(),
+            registries: vec![
+                "harbor.example:8443=https://harbor.example:8443"
+                    .parse()
+                    .unwrap(),
+                "docker.io=https://registry-1.docker.io".parse().unwrap(),
+            ],
+            distributed: true,
+            distributed_suffix: "distributed.local".into(),
+            default_mirror: false,
+            cas: cas.iter().map(|c| c.parse().unwrap()).collect(),
+        };
+        let ca_arg = format!("harbor.example:8443={}", ca_file.display());
+        run(HostsCommand::Write(args(&[&ca_arg]))).unwrap();
+
+        // The registry's own name and its distributed name both reach its server with the CA.
+        for host in [
+            "harbor.example:8443",
+            "harbor.example.port-8443.distributed.local:65001",
+        ] {
+            let folder = config_path.join(host);
+            let text = std::fs::read_to_string(folder.join("hosts.toml")).unwrap();
+            assert_eq!(
+                text,
+                format!(
+                    "{MARKER}\nserver = \"https://harbor.example:8443\"\nca = \"poolcast-ca.crt\"\n\n\
+                     [host.\"http://127.0.0.1:65001\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                ),
+                "{host}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(folder.join(CA_FILE)).unwrap(),
+                pem,
+                "{host}"
+            );
+        }
+        // A registry without --ca has neither.
+        let hub = config_path.join("docker.io");
+        assert!(!std::fs::read_to_string(hub.join("hosts.toml"))
+            .unwrap()
+            .contains("ca ="));
+        assert!(!hub.join(CA_FILE).exists());
+
+        // Written again without --ca: the copy goes, and the file no longer names it.
+        run(HostsCommand::Write(args(&[]))).unwrap();
+        let harbor = config_path.join("harbor.example:8443");
+        assert!(!harbor.join(CA_FILE).exists());
+        assert!(!std::fs::read_to_string(harbor.join("hosts.toml"))
+            .unwrap()
+            .contains("ca ="));
+
+        // remove takes the CA with the file, and the emptied folders.
+        run(HostsCommand::Write(args(&[&ca_arg]))).unwrap();
+        run(HostsCommand::Remove(args(&[&ca_arg]))).unwrap();
+        assert_eq!(std::fs::read_dir(&config_path).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_ca_that_cannot_be_used_fails_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("certs.d");
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let args = |ca: String| HostsArgs {
+            config_path: config_path.clone(),
+            agent: "http://127.0.0.1:65001".parse().unwrap(),
+            registries: vec!["harbor.example=https://harbor.example".parse().unwrap()],
+            distributed: false,
+            distributed_suffix: "distributed.local".into(),
+            default_mirror: false,
+            cas: vec![ca.parse().unwrap()],
+        };
+        let cases = [
+            (
+                format!("harbor.example={}", not_pem.display()),
+                "holds no PEM certificate",
+            ),
+            (
+                format!(
+                    "harbor.example={}",
+                    dir.path().join("missing.pem").display()
+                ),
+                "missing.pem",
+            ),
+            (
+                format!("other.example={}", not_pem.display()),
+                "not one of the --registry hosts",
+            ),
+        ];
+        for (ca, expected) in cases {
+            let err = format!(
+                "{:#}",
+                run(HostsCommand::Write(args(ca.clone()))).unwrap_err()
+            );
+            assert!(err.contains(expected), "{ca}: {err}");
+            assert!(!config_path.exists(), "{ca}: something was written");
+        }
+        assert!("no-equals".parse::<RegistryCa>().is_err());
+        assert!("ns=".parse::<RegistryCa>().is_err());
     }
 }
