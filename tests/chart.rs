@@ -58,7 +58,8 @@ impl Case {
 }
 
 /// p2p/source x one/three pools x nodeSelectorEnable x hostPath set/empty x disk/memory, with
-/// containerd wiring; plus one case without it, and one with ACR instances and `_default`.
+/// containerd wiring; plus one case without it, one with ACR instances and `_default`, and one
+/// with a registry's private CA.
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
     for pattern in ["p2p", "source"] {
@@ -97,8 +98,19 @@ fn matrix() -> Vec<Case> {
         ],
         ..cases[0]
     });
+    cases.push(Case {
+        extra: &[
+            "--set-json",
+            r#"registries=[{"host":"docker.io"},{"host":"harbor.example.com","ca":"-----BEGIN CERTIFICATE-----\nMIIBharbor\n-----END CERTIFICATE-----\n"}]"#,
+        ],
+        ..cases[0]
+    });
     cases
 }
+
+/// Stands in for a CA in values: rendering only checks for the PEM armour.
+const PEM_A: &str = "-----BEGIN CERTIFICATE-----\nMIIBharbor\n-----END CERTIFICATE-----\n";
+const PEM_B: &str = "-----BEGIN CERTIFICATE-----\nMIIBlocal\n-----END CERTIFICATE-----\n";
 
 #[test]
 fn every_point_of_the_matrix_lints_clean() {
@@ -160,6 +172,9 @@ fn every_rendered_config_file_is_accepted_by_poolcast() {
         let objs = objects(&case.render());
         for cm in objs.iter().filter(|o| o["kind"] == "ConfigMap") {
             let component = str_of(&cm["metadata"]["labels"]["app.kubernetes.io/component"]);
+            if component == "upstream-ca" {
+                continue; // PEM files, not a component's config
+            }
             for (file, text) in cm["data"].as_mapping().unwrap() {
                 let path = dir.path().join(str_of(file));
                 std::fs::write(&path, str_of(text)).unwrap();
@@ -176,11 +191,11 @@ fn every_rendered_config_file_is_accepted_by_poolcast() {
             }
         }
     }
-    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 2 more one-pool
-    // p2p ones; and the webhook's in each of the 34.
+    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 3 more one-pool
+    // p2p ones; and the webhook's in each of the 35.
     assert_eq!(
         checked,
-        8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + 2 * (1 + 2) + 34
+        8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + 3 * (1 + 2) + 35
     );
 }
 
@@ -551,6 +566,120 @@ fn agent_pods_wire_containerd_at_start_and_unwire_it_on_stop() {
         .get("lifecycle")
         .is_none());
     assert!(mount_path(agent, "containerd-config-path").is_none());
+}
+
+#[test]
+fn a_registry_ca_reaches_every_mirror_and_containerds_fallback_to_the_registry() {
+    let registries = serde_json::json!([
+        {"host": "docker.io"},
+        {"host": "harbor.example.com", "ca": PEM_A},
+        {"host": "registry.local:5443", "ca": PEM_B},
+    ]);
+    let registries = format!("registries={registries}");
+    let objs =
+        objects(&render(&["--set-json", &pools_json(2), "--set-json", &registries]).unwrap());
+
+    // One ConfigMap: every CA for the mirrors, and each registry's own for its hosts.toml.
+    let cas = of_kind(&objs, "ConfigMap", "upstream-ca");
+    assert_eq!(cas.len(), 1);
+    let ca_name = str_of(&cas[0]["metadata"]["name"]);
+    let data = &cas[0]["data"];
+    assert_eq!(str_of(&data["ca.pem"]), format!("{PEM_A}{PEM_B}"));
+    assert_eq!(str_of(&data["registry-1.pem"]), PEM_A);
+    assert_eq!(str_of(&data["registry-2.pem"]), PEM_B);
+    assert_eq!(data.as_mapping().unwrap().len(), 3);
+
+    let mirrors = of_kind(&objs, "Deployment", "mirror");
+    assert_eq!(mirrors.len(), 2);
+    for mirror in mirrors {
+        let config = config_of(&objs, str_of(&mirror["metadata"]["name"]));
+        assert_eq!(config["upstreamCAFile"], "/etc/poolcast-ca/ca.pem");
+        assert_eq!(mount_path(mirror, "upstream-ca"), Some("/etc/poolcast-ca"));
+        assert_eq!(volume(mirror, "upstream-ca")["configMap"]["name"], ca_name);
+        let annotations = &mirror["spec"]["template"]["metadata"]["annotations"];
+        assert!(
+            annotations.get("checksum/upstream-ca").is_some(),
+            "a changed CA must restart the mirror"
+        );
+        assert_config_accepted("mirror", &config);
+    }
+
+    for agent in of_kind(&objs, "DaemonSet", "agent") {
+        let spec = &agent["spec"]["template"]["spec"];
+        let init = &spec["initContainers"][0];
+        let write = strings(&init["args"]);
+        for ca in [
+            "harbor.example.com=/etc/poolcast-ca/registry-1.pem",
+            "registry.local:5443=/etc/poolcast-ca/registry-2.pem",
+        ] {
+            assert!(
+                write.windows(2).any(|w| w[0] == "--ca" && w[1] == ca),
+                "{write:?} lacks --ca {ca}"
+            );
+        }
+        assert_eq!(write.iter().filter(|a| *a == "--ca").count(), 2);
+        let ca_mount = init["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "upstream-ca")
+            .expect("the init container mounts the CAs");
+        assert_eq!(ca_mount["mountPath"], "/etc/poolcast-ca");
+        assert_eq!(volume(agent, "upstream-ca")["configMap"]["name"], ca_name);
+
+        // The rendered command, run by the real binary on folders standing in for the node's
+        // config_path and the mounted ConfigMap.
+        let dir = tempfile::tempdir().unwrap();
+        let (certs_d, ca_dir) = (dir.path().join("certs.d"), dir.path().join("ca"));
+        std::fs::create_dir_all(&ca_dir).unwrap();
+        for (file, pem) in data.as_mapping().unwrap() {
+            std::fs::write(ca_dir.join(str_of(file)), str_of(pem)).unwrap();
+        }
+        let config_mount = str_of(&init["volumeMounts"][0]["mountPath"]);
+        let local: Vec<String> = write
+            .iter()
+            .map(|a| {
+                if a == config_mount {
+                    certs_d.display().to_string()
+                } else {
+                    a.replace("/etc/poolcast-ca", &ca_dir.display().to_string())
+                }
+            })
+            .collect();
+        let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(&local));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (host, pem) in [
+            ("harbor.example.com", PEM_A),
+            ("registry.local:5443", PEM_B),
+        ] {
+            let text = std::fs::read_to_string(certs_d.join(host).join("hosts.toml")).unwrap();
+            assert!(
+                text.contains("\nca = \"poolcast-ca.crt\"\n"),
+                "{host}: {text}"
+            );
+            let copied = std::fs::read_to_string(certs_d.join(host).join("poolcast-ca.crt"));
+            assert_eq!(copied.unwrap(), pem, "{host}");
+        }
+        let hub = std::fs::read_to_string(certs_d.join("docker.io/hosts.toml")).unwrap();
+        assert!(!hub.contains("ca ="), "{hub}");
+    }
+
+    // Without a ca: no ConfigMap, no key, no mount.
+    let plain = objects(&render(&["--set", "edgeNodePool.id=a"]).unwrap());
+    assert!(of_kind(&plain, "ConfigMap", "upstream-ca").is_empty());
+    let mirror = of_kind(&plain, "Deployment", "mirror")[0];
+    let config = config_of(&plain, str_of(&mirror["metadata"]["name"]));
+    assert!(config.get("upstreamCAFile").is_none(), "{config:?}");
+    assert!(mount_path(mirror, "upstream-ca").is_none());
+    let agent = of_kind(&plain, "DaemonSet", "agent")[0];
+    assert!(
+        !strings(&agent["spec"]["template"]["spec"]["initContainers"][0]["args"])
+            .contains(&"--ca".to_string())
+    );
 }
 
 /// The rendered MutatingWebhookConfiguration's entries, by name.

@@ -136,25 +136,29 @@ fn a_misspelled_key_is_rejected() {
 }
 
 #[test]
-fn registry_settings_the_mirror_cannot_honour_are_rejected() {
+fn registry_settings_the_chart_cannot_use_are_rejected() {
+    // A ca that holds no certificate would stop every mirror at start: refused at render.
     assert_rejected(
         &[
             "--set",
             "edgeNodePool.id=a",
             "--set-json",
-            r#"registries=[{"host":"h.example","ca":"PEM"}]"#,
+            r#"registries=[{"host":"docker.io"},{"host":"h.example","ca":"PEM"}]"#,
         ],
-        "registries[0].ca",
+        "registries[1].ca: not a PEM certificate",
     );
-    let message = render(&[
-        "--set",
-        "edgeNodePool.id=a",
-        "--set-json",
-        r#"registries=[{"host":"h.example","ca":"PEM"}]"#,
-    ])
-    .unwrap_err();
-    assert!(message.contains("not supported"), "{message}");
-    assert!(message.contains("leave h.example out"), "{message}");
+    // Plain HTTP has no certificate for a CA to check.
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let insecure = serde_json::json!([{"host": "h.example", "insecure": true, "ca": pem}]);
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set-json",
+            &format!("registries={insecure}"),
+        ],
+        "registries[0].ca: h.example is reached over plain HTTP",
+    );
     assert_rejected(
         &[
             "--set",

@@ -68,9 +68,10 @@ differ only in characters a name cannot hold stay apart. Call with the pool id.
 {{- end -}}
 
 {{/*
-Every registry the chart wires, as a JSON list of {host, url, key}: the entries of `registries`,
-then those of registryInstances and acrInstances (ACR EE instances). `key` names the value an
-entry came from, for messages. Fails naming the key on an entry that cannot be used.
+Every registry the chart wires, as a JSON list of {host, url, key, ca}: the entries of
+`registries`, then those of registryInstances and acrInstances (ACR EE instances). `key` names
+the value an entry came from, for messages; `ca` is the PEM CA of a `registries` entry, if any.
+Fails naming the key on an entry that cannot be used.
 
 An ACR entry is one of (comma-separated):
   ID=HOST   the instance's registry endpoint host, labelled by its id (cri-xxx=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com)
@@ -83,9 +84,6 @@ A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
 {{- $hostPattern := "^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$" -}}
 {{- $out := list -}}
 {{- range $i, $r := .Values.registries -}}
-{{- if $r.ca -}}
-{{- fail (printf "registries[%d].ca: not supported: the mirror's upstream client trusts the public web PKI only, so it could not fetch from a registry whose certificate needs this CA. Use a publicly trusted certificate, or insecure: true for plain HTTP, or leave %s out of registries (containerd then pulls it directly, with a CA you configure in its own hosts.toml)" $i $r.host) -}}
-{{- end -}}
 {{- $url := $r.endpoint -}}
 {{- if not $url -}}
 {{- if eq $r.host "docker.io" -}}
@@ -94,7 +92,15 @@ A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
 {{- $url = printf "%s://%s" (ternary "http" "https" (default false $r.insecure)) $r.host -}}
 {{- end -}}
 {{- end -}}
-{{- $out = append $out (dict "host" $r.host "url" (trimSuffix "/" $url) "key" (printf "registries[%d].host" $i)) -}}
+{{- if $r.ca -}}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" $r.ca) -}}
+{{- fail (printf "registries[%d].ca: not a PEM certificate: expected the CA certificate(s) of %s as -----BEGIN CERTIFICATE----- blocks" $i $r.host) -}}
+{{- end -}}
+{{- if hasPrefix "http://" $url -}}
+{{- fail (printf "registries[%d].ca: %s is reached over plain HTTP (%s), which has no certificate to check; drop ca or use https" $i $r.host $url) -}}
+{{- end -}}
+{{- end -}}
+{{- $out = append $out (dict "host" $r.host "url" (trimSuffix "/" $url) "key" (printf "registries[%d].host" $i) "ca" ($r.ca | default "")) -}}
 {{- end -}}
 {{- $region := .Values.region | default "" -}}
 {{- range $key := list "registryInstances" "acrInstances" -}}
@@ -139,6 +145,24 @@ A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
 {{- $out = append $out (printf "%s=%s" $r.host $r.url) -}}
 {{- end -}}
 {{- toJson $out -}}
+{{- end -}}
+
+{{/* The ConfigMap of the registries' CAs (registries[].ca), mounted at /etc/poolcast-ca. */}}
+{{- define "poolcast.caName" -}}
+{{ include "poolcast.fullname" . }}-upstream-ca
+{{- end -}}
+
+{{/* Every registries[].ca, one after another: the mirrors' upstreamCAFile. Empty: none. */}}
+{{- define "poolcast.caBundle" -}}
+{{- $pems := list -}}
+{{- range $r := include "poolcast.registries" . | fromJsonArray -}}
+{{- if $r.ca -}}
+{{- $pems = append $pems (trim $r.ca) -}}
+{{- end -}}
+{{- end -}}
+{{- if $pems -}}
+{{- printf "%s\n" (join "\n" $pems) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* A duration value: integers are seconds, as the ACK add-on writes them. */}}
