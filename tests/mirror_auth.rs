@@ -6,20 +6,11 @@ mod common;
 
 use common::fixture::{REPO, TAG};
 use common::registry::{TokenIssuer, TOKEN_SERVICE};
-use common::{basic_auth, raw_request, Fixture, Mirror, Registry, TestImage};
+use common::{basic_auth, leaks, raw_request, Fixture, Mirror, Registry, TestImage};
 
 const KIB: usize = 1024;
 const USER: &str = "alice";
 const PASS: &str = "s3cret";
-
-/// True if `body` holds any 32-byte run of the start of `blob`.
-fn leaks(body: &[u8], blob: &[u8]) -> bool {
-    let probe = &blob[..blob.len().min(4096)];
-    probe
-        .chunks(32)
-        .filter(|c| c.len() == 32)
-        .any(|c| body.windows(32).any(|w| w == c))
-}
 
 #[test]
 fn private_repo_cached_blob_needs_credentials() {

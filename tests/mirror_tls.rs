@@ -15,42 +15,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::tls::{certs, Certs};
 use common::{Fixture, Registry};
 
 const KIB: usize = 1024;
-
-/// A test CA, and a serving certificate for 127.0.0.1 it signed, as PEM.
-struct Certs {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-fn certs() -> Certs {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "poolcast test upstream CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.1");
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    Certs {
-        ca: ca.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
-}
 
 /// An HTTPS registry holding the usual fixture image, and a mirror in front of it with
 /// `mirror_args`.
@@ -62,7 +30,7 @@ fn tls_fixture(certs: &Certs, seed: u64, mirror_args: &[&str]) -> Fixture {
 
 #[test]
 fn a_mirror_trusting_the_private_ca_pulls_digest_identically() {
-    let certs = certs();
+    let certs = certs(&["127.0.0.1"]);
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &certs.ca).unwrap();
@@ -91,7 +59,7 @@ fn a_mirror_trusting_the_private_ca_pulls_digest_identically() {
 
 #[test]
 fn a_mirror_without_the_ca_fails_the_pull_with_a_tls_error() {
-    let certs = certs();
+    let certs = certs(&["127.0.0.1"]);
     let mut fx = tls_fixture(&certs, 62, &[]);
 
     // The registry's own GETs so far: its readiness probe and the push.

@@ -8,20 +8,11 @@ mod common;
 
 use common::agent::{SERVED_BYTES, SOURCE_BYTES};
 use common::p2p::{BedSpec, P2pBed};
-use common::{basic_auth, raw_request, verify_pulled};
+use common::{basic_auth, leaks, raw_request, verify_pulled};
 
 const POOL: &str = "pool-a";
 const USER: &str = "alice";
 const PASS: &str = "s3cret";
-
-/// True if `body` holds any 32-byte run of the start of `blob`.
-fn leaks(body: &[u8], blob: &[u8]) -> bool {
-    let probe = &blob[..blob.len().min(4096)];
-    probe
-        .chunks(32)
-        .filter(|c| c.len() == 32)
-        .any(|c| body.windows(32).any(|w| w == c))
-}
 
 #[test]
 fn agent_serves_private_blobs_only_to_requesters_upstream_accepts() {

@@ -27,6 +27,7 @@ pub mod p2p;
 pub mod process;
 pub mod registry;
 pub mod scheduler;
+pub mod tls;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -228,4 +229,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// True if `body` holds any 32-byte run of the start of `blob`.
+pub fn leaks(body: &[u8], blob: &[u8]) -> bool {
+    let probe = &blob[..blob.len().min(4096)];
+    probe
+        .chunks(32)
+        .filter(|c| c.len() == 32)
+        .any(|c| body.windows(32).any(|w| w == c))
 }
