@@ -264,7 +264,8 @@ impl Task {
         let node = &state.cfg.node;
         let now = Instant::now();
         let mut best: Option<((usize, u64), u32)> = None;
-        for i in (0..known).filter(|&i| missing(&st, i)).take(PICK_WINDOW) {
+        let pieces = if peer_inflight < peer_room { known } else { 0 };
+        for i in (0..pieces).filter(|&i| missing(&st, i)).take(PICK_WINDOW) {
             let mut holders = 0;
             let mut free = false;
             for (id, p) in &st.parents {
@@ -281,7 +282,7 @@ impl Task {
                 best = Some((key, i));
             }
         }
-        if let Some((_, index)) = best.filter(|_| peer_inflight < peer_room) {
+        if let Some((_, index)) = best {
             let holder = st
                 .parents
                 .iter()
