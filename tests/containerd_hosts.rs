@@ -36,6 +36,16 @@ fn hosts_with(action: &str, config_path: &Path, agent_url: &str, registry: &str,
 }
 
 /// `ctr images pull` with the hosts dir as `poolcast hosts` left it (nothing rewritten).
+/// containerd goes around a failing mirror silently: the agent's own counter shows it served.
+fn assert_agent_served_a_copy(bed: &P2pBed, a: usize) {
+    let served = bed.agents[a].metric(SERVED_BYTES);
+    assert!(
+        served >= bed.one_copy() as f64,
+        "the agent served {served} of {} bytes; containerd went around it",
+        bed.one_copy()
+    );
+}
+
 fn pull(containerd: &Containerd, full_ref: &str) -> String {
     let hosts_dir = containerd.hosts_dir();
     containerd
@@ -80,12 +90,7 @@ fn hosts_toml_pulls_through_the_agent_and_falls_back_to_the_registry_without_it(
 
     assert_eq!(pull(&containerd, &full_ref), bed.fx.image.manifest_digest);
     // containerd goes around a failing mirror silently: the agent's counter shows it served.
-    let served = bed.agents[a].metric(SERVED_BYTES);
-    assert!(
-        served >= bed.one_copy() as f64,
-        "the agent served {served} of {} bytes; containerd went around it",
-        bed.one_copy()
-    );
+    assert_agent_served_a_copy(&bed, a);
 
     // The agent gone (uninstalled, crashed), a node with the same hosts.toml still pulls.
     let agent_url = bed.agents[a].url().to_string();
@@ -130,12 +135,7 @@ fn a_rewritten_image_pulls_through_the_agent_and_falls_back_to_its_registry() {
     assert_eq!(pull(&containerd, &rewritten), bed.fx.image.manifest_digest);
     // The agent served it (containerd would go around a failing agent silently), having mapped
     // `?ns=<distributed name>` back to the registry the mirror knows.
-    let served = bed.agents[a].metric(SERVED_BYTES);
-    assert!(
-        served >= bed.one_copy() as f64,
-        "the agent served {served} of {} bytes",
-        bed.one_copy()
-    );
+    assert_agent_served_a_copy(&bed, a);
 
     // With the agent gone the same name still pulls, from the registry itself.
     bed.agents[a].kill();
@@ -191,12 +191,7 @@ fn the_default_hosts_toml_sends_an_unlisted_registry_through_the_agent_and_falls
     default_hosts("write", &containerd.hosts_dir(), &agent_url);
     assert!(!containerd.hosts_dir().join(&registry).exists());
     assert_eq!(pull(&containerd, &full_ref), bed.fx.image.manifest_digest);
-    let served = bed.agents[a].metric(SERVED_BYTES);
-    assert!(
-        served >= bed.one_copy() as f64,
-        "the agent served {served} of {} bytes; containerd went around it",
-        bed.one_copy()
-    );
+    assert_agent_served_a_copy(&bed, a);
 
     // With the agent gone, containerd's own fallback (the registry the image names) serves.
     bed.agents[a].kill();
