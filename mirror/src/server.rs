@@ -247,6 +247,7 @@ impl MirrorServer {
                 .route("/v2/{tail:.*}", web::to(registry_api))
         })
         .listen(listener)?
+        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
         .h1_write_buffer_size(WRITE_BUFFER)
         .disable_signals()
         .shutdown_timeout(10)

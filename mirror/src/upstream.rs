@@ -96,7 +96,7 @@ impl UpstreamRoots {
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             fail(format!(
                 "is not a PEM certificate bundle: {}",
-                error_chain(&e)
+                nodepool::wire::error_chain(&e)
             ))
         })?;
         if certs.is_empty() {
@@ -135,7 +135,7 @@ impl UpstreamClient {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .read_timeout(Duration::from_secs(60))
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(nodepool::wire::CLIENT_POOL_IDLE)
             .user_agent(concat!("poolcast-mirror/", env!("CARGO_PKG_VERSION")));
         for cert in &extra_roots.certs {
             builder = builder.add_root_certificate(cert.clone());
@@ -143,11 +143,17 @@ impl UpstreamClient {
         // The PEM parse only checks the armour; the certificates themselves are parsed here.
         let http = builder.build().map_err(|e| {
             if extra_roots.is_empty() {
-                Error::Transfer(format!("building HTTP client: {}", error_chain(&e)))
+                Error::Transfer(format!(
+                    "building HTTP client: {}",
+                    nodepool::wire::error_chain(&e)
+                ))
             } else {
                 Error::UpstreamCa {
                     path: extra_roots.path.clone(),
-                    message: format!("not usable as CA certificates: {}", error_chain(&e)),
+                    message: format!(
+                        "not usable as CA certificates: {}",
+                        nodepool::wire::error_chain(&e)
+                    ),
                 }
             }
         })?;
@@ -179,7 +185,7 @@ impl UpstreamClient {
                 .await
                 .map_err(|e| Error::UpstreamUnreachable {
                     url: redact(&current),
-                    message: error_chain(&e),
+                    message: nodepool::wire::error_chain(&e),
                 })?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
                 return Ok(resp);
@@ -235,7 +241,7 @@ pub async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>> {
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| Error::Transfer(error_chain(&e)))?
+        .map_err(|e| Error::Transfer(nodepool::wire::error_chain(&e)))?
     {
         if out.len() + chunk.len() > limit {
             return Err(Error::ManifestTooLarge(limit));
@@ -281,17 +287,6 @@ pub fn redact(url: &Url) -> String {
         url.host_str().unwrap_or(""),
         url.path()
     )
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod distributed;
 pub mod pools;
 mod units;
 mod webhook_config;
+pub mod wire;
 
 pub use agent_config::{AgentConfig, CacheConfig, CacheMode, DownloadPattern};
 pub use auth::{AuthError, AUTH_HEADER};

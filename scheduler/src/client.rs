@@ -41,6 +41,7 @@ impl SchedulerClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .pool_idle_timeout(nodepool::wire::CLIENT_POOL_IDLE)
             .build()
             .map_err(|e| Error::Client(e.to_string()))?;
         Ok(SchedulerClient {
@@ -86,7 +87,7 @@ impl SchedulerClient {
             .await
             .map_err(|e| Error::Unreachable {
                 url: url.to_string(),
-                message: error_chain(&e),
+                message: nodepool::wire::error_chain(&e),
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -109,7 +110,7 @@ impl Reply {
         let url = self.url;
         self.resp.json().await.map_err(|e| Error::Decode {
             url: url.to_string(),
-            message: error_chain(&e),
+            message: nodepool::wire::error_chain(&e),
         })
     }
 }
@@ -126,18 +127,6 @@ async fn refusal_message(resp: reqwest::Response) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
-}
-
-/// reqwest's error with its causes: "error sending request: connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -152,6 +152,7 @@ impl SchedulerServer {
                 .default_service(web::to(not_found))
         })
         .listen(listener)?
+        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
         .disable_signals()
         .shutdown_timeout(5)
         .run();
