@@ -17,6 +17,14 @@ pub enum Error {
         index: u32,
         message: String,
     },
+    /// The request got no answer at all (refused, reset, or a pooled connection the other end
+    /// had closed): worth one more try after a pause before the parent is given up.
+    #[error("piece {index} of {digest}: no answer: {message}")]
+    NoAnswer {
+        digest: String,
+        index: u32,
+        message: String,
+    },
     #[error("peer request refused: {0}")]
     PeerDenied(String),
     #[error("{0} not held here")]

@@ -22,6 +22,18 @@ const CHUNK: u64 = 128 * 1024;
 /// this get `503` and ask another holder.
 pub const UPLOAD_SLOTS: usize = 4;
 
+/// Bounds the kernel send buffer of every connection `listener` accepts from now on (Linux
+/// copies a listener's SO_SNDBUF to the sockets it accepts), so an upload slot is held until
+/// its bytes are nearly on the wire, not just in a multi-megabyte kernel buffer. `0` leaves
+/// the kernel's autotuning. See `peerSendBuffer`.
+pub fn bound_send_buffer(listener: &std::net::TcpListener, bytes: u64) -> std::io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    socket2::SockRef::from(listener).set_send_buffer_size(bytes)
+}
+
 fn authorize(req: &HttpRequest, state: &AgentState) -> Result<()> {
     if state.cfg.secret.is_empty() {
         return Ok(());
@@ -155,4 +167,38 @@ fn upload(
             chunk
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bound_send_buffer;
+    use std::net::{TcpListener, TcpStream};
+
+    fn accepted_send_buffer(bytes: u64) -> usize {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        bound_send_buffer(&listener, bytes).expect("SO_SNDBUF");
+        let _client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (conn, _) = listener.accept().expect("accept");
+        socket2::SockRef::from(&conn)
+            .send_buffer_size()
+            .expect("SO_SNDBUF")
+    }
+
+    #[test]
+    fn accepted_peer_connections_keep_the_bounded_send_buffer() {
+        // Linux doubles the value for its bookkeeping, and autotuning would let the buffer
+        // grow to net.ipv4.tcp_wmem's maximum (4 MiB by default) once data flows.
+        let got = accepted_send_buffer(256 << 10);
+        assert!(
+            (256 << 10..=512 << 10).contains(&got),
+            "an accepted peer connection has a {got}-byte send buffer, not ~256 KiB"
+        );
+    }
+
+    #[test]
+    fn zero_leaves_the_kernel_default() {
+        let bounded = accepted_send_buffer(64 << 10);
+        let default = accepted_send_buffer(0);
+        assert_ne!(bounded, default);
+    }
 }

@@ -133,7 +133,7 @@ impl AgentServer {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(cfg.connect_timeout.0)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(nodepool::wire::CLIENT_POOL_IDLE)
             .user_agent(concat!("poolcast-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| mirror::Error::Transfer(format!("HTTP client: {e}")))?;
@@ -205,9 +205,11 @@ impl AgentServer {
                 .route("/v2/{tail:.*}", web::to(registry::api))
         })
         .listen(api)?
+        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
         .disable_signals()
         .shutdown_timeout(5)
         .run();
+        peer::bound_send_buffer(&peers, self.state.cfg.peer_send_buffer.0)?;
         let state = self.state.clone();
         let peer_server = HttpServer::new(move || {
             App::new()
@@ -219,6 +221,7 @@ impl AgentServer {
                 .route("/pieces/{digest}/{index}", web::get().to(peer::serve_piece))
         })
         .listen(peers)?
+        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
         .disable_signals()
         .shutdown_timeout(5)
         .run();

@@ -52,6 +52,8 @@ const PER_PARENT: u32 = 1;
 const PEER_WHILE_SOURCING: u32 = 1;
 /// How long a parent that answered "busy" is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(150);
+/// How long a parent whose request got no answer is left alone; the second time it is dropped.
+const NO_ANSWER_BACKOFF: Duration = Duration::from_secs(1);
 const WRITE_CHUNK: usize = 128 * 1024;
 
 /// What a download needs to know about the blob and its requester.
@@ -91,6 +93,8 @@ struct TaskState {
     digests: Vec<Option<[u8; 32]>>,
     parents: HashMap<String, Parent>,
     blocked: HashSet<String>,
+    /// Parents whose request got no answer once already (see [`NO_ANSWER_BACKOFF`]).
+    unanswered: HashSet<String>,
     to_report: Vec<String>,
     assigned: HashSet<u32>,
     scheduler_ok: bool,
@@ -167,6 +171,7 @@ impl Task {
                 digests: vec![None; count as usize],
                 parents: HashMap::new(),
                 blocked: HashSet::new(),
+                unanswered: HashSet::new(),
                 to_report: Vec::new(),
                 assigned: HashSet::new(),
                 scheduler_ok: true,
@@ -347,6 +352,17 @@ impl Task {
                     p.busy_until = Some(Instant::now() + BUSY_BACKOFF);
                 }
             }
+            Err(e @ crate::Error::NoAnswer { .. })
+                if from.is_some_and(|id| !st.unanswered.contains(id)) =>
+            {
+                st.pieces[index as usize] = Piece::Missing;
+                let id = from.unwrap_or_default();
+                tracing::info!(digest = %self.spec.digest, index, peer = id, error = %e, "peer did not answer; trying it once more later");
+                st.unanswered.insert(id.to_string());
+                if let Some(p) = st.parents.get_mut(id) {
+                    p.busy_until = Some(Instant::now() + NO_ANSWER_BACKOFF);
+                }
+            }
             Err(e) => {
                 st.pieces[index as usize] = Piece::Missing;
                 match from {
@@ -375,13 +391,21 @@ impl Task {
     }
 }
 
-/// A stable per-(peer, piece) tie-breaker, so equally loaded parents share the work.
+/// A stable per-(peer, piece) tie-breaker, so equally loaded parents share the work and nodes
+/// with equally rare pieces to choose from choose differently. FNV-1a alone is not enough:
+/// ids and indexes that differ in their last bits ("n1".."n9", piece 4 and 5) come out nearly
+/// in order, so on the fan-out bed every node took its ties in the same order and asked the
+/// same few parents while others idled. The murmur3 finaliser mixes every bit into every bit.
 fn spread(id: &str, index: u32) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325 ^ index as u64;
     for b in id.bytes() {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+    h ^ (h >> 33)
 }
 
 async fn worker(state: web::Data<AgentState>, task: Arc<Task>) {
@@ -506,7 +530,11 @@ async fn fetch_piece(
         let resp = tokio::time::timeout(stall, req.send())
             .await
             .map_err(|_| stalled())?
-            .map_err(|e| err(format!("request: {e}")))?;
+            .map_err(|e| crate::Error::NoAnswer {
+                digest: task.spec.digest.to_string(),
+                index,
+                message: nodepool::wire::error_chain(&e),
+            })?;
         if resp.status() == 503 {
             return Err(crate::Error::Busy(format!("piece {index}")));
         }
@@ -522,7 +550,7 @@ async fn fetch_piece(
                 .await
                 .map_err(|_| stalled())?
                 .transpose()
-                .map_err(|e| err(format!("body: {e}")))?;
+                .map_err(|e| err(format!("body: {}", nodepool::wire::error_chain(&e))))?;
             let last = chunk.is_none();
             if let Some(chunk) = chunk {
                 state.limits.total.take(chunk.len()).await;
@@ -815,4 +843,46 @@ async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: In
     state.tasks.lock().remove(task.spec.digest.hex());
     task.bump();
     drop(writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    fn ids() -> Vec<String> {
+        (1..=16).map(|k| format!("n{k}")).collect()
+    }
+
+    #[test]
+    fn equally_loaded_parents_share_the_pieces_evenly() {
+        let ids = ids();
+        let mut wins = std::collections::HashMap::<&str, u32>::new();
+        for index in 0..1600 {
+            let best = ids
+                .iter()
+                .min_by_key(|id| spread(id, index))
+                .expect("16 ids");
+            *wins.entry(best.as_str()).or_default() += 1;
+        }
+        for id in &ids {
+            let n = wins.get(id.as_str()).copied().unwrap_or(0);
+            assert!(
+                (60..=140).contains(&n),
+                "{id} would be asked for {n} of 1600 pieces, 100 expected: {wins:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nodes_facing_the_same_tie_pick_different_pieces() {
+        let firsts: std::collections::HashSet<u32> = ids()
+            .iter()
+            .map(|node| (0..16).min_by_key(|&i| spread(node, i)).expect("16 pieces"))
+            .collect();
+        assert!(
+            firsts.len() >= 8,
+            "16 nodes choosing among 16 equally rare pieces start with only {} distinct ones",
+            firsts.len()
+        );
+    }
 }

@@ -82,6 +82,11 @@ pub struct AgentConfig {
     pub transfer_timeout: HumanDuration,
     /// Piece transfers in flight at once, across all blobs.
     pub proxy_fs_parallels: u32,
+    /// The kernel send buffer of each peer upload (SO_SNDBUF); 0: the kernel's autotuning.
+    /// Autotuned buffers grow to megabytes, so an upload slot frees long before its bytes
+    /// have left and the node takes far more uploads than it has slots, slicing its uplink
+    /// thin; a bounded buffer keeps "slot free" meaning "uplink has room".
+    pub peer_send_buffer: ByteSize,
     /// How long the mirror's "this requester may read this blob" is trusted.
     #[serde(rename = "authCacheTTL")]
     pub auth_cache_ttl: HumanDuration,
@@ -112,6 +117,7 @@ impl Default for AgentConfig {
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             transfer_timeout: HumanDuration(Duration::from_secs(15)),
             proxy_fs_parallels: 128,
+            peer_send_buffer: ByteSize(256 << 10),
             auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
             distributed_suffix: crate::distributed::DEFAULT_SUFFIX.into(),
         }
@@ -187,6 +193,13 @@ impl AgentConfig {
         }
         if self.proxy_fs_parallels == 0 || self.proxy_fs_parallels > 4096 {
             return Err(invalid("proxyFsParallels", "must be between 1 and 4096"));
+        }
+        let buffer = self.peer_send_buffer.0;
+        if buffer != 0 && !(64 << 10..=64 << 20).contains(&buffer) {
+            return Err(invalid(
+                "peerSendBuffer",
+                format!("{buffer} bytes is outside 64KiB..64MiB; use 0 for the kernel's own"),
+            ));
         }
         for (key, rate) in [
             ("ratelimit", self.ratelimit),
@@ -272,5 +285,20 @@ mod tests {
             .expect_err("bad suffix")
             .to_string()
             .contains("distributedSuffix"));
+    }
+
+    #[test]
+    fn peer_send_buffer_is_bounded_or_left_to_the_kernel() {
+        let base = "mirror: http://m:5000\ndownloadPattern: source\n";
+        assert_eq!(parse(base).expect("parses").peer_send_buffer.0, 256 << 10);
+        parse(&format!("{base}peerSendBuffer: 0\n"))
+            .expect("parses")
+            .validate()
+            .expect("0 is the kernel's autotuning");
+        let err = parse(&format!("{base}peerSendBuffer: 4KiB\n"))
+            .expect("parses")
+            .validate()
+            .expect_err("too small to carry a piece");
+        assert!(err.to_string().contains("peerSendBuffer"), "{err}");
     }
 }
