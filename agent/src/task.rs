@@ -52,8 +52,13 @@ const PER_PARENT: u32 = 1;
 const PEER_WHILE_SOURCING: u32 = 1;
 /// How long a parent that answered "busy" is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(150);
-/// How long a parent whose request got no answer is left alone; the second time it is dropped.
+/// How long a parent whose request got no answer is left alone, doubled for each further one
+/// in a row; after [`NO_ANSWER_LIMIT`] in a row it is dropped. On a congested link a SYN waits
+/// in, or falls off, a full queue: on the fan-out bed with 32 nodes one connect in several
+/// timed out to healthy parents, and dropping a parent at the first or second made the
+/// scheduler send its pieces to the mirror again (held only by parents the node had dropped).
 const NO_ANSWER_BACKOFF: Duration = Duration::from_secs(1);
+const NO_ANSWER_LIMIT: u32 = 4;
 const WRITE_CHUNK: usize = 128 * 1024;
 
 /// What a download needs to know about the blob and its requester.
@@ -93,8 +98,8 @@ struct TaskState {
     digests: Vec<Option<[u8; 32]>>,
     parents: HashMap<String, Parent>,
     blocked: HashSet<String>,
-    /// Parents whose request got no answer once already (see [`NO_ANSWER_BACKOFF`]).
-    unanswered: HashSet<String>,
+    /// Requests in a row that got no answer, per parent (see [`NO_ANSWER_BACKOFF`]).
+    unanswered: HashMap<String, u32>,
     to_report: Vec<String>,
     assigned: HashSet<u32>,
     scheduler_ok: bool,
@@ -171,7 +176,7 @@ impl Task {
                 digests: vec![None; count as usize],
                 parents: HashMap::new(),
                 blocked: HashSet::new(),
-                unanswered: HashSet::new(),
+                unanswered: HashMap::new(),
                 to_report: Vec::new(),
                 assigned: HashSet::new(),
                 scheduler_ok: true,
@@ -342,6 +347,9 @@ impl Task {
                 st.pieces[index as usize] = Piece::Done;
                 st.last_progress = Instant::now();
                 st.assigned.remove(&index);
+                if let Some(id) = from {
+                    st.unanswered.remove(id);
+                }
                 if from.is_none() {
                     st.source_failures = 0; // only a mirror that keeps failing fails the pull
                 }
@@ -353,14 +361,18 @@ impl Task {
                 }
             }
             Err(e @ crate::Error::NoAnswer { .. })
-                if from.is_some_and(|id| !st.unanswered.contains(id)) =>
+                if from.is_some_and(|id| {
+                    st.unanswered.get(id).copied().unwrap_or(0) + 1 < NO_ANSWER_LIMIT
+                }) =>
             {
                 st.pieces[index as usize] = Piece::Missing;
                 let id = from.unwrap_or_default();
-                tracing::info!(digest = %self.spec.digest, index, peer = id, error = %e, "peer did not answer; trying it once more later");
-                st.unanswered.insert(id.to_string());
+                let times = st.unanswered.entry(id.to_string()).or_insert(0);
+                *times += 1;
+                let pause = NO_ANSWER_BACKOFF * (1 << (*times - 1));
+                tracing::info!(digest = %self.spec.digest, index, peer = id, error = %e, times = *times, "peer did not answer; trying it again later");
                 if let Some(p) = st.parents.get_mut(id) {
-                    p.busy_until = Some(Instant::now() + NO_ANSWER_BACKOFF);
+                    p.busy_until = Some(Instant::now() + pause);
                 }
             }
             Err(e) => {
