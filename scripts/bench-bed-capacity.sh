@@ -5,7 +5,7 @@
 # links' steady-state use (bytes leaving every eth0 over 6 s, against N x rate) and the time
 # until the last range landed, against the ideal N*K*16 MiB / (N x rate).
 #
-#   scripts/bench-bed-capacity.sh [NODES] [K] [MBIT]      # defaults 16 4 50
+#   scripts/bench-bed-capacity.sh [NODES] [K] [MBIT] [MTU]     # defaults 16 4 50 1500
 #
 # Needs root, iproute2, nginx and curl. Cleans up after itself, also on Ctrl-C.
 set -euo pipefail
@@ -13,8 +13,10 @@ export PATH="$PATH:/usr/sbin:/sbin"
 N=${1:-16}
 K=${2:-4}
 MBIT=${3:-50}
+MTU=${4:-1500}
 RATE=$((MBIT * 1000000 / 8))     # bytes/s
 BURST=$((RATE / 100 > 16384 ? RATE / 100 : 16384))
+BURST=$((BURST > 2 * MTU ? BURST : 2 * MTU))
 P=bedcap$$
 DIR=$(mktemp -d)
 chmod 755 "$DIR"   # nginx workers run unprivileged
@@ -37,7 +39,8 @@ for i in $(seq 1 "$N"); do
   ip -n "$P-hub" link set "h$i" master br0
   ip -n "$P-hub" link set "h$i" up
   ip -n "$ns" addr add "10.88.$((i / 250)).$((i % 250 + 1))/16" dev eth0
-  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set eth0 mtu "$MTU" up
+  ip -n "$P-hub" link set "h$i" mtu "$MTU"
   ip -n "$ns" link set lo up
   tc -n "$ns" qdisc add dev eth0 root tbf rate "${MBIT}mbit" burst "$BURST" latency 50ms
   tc -n "$P-hub" qdisc add dev "h$i" root tbf rate "${MBIT}mbit" burst "$BURST" latency 50ms
@@ -76,9 +79,9 @@ sleep 6
 b=$(tx); tb=$(date +%s.%N)
 wait "${pids[@]}" || true
 end=$(date +%s.%N)
-awk -v a="$a" -v b="$b" -v ta="$ta" -v tb="$tb" -v n="$N" -v r="$RATE" -v k="$K" \
+awk -v a="$a" -v b="$b" -v ta="$ta" -v tb="$tb" -v n="$N" -v r="$RATE" -v k="$K" -v m="$MTU" \
     -v s="$start" -v e="$end" 'BEGIN {
   ideal = k * 16 * 1048576 / r
-  printf "%d nodes x %d flows, %d mbit: links in use %.2f of capacity (steady, headers included); ", n, k, r * 8 / 1e6, (b - a) / (tb - ta) / (n * r)
+  printf "%d nodes x %d flows, %d mbit, MTU %d: links in use %.2f of capacity (steady, headers included); ", n, k, r * 8 / 1e6, m, (b - a) / (tb - ta) / (n * r)
   printf "last range after %.2f s, ideal %.2f s (%.2f)\n", e - s, ideal, (e - s) / ideal
 }'
