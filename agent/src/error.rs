@@ -18,7 +18,8 @@ pub enum Error {
         message: String,
     },
     /// The request got no answer at all (refused, reset, or a pooled connection the other end
-    /// had closed): worth one more try after a pause before the parent is given up.
+    /// had closed): the parent is paused, and given up only after several in a row
+    /// (`NO_ANSWER_LIMIT` in task.rs).
     #[error("piece {index} of {digest}: no answer: {message}")]
     NoAnswer {
         digest: String,
