@@ -636,22 +636,13 @@ fn a_registry_ca_reaches_every_mirror_and_containerds_fallback_to_the_registry()
             std::fs::write(ca_dir.join(str_of(file)), str_of(pem)).unwrap();
         }
         let config_mount = str_of(&init["volumeMounts"][0]["mountPath"]);
-        let local: Vec<String> = write
-            .iter()
-            .map(|a| {
-                if a == config_mount {
-                    certs_d.display().to_string()
-                } else {
-                    a.replace("/etc/poolcast-ca", &ca_dir.display().to_string())
-                }
-            })
-            .collect();
-        let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(&local));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_rendered_locally(&write, |a| {
+            if a == config_mount {
+                certs_d.display().to_string()
+            } else {
+                a.replace("/etc/poolcast-ca", &ca_dir.display().to_string())
+            }
+        });
         for (host, pem) in [
             ("harbor.example.com", PEM_A),
             ("registry.local:5443", PEM_B),
@@ -971,22 +962,13 @@ fn the_default_mirror_sends_unlisted_registries_to_the_agent_when_asked() {
     // The rendered command, run by the real binary: _default beside the listed registry.
     let dir = tempfile::tempdir().unwrap();
     let mount = str_of(&spec["initContainers"][0]["volumeMounts"][0]["mountPath"]);
-    let local: Vec<String> = write
-        .iter()
-        .map(|a| {
-            if a == mount {
-                dir.path().display().to_string()
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
-    let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(&local));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_rendered_locally(&write, |a| {
+        if a == mount {
+            dir.path().display().to_string()
+        } else {
+            a.to_string()
+        }
+    });
     let default = std::fs::read_to_string(dir.path().join("_default/hosts.toml")).unwrap();
     assert!(
         default.contains("[host.\"http://127.0.0.1:65001\"]"),
@@ -1147,4 +1129,16 @@ fn the_values_reference_in_the_install_guide_names_every_value_and_no_other() {
             "docs/install.md documents {doc}, which values.yaml lacks"
         );
     }
+}
+
+/// Runs a rendered `poolcast ...` command line with the real binary, each argument passed
+/// through `local` (node paths to temp folders); it must succeed.
+fn run_rendered_locally(args: &[String], local: impl Fn(&str) -> String) {
+    let local: Vec<String> = args.iter().map(|a| local(a)).collect();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(&local));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
