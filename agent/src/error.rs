@@ -1,16 +1,37 @@
 //! The agent's errors, and the one place they become HTTP for containerd and peers.
 
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use storage::OciReply;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input, cache trouble, or an answer relayed from the mirror: the mirror's own
-    /// error type already speaks OCI.
+    /// Bad input, cache trouble, or a refusal relayed from the mirror: answered exactly as the
+    /// mirror answers it, since both serve from the same store.
     #[error(transparent)]
-    Registry(#[from] mirror::Error),
+    Storage(#[from] storage::Error),
+    /// The configured `mirror` is not a URL.
+    #[error("mirror URL `{url}`: {message}")]
+    MirrorUrl { url: String, message: String },
+    /// The HTTP client for the mirror and peers could not be built.
+    #[error("building the HTTP client: {0}")]
+    HttpClient(String),
+    /// The configured `scheduler` cannot be used.
+    #[error("scheduler client: {0}")]
+    SchedulerClient(#[source] scheduler::Error),
+    /// The cache folder (or memory-mode folder) could not be made.
+    #[error("cache folder {path}: {source}")]
+    CacheDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mirror {url} unreachable: {message}")]
     MirrorUnreachable { url: String, message: String },
+    /// The mirror's piece digests for a blob could not be had, or did not fit the blob.
+    #[error("piece layout of {digest} from the mirror: {message}")]
+    Layout { digest: String, message: String },
     #[error("piece {index} of {digest}: {message}")]
     Piece {
         digest: String,
@@ -32,6 +53,9 @@ pub enum Error {
     NotHeld(String),
     #[error("download of {digest} failed: {message}")]
     Download { digest: String, message: String },
+    /// Every piece matched, yet the whole blob did not: the mirror's piece digests were wrong.
+    #[error("blob is {actual}, expected {expected}")]
+    BlobMismatch { expected: String, actual: String },
     /// Every upload slot is taken: ask another holder, or again shortly.
     #[error("busy: {0}")]
     Busy(String),
@@ -42,7 +66,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         match self {
-            Error::Registry(e) => e.status_code(),
+            Error::Storage(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             Error::PeerDenied(_) => StatusCode::UNAUTHORIZED,
             Error::NotHeld(_) => StatusCode::NOT_FOUND,
             Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -51,20 +77,30 @@ impl ResponseError for Error {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Error::Registry(e) = self {
-            return e.error_response();
-        }
         let code = match self {
+            Error::Storage(e) => return oci_response(e.reply()),
             Error::PeerDenied(_) => "DENIED",
             Error::NotHeld(_) => "BLOB_UNKNOWN",
             Error::Busy(_) => "UNAVAILABLE",
             _ => "UNKNOWN",
         };
-        let body = serde_json::json!({ "errors": [{ "code": code, "message": self.to_string() }] });
-        let mut resp = HttpResponse::build(self.status_code());
+        let mut reply = OciReply::new(self.status_code().as_u16(), code, &self.to_string());
         if let Error::Busy(_) = self {
-            resp.insert_header(("Retry-After", "1"));
+            reply.headers.push(("Retry-After", "1".into()));
         }
-        resp.content_type("application/json").body(body.to_string())
+        oci_response(reply)
     }
+}
+
+/// An [`OciReply`] as an actix response.
+fn oci_response(reply: OciReply) -> HttpResponse {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = HttpResponse::build(status);
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.insert_header((name, value));
+        }
+    }
+    resp.insert_header((CONTENT_TYPE, "application/json"))
+        .body(reply.body)
 }

@@ -8,9 +8,9 @@ use actix_web::body::SizedStream;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use mirror::reference::Digest;
 use std::sync::Arc;
 use std::time::SystemTime;
+use storage::reference::Digest;
 
 /// Signed requests older or newer than this are refused.
 const MAX_SKEW_SECS: u64 = 300;
@@ -89,7 +89,7 @@ pub async fn serve_piece(
     let not_held = || Error::NotHeld(format!("{digest} piece {index}"));
 
     let task = state.tasks.lock().get(digest.hex()).cloned();
-    let body: std::pin::Pin<Box<dyn Stream<Item = mirror::Result<Bytes>>>>;
+    let body: std::pin::Pin<Box<dyn Stream<Item = storage::Result<Bytes>>>>;
     let len;
     if let Some(task) = task.filter(|t| t.piece_size == piece_size) {
         if !task.has_piece(index) {
@@ -122,7 +122,7 @@ pub async fn serve_piece(
         }
         let end = (start + piece_size).min(entry.size);
         len = end - start;
-        body = Box::pin(mirror::body::file_stream(file, start, end));
+        body = Box::pin(storage::body::file_stream(file, start, end));
     }
     let slot = state
         .upload_slots
@@ -139,10 +139,10 @@ pub async fn serve_piece(
 
 /// Counts an upload while it runs, and spends the upload and total budgets on it.
 fn upload(
-    body: std::pin::Pin<Box<dyn Stream<Item = mirror::Result<Bytes>>>>,
+    body: std::pin::Pin<Box<dyn Stream<Item = storage::Result<Bytes>>>>,
     state: Arc<AgentState>,
     slot: tokio::sync::OwnedSemaphorePermit,
-) -> impl Stream<Item = mirror::Result<Bytes>> {
+) -> impl Stream<Item = storage::Result<Bytes>> {
     /// Holds the upload slot until the body is sent or dropped.
     struct InProgress(
         Arc<AgentState>,

@@ -7,15 +7,15 @@ use crate::error::{Error, Result};
 use crate::state::AgentState;
 use crate::task::{Task, TaskSpec};
 use actix_web::body::SizedStream;
-use actix_web::http::header::{HeaderValue, AUTHORIZATION};
+use actix_web::http::header::{HeaderValue, ACCEPT, AUTHORIZATION};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
-use mirror::body::{file_stream, metered, parse_range, span};
-use mirror::error::UpstreamReply;
-use mirror::reference::{split_path, validate_name, Digest};
-use sha2::Digest as _;
 use std::time::SystemTime;
+use storage::body::{file_stream, metered, parse_range, span, RateLimit, Span};
+use storage::reference::{split_path, validate_name, Digest, Reference};
+use storage::request::{joined_accept, preflight, read_limited};
+use storage::{Access, UpstreamReply};
 
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// Headers passed back from the mirror as they are.
@@ -28,7 +28,12 @@ const RELAYED: [&str; 5] = [
 ];
 
 pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpResponse> {
-    let (head, ns) = mirror::preflight(&req)?;
+    let headers = req.headers().iter();
+    let (head, ns) = preflight(
+        req.method().as_str(),
+        req.query_string(),
+        headers.map(|(name, value)| (name.as_str(), value.as_bytes())),
+    )?;
     let ns = ns.filter(|ns| {
         ns.len() <= 253
             && ns
@@ -49,7 +54,7 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
     validate_name(repo)?;
     match kind {
         "manifests" => {
-            mirror::reference::Reference::parse(reference)?;
+            Reference::parse(reference)?;
             relay(
                 &state,
                 &req,
@@ -72,7 +77,7 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
             )
             .await
         }
-        _ => Err(mirror::Error::Unsupported(format!("/v2/{repo}/{kind}")).into()),
+        _ => Err(storage::Error::Unsupported(format!("/v2/{repo}/{kind}")).into()),
     }
 }
 
@@ -101,8 +106,8 @@ async fn relay(
     if let Some(v) = req.headers().get("authorization") {
         out = out.header("authorization", v.as_bytes());
     }
-    if let Some(v) = mirror::manifests::joined_accept(req) {
-        out = out.header("accept", v.as_bytes());
+    if let Some(v) = joined_accept(req.headers().get_all(ACCEPT).map(HeaderValue::as_bytes)) {
+        out = out.header("accept", v);
     }
     let resp = out.send().await.map_err(|e| unreachable(&url, e))?;
     let mut builder = HttpResponse::build(
@@ -114,10 +119,10 @@ async fn relay(
             .headers()
             .get("content-length")
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let empty = futures_util::stream::empty::<mirror::Result<Bytes>>();
+        let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
         return Ok(builder.body(SizedStream::new(len.unwrap_or(0), empty)));
     }
-    let body = mirror::upstream::read_limited(resp, MAX_MANIFEST).await?;
+    let body = read_limited(resp, MAX_MANIFEST).await?;
     Ok(builder.body(body))
 }
 
@@ -152,12 +157,18 @@ async fn blob(
     let range = parse_range(range_text)?;
     let range_text = range_text.unwrap_or("");
     let size = check_access(state, &b, auth).await?;
-    let builder = |status, start: u64, end: u64, size: u64| {
+    let builder = |span: Span, size: u64| {
+        let status = if span.partial {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
         let mut r = HttpResponse::build(status);
         r.content_type("application/octet-stream")
             .insert_header(("Docker-Content-Digest", b.digest.to_string()))
             .insert_header(("Accept-Ranges", "bytes"));
-        if status == StatusCode::PARTIAL_CONTENT {
+        if span.partial {
+            let (start, end) = (span.start, span.end);
             r.insert_header(("Content-Range", format!("bytes {start}-{end}/{size}")));
         }
         r
@@ -168,26 +179,16 @@ async fn blob(
         .await?
     {
         state.metrics.cache_hits.inc();
-        let (status, start, end) = span(range, entry.size, range_text)?;
-        let r = builder(status, start, end, entry.size);
-        return Ok(respond(
-            state,
-            r,
-            (start, end, entry.size),
-            b.head,
-            file_stream(file, start, end + 1),
-        ));
+        let span = span(range, entry.size, range_text)?;
+        let r = builder(span, entry.size);
+        let body = file_stream(file, span.start, span.end + 1);
+        return Ok(respond(state, r, (span, entry.size), b.head, body));
     }
-    let (status, start, end) = span(range, size, range_text)?;
+    let span = span(range, size, range_text)?;
     if b.head {
-        let r = builder(status, start, end, size);
-        return Ok(respond(
-            state,
-            r,
-            (start, end, size),
-            true,
-            futures_util::stream::empty(),
-        ));
+        let r = builder(span, size);
+        let body = futures_util::stream::empty();
+        return Ok(respond(state, r, (span, size), true, body));
     }
     let spec = TaskSpec {
         digest: b.digest.clone(),
@@ -197,11 +198,11 @@ async fn blob(
         auth: auth.cloned(),
     };
     let task = Task::get_or_start(state, spec)?;
-    let body = task.ingest.stream(start, Some(end + 1));
+    let body = task.ingest.stream(span.start, Some(span.end + 1));
     Ok(respond(
         state,
-        builder(status, start, end, size),
-        (start, end, size),
+        builder(span, size),
+        (span, size),
         false,
         body,
     ))
@@ -210,17 +211,21 @@ async fn blob(
 fn respond(
     state: &AgentState,
     mut builder: HttpResponseBuilder,
-    (start, end, size): (u64, u64, u64),
+    (span, size): (Span, u64),
     head: bool,
-    body: impl futures_util::Stream<Item = mirror::Result<Bytes>> + 'static,
+    body: impl futures_util::Stream<Item = storage::Result<Bytes>> + 'static,
 ) -> HttpResponse {
-    let len = if size == 0 { 0 } else { end + 1 - start };
+    let len = if size == 0 {
+        0
+    } else {
+        span.end + 1 - span.start
+    };
     if head {
-        let empty = futures_util::stream::empty::<mirror::Result<Bytes>>();
+        let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
         return builder.body(SizedStream::new(len, empty));
     }
     // Downloads are limited where they come in; serving containerd is local.
-    let unlimited = std::sync::Arc::new(mirror::body::RateLimit::new(0));
+    let unlimited = std::sync::Arc::new(RateLimit::new(0));
     builder.body(SizedStream::new(
         len,
         metered(body, unlimited, state.metrics.served_bytes.clone()),
@@ -237,32 +242,15 @@ async fn check_access(
     b: &BlobRequest,
     auth: Option<&HeaderValue>,
 ) -> Result<u64> {
-    let key = |auth: Option<&HeaderValue>| {
-        let who = auth.map_or_else(
-            || "anonymous".to_string(),
-            |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
-        );
-        format!(
-            "{}\u{0}{}\u{0}{}\u{0}{who}",
-            b.ns.as_deref().unwrap_or(""),
-            b.repo,
-            b.digest
-        )
+    let object = b.digest.to_string();
+    let access = Access {
+        ns: b.ns.as_deref().unwrap_or(""),
+        repo: &b.repo,
+        object: &object,
     };
-    // The requester's own grant, or anyone's: what upstream served anonymously is public.
-    let keys = [key(auth), key(None)];
+    let auth = auth.map(HeaderValue::as_bytes);
     let now = SystemTime::now();
-    let granted_within = |within: std::time::Duration| {
-        let now = mirror::store::unix(now);
-        keys.iter().any(|k| {
-            state
-                .store
-                .access(k)
-                .ok()
-                .flatten()
-                .is_some_and(|at| now.saturating_sub(at) < within.as_secs().max(1))
-        })
-    };
+    let granted_within = |within| state.store.granted(&access, auth, now, within);
     let held = state
         .store
         .entry(&b.digest, now)
@@ -281,7 +269,7 @@ async fn check_access(
     );
     let mut head = state.http.head(url.clone());
     if let Some(a) = auth {
-        head = head.header("authorization", a.as_bytes());
+        head = head.header("authorization", a);
     }
     match head.send().await {
         Ok(resp) if resp.status().is_success() => {
@@ -294,7 +282,7 @@ async fn check_access(
                     url: url.to_string(),
                     message: "no Content-Length on HEAD".into(),
                 })?;
-            if let Err(e) = state.store.put_access(&keys[0], now) {
+            if let Err(e) = state.store.grant(&access, auth, now) {
                 tracing::warn!(error = %e, "could not record access");
             }
             let mut sizes = state.sizes.lock();
@@ -315,7 +303,7 @@ async fn check_access(
                 content_type: None,
                 body: Bytes::new(),
             };
-            Err(mirror::Error::Upstream(reply).into())
+            Err(storage::Error::Upstream(reply).into())
         }
         Err(e) => match held {
             Some(size) if granted_within(state.cfg.cache_ttl.0) => {

@@ -5,8 +5,6 @@ use crate::metrics::Metrics;
 use crate::task::Task;
 use crate::{peer, registry};
 use actix_web::{web, App, HttpResponse, HttpServer};
-use mirror::body::RateLimit;
-use mirror::store::BlobStore;
 use nodepool::{AgentConfig, CacheMode, DownloadPattern};
 use parking_lot::{Mutex, RwLock};
 use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo};
@@ -15,6 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use storage::body::RateLimit;
+use storage::ingest::Ingests;
+use storage::BlobStore;
 use tokio::sync::Semaphore;
 
 /// How often the agent tells the scheduler it is alive and what it holds, until the scheduler
@@ -43,7 +44,7 @@ pub struct AgentState {
     pub mirror: url::Url,
     pub http: reqwest::Client,
     pub store: Arc<BlobStore>,
-    pub ingests: Arc<mirror::ingest::Ingests>,
+    pub ingests: Arc<Ingests>,
     pub tasks: Mutex<HashMap<String, Arc<Task>>>,
     pub scheduler: Option<SchedulerClient>,
     pub limits: Limits,
@@ -128,15 +129,17 @@ impl AgentServer {
         } else {
             cfg.advertise.clone()
         };
-        let mirror = url::Url::parse(&cfg.mirror)
-            .map_err(|e| mirror::Error::Transfer(format!("mirror URL: {e}")))?;
+        let mirror = url::Url::parse(&cfg.mirror).map_err(|e| crate::Error::MirrorUrl {
+            url: cfg.mirror.chars().take(200).collect(),
+            message: e.to_string(),
+        })?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(cfg.connect_timeout.0)
             .pool_idle_timeout(nodepool::wire::CLIENT_POOL_IDLE)
             .user_agent(concat!("poolcast-agent/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| mirror::Error::Transfer(format!("HTTP client: {e}")))?;
+            .map_err(|e| crate::Error::HttpClient(nodepool::wire::error_chain(&e)))?;
         let scheduler = match cfg.download_pattern {
             DownloadPattern::P2p if !cfg.scheduler.is_empty() => Some(
                 SchedulerClient::new(
@@ -145,7 +148,7 @@ impl AgentServer {
                     cfg.pool.clone(),
                     cfg.connect_timeout.0,
                 )
-                .map_err(|e| mirror::Error::Transfer(format!("scheduler client: {e}")))?,
+                .map_err(crate::Error::SchedulerClient)?,
             ),
             _ => None,
         };
@@ -169,7 +172,7 @@ impl AgentServer {
             mirror,
             http,
             store: Arc::new(store),
-            ingests: Arc::new(mirror::ingest::Ingests::default()),
+            ingests: Arc::new(Ingests::default()),
             tasks: Mutex::new(HashMap::new()),
             scheduler,
             limits,
@@ -260,14 +263,20 @@ fn cache_root(cfg: &AgentConfig) -> crate::Result<(std::path::PathBuf, Option<Sc
         } else {
             std::env::temp_dir()
         };
-        let dir = MemoryDir::create(&parent).map_err(mirror::Error::from)?;
+        let dir = MemoryDir::create(&parent).map_err(|source| crate::Error::CacheDir {
+            path: parent.display().to_string(),
+            source,
+        })?;
         return Ok((dir.dir.path().to_path_buf(), Some(Scratch::Memory(dir))));
     }
     if cfg.cache_host_path.is_empty() {
         let dir = tempfile::Builder::new()
             .prefix("poolcast-agent-")
             .tempdir()
-            .map_err(mirror::Error::from)?;
+            .map_err(|source| crate::Error::CacheDir {
+                path: std::env::temp_dir().display().to_string(),
+                source,
+            })?;
         return Ok((dir.path().to_path_buf(), Some(Scratch::Disk(dir))));
     }
     Ok((std::path::PathBuf::from(&cfg.cache_host_path), None))

@@ -16,8 +16,6 @@ use crate::state::AgentState;
 use actix_web::web;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use mirror::ingest::{Ingest, IngestWriter, Joined, Progress};
-use mirror::reference::Digest;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use scheduler::api::{AnnounceRequest, TaskInfo};
@@ -27,6 +25,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
+use storage::pieces::PieceList;
+use storage::reference::Digest;
 use tokio::sync::watch;
 
 /// Workers per download; the global `proxyFsParallels` semaphore bounds the total.
@@ -646,7 +647,7 @@ async fn layout_loop(state: web::Data<AgentState>, task: Arc<Task>) {
                 errors += 1;
                 tracing::warn!(digest = %task.spec.digest, error = %e, errors, "piece layout from the mirror failed");
                 if errors > SOURCE_RETRIES {
-                    task.fail(format!("the mirror cannot give the piece layout: {e}"));
+                    task.fail(e.to_string());
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500 * errors as u64)).await;
@@ -655,34 +656,30 @@ async fn layout_loop(state: web::Data<AgentState>, task: Arc<Task>) {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PieceList {
-    size: u64,
-    piece_size: u64,
-    pieces: Vec<String>,
-}
-
-async fn fetch_layout(req: reqwest::RequestBuilder, task: &Task) -> Result<Vec<[u8; 32]>, String> {
-    let resp = req.send().await.map_err(|e| format!("request: {e}"))?;
+async fn fetch_layout(req: reqwest::RequestBuilder, task: &Task) -> crate::Result<Vec<[u8; 32]>> {
+    let err = |message: String| crate::Error::Layout {
+        digest: task.spec.digest.to_string(),
+        message,
+    };
+    let resp = req.send().await.map_err(|e| err(format!("request: {e}")))?;
     if !resp.status().is_success() {
-        return Err(format!("mirror answered {}", resp.status()));
+        return Err(err(format!("mirror answered {}", resp.status())));
     }
     let list: PieceList = resp
         .json()
         .await
-        .map_err(|e| format!("bad piece list: {e}"))?;
+        .map_err(|e| err(format!("bad piece list: {e}")))?;
     if list.size != task.spec.size || list.piece_size != task.piece_size {
-        return Err(format!(
+        return Err(err(format!(
             "piece list for {} bytes in {} pieces, expected {} in {}",
             list.size, list.piece_size, task.spec.size, task.piece_size
-        ));
+        )));
     }
     list.pieces
         .iter()
         .map(|h| {
             let mut out = [0u8; 32];
-            hex::decode_to_slice(h, &mut out).map_err(|e| format!("bad piece digest: {e}"))?;
+            hex::decode_to_slice(h, &mut out).map_err(|e| err(format!("bad piece digest: {e}")))?;
             Ok(out)
         })
         .collect()
@@ -800,10 +797,14 @@ async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: In
     let mut hasher = sha2::Sha256::new();
     let mut prefix = 0u32;
     // (`hasher` moves into the blocking pool and back for each piece.)
-    let outcome: Result<(), String> = loop {
+    let download = |message: String| crate::Error::Download {
+        digest: task.spec.digest.to_string(),
+        message,
+    };
+    let outcome: crate::Result<()> = loop {
         rx.borrow_and_update();
         if let Some(msg) = task.st.lock().failed.clone() {
-            break Err(msg);
+            break Err(download(msg));
         }
         while prefix < task.count && task.has_piece(prefix) {
             let (start, end) = task.piece_span(prefix);
@@ -824,16 +825,19 @@ async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: In
             let actual = Digest::from_sha256(&std::mem::take(&mut hasher).finalize());
             if actual != task.spec.digest {
                 state.metrics.digest_mismatches.inc();
-                break Err(format!("blob is {actual}, expected {}", task.spec.digest));
+                break Err(crate::Error::BlobMismatch {
+                    expected: task.spec.digest.to_string(),
+                    actual: actual.to_string(),
+                });
             }
             let Some(temp) = writer.temp.take() else {
-                break Err("temp file lost".into());
+                break Err(download("temp file lost".into()));
             };
             if let Err(e) = state
                 .store
                 .commit(&task.spec.digest, temp, None, SystemTime::now())
             {
-                break Err(format!("storing: {e}"));
+                break Err(e.into());
             }
             break Ok(());
         }
@@ -847,7 +851,8 @@ async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: In
             task.st.lock().finished = true;
             tracing::info!(digest = %task.spec.digest, size = task.spec.size, "blob complete and verified");
         }
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             task.fail(msg.clone());
             writer.set(Progress::Failed(msg));
         }

@@ -1,10 +1,7 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`: from the cache, from an ingest under way, or by
 //! starting the one upstream fetch that every concurrent requester shares.
 
-use crate::body::{file_stream, metered, parse_range, span, RangeSpec, CHUNK};
 use crate::error::{Error, Result};
-use crate::ingest::{Ingest, IngestWriter, Joined, Progress};
-use crate::reference::Digest;
 use crate::server::{AppState, Ctx};
 use crate::upstream::{refusal, RequestOpts};
 use actix_web::body::SizedStream;
@@ -18,13 +15,16 @@ use sha2::Digest as _;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::SystemTime;
+use storage::body::{file_stream, metered, parse_range, span, RangeSpec, Span, CHUNK};
+use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
+use storage::reference::Digest;
 
 /// Joiners retry when the ingest they joined was refused for its starter's credentials.
 const ATTEMPTS: usize = 3;
 
 /// Where a requested blob's bytes come from, after the requester's access was checked.
 pub enum Source {
-    Cached(std::fs::File, crate::store::BlobEntry),
+    Cached(std::fs::File, storage::store::BlobEntry),
     Ingest(Arc<Ingest>),
 }
 
@@ -62,8 +62,8 @@ pub async fn locate(
                 state.authorize(ctx, &object, probe.clone(), None).await?;
                 match ingest.started().await {
                     // Refused for its starter's credentials; ours passed: try again.
-                    Err(Error::Upstream(_)) => continue,
-                    Err(e) => return Err(e),
+                    Err(storage::Error::Upstream(_)) => continue,
+                    Err(e) => return Err(e.into()),
                     Ok(_) => {}
                 }
                 state.metrics.cache_hits.inc();
@@ -71,7 +71,7 @@ pub async fn locate(
             }
         }
     }
-    Err(Error::Transfer(format!(
+    Err(Error::transfer(format!(
         "{digest}: upstream refused {ATTEMPTS} times"
     )))
 }
@@ -97,21 +97,14 @@ pub async fn get(
             // is about to GET it anyway: start the one fetch, and answer once the size is in.
             None => locate(state, ctx, &digest, true)
                 .await?
-                .ok_or_else(|| Error::Transfer(format!("{digest}: fetch did not start")))?,
+                .ok_or_else(|| Error::transfer(format!("{digest}: fetch did not start")))?,
         },
     };
     match source {
         Source::Cached(file, entry) => {
-            let (status, start, end) = span(range, entry.size, range_text)?;
-            let body = file_stream(file, start, end + 1);
-            Ok(respond(
-                state,
-                ctx,
-                &digest,
-                status,
-                (start, end, Some(entry.size)),
-                body,
-            ))
+            let span = span(range, entry.size, range_text)?;
+            let body = file_stream(file, span.start, span.end + 1);
+            Ok(respond(state, ctx, &digest, span, Some(entry.size), body))
         }
         Source::Ingest(ingest) => {
             serve_ingest(state, ctx, &digest, &ingest, range, range_text).await
@@ -134,16 +127,9 @@ async fn serve_ingest(
     };
     match size {
         Some(size) => {
-            let (status, start, end) = span(range, size, range_text)?;
-            let body = ingest.stream(start, Some(end + 1));
-            Ok(respond(
-                state,
-                ctx,
-                digest,
-                status,
-                (start, end, Some(size)),
-                body,
-            ))
+            let span = span(range, size, range_text)?;
+            let body = ingest.stream(span.start, Some(span.end + 1));
+            Ok(respond(state, ctx, digest, span, Some(size), body))
         }
         // Upstream did not say how long the blob is: stream it whole, chunked.
         None => {
@@ -169,19 +155,28 @@ fn respond(
     state: &AppState,
     ctx: &Ctx<'_>,
     digest: &Digest,
-    status: StatusCode,
-    (start, end, size): (u64, u64, Option<u64>),
-    body: impl Stream<Item = Result<Bytes>> + 'static,
+    Span {
+        partial,
+        start,
+        end,
+    }: Span,
+    size: Option<u64>,
+    body: impl Stream<Item = storage::Result<Bytes>> + 'static,
 ) -> HttpResponse {
     let len = if size == Some(0) { 0 } else { end + 1 - start };
+    let status = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
     let mut builder = blob_headers(HttpResponse::build(status), digest);
-    if status == StatusCode::PARTIAL_CONTENT {
+    if partial {
         if let Some(size) = size {
             builder.insert_header(("Content-Range", format!("bytes {start}-{end}/{size}")));
         }
     }
     if ctx.head {
-        let empty = futures_util::stream::empty::<Result<Bytes>>();
+        let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
         return builder.body(SizedStream::new(len, empty));
     }
     let body = metered(
@@ -209,7 +204,7 @@ async fn head_upstream(
         )
         .await?;
     if !resp.status().is_success() {
-        return Err(Error::Upstream(refusal(resp).await));
+        return Err(Error::upstream(refusal(resp).await));
     }
     state.record_access(&ctx.up.ns, ctx.repo, &digest.to_string(), ctx.auth);
     let len = resp
@@ -221,7 +216,7 @@ async fn head_upstream(
         tracing::debug!(%digest, "upstream HEAD without a Content-Length; fetching to learn it");
         return Ok(None);
     };
-    let empty = futures_util::stream::empty::<Result<Bytes>>();
+    let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
     Ok(Some(
         blob_headers(HttpResponse::Ok(), digest).body(SizedStream::new(len, empty)),
     ))
@@ -294,7 +289,7 @@ async fn copy_verified(
             }
         };
         let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| Error::Transfer(format!("reading upstream body: {e}")))?;
+        let chunk = chunk.map_err(|e| Error::transfer(format!("reading upstream body: {e}")))?;
         state.limit.take(chunk.len()).await;
         state.metrics.upstream_bytes.inc_by(chunk.len() as u64);
         buf.extend_from_slice(&chunk);
@@ -345,7 +340,7 @@ async fn flush(
         Ok(h)
     })
     .await
-    .map_err(|e| Error::Transfer(e.to_string()))??;
+    .map_err(|e| Error::transfer(e.to_string()))??;
     *hasher = Some(h);
     writer.set(Progress::Running {
         written: offset + len,

@@ -1,19 +1,19 @@
 //! The pool mirror: an OCI distribution pull-through cache that fetches each blob from
 //! upstream once per node pool and serves it, and ranges of it, while it is still arriving.
 //! Cached content is served only to requesters that upstream accepts for the repository.
+//!
+//! The blob store, ingest, references, ranges and access grants it serves from are the
+//! `storage` crate's, shared with the node agent; this crate keeps the HTTP server, the
+//! upstream client and OSS transfer acceleration.
 
 mod blobs;
-pub mod body;
 pub mod error;
-pub mod ingest;
 pub mod manifests;
 pub mod metrics;
 pub mod pieces;
-pub mod reference;
 mod server;
-pub mod store;
 pub mod upstream;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;
-pub use server::{access_key, preflight, MirrorServer};
+pub use server::MirrorServer;

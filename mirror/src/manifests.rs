@@ -3,14 +3,15 @@
 //! after `manifestTTL`. When upstream cannot be reached, a cached tag is served (and logged).
 
 use crate::error::{Error, Result};
-use crate::reference::{Digest, Reference};
 use crate::server::{AppState, Ctx};
-use crate::store::{unix, TagEntry};
-use crate::upstream::{read_limited, refusal, RequestOpts};
+use crate::upstream::{refusal, RequestOpts};
 use actix_web::http::header::{HeaderValue, ACCEPT};
 use actix_web::{web, HttpRequest, HttpResponse};
 use reqwest::Method;
 use std::time::SystemTime;
+use storage::reference::{Digest, Reference};
+use storage::request::{joined_accept, read_limited};
+use storage::store::{unix, TagEntry};
 
 /// The distribution registry's own limit on manifest size.
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
@@ -28,7 +29,8 @@ pub async fn get(
     reference: Reference,
     req: &HttpRequest,
 ) -> Result<HttpResponse> {
-    let accept = joined_accept(req);
+    let lines = req.headers().get_all(ACCEPT).map(HeaderValue::as_bytes);
+    let accept = joined_accept(lines).and_then(|a| HeaderValue::from_str(&a).ok());
     let accept = accept.as_ref();
     let now = SystemTime::now();
     match reference {
@@ -139,8 +141,8 @@ fn tag_object(tag: &str) -> String {
 
 fn upstream_down(e: &Error) -> bool {
     match e {
-        Error::UpstreamUnreachable { .. } | Error::Transfer(_) => true,
-        Error::Upstream(reply) => reply.status >= 500,
+        Error::UpstreamUnreachable { .. } | Error::Storage(storage::Error::Transfer(_)) => true,
+        Error::Storage(storage::Error::Upstream(reply)) => reply.status >= 500,
         _ => false,
     }
 }
@@ -159,7 +161,7 @@ async fn fetch(
         .send(Method::GET, url, RequestOpts::new(ctx.auth, accept))
         .await?;
     if !resp.status().is_success() {
-        return Err(Error::Upstream(refusal(resp).await));
+        return Err(Error::upstream(refusal(resp).await));
     }
     let header = |name: &str| {
         resp.headers()
@@ -202,7 +204,8 @@ fn keep(state: &AppState, fetched: &Fetched, now: SystemTime) -> Result<()> {
         &fetched.data,
         Some(fetched.media_type.clone()),
         now,
-    )
+    )?;
+    Ok(())
 }
 
 fn respond(
@@ -219,21 +222,6 @@ fn respond(
         .content_type(media_type.to_string())
         .insert_header(("Docker-Content-Digest", digest.to_string()))
         .body(data)
-}
-
-/// Every `Accept` line of the request as one list: Go clients (containerd, skopeo) send one
-/// header line per media type, and passing on only the first would make upstream refuse an
-/// index the client does accept.
-pub fn joined_accept(req: &HttpRequest) -> Option<HeaderValue> {
-    let parts: Vec<&str> = req
-        .headers()
-        .get_all(ACCEPT)
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = parts.join(", ");
-    (!joined.is_empty() && joined.len() <= 4096)
-        .then(|| HeaderValue::from_str(&joined).ok())
-        .flatten()
 }
 
 /// Whether a client's `Accept` admits a media type (no header: anything goes).

@@ -6,19 +6,18 @@
 
 use crate::blobs::{locate, Source};
 use crate::error::{Error, Result};
-use crate::ingest::{Ingest, Progress};
-use crate::reference::Digest;
 use crate::server::{AppState, Ctx};
 use actix_web::{web, HttpRequest, HttpResponse};
+use nodepool::{MAX_PIECE, MIN_PIECE};
 use parking_lot::Mutex;
-use serde::Serialize;
-use sha2::Digest as _;
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
+use storage::ingest::{Ingest, Progress};
+use storage::pieces::{hash_pieces, piece_digest, PieceList};
+use storage::reference::Digest;
+use storage::request::query_param;
 
-use nodepool::{MAX_PIECE, MIN_PIECE};
 /// At most this many digests per answer; agents page with `from`.
 const MAX_PER_ANSWER: u64 = 4096;
 /// How long a request waits for the next piece of a blob still arriving.
@@ -26,19 +25,6 @@ const LONG_POLL: Duration = Duration::from_secs(5);
 const MEMO_ENTRIES: usize = 256;
 /// Piece sizes whose digests one arriving blob keeps (a pool uses one).
 const MAX_ARRIVING_SIZES: usize = 4;
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PieceList {
-    pub digest: String,
-    pub size: u64,
-    pub piece_size: u64,
-    pub from: u64,
-    /// Hex sha256 of pieces `from`, `from + 1`, ...
-    pub pieces: Vec<String>,
-    /// True when the blob is whole and verified: no more pieces will come.
-    pub complete: bool,
-}
 
 /// Piece digests of complete blobs, so a pool's agents do not make the mirror hash a blob once
 /// each.
@@ -49,12 +35,10 @@ pub struct PieceMemo(Mutex<HashMap<MemoKey, Arc<Vec<String>>>>);
 type MemoKey = (String, u64);
 
 fn param(req: &HttpRequest, name: &str) -> Result<Option<u64>> {
-    let raw = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned());
+    let raw = query_param(req.query_string(), name);
     raw.map(|v| {
         v.parse::<u64>().map_err(|_| {
-            Error::Unsupported(format!(
+            Error::unsupported(format!(
                 "query parameter {name}={}",
                 v.chars().take(20).collect::<String>()
             ))
@@ -71,7 +55,7 @@ pub async fn get(
 ) -> Result<HttpResponse> {
     let piece_size = param(req, "pieceSize")?.unwrap_or(4 << 20);
     if !(MIN_PIECE..=MAX_PIECE).contains(&piece_size) {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::unsupported(format!(
             "pieceSize {piece_size} (between {MIN_PIECE} and {MAX_PIECE})"
         )));
     }
@@ -91,7 +75,7 @@ pub async fn get(
             }
         }
         Some(Source::Ingest(ingest)) => arriving(&ingest, &digest, piece_size, from).await?,
-        None => return Err(Error::Transfer(format!("{digest} could not be located"))),
+        None => return Err(Error::transfer(format!("{digest} could not be located"))),
     };
     Ok(HttpResponse::Ok().json(list))
 }
@@ -109,7 +93,7 @@ async fn memoized(
     }
     let all = tokio::task::spawn_blocking(move || hash_pieces(file, size, piece_size))
         .await
-        .map_err(|e| Error::Transfer(e.to_string()))??;
+        .map_err(|e| Error::transfer(e.to_string()))??;
     let all = Arc::new(all);
     let mut memo = state.pieces.0.lock();
     if memo.len() >= MEMO_ENTRIES {
@@ -117,31 +101,6 @@ async fn memoized(
     }
     memo.insert(key, all.clone());
     Ok(all)
-}
-
-fn hash_pieces(
-    mut file: std::fs::File,
-    size: u64,
-    piece_size: u64,
-) -> std::io::Result<Vec<String>> {
-    use std::io::Seek;
-    file.rewind()?;
-    let mut out = Vec::with_capacity(size.div_ceil(piece_size) as usize);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let mut hasher = sha2::Sha256::new();
-        let mut piece_left = piece_size.min(left);
-        left -= piece_left;
-        while piece_left > 0 {
-            let n = piece_left.min(buf.len() as u64) as usize;
-            file.read_exact(&mut buf[..n])?;
-            hasher.update(&buf[..n]);
-            piece_left -= n as u64;
-        }
-        out.push(hex::encode(hasher.finalize()));
-    }
-    Ok(out)
 }
 
 /// Pieces of a blob still arriving: waits briefly for piece `from` to complete, then hashes
@@ -163,8 +122,8 @@ async fn arriving(
             } => (written, size, false),
             Progress::Done { size } => (size, size, true),
             Progress::Running { size: None, .. } | Progress::Connecting => (0, 0, false),
-            Progress::Refused(reply) => return Err(Error::Upstream(reply)),
-            Progress::Failed(msg) => return Err(Error::Transfer(msg)),
+            Progress::Refused(reply) => return Err(Error::upstream(reply)),
+            Progress::Failed(msg) => return Err(Error::transfer(msg)),
         };
         let wanted_end = ((from + 1) * piece_size).min(size);
         if done || (size > 0 && avail >= wanted_end) {
@@ -172,7 +131,7 @@ async fn arriving(
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => continue,
-            Ok(Err(_)) => return Err(Error::Transfer("ingest ended early".into())),
+            Ok(Err(_)) => return Err(Error::transfer("ingest ended early")),
             Err(_) => break (avail, size, false),
         }
     };
@@ -192,7 +151,7 @@ async fn arriving(
         let start = known.len() as u64 * piece_size;
         let end = (start + piece_size).min(size);
         let bytes = ingest.read_at(start, (end - start) as usize).await?;
-        known.push(hex::encode(sha2::Sha256::digest(&bytes)));
+        known.push(piece_digest(&bytes));
     }
     let first = (from as usize).min(known.len());
     let pieces = known[first..(wanted as usize).max(first)].to_vec();
@@ -211,12 +170,11 @@ async fn arriving(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[tokio::test]
     async fn pieces_of_a_blob_still_arriving_are_hashed_once_and_paged() {
-        use crate::ingest::{Ingests, Joined};
         use std::os::unix::fs::FileExt;
+        use storage::ingest::{Ingests, Joined};
         let data: Vec<u8> = (0..(10 * 1024)).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(&data);
         let ingests = Arc::new(Ingests::default());
@@ -224,10 +182,7 @@ mod tests {
         let Ok(Joined::Started(ingest, writer)) = ingests.join_or_start(&digest, make) else {
             panic!("should start");
         };
-        let want: Vec<String> = data
-            .chunks(4096)
-            .map(|c| hex::encode(sha2::Sha256::digest(c)))
-            .collect();
+        let want: Vec<String> = data.chunks(4096).map(piece_digest).collect();
         // 6 KiB of 10 have arrived: one whole 4 KiB piece.
         writer.file.write_all_at(&data[..6144], 0).expect("write");
         writer.set(Progress::Running {
@@ -254,19 +209,5 @@ mod tests {
             Some(&want),
             "each piece hashed once, kept in order"
         );
-    }
-
-    #[test]
-    fn pieces_hash_each_slice_and_the_short_tail() {
-        let data: Vec<u8> = (0..(200 * 1024)).map(|i| (i % 251) as u8).collect();
-        let mut file = tempfile::tempfile().expect("tempfile");
-        file.write_all(&data).expect("write");
-        let got = hash_pieces(file, data.len() as u64, 64 * 1024).expect("hash");
-        let want: Vec<String> = data
-            .chunks(64 * 1024)
-            .map(|c| hex::encode(sha2::Sha256::digest(c)))
-            .collect();
-        assert_eq!(got.len(), 4);
-        assert_eq!(got, want);
     }
 }

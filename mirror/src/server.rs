@@ -3,30 +3,26 @@
 //! upstream URL.
 
 use crate::blobs;
-use crate::body::RateLimit;
 use crate::error::{Error, Result};
-use crate::ingest::Ingests;
 use crate::manifests;
 use crate::metrics::Metrics;
-use crate::reference::{split_path, validate_name, Digest, Reference};
-use crate::store::{unix, BlobStore};
 use crate::upstream::{refusal, RequestOpts, Upstream, UpstreamClient, UpstreamRoots};
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
-use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use nodepool::MirrorConfig;
-use sha2::Digest as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use storage::body::RateLimit;
+use storage::ingest::Ingests;
+use storage::reference::{split_path, validate_name, Digest, Reference};
+use storage::request::preflight;
+use storage::{Access, BlobStore};
 
 /// How much response body actix gathers before writing to the socket. Its 32 KiB default
 /// costs a third of hot-blob throughput; 2 MiB with 1 MiB file chunks matches nginx's
 /// sendfile (docs/benchmarks.md), at up to ~3 MiB of buffer per connection sending a blob.
 const WRITE_BUFFER: usize = 2 << 20;
-
-/// Total size of request headers accepted on the registry API.
-const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 pub struct AppState {
     pub upstreams: Vec<Upstream>,
@@ -83,8 +79,9 @@ impl AppState {
 
     /// Remembers that upstream served `object` from `repo` to this requester.
     pub fn record_access(&self, ns: &str, repo: &str, object: &str, auth: Option<&HeaderValue>) {
-        let key = access_key(ns, repo, object, auth);
-        if let Err(e) = self.store.put_access(&key, SystemTime::now()) {
+        let access = Access { ns, repo, object };
+        let auth = auth.map(HeaderValue::as_bytes);
+        if let Err(e) = self.store.grant(&access, auth, SystemTime::now()) {
             tracing::warn!(error = %e, "could not record access");
         }
     }
@@ -92,15 +89,13 @@ impl AppState {
     /// Whether upstream served `object` from the repository to this requester (or to anyone:
     /// public content) within `within`.
     pub fn access_known(&self, ctx: &Ctx<'_>, object: &str, within: Duration) -> bool {
-        let now = unix(SystemTime::now());
-        [ctx.auth, None].iter().any(|auth| {
-            let key = access_key(&ctx.up.ns, ctx.repo, object, *auth);
-            self.store
-                .access(&key)
-                .ok()
-                .flatten()
-                .is_some_and(|at| now.saturating_sub(at) < within.as_secs().max(1))
-        })
+        let access = Access {
+            ns: &ctx.up.ns,
+            repo: ctx.repo,
+            object,
+        };
+        let auth = ctx.auth.map(HeaderValue::as_bytes);
+        self.store.granted(&access, auth, SystemTime::now(), within)
     }
 
     /// Checks with upstream that the requester may read what `probe` names, before serving it
@@ -130,8 +125,8 @@ impl AppState {
                 self.record_access(&ctx.up.ns, ctx.repo, object, ctx.auth);
                 return Ok(());
             }
-            Ok(resp) if resp.status().is_server_error() => Error::Upstream(refusal(resp).await),
-            Ok(resp) => return Err(Error::Upstream(refusal(resp).await)),
+            Ok(resp) if resp.status().is_server_error() => Error::upstream(refusal(resp).await),
+            Ok(resp) => return Err(Error::upstream(refusal(resp).await)),
             Err(e) => e,
         };
         if self.access_known(ctx, object, self.cache_ttl) {
@@ -140,40 +135,6 @@ impl AppState {
         }
         Err(failure)
     }
-}
-
-/// The key of an access grant. Access is per repository *and* object (a digest, or
-/// `tag:<tag>`): upstream serves a blob only through repositories that hold it, so a grant for
-/// one repository must not open another's blobs to whoever knows their digests. Credentials
-/// are kept hashed.
-pub fn access_key(ns: &str, repo: &str, object: &str, auth: Option<&HeaderValue>) -> String {
-    let who = auth.map_or_else(
-        || "anonymous".to_string(),
-        |a| hex::encode(&sha2::Sha256::digest(a.as_bytes())[..16]),
-    );
-    format!("{ns}\u{0}{repo}\u{0}{object}\u{0}{who}")
-}
-
-/// What every registry API request is checked for first: total header size, a read-only
-/// method (returns whether it is `HEAD`), and containerd's `?ns=` (returned as given).
-pub fn preflight(req: &HttpRequest) -> Result<(bool, Option<String>)> {
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(Error::HeadersTooLarge(header_bytes));
-    }
-    let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        ref m => return Err(Error::Unsupported(m.to_string())),
-    };
-    let ns = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned());
-    Ok((head, ns))
 }
 
 /// The mirror server: `new(config)` then `run(listener, shutdown)`.
@@ -304,7 +265,12 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
 
 /// Every `/v2/...` request: validate, then dispatch to ping, manifests or blobs.
 async fn registry_api(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let (head, ns) = preflight(&req)?;
+    let headers = req.headers().iter();
+    let (head, ns) = preflight(
+        req.method().as_str(),
+        req.query_string(),
+        headers.map(|(name, value)| (name.as_str(), value.as_bytes())),
+    )?;
     let up = state.upstream_for(ns.as_deref())?;
     let auth = req.headers().get(AUTHORIZATION);
     let tail = req.match_info().get("tail").unwrap_or("");
@@ -347,7 +313,7 @@ async fn ping(state: &AppState, up: &Upstream, auth: Option<&HeaderValue>) -> Ht
         .await
     {
         Ok(resp) if resp.status().as_u16() == 401 => {
-            Error::Upstream(refusal(resp).await).error_response()
+            Error::upstream(refusal(resp).await).error_response()
         }
         Ok(_) => ok(),
         Err(e) => {

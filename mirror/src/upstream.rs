@@ -4,11 +4,12 @@
 //! public web PKI and, with `upstreamCAFile`, the private CAs in that file.
 
 use crate::error::{Error, Result, UpstreamReply};
-use crate::reference::Digest;
 use nodepool::UpstreamSpec;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use std::time::Duration;
+use storage::reference::Digest;
+use storage::request::read_limited;
 use url::Url;
 
 const MAX_REDIRECTS: usize = 5;
@@ -72,7 +73,7 @@ impl<'a> RequestOpts<'a> {
 
 fn header_value(bytes: &[u8], name: &str) -> Result<HeaderValue> {
     HeaderValue::from_bytes(bytes)
-        .map_err(|_| Error::Transfer(format!("client sent an invalid {name} header")))
+        .map_err(|_| Error::transfer(format!("client sent an invalid {name} header")))
 }
 
 /// CA certificates trusted for upstream HTTPS besides the public web PKI, read from the
@@ -143,7 +144,7 @@ impl UpstreamClient {
         // The PEM parse only checks the armour; the certificates themselves are parsed here.
         let http = builder.build().map_err(|e| {
             if extra_roots.is_empty() {
-                Error::Transfer(format!(
+                Error::transfer(format!(
                     "building HTTP client: {}",
                     nodepool::wire::error_chain(&e)
                 ))
@@ -194,7 +195,7 @@ impl UpstreamClient {
                 return Ok(resp);
             };
             let next = current.join(location).map_err(|e| {
-                Error::Transfer(format!(
+                Error::transfer(format!(
                     "upstream {} redirected to an invalid location: {e}",
                     redact(&current)
                 ))
@@ -206,7 +207,7 @@ impl UpstreamClient {
             };
             tracing::debug!(to = %redact(&current), "following upstream redirect");
         }
-        Err(Error::Transfer(format!(
+        Err(Error::transfer(format!(
             "more than {MAX_REDIRECTS} redirects"
         )))
     }
@@ -230,25 +231,6 @@ pub async fn refusal(resp: Response) -> UpstreamReply {
         content_type,
         body: body.into(),
     }
-}
-
-/// Reads a body of at most `limit` bytes; more is an error, not a truncation.
-pub async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(Error::ManifestTooLarge(limit));
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| Error::Transfer(nodepool::wire::error_chain(&e)))?
-    {
-        if out.len() + chunk.len() > limit {
-            return Err(Error::ManifestTooLarge(limit));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// `BUCKET.oss-REGION[-internal].aliyuncs.com` -> `BUCKET.oss-accelerate.aliyuncs.com`.

@@ -67,19 +67,32 @@ impl RangeSpec {
 /// and the socket write are amortised (measured in docs/benchmarks.md).
 const FILE_CHUNK: u64 = 1024 * 1024;
 
-/// Status (200 or 206) and inclusive span of a response for a blob of `size` bytes.
-pub fn span(
-    range: Option<RangeSpec>,
-    size: u64,
-    text: &str,
-) -> Result<(actix_web::http::StatusCode, u64, u64)> {
-    use actix_web::http::StatusCode;
+/// What part of a blob a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// A `Range` was asked for: the answer is `206 Partial Content`, else `200 OK`.
+    pub partial: bool,
+    pub start: u64,
+    /// Inclusive.
+    pub end: u64,
+}
+
+/// The span of a response for a blob of `size` bytes (416 for a range it cannot serve).
+pub fn span(range: Option<RangeSpec>, size: u64, text: &str) -> Result<Span> {
     match range {
         Some(r) => {
-            let (s, e) = r.resolve(size, text)?;
-            Ok((StatusCode::PARTIAL_CONTENT, s, e))
+            let (start, end) = r.resolve(size, text)?;
+            Ok(Span {
+                partial: true,
+                start,
+                end,
+            })
         }
-        None => Ok((StatusCode::OK, 0, size.saturating_sub(1))),
+        None => Ok(Span {
+            partial: false,
+            start: 0,
+            end: size.saturating_sub(1),
+        }),
     }
 }
 

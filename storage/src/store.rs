@@ -379,18 +379,9 @@ impl BlobStore {
         Ok(())
     }
 
-    /// When upstream last accepted this requester for this repository (unix seconds).
-    pub fn access(&self, key: &str) -> Result<Option<u64>> {
-        Ok(self.access.get(key.as_bytes())?.and_then(|raw| {
-            let bytes: [u8; 8] = raw.as_ref().try_into().ok()?;
-            Some(u64::from_be_bytes(bytes))
-        }))
-    }
-
-    pub fn put_access(&self, key: &str, now: SystemTime) -> Result<()> {
-        self.access
-            .insert(key.as_bytes(), &unix(now).to_be_bytes())?;
-        Ok(())
+    /// The access grants (see `access`), in the same index so they survive a restart.
+    pub(crate) fn access_tree(&self) -> &sled::Tree {
+        &self.access
     }
 
     /// Removes expired entries, then the least recently used while over capacity.
