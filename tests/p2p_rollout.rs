@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::agent::{CACHE_HITS, PEER_BYTES, SERVED_BYTES, SOURCE_BYTES};
+use common::agent::TASKS as AGENT_TASKS;
+use common::agent::{CACHE_HITS, PEER_BYTES, SCHEDULER_ERRORS, SERVED_BYTES, SOURCE_BYTES};
+use common::fixture::REPO;
 use common::p2p::{BedSpec, P2pBed};
 use common::scheduler::{DECISIONS, PEERS, TASKS};
 use common::{assert_eventually, Containerd};
@@ -139,6 +141,39 @@ fn agent_restart_serves_cached_blob_without_network() {
         assert_eq!(resp.status, 200, "GET {path} with the mirror down");
         assert_eq!(resp.body, bed.fx.image.blob_bytes(&blob.digest));
     }
+}
+
+#[test]
+fn a_zero_byte_blob_completes_at_once_and_its_download_ends() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 37,
+        ..BedSpec::default()
+    });
+    let digest = bed.fx.registry.push_blob(REPO, b"").unwrap();
+    let a = bed.add_agent(POOL, &[]);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+
+    let resp = common::raw_request(bed.agents[a].host(), "GET", &path, &[]).unwrap();
+    assert_eq!((resp.status, resp.body.len()), (200, 0), "GET {path}");
+    // A 0-byte blob has no pieces: nothing to wait for from the mirror or peers. Counted as
+    // one piece, the download polled the mirror for it forever.
+    assert_eventually(
+        std::time::Duration::from_secs(10),
+        "the agent's download of the 0-byte blob ending",
+        || bed.agents[a].metric(AGENT_TASKS) == 0.0,
+    );
+    let resp = common::raw_request(bed.agents[a].host(), "GET", &path, &[]).unwrap();
+    assert_eq!((resp.status, resp.body.len()), (200, 0), "GET {path} again");
+    assert_eq!(
+        bed.agents[a].metric(CACHE_HITS),
+        1.0,
+        "the second GET was not served from the agent's cache"
+    );
+    assert_eq!(
+        bed.agents[a].metric(SCHEDULER_ERRORS),
+        0.0,
+        "the agent announced a blob without pieces, which the scheduler refuses"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ use actix_web::body::SizedStream;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use nodepool::PieceLayout;
 use std::sync::Arc;
 use std::time::SystemTime;
 use storage::reference::Digest;
@@ -80,7 +81,7 @@ pub async fn serve_piece(
     let piece_size = url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "pieceSize")
         .and_then(|(_, v)| v.parse::<u64>().ok())
-        .filter(|p| (nodepool::MIN_PIECE..=nodepool::MAX_PIECE).contains(p))
+        .filter(|p| nodepool::check_piece_size(*p).is_ok())
         .ok_or_else(|| {
             Error::NotHeld(format!(
                 "{digest} piece {index} (pieceSize missing or out of range)"
@@ -91,7 +92,7 @@ pub async fn serve_piece(
     let task = state.tasks.lock().get(digest.hex()).cloned();
     let body: std::pin::Pin<Box<dyn Stream<Item = storage::Result<Bytes>>>>;
     let len;
-    if let Some(task) = task.filter(|t| t.piece_size == piece_size) {
+    if let Some(task) = task.filter(|t| t.layout.piece_size() == piece_size) {
         if !task.has_piece(index) {
             return Err(not_held());
         }
@@ -116,13 +117,15 @@ pub async fn serve_piece(
         else {
             return Err(not_held());
         };
-        let start = index as u64 * piece_size;
-        if entry.media_type.is_some() || start >= entry.size {
+        if entry.media_type.is_some() {
             return Err(not_held());
         }
-        let end = (start + piece_size).min(entry.size);
-        len = end - start;
-        body = Box::pin(storage::body::file_stream(file, start, end));
+        let span = PieceLayout::new(entry.size, piece_size)
+            .ok()
+            .and_then(|layout| layout.span(index))
+            .ok_or_else(not_held)?;
+        len = span.end - span.start;
+        body = Box::pin(storage::body::file_stream(file, span.start, span.end));
     }
     let slot = state
         .upload_slots

@@ -376,17 +376,7 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
     };
     let mut every = HEARTBEAT;
     loop {
-        let held = state
-            .store
-            .list()
-            .into_iter()
-            .filter(|(_, e)| e.media_type.is_none())
-            .map(|(d, e)| HeldTask {
-                digest: d.to_string(),
-                size: e.size,
-                piece_size: state.cfg.blocksize.0,
-            })
-            .collect();
+        let held = held_tasks(&state.store, state.cfg.blocksize.0);
         let req = HeartbeatRequest {
             peer: state.peer_info(),
             held,
@@ -404,6 +394,21 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// What this node can serve peers: every blob it holds whole. Manifests are never shared, and
+/// a 0-byte blob has no pieces to share (the scheduler would refuse the whole heartbeat).
+fn held_tasks(store: &BlobStore, piece_size: u64) -> Vec<HeldTask> {
+    store
+        .list()
+        .into_iter()
+        .filter(|(_, e)| e.media_type.is_none() && e.size > 0)
+        .map(|(d, e)| HeldTask {
+            digest: d.to_string(),
+            size: e.size,
+            piece_size,
+        })
+        .collect()
 }
 
 async fn gc_loop(state: web::Data<AgentState>) {
@@ -483,5 +488,23 @@ mod tests {
         // Nonsense is bounded both ways.
         assert_eq!(heartbeat_interval(0), MIN_HEARTBEAT);
         assert_eq!(heartbeat_interval(u64::MAX), HEARTBEAT);
+    }
+
+    #[test]
+    fn heartbeats_list_whole_blobs_with_pieces_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path(), Duration::from_secs(3600), 0).expect("store");
+        let now = SystemTime::now();
+        let layer = storage::Digest::of(b"layer");
+        store.put_small(&layer, b"layer", None, now).expect("put");
+        let empty = storage::Digest::of(b"");
+        store.put_small(&empty, b"", None, now).expect("put");
+        let manifest = storage::Digest::of(b"{}");
+        store
+            .put_small(&manifest, b"{}", Some("application/json".into()), now)
+            .expect("put");
+        let held = held_tasks(&store, 1 << 20);
+        let digests: Vec<&str> = held.iter().map(|h| h.digest.as_str()).collect();
+        assert_eq!(digests, [layer.to_string()]);
     }
 }

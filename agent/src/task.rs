@@ -16,6 +16,7 @@ use crate::state::AgentState;
 use actix_web::web;
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use nodepool::PieceLayout;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use scheduler::api::{AnnounceRequest, TaskInfo};
@@ -130,8 +131,8 @@ enum Job {
 
 pub struct Task {
     pub spec: TaskSpec,
-    pub piece_size: u64,
-    count: u32,
+    /// How the blob is cut: a 0-byte blob has no pieces and completes at once.
+    pub layout: PieceLayout,
     pub ingest: Arc<Ingest>,
     file: Arc<File>,
     st: Mutex<TaskState>,
@@ -161,15 +162,19 @@ impl Task {
                 })
             }
         };
-        let piece_size = state.cfg.blocksize.0;
-        let count = spec.size.div_ceil(piece_size).max(1) as u32;
+        let layout = PieceLayout::new(spec.size, state.cfg.blocksize.0).map_err(|e| {
+            crate::Error::Layout {
+                digest: spec.digest.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let count = layout.count();
         writer.set(Progress::Running {
             written: 0,
             size: Some(spec.size),
         });
         let task = Arc::new(Task {
-            piece_size,
-            count,
+            layout,
             ingest,
             file: writer.file.clone(),
             st: Mutex::new(TaskState {
@@ -197,7 +202,8 @@ impl Task {
         state.metrics.tasks.set(tasks.len() as i64);
         drop(tasks);
         tokio::spawn(layout_loop(state.clone(), task.clone()));
-        if state.p2p() {
+        // A blob without pieces has nothing to announce (the scheduler refuses it).
+        if state.p2p() && count > 0 {
             tokio::spawn(announce_loop(state.clone(), task.clone()));
         }
         for _ in 0..WORKERS.min(count as usize) {
@@ -211,9 +217,12 @@ impl Task {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// The bytes of a piece (end exclusive); empty past the last piece.
     fn piece_span(&self, index: u32) -> (u64, u64) {
-        let start = index as u64 * self.piece_size;
-        (start, (start + self.piece_size).min(self.spec.size))
+        let size = self.layout.size();
+        self.layout
+            .span(index)
+            .map_or((size, size), |span| (span.start, span.end))
     }
 
     /// Whether a piece is here and verified (peers may have it).
@@ -222,7 +231,7 @@ impl Task {
     }
 
     pub fn piece_range(&self, index: u32) -> Option<(u64, u64)> {
-        (index < self.count).then(|| self.piece_span(index))
+        (index < self.layout.count()).then(|| self.piece_span(index))
     }
 
     fn fail(&self, message: String) {
@@ -495,7 +504,8 @@ async fn fetch_from_peer(
 ) -> crate::Result<()> {
     let path = format!(
         "/pieces/{}/{index}?pieceSize={}",
-        task.spec.digest, task.piece_size
+        task.spec.digest,
+        task.layout.piece_size()
     );
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -613,7 +623,7 @@ async fn fetch_piece(
 async fn layout_loop(state: web::Data<AgentState>, task: Arc<Task>) {
     let mut from = 0u32;
     let mut errors = 0;
-    while from < task.count {
+    while from < task.layout.count() {
         if task.st.lock().failed.is_some() {
             return;
         }
@@ -621,7 +631,7 @@ async fn layout_loop(state: web::Data<AgentState>, task: Arc<Task>) {
             &state,
             "pieces",
             &[
-                ("pieceSize", task.piece_size.to_string()),
+                ("pieceSize", task.layout.piece_size().to_string()),
                 ("from", from.to_string()),
             ],
         );
@@ -669,10 +679,13 @@ async fn fetch_layout(req: reqwest::RequestBuilder, task: &Task) -> crate::Resul
         .json()
         .await
         .map_err(|e| err(format!("bad piece list: {e}")))?;
-    if list.size != task.spec.size || list.piece_size != task.piece_size {
+    if list.size != task.spec.size || list.piece_size != task.layout.piece_size() {
         return Err(err(format!(
             "piece list for {} bytes in {} pieces, expected {} in {}",
-            list.size, list.piece_size, task.spec.size, task.piece_size
+            list.size,
+            list.piece_size,
+            task.spec.size,
+            task.layout.piece_size()
         )));
     }
     list.pieces
@@ -694,7 +707,7 @@ async fn announce_loop(state: web::Data<AgentState>, task: Arc<Task>) {
     let info = TaskInfo {
         digest: task.spec.digest.to_string(),
         size: task.spec.size,
-        piece_size: task.piece_size,
+        piece_size: task.layout.piece_size(),
     };
     loop {
         let (have, failed_parents, finished) = {
@@ -702,7 +715,7 @@ async fn announce_loop(state: web::Data<AgentState>, task: Arc<Task>) {
             if st.failed.is_some() {
                 return;
             }
-            let have = (0..task.count)
+            let have = (0..task.layout.count())
                 .filter(|i| st.pieces[*i as usize] == Piece::Done)
                 .collect();
             (have, std::mem::take(&mut st.to_report), st.finished)
@@ -806,7 +819,7 @@ async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: In
         if let Some(msg) = task.st.lock().failed.clone() {
             break Err(download(msg));
         }
-        while prefix < task.count && task.has_piece(prefix) {
+        while prefix < task.layout.count() && task.has_piece(prefix) {
             let (start, end) = task.piece_span(prefix);
             match hash_span(task.file.clone(), std::mem::take(&mut hasher), start, end).await {
                 Ok(h) => hasher = h,
@@ -821,7 +834,7 @@ async fn sequencer(state: web::Data<AgentState>, task: Arc<Task>, mut writer: In
                 size: Some(task.spec.size),
             });
         }
-        if prefix == task.count {
+        if prefix == task.layout.count() {
             let actual = Digest::from_sha256(&std::mem::take(&mut hasher).finalize());
             if actual != task.spec.digest {
                 state.metrics.digest_mismatches.inc();

@@ -8,7 +8,7 @@ use crate::blobs::{locate, Source};
 use crate::error::{Error, Result};
 use crate::server::{AppState, Ctx};
 use actix_web::{web, HttpRequest, HttpResponse};
-use nodepool::{MAX_PIECE, MIN_PIECE};
+use nodepool::{check_piece_size, PieceLayout, MAX_PIECE, MIN_PIECE};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,15 +54,15 @@ pub async fn get(
     req: &HttpRequest,
 ) -> Result<HttpResponse> {
     let piece_size = param(req, "pieceSize")?.unwrap_or(4 << 20);
-    if !(MIN_PIECE..=MAX_PIECE).contains(&piece_size) {
-        return Err(Error::unsupported(format!(
+    check_piece_size(piece_size).map_err(|_| {
+        Error::unsupported(format!(
             "pieceSize {piece_size} (between {MIN_PIECE} and {MAX_PIECE})"
-        )));
-    }
+        ))
+    })?;
     let from = param(req, "from")?.unwrap_or(0);
     let list = match locate(state, ctx, &digest, true).await? {
         Some(Source::Cached(file, entry)) => {
-            let all = memoized(state, &digest, file, entry.size, piece_size).await?;
+            let all = memoized(state, &digest, file, layout(entry.size, piece_size)?).await?;
             let first = (from as usize).min(all.len());
             let last = (first + MAX_PER_ANSWER as usize).min(all.len());
             PieceList {
@@ -84,14 +84,13 @@ async fn memoized(
     state: &AppState,
     digest: &Digest,
     file: std::fs::File,
-    size: u64,
-    piece_size: u64,
+    layout: PieceLayout,
 ) -> Result<Arc<Vec<String>>> {
-    let key = (digest.to_string(), piece_size);
+    let key = (digest.to_string(), layout.piece_size());
     if let Some(hit) = state.pieces.0.lock().get(&key) {
         return Ok(hit.clone());
     }
-    let all = tokio::task::spawn_blocking(move || hash_pieces(file, size, piece_size))
+    let all = tokio::task::spawn_blocking(move || hash_pieces(file, layout))
         .await
         .map_err(|e| Error::transfer(e.to_string()))??;
     let all = Arc::new(all);
@@ -101,6 +100,13 @@ async fn memoized(
     }
     memo.insert(key, all.clone());
     Ok(all)
+}
+
+/// The layout of a blob of `size` bytes at an accepted `piece_size`: refused only for a size
+/// so large its pieces cannot be numbered.
+fn layout(size: u64, piece_size: u64) -> Result<PieceLayout> {
+    PieceLayout::new(size, piece_size)
+        .map_err(|e| Error::unsupported(format!("pieceSize {piece_size} for {size} bytes: {e}")))
 }
 
 /// Pieces of a blob still arriving: waits briefly for piece `from` to complete, then hashes
@@ -113,7 +119,7 @@ async fn arriving(
 ) -> Result<PieceList> {
     let mut rx = ingest.progress();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
-    let (avail, size, complete) = loop {
+    let (avail, layout, complete) = loop {
         let snapshot = rx.borrow_and_update().clone();
         let (avail, size, done) = match snapshot {
             Progress::Running {
@@ -125,22 +131,22 @@ async fn arriving(
             Progress::Refused(reply) => return Err(Error::upstream(reply)),
             Progress::Failed(msg) => return Err(Error::transfer(msg)),
         };
-        let wanted_end = ((from + 1) * piece_size).min(size);
+        let layout = layout(size, piece_size)?;
+        let wanted_end = u32::try_from(from)
+            .ok()
+            .and_then(|index| layout.span(index))
+            .map_or(size, |span| span.end);
         if done || (size > 0 && avail >= wanted_end) {
-            break (avail, size, done);
+            break (avail, layout, done);
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return Err(Error::transfer("ingest ended early")),
-            Err(_) => break (avail, size, false),
+            Err(_) => break (avail, layout, false),
         }
     };
     // Extend the ingest's shared list to what has arrived, then answer from it.
-    let arrived = if avail >= size {
-        size.div_ceil(piece_size)
-    } else {
-        avail / piece_size
-    };
+    let arrived = u64::from(layout.complete_within(avail));
     let wanted = arrived.min(from.saturating_add(MAX_PER_ANSWER));
     let mut memo = ingest.piece_digests.lock().await;
     if memo.len() >= MAX_ARRIVING_SIZES && !memo.contains_key(&piece_size) {
@@ -148,21 +154,24 @@ async fn arriving(
     }
     let known = memo.entry(piece_size).or_default();
     while (known.len() as u64) < wanted {
-        let start = known.len() as u64 * piece_size;
-        let end = (start + piece_size).min(size);
-        let bytes = ingest.read_at(start, (end - start) as usize).await?;
+        let Some(span) = layout.span(known.len() as u32) else {
+            break;
+        };
+        let bytes = ingest
+            .read_at(span.start, (span.end - span.start) as usize)
+            .await?;
         known.push(piece_digest(&bytes));
     }
     let first = (from as usize).min(known.len());
     let pieces = known[first..(wanted as usize).max(first)].to_vec();
     drop(memo);
-    let index = from + pieces.len() as u64;
+    let index = from.saturating_add(pieces.len() as u64);
     Ok(PieceList {
         digest: digest.to_string(),
-        size,
+        size: layout.size(),
         piece_size,
         from,
-        complete: complete && index * piece_size >= size,
+        complete: complete && index >= u64::from(layout.count()),
         pieces,
     })
 }

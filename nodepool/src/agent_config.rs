@@ -176,7 +176,7 @@ impl AgentConfig {
         if self.pool.is_empty() || self.pool.len() > 253 {
             return Err(invalid("pool", "a node pool id is needed"));
         }
-        if !(crate::MIN_PIECE..=crate::MAX_PIECE).contains(&self.blocksize.0) {
+        if crate::check_piece_size(self.blocksize.0).is_err() {
             return Err(invalid(
                 "blocksize",
                 format!("{} is outside 64KiB..64MiB", self.blocksize.0),

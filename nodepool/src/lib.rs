@@ -8,6 +8,7 @@ mod agent_config;
 pub mod auth;
 mod config;
 pub mod distributed;
+pub mod layout;
 pub mod pools;
 mod units;
 mod webhook_config;
@@ -17,13 +18,10 @@ pub use agent_config::{AgentConfig, CacheConfig, CacheMode, DownloadPattern};
 pub use auth::{AuthError, AUTH_HEADER};
 pub use config::{MirrorConfig, SchedulerConfig, UpstreamSpec};
 pub use distributed::DistributedNames;
+pub use layout::{check_piece_size, LayoutError, PieceLayout, MAX_PIECE, MIN_PIECE};
 pub use pools::{PoolGraph, PoolSpec};
 pub use units::{ByteSize, HumanDuration, Rate};
 pub use webhook_config::WebhookConfig;
-
-/// Piece sizes the mirror and agents accept (`blocksize`).
-pub const MIN_PIECE: u64 = 64 * 1024;
-pub const MAX_PIECE: u64 = 64 * 1024 * 1024;
 
 /// What went wrong reading or validating configuration. The message names the key.
 #[derive(Debug, thiserror::Error)]

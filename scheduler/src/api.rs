@@ -11,6 +11,7 @@
 //! ```
 
 use crate::error::{Error, Result};
+use nodepool::PieceLayout;
 use serde::{Deserialize, Serialize};
 
 /// Longest peer id, pool id or address accepted.
@@ -138,23 +139,25 @@ pub fn validate_digest(digest: &str) -> Result<()> {
     }
 }
 
-/// How many pieces a blob of `size` bytes has at `piece_size`, within [`MAX_PIECES`].
+/// How many pieces a blob of `size` bytes has at `piece_size` ([`PieceLayout`]), within
+/// [`MAX_PIECES`]. A 0-byte blob has no pieces, so nothing for peers to share: refused.
 pub fn piece_count(size: u64, piece_size: u64) -> Result<u32> {
-    if size == 0 || piece_size == 0 {
+    let layout =
+        PieceLayout::new(size, piece_size).map_err(|e| Error::invalid("task", e.to_string()))?;
+    let count = layout.count();
+    if count == 0 {
         return Err(Error::invalid(
             "task",
-            format!("size ({size}) and pieceSize ({piece_size}) must be above 0"),
+            format!("a {size}-byte blob has no pieces to share"),
         ));
     }
-    let count = size.div_ceil(piece_size);
-    if count > MAX_PIECES {
+    if u64::from(count) > MAX_PIECES {
         return Err(Error::invalid(
             "task",
             format!("{count} pieces is more than {MAX_PIECES}; use larger pieces"),
         ));
     }
-    // Bounded by MAX_PIECES just above.
-    Ok(count as u32)
+    Ok(count)
 }
 
 impl PeerInfo {

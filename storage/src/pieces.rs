@@ -2,6 +2,7 @@
 //! `GET /v2/<name>/pieces/<digest>` and agents check every piece from a peer against, and
 //! [`PieceList`], that answer on the wire.
 
+use nodepool::PieceLayout;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use std::io::Read;
@@ -25,22 +26,15 @@ pub fn piece_digest(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// The digest of every piece of the first `size` bytes of `file`, in order; the last piece may
-/// be short.
-pub fn hash_pieces(
-    mut file: std::fs::File,
-    size: u64,
-    piece_size: u64,
-) -> std::io::Result<Vec<String>> {
+/// The digest of every piece of `file` as `layout` cuts it, in order.
+pub fn hash_pieces(mut file: std::fs::File, layout: PieceLayout) -> std::io::Result<Vec<String>> {
     use std::io::Seek;
     file.rewind()?;
-    let mut out = Vec::with_capacity(size.div_ceil(piece_size) as usize);
+    let mut out = Vec::with_capacity(layout.count() as usize);
     let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
+    for span in (0..layout.count()).filter_map(|index| layout.span(index)) {
         let mut hasher = sha2::Sha256::new();
-        let mut piece_left = piece_size.min(left);
-        left -= piece_left;
+        let mut piece_left = span.end - span.start;
         while piece_left > 0 {
             let n = piece_left.min(buf.len() as u64) as usize;
             file.read_exact(&mut buf[..n])?;
@@ -62,7 +56,8 @@ mod tests {
         let data: Vec<u8> = (0..(200 * 1024)).map(|i| (i % 251) as u8).collect();
         let mut file = tempfile::tempfile().expect("tempfile");
         file.write_all(&data).expect("write");
-        let got = hash_pieces(file, data.len() as u64, 64 * 1024).expect("hash");
+        let layout = PieceLayout::new(data.len() as u64, 64 * 1024).expect("layout");
+        let got = hash_pieces(file, layout).expect("hash");
         let want: Vec<String> = data.chunks(64 * 1024).map(piece_digest).collect();
         assert_eq!(got.len(), 4);
         assert_eq!(got, want);

@@ -235,6 +235,36 @@ impl Registry {
             .count()
     }
 
+    /// Uploads `data` as a blob of `repo` (anonymous registries only) with the distribution
+    /// API's monolithic upload, for blobs skopeo would not push on their own (a 0-byte one);
+    /// returns its digest.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> Result<String> {
+        let digest = format!("sha256:{}", super::sha256_hex(data));
+        let http = super::client();
+        let started = http
+            .post(format!("{}/v2/{repo}/blobs/uploads/", self.url()))
+            .send()?;
+        anyhow::ensure!(
+            started.status() == 202,
+            "upload start: {}",
+            started.status()
+        );
+        let location = started
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .context("upload start without a Location")?;
+        let mut url = reqwest::Url::parse(&self.url())?.join(location)?;
+        url.query_pairs_mut().append_pair("digest", &digest);
+        let done = http.put(url).body(data.to_vec()).send()?;
+        anyhow::ensure!(
+            done.status() == 201,
+            "upload of {digest}: {}",
+            done.status()
+        );
+        Ok(digest)
+    }
+
     /// Stops the registry (to prove that something is served without it). Its data stays.
     pub fn stop(&mut self) {
         self.kill();
