@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use common::agent::{PEER_BYTES, SOURCE_BYTES};
 use common::p2p::{BedSpec, P2pBed, PIECE_SIZE};
 use common::raw_request;
-use nodepool::auth::{self, AUTH_HEADER};
+use nodepool::{unix_now, PoolSecret, AUTH_HEADER};
 
 const POOL_A: &str = "pool-a";
 const POOL_B: &str = "pool-b";
@@ -91,10 +89,10 @@ fn peer_port_without_the_pool_secret_gets_nothing() {
     let layer = bed.fx.image.layers[0].clone();
     let piece = bed.fx.image.blob_bytes(&layer.digest)[..PIECE_SIZE as usize].to_vec();
     let path = |index: u32| format!("/pieces/{}/{index}?pieceSize={PIECE_SIZE}", layer.digest);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = unix_now();
+    let sign = |secret: &str, path: &str, pool: &str, at: u64| {
+        PoolSecret::new(secret).sign("GET", path, pool, at)
+    };
     let peer = bed.agents[holder].peer_host().to_owned();
     let get = |target: &str, sig: Option<&str>| {
         let headers: Vec<(&str, &str)> = sig.map(|s| (AUTH_HEADER, s)).into_iter().collect();
@@ -104,21 +102,18 @@ fn peer_port_without_the_pool_secret_gets_nothing() {
 
     let cases = [
         ("no signature", None),
-        (
-            "a wrong secret",
-            Some(auth::sign(b"guess", "GET", &path(0), POOL_A, now)),
-        ),
+        ("a wrong secret", Some(sign("guess", &path(0), POOL_A, now))),
         (
             "a pool this node does not reach",
-            Some(auth::sign(b"s3cret", "GET", &path(0), POOL_B, now)),
+            Some(sign("s3cret", &path(0), POOL_B, now)),
         ),
         (
             "a signature for another piece",
-            Some(auth::sign(b"s3cret", "GET", &path(1), POOL_A, now)),
+            Some(sign("s3cret", &path(1), POOL_A, now)),
         ),
         (
             "a signature an hour old",
-            Some(auth::sign(b"s3cret", "GET", &path(0), POOL_A, now - 3600)),
+            Some(sign("s3cret", &path(0), POOL_A, now - 3600)),
         ),
     ];
     for (what, sig) in &cases {
@@ -133,7 +128,7 @@ fn peer_port_without_the_pool_secret_gets_nothing() {
 
     // The same request, signed for the holder's own pool with the pool secret, is served:
     // what failed above was the signature, not the request.
-    let sig = auth::sign(b"s3cret", "GET", &path(0), POOL_A, now);
+    let sig = sign("s3cret", &path(0), POOL_A, now);
     let resp = get(&path(0), Some(&sig));
     assert_eq!(
         resp.status, 200,

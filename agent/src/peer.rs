@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use storage::reference::Digest;
 
-/// Signed requests older or newer than this are refused.
-const MAX_SKEW_SECS: u64 = 300;
 /// Upload chunks stay small: large buffers freed on other threads bloat glibc's arenas.
 const CHUNK: u64 = 128 * 1024;
 /// Pieces uploaded at once. More would slice the uplink so thin that no piece finishes soon:
@@ -36,31 +34,22 @@ pub fn bound_send_buffer(listener: &std::net::TcpListener, bytes: u64) -> std::i
 }
 
 fn authorize(req: &HttpRequest, state: &AgentState) -> Result<()> {
-    if state.cfg.secret.is_empty() {
+    if state.secret.is_off() {
         return Ok(());
     }
     let header = req
         .headers()
-        .get(nodepool::auth::AUTH_HEADER)
+        .get(nodepool::AUTH_HEADER)
         .and_then(|h| h.to_str().ok())
         .ok_or_else(|| Error::PeerDenied("no pool signature".into()))?;
     let path = match req.uri().path_and_query() {
         Some(pq) => pq.as_str().to_string(),
         None => req.path().to_string(),
     };
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let pool = nodepool::auth::verify(
-        state.cfg.secret.as_bytes(),
-        "GET",
-        &path,
-        header,
-        now,
-        MAX_SKEW_SECS,
-    )
-    .map_err(|e| Error::PeerDenied(e.to_string()))?;
+    let pool = state
+        .secret
+        .verify_now("GET", &path, header)
+        .map_err(|e| Error::PeerDenied(e.to_string()))?;
     if !state.reachable.read().contains(&pool) {
         return Err(Error::PeerDenied(format!(
             "pool `{}` does not reach this node's pool",

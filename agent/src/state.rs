@@ -5,7 +5,7 @@ use crate::metrics::Metrics;
 use crate::task::Task;
 use crate::{peer, registry};
 use actix_web::{web, App, HttpResponse, HttpServer};
-use nodepool::{AgentConfig, CacheMode, DownloadPattern};
+use nodepool::{AgentConfig, CacheMode, DownloadPattern, PoolSecret};
 use parking_lot::{Mutex, RwLock};
 use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo};
 use scheduler::client::SchedulerClient;
@@ -39,6 +39,8 @@ pub struct Limits {
 
 pub struct AgentState {
     pub cfg: AgentConfig,
+    /// Signs this node's requests to peers and the scheduler, and checks its peers'.
+    pub secret: PoolSecret,
     pub node: String,
     pub advertise: String,
     pub mirror: url::Url,
@@ -144,7 +146,7 @@ impl AgentServer {
             DownloadPattern::P2p if !cfg.scheduler.is_empty() => Some(
                 SchedulerClient::new(
                     &cfg.scheduler,
-                    cfg.secret.clone().into_bytes(),
+                    cfg.pool_secret(),
                     cfg.pool.clone(),
                     cfg.connect_timeout.0,
                 )
@@ -152,7 +154,8 @@ impl AgentServer {
             ),
             _ => None,
         };
-        if cfg.secret.is_empty() {
+        let secret = cfg.pool_secret();
+        if secret.is_off() {
             tracing::warn!(
                 "no secret configured: peer traffic is not authenticated, and the peer port \
                  serves every piece this node holds to anyone who can reach it"
@@ -167,6 +170,7 @@ impl AgentServer {
         let pool = cfg.pool.clone();
         let state = AgentState {
             cfg,
+            secret,
             node,
             advertise,
             mirror,

@@ -507,21 +507,11 @@ async fn fetch_from_peer(
         task.spec.digest,
         task.layout.piece_size()
     );
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let sig = nodepool::auth::sign(
-        state.cfg.secret.as_bytes(),
-        "GET",
-        &path,
-        &state.cfg.pool,
-        now,
-    );
+    let sig = state.secret.sign_now("GET", &path, &state.cfg.pool);
     let req = state
         .http
         .get(format!("http://{addr}{path}"))
-        .header(nodepool::auth::AUTH_HEADER, sig);
+        .header(nodepool::AUTH_HEADER, sig);
     fetch_piece(state, task, index, req, state.metrics.peer_in()).await
 }
 

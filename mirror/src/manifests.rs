@@ -7,11 +7,12 @@ use crate::server::{AppState, Ctx};
 use crate::upstream::{refusal, RequestOpts};
 use actix_web::http::header::{HeaderValue, ACCEPT};
 use actix_web::{web, HttpRequest, HttpResponse};
+use nodepool::unix_secs as unix;
 use reqwest::Method;
 use std::time::SystemTime;
 use storage::reference::{Digest, Reference};
 use storage::request::{joined_accept, read_limited};
-use storage::store::{unix, TagEntry};
+use storage::store::TagEntry;
 
 /// The distribution registry's own limit on manifest size.
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;

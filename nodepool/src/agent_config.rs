@@ -148,6 +148,11 @@ impl AgentConfig {
         load_yaml(path)
     }
 
+    /// `secret` as what signs this node's requests and checks its peers' (off when empty).
+    pub fn pool_secret(&self) -> crate::PoolSecret {
+        crate::PoolSecret::new(self.secret.as_bytes())
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (key, addr) in [("listen", &self.listen), ("peerListen", &self.peer_listen)] {
             if addr.parse::<std::net::SocketAddr>().is_err() {

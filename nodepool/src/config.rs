@@ -264,6 +264,11 @@ impl SchedulerConfig {
         load_yaml(path)
     }
 
+    /// `secret` as what checks agents' requests (off when empty).
+    pub fn pool_secret(&self) -> crate::PoolSecret {
+        crate::PoolSecret::new(self.secret.as_bytes())
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(Error::Invalid {

@@ -5,21 +5,21 @@
 //! pods and the agent maps back. This crate knows nothing of HTTP or storage.
 
 mod agent_config;
-pub mod auth;
 mod config;
 pub mod distributed;
 pub mod layout;
 pub mod pools;
+pub mod secret;
 mod units;
 mod webhook_config;
 pub mod wire;
 
 pub use agent_config::{AgentConfig, CacheConfig, CacheMode, DownloadPattern};
-pub use auth::{AuthError, AUTH_HEADER};
 pub use config::{MirrorConfig, SchedulerConfig, UpstreamSpec};
 pub use distributed::DistributedNames;
 pub use layout::{check_piece_size, LayoutError, PieceLayout, MAX_PIECE, MIN_PIECE};
 pub use pools::{PoolGraph, PoolSpec};
+pub use secret::{unix_now, unix_secs, AuthError, PoolSecret, AUTH_HEADER, MAX_SKEW_SECS};
 pub use units::{ByteSize, HumanDuration, Rate};
 pub use webhook_config::WebhookConfig;
 

@@ -6,11 +6,11 @@ use crate::api::{
     AnnounceRequest, AnnounceResponse, HeartbeatRequest, HeartbeatResponse, LeaveRequest,
 };
 use crate::error::{Error, Result};
-use nodepool::{auth, AUTH_HEADER};
+use nodepool::{PoolSecret, AUTH_HEADER};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How much of an error body is read to explain a refusal.
 const MAX_ERROR_BODY: usize = 4096;
@@ -19,14 +19,19 @@ const MAX_ERROR_BODY: usize = 4096;
 pub struct SchedulerClient {
     http: reqwest::Client,
     base: Url,
-    secret: Vec<u8>,
+    secret: PoolSecret,
     pool: String,
 }
 
 impl SchedulerClient {
     /// `base_url` like `http://10.0.0.2:65003`; `pool` is the pool this agent signs for;
     /// `timeout` bounds each whole request.
-    pub fn new(base_url: &str, secret: Vec<u8>, pool: String, timeout: Duration) -> Result<Self> {
+    pub fn new(
+        base_url: &str,
+        secret: PoolSecret,
+        pool: String,
+        timeout: Duration,
+    ) -> Result<Self> {
         let bad = |message: &str| Error::Url {
             url: base_url.chars().take(200).collect(),
             message: message.to_string(),
@@ -74,10 +79,7 @@ impl SchedulerClient {
     /// Sends a signed POST; a non-2xx answer becomes [`Error::Status`] with the server's message.
     async fn post<T: Serialize>(&self, path: &str, body: &T) -> Result<Reply> {
         let url = self.url(path);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let signature = auth::sign(&self.secret, "POST", url.path(), &self.pool, now);
+        let signature = self.secret.sign_now("POST", url.path(), &self.pool);
         let resp = self
             .http
             .post(url.clone())
@@ -136,13 +138,19 @@ mod tests {
     #[test]
     fn paths_join_onto_the_base_url() {
         let t = Duration::from_secs(1);
-        let c =
-            SchedulerClient::new("http://127.0.0.1:65003", vec![], "p".into(), t).expect("client");
+        let c = SchedulerClient::new(
+            "http://127.0.0.1:65003",
+            PoolSecret::default(),
+            "p".into(),
+            t,
+        )
+        .expect("client");
         assert_eq!(
             c.url("/api/v1/announce").as_str(),
             "http://127.0.0.1:65003/api/v1/announce"
         );
-        let c = SchedulerClient::new("http://h:1/sched/", vec![], "p".into(), t).expect("client");
+        let c = SchedulerClient::new("http://h:1/sched/", PoolSecret::default(), "p".into(), t)
+            .expect("client");
         assert_eq!(
             c.url("/api/v1/leave").as_str(),
             "http://h:1/sched/api/v1/leave"
@@ -154,7 +162,7 @@ mod tests {
         let t = Duration::from_secs(1);
         for bad in ["", "nowhere", "ftp://h:1", "http://h:1/?x=1", "unix:/tmp/s"] {
             assert!(
-                SchedulerClient::new(bad, vec![], "p".into(), t).is_err(),
+                SchedulerClient::new(bad, PoolSecret::default(), "p".into(), t).is_err(),
                 "{bad}"
             );
         }

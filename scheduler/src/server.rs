@@ -7,32 +7,23 @@ use crate::metrics::Metrics;
 use crate::registry::PeerRegistry;
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use nodepool::{auth, SchedulerConfig, AUTH_HEADER};
+use nodepool::{PoolSecret, SchedulerConfig, AUTH_HEADER};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// How far a signature's time may be from the scheduler's clock.
-pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+use std::time::{Duration, Instant};
 
 /// The time decisions use: tokio's clock, so tests with paused time drive TTLs.
 fn clock() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 pub struct AppState {
     pub registry: Mutex<PeerRegistry>,
     pub metrics: Arc<Metrics>,
-    /// `None`: requests are not checked (no secret configured).
-    secret: Option<Vec<u8>>,
+    /// Requests are not checked when it is off (no secret configured).
+    secret: PoolSecret,
     sweep_every: Duration,
 }
 
@@ -43,7 +34,7 @@ impl AppState {
         Ok(AppState {
             registry: Mutex::new(registry),
             metrics,
-            secret: (!config.secret.is_empty()).then(|| config.secret.as_bytes().to_vec()),
+            secret: config.pool_secret(),
             sweep_every: (config.peer_ttl.0 / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(5)),
         })
@@ -51,23 +42,17 @@ impl AppState {
 
     /// Checks the request's signature when a secret is set; returns the pool it was signed for.
     fn authenticate(&self, req: &HttpRequest) -> Result<Option<String>> {
-        let Some(secret) = &self.secret else {
+        if self.secret.is_off() {
             return Ok(None);
-        };
+        }
         let checked = signature(req.headers()).and_then(|header| {
             let path = req
                 .uri()
                 .path_and_query()
                 .map_or_else(|| req.path(), |p| p.as_str());
-            auth::verify(
-                secret,
-                req.method().as_str(),
-                path,
-                header,
-                unix_now(),
-                MAX_CLOCK_SKEW_SECS,
-            )
-            .map_err(|e| Error::Unauthorized(e.to_string()))
+            self.secret
+                .verify_now(req.method().as_str(), path, header)
+                .map_err(|e| Error::Unauthorized(e.to_string()))
         });
         if checked.is_err() {
             self.metrics.unauthorized.inc();
@@ -115,7 +100,7 @@ pub struct SchedulerServer {
 
 impl SchedulerServer {
     pub fn new(config: &SchedulerConfig, metrics: Arc<Metrics>) -> Result<Self> {
-        if config.secret.is_empty() {
+        if config.pool_secret().is_off() {
             tracing::warn!(
                 "no `secret` configured: scheduler requests are not authenticated; \
                  any host that reaches this port can register peers"

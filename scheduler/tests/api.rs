@@ -1,12 +1,12 @@
 //! The scheduler over HTTP, bound to 127.0.0.1:0 and driven with the real client.
 
-use nodepool::{auth, PoolSpec, SchedulerConfig, AUTH_HEADER};
+use nodepool::{unix_now as now_unix, PoolSecret, PoolSpec, SchedulerConfig, AUTH_HEADER};
 use scheduler::api::{
     AnnounceRequest, HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo,
 };
 use scheduler::{Error, Metrics, SchedulerClient, SchedulerServer};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -51,7 +51,7 @@ impl Running {
     fn client(&self, secret: &str, pool: &str) -> SchedulerClient {
         SchedulerClient::new(
             &self.url,
-            secret.as_bytes().to_vec(),
+            PoolSecret::new(secret),
             pool.into(),
             Duration::from_secs(10),
         )
@@ -101,12 +101,6 @@ fn beat(id: &str, pool: &str) -> HeartbeatRequest {
         }],
         load: 0,
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn status_of(e: Error) -> u16 {
@@ -237,20 +231,8 @@ async fn unsigned_or_badly_signed_requests_get_401() {
     let bad_headers = [
         "garbage".to_string(),
         format!("v1 np-1 {} {}", now_unix(), "0".repeat(64)),
-        auth::sign(
-            SECRET.as_bytes(),
-            "POST",
-            "/api/v1/heartbeat",
-            "np-1",
-            now_unix(),
-        ),
-        auth::sign(
-            SECRET.as_bytes(),
-            "POST",
-            "/api/v1/announce",
-            "np-1",
-            now_unix() - 3600,
-        ),
+        PoolSecret::new(SECRET).sign("POST", "/api/v1/heartbeat", "np-1", now_unix()),
+        PoolSecret::new(SECRET).sign("POST", "/api/v1/announce", "np-1", now_unix() - 3600),
     ];
     for header in bad_headers {
         let resp = http
@@ -313,7 +295,7 @@ async fn inconsistent_task_size_is_rejected() {
 async fn hostile_input_gets_4xx_not_panic() {
     let s = Running::start(config(SECRET, vec![])).await;
     let http = reqwest::Client::new();
-    let signed = |path: &str| auth::sign(SECRET.as_bytes(), "POST", path, "np-1", now_unix());
+    let signed = |path: &str| PoolSecret::new(SECRET).sign_now("POST", path, "np-1");
     let good = serde_json::to_value(ask("n1", "np-1", &[])).expect("json");
     let with = |key: &str, value: serde_json::Value| {
         let mut v = good.clone();
@@ -453,7 +435,7 @@ async fn unreachable_scheduler_is_an_error_not_a_hang() {
     };
     let c = SchedulerClient::new(
         &format!("http://127.0.0.1:{port}"),
-        vec![],
+        PoolSecret::default(),
         "np-1".into(),
         Duration::from_secs(2),
     )

@@ -8,7 +8,8 @@
 //! another's blobs to whoever knows their digests. Credentials are kept hashed.
 
 use crate::error::Result;
-use crate::store::{unix, BlobStore};
+use crate::store::BlobStore;
+use nodepool::unix_secs as unix;
 use sha2::Digest as _;
 use std::time::{Duration, SystemTime};
 

@@ -11,6 +11,7 @@
 
 use crate::error::Result;
 use crate::reference::Digest;
+use nodepool::unix_secs as unix;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tempfile::TempPath;
 
 /// How long a verified file is trusted before it is hashed again, unless configured.
@@ -64,12 +65,6 @@ impl FileStamp {
             mtime: meta.modified().ok(),
         }
     }
-}
-
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub struct BlobStore {
@@ -458,6 +453,7 @@ pub fn hash_file(mut file: File) -> std::io::Result<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)

@@ -101,7 +101,7 @@ impl FakePeer {
             .collect();
         let client = SchedulerClient::new(
             spec.scheduler_url,
-            spec.secret.unwrap_or("").as_bytes().to_vec(),
+            nodepool::PoolSecret::new(spec.secret.unwrap_or("")),
             spec.pool.to_owned(),
             Duration::from_secs(5),
         )

@@ -444,9 +444,7 @@ impl TokenIssuer {
                 }))
             })
             .collect();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
+        let now = nodepool::unix_now();
         let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [der_b64]});
         let claims = serde_json::json!({
             "iss": TOKEN_ISSUER, "sub": subject, "aud": TOKEN_SERVICE,
