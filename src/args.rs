@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use nodepool::defaults::flag_help as help;
 use nodepool::{
     AgentConfig, ByteSize, CacheMode, DownloadPattern, HumanDuration, MirrorConfig, Rate,
     SchedulerConfig, UpstreamSpec, WebhookConfig,
@@ -22,40 +23,40 @@ pub struct MirrorArgs {
     /// YAML config (keys: upstreams, cacheTTL, cacheHostPath, capacity, ratelimit, ...).
     #[arg(long, env = "POOLCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [config: listen; default 0.0.0.0:5000].
-    #[arg(long, env = "POOLCAST_LISTEN")]
+    #[arg(long, env = "POOLCAST_LISTEN", help = help::<MirrorConfig>("Address to listen on", "listen"))]
     listen: Option<String>,
     /// Upstream registry, `URL` or `NS=URL`; repeat for several. The first serves requests
     /// without `?ns=` [config: upstreams].
     #[arg(long = "upstream", env = "POOLCAST_UPSTREAMS", value_delimiter = ',')]
     upstreams: Vec<UpstreamSpec>,
-    /// Cache folder [config: cacheHostPath; default: a folder that dies with the process].
-    #[arg(long, env = "POOLCAST_CACHE_DIR")]
+    #[arg(long, env = "POOLCAST_CACHE_DIR", help = help::<MirrorConfig>(
+        "Cache folder; empty: a folder that dies with the process", "cacheHostPath"))]
     cache_dir: Option<PathBuf>,
-    /// Remove entries unused for this long [config: cacheTTL; default 24h].
-    #[arg(long, env = "POOLCAST_CACHE_TTL")]
+    #[arg(long, env = "POOLCAST_CACHE_TTL", help = help::<MirrorConfig>(
+        "Remove entries unused for this long", "cacheTTL"))]
     cache_ttl: Option<HumanDuration>,
-    /// Evict least recently used past this size, e.g. 40GiB [config: capacity; default 0 = TTL only].
-    #[arg(long, env = "POOLCAST_CAPACITY")]
+    #[arg(long, env = "POOLCAST_CAPACITY", help = help::<MirrorConfig>(
+        "Evict least recently used past this size, e.g. 40GiB; 0: bounded by cacheTTL only",
+        "capacity"))]
     capacity: Option<ByteSize>,
-    /// Total transfer rate, e.g. 512M = 512 MB/s [config: ratelimit; default 0 = unlimited].
-    #[arg(long, env = "POOLCAST_RATELIMIT")]
+    #[arg(long, env = "POOLCAST_RATELIMIT", help = help::<MirrorConfig>(
+        "Total transfer rate, e.g. 512M = 512 MB/s; 0: unlimited", "ratelimit"))]
     ratelimit: Option<Rate>,
-    /// Fetch OSS-redirected blobs via OSS transfer acceleration [config: ossInternetAccelerate].
-    #[arg(long, env = "POOLCAST_OSS_INTERNET_ACCELERATE")]
+    #[arg(long, env = "POOLCAST_OSS_INTERNET_ACCELERATE", help = help::<MirrorConfig>(
+        "Fetch OSS-redirected blobs via OSS transfer acceleration", "ossInternetAccelerate"))]
     oss_internet_accelerate: bool,
-    /// Serve `?ns=HOST` for any registry host [config: allowAnyRegistry].
-    #[arg(long, env = "POOLCAST_ALLOW_ANY_REGISTRY")]
+    #[arg(long, env = "POOLCAST_ALLOW_ANY_REGISTRY", help = help::<MirrorConfig>(
+        "Serve `?ns=HOST` for any registry host", "allowAnyRegistry"))]
     allow_any_registry: bool,
-    /// Trust upstream's "may read" answer this long [config: authCacheTTL; default 60s].
-    #[arg(long, env = "POOLCAST_AUTH_CACHE_TTL")]
+    #[arg(long, env = "POOLCAST_AUTH_CACHE_TTL", help = help::<MirrorConfig>(
+        "Trust upstream's \"may read\" answer this long", "authCacheTTL"))]
     auth_cache_ttl: Option<HumanDuration>,
-    /// Revalidate manifests fetched by tag after this long [config: manifestTTL; default 30s].
-    #[arg(long, env = "POOLCAST_MANIFEST_TTL")]
+    #[arg(long, env = "POOLCAST_MANIFEST_TTL", help = help::<MirrorConfig>(
+        "Revalidate manifests fetched by tag after this long", "manifestTTL"))]
     manifest_ttl: Option<HumanDuration>,
-    /// PEM file of CA certificates trusted for upstream HTTPS besides the public web PKI
-    /// [config: upstreamCAFile; default: the public web PKI only].
-    #[arg(long, env = "POOLCAST_UPSTREAM_CA_FILE")]
+    #[arg(long, env = "POOLCAST_UPSTREAM_CA_FILE", help = help::<MirrorConfig>(
+        "PEM file of CA certificates trusted for upstream HTTPS besides the public web PKI; \
+         empty: the public web PKI only", "upstreamCAFile"))]
     upstream_ca_file: Option<PathBuf>,
 }
 
@@ -95,65 +96,66 @@ pub struct AgentArgs {
     /// YAML config (keys: downloadPattern, ratelimit, cache.mode, blocksize, transferTimeout, ...).
     #[arg(long, env = "POOLCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// Registry API for containerd [config: listen; default 0.0.0.0:65001, the seeds' p2p.port].
-    #[arg(long, env = "POOLCAST_LISTEN")]
+    #[arg(long, env = "POOLCAST_LISTEN", help = help::<AgentConfig>(
+        "Registry API for containerd (the seeds' p2p.port)", "listen"))]
     listen: Option<String>,
-    /// Where peers fetch pieces [config: peerListen; default 0.0.0.0:65002].
-    #[arg(long, env = "POOLCAST_PEER_LISTEN")]
+    #[arg(long, env = "POOLCAST_PEER_LISTEN", help = help::<AgentConfig>(
+        "Where peers fetch pieces", "peerListen"))]
     peer_listen: Option<String>,
-    /// Address peers are told to use [config: advertise; default: the bound peer address].
-    #[arg(long, env = "POOLCAST_ADVERTISE")]
+    #[arg(long, env = "POOLCAST_ADVERTISE", help = help::<AgentConfig>(
+        "Address peers are told to use; empty: the bound peer address", "advertise"))]
     advertise: Option<String>,
-    /// The pool mirror's URL [config: mirror].
-    #[arg(long, env = "POOLCAST_MIRROR")]
+    #[arg(long, env = "POOLCAST_MIRROR", help = help::<AgentConfig>(
+        "The pool mirror's URL", "mirror"))]
     mirror: Option<String>,
-    /// The scheduler's URL, for downloadPattern p2p [config: scheduler].
-    #[arg(long, env = "POOLCAST_SCHEDULER")]
+    #[arg(long, env = "POOLCAST_SCHEDULER", help = help::<AgentConfig>(
+        "The scheduler's URL, for downloadPattern p2p", "scheduler"))]
     scheduler: Option<String>,
-    /// This node's name [config: node; default $NODE_NAME or the host name].
-    #[arg(long, env = "NODE_NAME")]
+    // The one place NODE_NAME is read (the chart sets it from the pod's node).
+    #[arg(long, env = "NODE_NAME", help = help::<AgentConfig>(
+        "This node's name; empty: the host name", "node"))]
     node: Option<String>,
-    /// The node pool id [config: pool].
-    #[arg(long, env = "POOLCAST_POOL")]
+    #[arg(long, env = "POOLCAST_POOL", help = help::<AgentConfig>("The node pool id", "pool"))]
     pool: Option<String>,
-    /// p2p or source [config: downloadPattern; default p2p].
-    #[arg(long, env = "POOLCAST_DOWNLOAD_PATTERN", value_parser = parse_pattern)]
+    #[arg(long, env = "POOLCAST_DOWNLOAD_PATTERN", value_parser = parse_pattern,
+        help = help::<AgentConfig>("p2p or source", "downloadPattern"))]
     download_pattern: Option<DownloadPattern>,
-    /// Shared secret of peer and scheduler traffic [config: secret].
-    #[arg(long, env = "POOLCAST_SECRET", hide_env_values = true)]
+    #[arg(long, env = "POOLCAST_SECRET", hide_env_values = true, help = help::<AgentConfig>(
+        "Shared secret of peer and scheduler traffic; empty: not checked", "secret"))]
     secret: Option<String>,
-    /// Cache folder for disk mode [config: cacheHostPath].
-    #[arg(long, env = "POOLCAST_CACHE_DIR")]
+    #[arg(long, env = "POOLCAST_CACHE_DIR", help = help::<AgentConfig>(
+        "Cache folder for disk mode; empty: a folder that dies with the process",
+        "cacheHostPath"))]
     cache_dir: Option<PathBuf>,
-    /// disk or memory [config: cache.mode; default disk].
-    #[arg(long, env = "POOLCAST_CACHE_MODE", value_parser = parse_mode)]
+    #[arg(long, env = "POOLCAST_CACHE_MODE", value_parser = parse_mode,
+        help = help::<AgentConfig>("disk or memory", "cache.mode"))]
     cache_mode: Option<CacheMode>,
-    /// Cache size [config: cache.capacity; default 4GiB].
-    #[arg(long, env = "POOLCAST_CAPACITY")]
+    #[arg(long, env = "POOLCAST_CAPACITY", help = help::<AgentConfig>(
+        "Cache size", "cache.capacity"))]
     capacity: Option<ByteSize>,
-    /// Remove blobs unused this long [config: cacheTTL; default 24h].
-    #[arg(long, env = "POOLCAST_CACHE_TTL")]
+    #[arg(long, env = "POOLCAST_CACHE_TTL", help = help::<AgentConfig>(
+        "Remove blobs unused this long", "cacheTTL"))]
     cache_ttl: Option<HumanDuration>,
-    /// Total rate, upload plus download, e.g. 5M [config: ratelimit; default 512M].
-    #[arg(long, env = "POOLCAST_RATELIMIT")]
+    #[arg(long, env = "POOLCAST_RATELIMIT", help = help::<AgentConfig>(
+        "Total rate, upload plus download, e.g. 5M; 0: unlimited", "ratelimit"))]
     ratelimit: Option<Rate>,
-    /// Download cap [config: downloadRate; default 0 = only ratelimit].
-    #[arg(long, env = "POOLCAST_DOWNLOAD_RATE")]
+    #[arg(long, env = "POOLCAST_DOWNLOAD_RATE", help = help::<AgentConfig>(
+        "Download cap; 0: only ratelimit", "downloadRate"))]
     download_rate: Option<Rate>,
-    /// Upload cap [config: uploadRate; default 0 = only ratelimit].
-    #[arg(long, env = "POOLCAST_UPLOAD_RATE")]
+    #[arg(long, env = "POOLCAST_UPLOAD_RATE", help = help::<AgentConfig>(
+        "Upload cap; 0: only ratelimit", "uploadRate"))]
     upload_rate: Option<Rate>,
-    /// Piece size [config: blocksize; default 4MiB].
-    #[arg(long, env = "POOLCAST_BLOCKSIZE")]
+    #[arg(long, env = "POOLCAST_BLOCKSIZE", help = help::<AgentConfig>(
+        "Piece size", "blocksize"))]
     blocksize: Option<ByteSize>,
-    /// [config: connectTimeout; default 5s].
-    #[arg(long, env = "POOLCAST_CONNECT_TIMEOUT")]
+    #[arg(long, env = "POOLCAST_CONNECT_TIMEOUT", help = help::<AgentConfig>(
+        "Time allowed to connect to the mirror, the scheduler and peers", "connectTimeout"))]
     connect_timeout: Option<HumanDuration>,
-    /// A piece transfer slower than this goes elsewhere [config: transferTimeout; default 15s].
-    #[arg(long, env = "POOLCAST_TRANSFER_TIMEOUT")]
+    #[arg(long, env = "POOLCAST_TRANSFER_TIMEOUT", help = help::<AgentConfig>(
+        "A piece transfer without data this long goes elsewhere", "transferTimeout"))]
     transfer_timeout: Option<HumanDuration>,
-    /// Piece transfers in flight at once [config: proxyFsParallels; default 128].
-    #[arg(long, env = "POOLCAST_PROXY_FS_PARALLELS")]
+    #[arg(long, env = "POOLCAST_PROXY_FS_PARALLELS", help = help::<AgentConfig>(
+        "Piece transfers in flight at once", "proxyFsParallels"))]
     proxy_fs_parallels: Option<u32>,
 }
 
@@ -212,18 +214,18 @@ pub struct SchedulerArgs {
     /// YAML config (keys: edgeNodePools, secret, peerTTL, sourceAssignTimeout, ...).
     #[arg(long, env = "POOLCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [config: listen; default 0.0.0.0:65003].
-    #[arg(long, env = "POOLCAST_LISTEN")]
+    #[arg(long, env = "POOLCAST_LISTEN", help = help::<SchedulerConfig>(
+        "Address to listen on", "listen"))]
     listen: Option<String>,
-    /// Shared secret of peer and scheduler traffic [config: secret].
-    #[arg(long, env = "POOLCAST_SECRET", hide_env_values = true)]
+    #[arg(long, env = "POOLCAST_SECRET", hide_env_values = true, help = help::<SchedulerConfig>(
+        "Shared secret of peer and scheduler traffic; empty: not checked", "secret"))]
     secret: Option<String>,
-    /// Drop peers silent this long [config: peerTTL; default 30s].
-    #[arg(long, env = "POOLCAST_PEER_TTL")]
+    #[arg(long, env = "POOLCAST_PEER_TTL", help = help::<SchedulerConfig>(
+        "Drop peers silent this long", "peerTTL"))]
     peer_ttl: Option<HumanDuration>,
-    /// How long a piece assigned to one peer for the mirror stays reserved [config:
-    /// sourceAssignTimeout; default 15s].
-    #[arg(long, env = "POOLCAST_SOURCE_ASSIGN_TIMEOUT")]
+    #[arg(long, env = "POOLCAST_SOURCE_ASSIGN_TIMEOUT", help = help::<SchedulerConfig>(
+        "How long a piece assigned to one peer for the mirror stays reserved",
+        "sourceAssignTimeout"))]
     source_assign_timeout: Option<HumanDuration>,
 }
 
@@ -247,8 +249,8 @@ pub struct WebhookArgs {
     /// YAML config (keys: registries, port, distributedSuffix, tlsCertFile, tlsKeyFile, ...).
     #[arg(long, env = "POOLCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [config: listen; default 0.0.0.0:8443].
-    #[arg(long, env = "POOLCAST_LISTEN")]
+    #[arg(long, env = "POOLCAST_LISTEN", help = help::<WebhookConfig>(
+        "Address to listen on", "listen"))]
     listen: Option<String>,
     /// Registry host whose images go through the agent, `host[:port]` as images name it;
     /// repeat for several [config: registries].
@@ -258,22 +260,23 @@ pub struct WebhookArgs {
         value_delimiter = ','
     )]
     registries: Vec<String>,
-    /// The agent's port on the nodes, which rewritten images name [config: port; default
-    /// 65001, the seeds' p2p.port].
-    #[arg(long, env = "POOLCAST_P2P_PORT")]
+    #[arg(long, env = "POOLCAST_P2P_PORT", help = help::<WebhookConfig>(
+        "The agent's port on the nodes (the seeds' p2p.port), which rewritten images name",
+        "port"))]
     port: Option<u16>,
-    /// Suffix of the distributed names of registries that are not ACR instances [config:
-    /// distributedSuffix; default distributed.local].
-    #[arg(long, env = "POOLCAST_DISTRIBUTED_SUFFIX")]
+    #[arg(long, env = "POOLCAST_DISTRIBUTED_SUFFIX", help = help::<WebhookConfig>(
+        "Suffix of the distributed names of registries that are not ACR instances",
+        "distributedSuffix"))]
     distributed_suffix: Option<String>,
-    /// PEM certificate chain to serve [config: tlsCertFile].
-    #[arg(long, env = "POOLCAST_TLS_CERT")]
+    #[arg(long, env = "POOLCAST_TLS_CERT", help = help::<WebhookConfig>(
+        "PEM certificate chain to serve", "tlsCertFile"))]
     tls_cert: Option<PathBuf>,
-    /// PEM private key [config: tlsKeyFile].
-    #[arg(long, env = "POOLCAST_TLS_KEY")]
+    #[arg(long, env = "POOLCAST_TLS_KEY", help = help::<WebhookConfig>(
+        "PEM private key", "tlsKeyFile"))]
     tls_key: Option<PathBuf>,
-    /// Serve plain HTTP: tests and local trials only, the API server needs HTTPS [config: plainHttp].
-    #[arg(long, env = "POOLCAST_PLAIN_HTTP")]
+    #[arg(long, env = "POOLCAST_PLAIN_HTTP", help = help::<WebhookConfig>(
+        "Serve plain HTTP: tests and local trials only, the API server needs HTTPS",
+        "plainHttp"))]
     plain_http: bool,
 }
 

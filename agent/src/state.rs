@@ -113,17 +113,14 @@ impl AgentServer {
         let (root, scratch) = cache_root(&cfg)?;
         let capacity = cfg.cache.capacity.0;
         let store = BlobStore::open(&root, cfg.cache_ttl.0, capacity)?;
+        // `poolcast agent --node` has already taken `$NODE_NAME`: what is left is the host.
         let node = if !cfg.node.is_empty() {
             cfg.node.clone()
         } else {
-            std::env::var("NODE_NAME")
+            std::fs::read_to_string("/etc/hostname")
                 .ok()
-                .filter(|n| !n.is_empty())
-                .or_else(|| {
-                    std::fs::read_to_string("/etc/hostname")
-                        .ok()
-                        .map(|h| h.trim().to_string())
-                })
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "node".into())
         };
         let advertise = if cfg.advertise.is_empty() {

@@ -58,7 +58,8 @@ pub struct AgentConfig {
     pub mirror: String,
     /// The scheduler; required for `downloadPattern: p2p`.
     pub scheduler: String,
-    /// This node's name; empty: `$NODE_NAME`, then the host name.
+    /// This node's name; empty: the host name. `poolcast agent` fills it from `$NODE_NAME`
+    /// (its `--node` flag's variable) when that is set.
     pub node: String,
     /// The node pool id.
     pub pool: String,
@@ -108,17 +109,17 @@ impl Default for AgentConfig {
             download_pattern: DownloadPattern::P2p,
             secret: String::new(),
             cache_host_path: String::new(),
-            cache_ttl: HumanDuration(Duration::from_secs(24 * 3600)),
+            cache_ttl: HumanDuration(crate::defaults::CACHE_TTL),
             cache: CacheConfig::default(),
             ratelimit: Rate(512_000_000),
             download_rate: Rate(0),
             upload_rate: Rate(0),
             blocksize: ByteSize(4 << 20),
-            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            connect_timeout: HumanDuration(crate::defaults::CONNECT_TIMEOUT),
             transfer_timeout: HumanDuration(Duration::from_secs(15)),
             proxy_fs_parallels: 128,
             peer_send_buffer: ByteSize(256 << 10),
-            auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
+            auth_cache_ttl: HumanDuration(crate::defaults::AUTH_CACHE_TTL),
             distributed_suffix: crate::distributed::DEFAULT_SUFFIX.into(),
         }
     }

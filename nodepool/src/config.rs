@@ -1,6 +1,7 @@
 //! The configuration file of each component: YAML whose keys are the Helm values keys.
 //! `load` reads and parses, `validate` checks what types cannot; a failure names the key.
 
+use crate::defaults;
 use crate::pools::{PoolGraph, PoolSpec};
 use crate::units::{ByteSize, HumanDuration, Rate};
 use crate::{Error, Result};
@@ -120,16 +121,16 @@ impl Default for MirrorConfig {
             listen: "0.0.0.0:5000".into(),
             upstreams: Vec::new(),
             allow_any_registry: false,
-            cache_ttl: HumanDuration(Duration::from_secs(24 * 3600)),
+            cache_ttl: HumanDuration(defaults::CACHE_TTL),
             cache_host_path: String::new(),
             capacity: ByteSize(0),
             ratelimit: Rate(0),
             oss_internet_accelerate: false,
-            auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
+            auth_cache_ttl: HumanDuration(defaults::AUTH_CACHE_TTL),
             manifest_ttl: HumanDuration(Duration::from_secs(30)),
-            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            connect_timeout: HumanDuration(defaults::CONNECT_TIMEOUT),
             upstream_ca_file: String::new(),
-            verify_interval: HumanDuration(Duration::from_secs(3600)),
+            verify_interval: HumanDuration(defaults::VERIFY_INTERVAL),
         }
     }
 }

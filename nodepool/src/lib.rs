@@ -6,6 +6,7 @@
 
 mod agent_config;
 mod config;
+pub mod defaults;
 pub mod distributed;
 pub mod layout;
 pub mod pools;
@@ -16,6 +17,7 @@ pub mod wire;
 
 pub use agent_config::{AgentConfig, CacheConfig, CacheMode, DownloadPattern};
 pub use config::{MirrorConfig, SchedulerConfig, UpstreamSpec};
+pub use defaults::default_text;
 pub use distributed::DistributedNames;
 pub use layout::{check_piece_size, LayoutError, PieceLayout, MAX_PIECE, MIN_PIECE};
 pub use pools::{PoolGraph, PoolSpec};

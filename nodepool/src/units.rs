@@ -86,21 +86,64 @@ impl FromStr for HumanDuration {
     }
 }
 
+const BINARY: [(u64, &str); 4] = [
+    (1 << 40, "Ti"),
+    (1 << 30, "Gi"),
+    (1 << 20, "Mi"),
+    (1 << 10, "Ki"),
+];
+const DECIMAL: [(u64, &str); 4] = [
+    (1_000_000_000_000, "T"),
+    (1_000_000_000, "G"),
+    (1_000_000, "M"),
+    (1_000, "K"),
+];
+
+/// `n` in the largest unit of `units` that holds it exactly: (`4`, `Gi`).
+fn exact(n: u64, units: &[(u64, &'static str)]) -> Option<(u64, &'static str)> {
+    units
+        .iter()
+        .find(|(unit, _)| n >= *unit && n.is_multiple_of(*unit))
+        .map(|(unit, name)| (n / unit, *name))
+}
+
+/// `n` with the unit that gives the shortest number (`first`'s units on a tie), or plainly.
+fn shortest(n: u64, first: &[(u64, &'static str)], then: &[(u64, &'static str)]) -> String {
+    match (exact(n, first), exact(n, then)) {
+        (Some(a), Some(b)) if b.0 < a.0 => format!("{}{}", b.0, b.1),
+        (Some((m, unit)), _) | (None, Some((m, unit))) => format!("{m}{unit}"),
+        (None, None) => n.to_string(),
+    }
+}
+
+/// As people write sizes: `4GiB`, `256KiB`, `512MB`, `1023`; parses back.
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        let text = shortest(self.0, &BINARY, &DECIMAL);
+        let unit = text.ends_with(|c: char| c.is_ascii_alphabetic());
+        write!(f, "{text}{}", if unit { "B" } else { "" })
     }
 }
 
+/// In the seeds' notation: `512M` is 512 MB/s, `64Ki` 64 KiB/s; parses back.
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/s", self.0)
+        f.write_str(&shortest(self.0, &DECIMAL, &BINARY))
     }
 }
 
+/// In whole hours, seconds or milliseconds (`24h`, `60s`, `500ms`), as the docs and the chart
+/// write them; humantime's form otherwise. Parses back.
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
+        match (secs, nanos) {
+            (0, 0) => f.write_str("0s"),
+            (s, 0) if s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            (s, 0) => write!(f, "{s}s"),
+            (0, n) if n % 1_000_000 == 0 => write!(f, "{}ms", n / 1_000_000),
+            _ => write!(f, "{}", humantime::format_duration(self.0)),
+        }
     }
 }
 
@@ -157,6 +200,36 @@ mod tests {
         assert_eq!("512M".parse::<Rate>(), Ok(Rate(512_000_000)));
         assert_eq!("5M/s".parse::<Rate>(), Ok(Rate(5_000_000)));
         assert_eq!("0".parse::<Rate>(), Ok(Rate(0)));
+    }
+
+    #[test]
+    fn values_are_written_as_people_write_them_and_parse_back() {
+        let sizes = [
+            (4 << 30, "4GiB"),
+            (256 << 10, "256KiB"),
+            (512_000_000, "512MB"),
+        ];
+        for (n, text) in sizes.into_iter().chain([(0, "0"), (1023, "1023")]) {
+            assert_eq!(ByteSize(n).to_string(), text);
+            assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(n)));
+        }
+        for (n, text) in [(512_000_000, "512M"), (64 << 10, "64Ki"), (0, "0")] {
+            assert_eq!(Rate(n).to_string(), text);
+            assert_eq!(text.parse::<Rate>(), Ok(Rate(n)));
+        }
+        let secs = |s| HumanDuration(Duration::from_secs(s));
+        let cases = [
+            (secs(86400), "24h"),
+            (secs(90), "90s"),
+            (secs(60), "60s"),
+            (secs(0), "0s"),
+            (HumanDuration(Duration::from_millis(500)), "500ms"),
+            (HumanDuration(Duration::from_millis(1500)), "1s 500ms"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(d.to_string(), text);
+            assert_eq!(text.parse::<HumanDuration>(), Ok(d));
+        }
     }
 
     #[test]

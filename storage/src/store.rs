@@ -23,9 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tempfile::TempPath;
 
-/// How long a verified file is trusted before it is hashed again, unless configured.
-pub const DEFAULT_VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobEntry {
     pub size: u64,
@@ -107,7 +104,7 @@ impl BlobStore {
             db,
             verified: Mutex::new(HashMap::new()),
             verifying: Mutex::new(HashMap::new()),
-            verify_interval: DEFAULT_VERIFY_INTERVAL,
+            verify_interval: nodepool::defaults::VERIFY_INTERVAL,
             total: AtomicU64::new(0),
             ttl,
             capacity,
