@@ -1,6 +1,5 @@
 //! The agent's errors, and the one place they become HTTP for containerd and peers.
 
-use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use storage::OciReply;
@@ -78,7 +77,10 @@ impl ResponseError for Error {
 
     fn error_response(&self) -> HttpResponse {
         let code = match self {
-            Error::Storage(e) => return oci_response(e.reply()),
+            Error::Storage(e) => {
+                let reply = e.reply();
+                return serve::json_error(reply.status, reply.headers, reply.body);
+            }
             Error::PeerDenied(_) => "DENIED",
             Error::NotHeld(_) => "BLOB_UNKNOWN",
             Error::Busy(_) => "UNAVAILABLE",
@@ -88,19 +90,6 @@ impl ResponseError for Error {
         if let Error::Busy(_) = self {
             reply.headers.push(("Retry-After", "1".into()));
         }
-        oci_response(reply)
+        serve::json_error(reply.status, reply.headers, reply.body)
     }
-}
-
-/// An [`OciReply`] as an actix response.
-fn oci_response(reply: OciReply) -> HttpResponse {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut resp = HttpResponse::build(status);
-    for (name, value) in reply.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            resp.insert_header((name, value));
-        }
-    }
-    resp.insert_header((CONTENT_TYPE, "application/json"))
-        .body(reply.body)
 }

@@ -4,7 +4,7 @@
 use crate::metrics::Metrics;
 use crate::task::Task;
 use crate::{peer, registry};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use nodepool::{AgentConfig, CacheMode, DownloadPattern, PoolSecret};
 use parking_lot::{Mutex, RwLock};
 use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo};
@@ -196,39 +196,25 @@ impl AgentServer {
         peers: std::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let options = || serve::Options {
+            shutdown_secs: 5,
+            ..serve::Options::default()
+        };
         let state = self.state.clone();
-        let api_server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route(
-                    "/healthz",
-                    web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
-                )
+        let api_routes = move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(state.clone())
                 .route("/metrics", web::get().to(metrics_text))
                 .route("/v2", web::to(registry::api))
-                .route("/v2/{tail:.*}", web::to(registry::api))
-        })
-        .listen(api)?
-        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .run();
+                .route("/v2/{tail:.*}", web::to(registry::api));
+        };
+        let api_server = serve::start(api, api_routes, options())?;
         peer::bound_send_buffer(&peers, self.state.cfg.peer_send_buffer.0)?;
         let state = self.state.clone();
-        let peer_server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route(
-                    "/healthz",
-                    web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
-                )
-                .route("/pieces/{digest}/{index}", web::get().to(peer::serve_piece))
-        })
-        .listen(peers)?
-        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .run();
+        let peer_routes = move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(state.clone())
+                .route("/pieces/{digest}/{index}", web::get().to(peer::serve_piece));
+        };
+        let peer_server = serve::start(peers, peer_routes, options())?;
         let (api_handle, peer_handle) = (api_server.handle(), peer_server.handle());
         let background = [
             tokio::spawn(heartbeat_loop(self.state.clone())),
@@ -364,9 +350,7 @@ fn sweep_dead_memory_dirs(parent: &std::path::Path) {
 
 async fn metrics_text(state: web::Data<AgentState>) -> HttpResponse {
     state.metrics.tasks.set(state.tasks.lock().len() as i64);
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.render())
+    serve::metrics(state.metrics.render())
 }
 
 /// Keeps this node registered with everything it holds, so a restarted scheduler learns it

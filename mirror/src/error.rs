@@ -1,6 +1,5 @@
 //! The mirror's one error type, and the one place it becomes HTTP: OCI error JSON.
 
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use storage::OciReply;
@@ -80,19 +79,7 @@ impl ResponseError for Error {
     }
 
     fn error_response(&self) -> HttpResponse {
-        oci_response(self.reply())
+        let reply = self.reply();
+        serve::json_error(reply.status, reply.headers, reply.body)
     }
-}
-
-/// An [`OciReply`] as an actix response.
-pub fn oci_response(reply: OciReply) -> HttpResponse {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut resp = HttpResponse::build(status);
-    for (name, value) in reply.headers {
-        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&value) {
-            resp.insert_header((name, value));
-        }
-    }
-    resp.insert_header((CONTENT_TYPE, "application/json"))
-        .body(reply.body)
 }

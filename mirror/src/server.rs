@@ -8,7 +8,7 @@ use crate::manifests;
 use crate::metrics::Metrics;
 use crate::upstream::{refusal, RequestOpts, Upstream, UpstreamClient, UpstreamRoots};
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use nodepool::MirrorConfig;
 use std::future::Future;
 use std::sync::Arc;
@@ -196,31 +196,18 @@ impl MirrorServer {
     ) -> std::io::Result<()> {
         let gc = tokio::spawn(gc_loop(self.state.clone()));
         let state = self.state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route(
-                    "/healthz",
-                    web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
-                )
+        let routes = move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(state.clone())
                 .route("/metrics", web::get().to(metrics_text))
                 .route("/v2", web::to(registry_api))
-                .route("/v2/{tail:.*}", web::to(registry_api))
-        })
-        .listen(listener)?
-        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
-        .h1_write_buffer_size(WRITE_BUFFER)
-        .disable_signals()
-        .shutdown_timeout(10)
-        .run();
-        let handle = server.handle();
-        let result = tokio::select! {
-            r = server => r,
-            _ = shutdown => {
-                handle.stop(true).await;
-                Ok(())
-            }
+                .route("/v2/{tail:.*}", web::to(registry_api));
         };
+        let options = serve::Options {
+            shutdown_secs: 10,
+            write_buffer: Some(WRITE_BUFFER),
+            tls: None,
+        };
+        let result = serve::until(serve::start(listener, routes, options)?, shutdown).await;
         gc.abort();
         result
     }
@@ -258,9 +245,7 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
         .metrics
         .cache_bytes
         .set(state.store.total_bytes() as i64);
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.render())
+    serve::metrics(state.metrics.render())
 }
 
 /// Every `/v2/...` request: validate, then dispatch to ping, manifests or blobs.

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::PeerRegistry;
 use actix_web::http::header::HeaderMap;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use nodepool::{PoolSecret, SchedulerConfig, AUTH_HEADER};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -123,32 +123,19 @@ impl SchedulerServer {
     ) -> std::io::Result<()> {
         let sweep = tokio::spawn(sweep_loop(self.state.clone()));
         let state = self.state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route(
-                    "/healthz",
-                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
-                )
+        let routes = move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(state.clone())
                 .route("/metrics", web::get().to(metrics_text))
                 .service(api_resource("/api/v1/announce", announce))
                 .service(api_resource("/api/v1/heartbeat", heartbeat))
                 .service(api_resource("/api/v1/leave", leave))
-                .default_service(web::to(not_found))
-        })
-        .listen(listener)?
-        .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .run();
-        let handle = server.handle();
-        let result = tokio::select! {
-            r = server => r,
-            _ = shutdown => {
-                handle.stop(true).await;
-                Ok(())
-            }
+                .default_service(web::to(not_found));
         };
+        let options = serve::Options {
+            shutdown_secs: 5,
+            ..serve::Options::default()
+        };
+        let result = serve::until(serve::start(listener, routes, options)?, shutdown).await;
         sweep.abort();
         result
     }
@@ -187,9 +174,7 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
         state.metrics.peers.set(registry.peer_count() as i64);
         state.metrics.tasks.set(registry.task_count() as i64);
     }
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.render())
+    serve::metrics(state.metrics.render())
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`].

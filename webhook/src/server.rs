@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::mutate::{Mutator, Selection};
 use crate::review::AdmissionReview;
 use crate::secrets::SecretApi;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use nodepool::WebhookConfig;
 use std::future::Future;
 use std::sync::Arc;
@@ -67,33 +67,19 @@ impl WebhookServer {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
+        let routes = move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(state.clone())
                 .app_data(web::PayloadConfig::new(MAX_BODY))
-                .route(
-                    "/healthz",
-                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
-                )
                 .route("/metrics", web::get().to(metrics_text))
                 .route("/mutate", web::post().to(by_pod_label))
-                .route("/mutate/namespace", web::post().to(by_namespace_label))
-        });
-        let server = match self.tls {
-            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
-            None => server.listen(listener)?,
-        }
-        .disable_signals()
-        .shutdown_timeout(5)
-        .run();
-        let handle = server.handle();
-        tokio::select! {
-            r = server => r,
-            _ = shutdown => {
-                handle.stop(true).await;
-                Ok(())
-            }
-        }
+                .route("/mutate/namespace", web::post().to(by_namespace_label));
+        };
+        let options = serve::Options {
+            shutdown_secs: 5,
+            tls: self.tls,
+            ..serve::Options::default()
+        };
+        serve::until(serve::start(listener, routes, options)?, shutdown).await
     }
 }
 
