@@ -76,15 +76,15 @@ pub fn poolcast(
 pub fn start_registry(bed: &Bed, host: &Host, data: &Path) -> Result<ProcId> {
     let config = data.join("registry.yml");
     std::fs::create_dir_all(data)?;
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog: {{ level: error, accesslog: {{ disabled: true }} }}\n\
-             storage: {{ filesystem: {{ rootdirectory: {} }} }}\n\
-             http: {{ addr: 0.0.0.0:{REGISTRY_PORT} }}\n",
-            data.join("storage").display()
-        ),
-    )?;
+    let yaml = testkit::RegistryConfig {
+        data: &data.join("storage"),
+        addr: &format!("0.0.0.0:{REGISTRY_PORT}"),
+        access_log: false,
+        auth: testkit::RegistryAuth::Anonymous,
+        tls: None,
+    }
+    .yaml();
+    std::fs::write(&config, yaml)?;
     let config = config.display().to_string();
     let (id, _) = bed.spawn(
         host,

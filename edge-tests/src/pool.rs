@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 
 use crate::bed::{Bed, Host, ProcId};
-use crate::image::{skopeo_pull, TestImage};
+use crate::image::{self, skopeo_pull, TestImage};
 use crate::parts::{self, AgentSpec, AGENT_PORT, MIRROR_PORT, REGISTRY_PORT, SCHEDULER_PORT};
 
 pub const REPO: &str = "edge/app";
@@ -100,7 +100,13 @@ impl EdgePool {
 
         let image = TestImage::build(&bed.fresh_dir("image"), &spec.layers, spec.seed)?;
         let registry = parts::start_registry(&bed, &origin, &bed.fresh_dir("registry"))?;
-        image.push(&bed, &origin, REGISTRY_PORT, &format!("{REPO}:{TAG}"))?;
+        image::push(
+            &image,
+            &bed,
+            &origin,
+            REGISTRY_PORT,
+            &format!("{REPO}:{TAG}"),
+        )?;
         let mirror_cache = bed.fresh_dir("mirror-cache");
         let mirror_proc = parts::start_mirror(&bed, &mirror, &origin, &mirror_cache)?;
         let scheduler_proc = match &scheduler {

@@ -100,7 +100,7 @@ fn upstream_unreachable_images_in_the_pool_mirror_still_pull_by_tag_and_digest()
     .unwrap();
     assert_eq!(
         pool.mirror_metric(UPSTREAM_BYTES).unwrap(),
-        pool.image.bytes() as f64
+        pool.image.total_blob_bytes() as f64
     );
 
     pool.stop_registry();

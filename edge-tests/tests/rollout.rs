@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use edge_tests::bed::Bed;
-use edge_tests::image::{skopeo_pull, TestImage};
+use edge_tests::image::{self, skopeo_pull, TestImage};
 use edge_tests::parts::{self, AgentSpec, AGENT_PORT, REGISTRY_PORT};
 use edge_tests::pool::{
     EdgePool, PoolSpec, AGENT_PEER_BYTES, AGENT_SOURCE_BYTES, MIB, MIRROR_SERVED, REPO, TAG,
@@ -26,7 +26,7 @@ fn p2p_rollout_every_node_gets_the_image_and_upstream_sends_one_copy() {
     .unwrap();
     let durations = pool.rollout().unwrap();
 
-    let copy = pool.image.bytes() as f64;
+    let copy = pool.image.total_blob_bytes() as f64;
     let upstream = pool.mirror_metric(UPSTREAM_BYTES).unwrap();
     let served = pool.mirror_metric(MIRROR_SERVED).unwrap();
     let all: Vec<usize> = (0..pool.nodes.len()).collect();
@@ -62,7 +62,7 @@ fn source_mode_rollout_serves_every_node_from_the_mirror() {
     .unwrap();
     pool.rollout().unwrap();
 
-    let copy = pool.image.bytes() as f64;
+    let copy = pool.image.total_blob_bytes() as f64;
     let all: Vec<usize> = (0..pool.nodes.len()).collect();
     let peer = pool.agents_metric(&all, AGENT_PEER_BYTES, None).unwrap();
     assert_eq!(peer, 0.0, "source mode moved bytes between peers");
@@ -108,7 +108,7 @@ fn five_percent_packet_loss_on_a_node_link_does_not_stop_the_rollout() {
     eprintln!("rollout with 5% loss on n2: {durations:.1?}");
     assert_eq!(
         pool.mirror_metric(UPSTREAM_BYTES).unwrap(),
-        pool.image.bytes() as f64
+        pool.image.total_blob_bytes() as f64
     );
 }
 
@@ -127,9 +127,14 @@ fn two_pools_not_inter_connected_exchange_no_bytes() {
         .unwrap();
     let image = TestImage::build(&bed.fresh_dir("image"), &[8 * MIB, 4 * MIB], 44).unwrap();
     parts::start_registry(&bed, &origin, &bed.fresh_dir("registry")).unwrap();
-    image
-        .push(&bed, &origin, REGISTRY_PORT, &format!("{REPO}:{TAG}"))
-        .unwrap();
+    image::push(
+        &image,
+        &bed,
+        &origin,
+        REGISTRY_PORT,
+        &format!("{REPO}:{TAG}"),
+    )
+    .unwrap();
     parts::start_scheduler(&bed, &scheduler, Some("- id: pool-a\n- id: pool-b")).unwrap();
 
     let mut pools = Vec::new();
@@ -193,7 +198,7 @@ fn two_pools_not_inter_connected_exchange_no_bytes() {
         image.verify(&pull.join().unwrap().unwrap()).unwrap();
     }
 
-    let copy = image.bytes() as f64;
+    let copy = image.total_blob_bytes() as f64;
     for (mirror, nodes) in &pools {
         let url = format!("http://{}:{}", mirror.ip, parts::MIRROR_PORT);
         let upstream = parts::metric(&bed, mirror, &url, UPSTREAM_BYTES, None).unwrap();

@@ -194,42 +194,7 @@ pub fn log_tail(path: &Path, max: usize) -> String {
     String::from_utf8_lossy(&data[start..]).into_owned()
 }
 
-/// Hex sha256 of a byte slice.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(data))
-}
-
-/// Hex sha256 of a file. Uses coreutils `sha256sum` (about ten times faster than `sha2` in an
-/// unoptimised test build, which matters for the 1 GiB the concurrency test verifies) and falls
-/// back to `sha2` where it is missing.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    if let Ok(out) = Command::new("sha256sum")
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-    {
-        if out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout);
-            if let Some(hex) = text.split_whitespace().next() {
-                return Ok(hex.to_owned());
-            }
-        }
-    }
-    use sha2::{Digest, Sha256};
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
+pub use testkit::{sha256_file, sha256_hex};
 
 /// True if `body` holds any 32-byte run of the start of `blob`.
 pub fn leaks(body: &[u8], blob: &[u8]) -> bool {

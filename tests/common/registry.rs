@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+use testkit::{RegistryAuth, RegistryConfig};
+
 use super::{free_port, log_tail, require_tool, run_ok, READY_TIMEOUT};
 
 /// The registry's `auth: token:` settings: where clients get tokens and whose tokens it trusts.
@@ -116,41 +118,27 @@ impl Registry {
 
     fn spawn(&mut self) -> Result<()> {
         let root = self.dir.path();
-        let auth = if let Some(t) = &self.token {
-            format!(
-                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
-                 rootcertbundle: {}\n",
-                t.realm,
-                t.service,
-                t.issuer,
-                t.root_cert.display()
-            )
-        } else if self.creds.is_some() {
-            format!(
-                "auth:\n  htpasswd:\n    realm: poolcast-test\n    path: {}\n",
-                root.join("htpasswd").display()
-            )
-        } else {
-            String::new()
+        let htpasswd = root.join("htpasswd");
+        let auth = match (&self.token, &self.creds) {
+            (Some(t), _) => RegistryAuth::Token {
+                realm: &t.realm,
+                service: &t.service,
+                issuer: &t.issuer,
+                root_cert: &t.root_cert,
+            },
+            (None, Some(_)) => RegistryAuth::Htpasswd(&htpasswd),
+            (None, None) => RegistryAuth::Anonymous,
         };
-        let tls = if self.tls {
-            format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                root.join("tls-cert.pem").display(),
-                root.join("tls-key.pem").display()
-            )
-        } else {
-            String::new()
-        };
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: info\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{tls}\
-             {auth}",
-            data = root.join("data").display(),
-            port = self.port,
-        );
+        let (cert, key) = (root.join("tls-cert.pem"), root.join("tls-key.pem"));
+        let config = RegistryConfig {
+            data: &root.join("data"),
+            addr: &format!("127.0.0.1:{}", self.port),
+            // `requests_seen` reads the access log.
+            access_log: true,
+            auth,
+            tls: self.tls.then_some((cert.as_path(), key.as_path())),
+        }
+        .yaml();
         fs::write(self.config_path(), config)?;
         let log = fs::File::create(self.log_path())?;
         let child = Command::new("docker-registry")
