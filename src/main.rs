@@ -332,6 +332,52 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    /// The names under `[dependencies]` of a crate's Cargo.toml (dev-dependencies aside).
+    fn dependencies(krate: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(krate)
+            .join("Cargo.toml");
+        let text = std::fs::read_to_string(&path).expect("reading a crate's Cargo.toml");
+        text.lines()
+            .skip_while(|l| l.trim() != "[dependencies]")
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .filter_map(|l| l.split(['.', '=', ' ']).next())
+            .filter(|name| !name.is_empty() && !name.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_crate_map_holds() {
+        // docs/architecture.md, "Crates": who must not depend on whom.
+        let rules: [(&str, &[&str]); 7] = [
+            ("nodepool", &["actix-web", "reqwest", "sled"]),
+            (
+                "storage",
+                &["actix-web", "mirror", "agent", "scheduler", "serve"],
+            ),
+            ("serve", &["storage", "mirror", "scheduler", "agent"]),
+            ("mirror", &["scheduler", "agent"]),
+            ("scheduler", &["storage", "mirror", "agent"]),
+            ("agent", &["mirror"]),
+            ("webhook", &["storage", "mirror", "scheduler", "agent"]),
+        ];
+        for (krate, forbidden) in rules {
+            let deps = dependencies(krate);
+            assert!(
+                deps.contains(&"nodepool".to_string()) || krate == "nodepool",
+                "{krate}: {deps:?}"
+            );
+            for f in forbidden {
+                assert!(
+                    !deps.iter().any(|d| d == f),
+                    "{krate} depends on {f}: {deps:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn up_generates_a_fresh_secret_each_run() {
         let (a, b) = (super::random_secret(), super::random_secret());
