@@ -28,11 +28,10 @@ const RELAYED: [&str; 5] = [
 ];
 
 pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpResponse> {
-    let headers = req.headers().iter();
     let (head, ns) = preflight(
         req.method().as_str(),
         req.query_string(),
-        headers.map(|(name, value)| (name.as_str(), value.as_bytes())),
+        serve::header_pairs(&req),
     )?;
     let ns = ns.filter(|ns| {
         ns.len() <= 253

@@ -8,18 +8,13 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 
 use crate::bed::{run_in, Bed, Host};
+use crate::parts::REGISTRY_PORT;
 
 pub use testkit::{random_bytes, sha256_file, TestImage};
 
 /// Pushes `image` with skopeo from inside `origin` to its registry on loopback (unshaped).
-pub fn push(
-    image: &TestImage,
-    bed: &Bed,
-    origin: &Host,
-    registry_port: u16,
-    repo_tag: &str,
-) -> Result<()> {
-    let dest = format!("127.0.0.1:{registry_port}/{repo_tag}");
+pub fn push(image: &TestImage, bed: &Bed, origin: &Host, repo_tag: &str) -> Result<()> {
+    let dest = format!("127.0.0.1:{REGISTRY_PORT}/{repo_tag}");
     let args = image.skopeo_push_args(&dest, None);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     bed.run_ok(origin, "skopeo", &args)?;

@@ -21,7 +21,7 @@ use anyhow::{anyhow, Result};
 
 use crate::bed::{Bed, Host, ProcId};
 use crate::image::{self, skopeo_pull, TestImage};
-use crate::parts::{self, AgentSpec, AGENT_PORT, MIRROR_PORT, REGISTRY_PORT, SCHEDULER_PORT};
+use crate::parts::{self, AgentSpec, AGENT_PORT, MIRROR_PORT, SCHEDULER_PORT};
 
 pub const REPO: &str = "edge/app";
 pub const TAG: &str = "v1";
@@ -100,13 +100,7 @@ impl EdgePool {
 
         let image = TestImage::build(&bed.fresh_dir("image"), &spec.layers, spec.seed)?;
         let registry = parts::start_registry(&bed, &origin, &bed.fresh_dir("registry"))?;
-        image::push(
-            &image,
-            &bed,
-            &origin,
-            REGISTRY_PORT,
-            &format!("{REPO}:{TAG}"),
-        )?;
+        image::push(&image, &bed, &origin, &format!("{REPO}:{TAG}"))?;
         let mirror_cache = bed.fresh_dir("mirror-cache");
         let mirror_proc = parts::start_mirror(&bed, &mirror, &origin, &mirror_cache)?;
         let scheduler_proc = match &scheduler {

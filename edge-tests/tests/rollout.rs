@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use edge_tests::bed::Bed;
 use edge_tests::image::{self, skopeo_pull, TestImage};
-use edge_tests::parts::{self, AgentSpec, AGENT_PORT, REGISTRY_PORT};
+use edge_tests::parts::{self, AgentSpec, AGENT_PORT};
 use edge_tests::pool::{
     EdgePool, PoolSpec, AGENT_PEER_BYTES, AGENT_SOURCE_BYTES, MIB, MIRROR_SERVED, REPO, TAG,
     UPSTREAM_BYTES,
@@ -127,14 +127,7 @@ fn two_pools_not_inter_connected_exchange_no_bytes() {
         .unwrap();
     let image = TestImage::build(&bed.fresh_dir("image"), &[8 * MIB, 4 * MIB], 44).unwrap();
     parts::start_registry(&bed, &origin, &bed.fresh_dir("registry")).unwrap();
-    image::push(
-        &image,
-        &bed,
-        &origin,
-        REGISTRY_PORT,
-        &format!("{REPO}:{TAG}"),
-    )
-    .unwrap();
+    image::push(&image, &bed, &origin, &format!("{REPO}:{TAG}")).unwrap();
     parts::start_scheduler(&bed, &scheduler, Some("- id: pool-a\n- id: pool-b")).unwrap();
 
     let mut pools = Vec::new();

@@ -250,11 +250,10 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
 
 /// Every `/v2/...` request: validate, then dispatch to ping, manifests or blobs.
 async fn registry_api(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let headers = req.headers().iter();
     let (head, ns) = preflight(
         req.method().as_str(),
         req.query_string(),
-        headers.map(|(name, value)| (name.as_str(), value.as_bytes())),
+        serve::header_pairs(&req),
     )?;
     let up = state.upstream_for(ns.as_deref())?;
     let auth = req.headers().get(AUTHORIZATION);

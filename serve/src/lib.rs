@@ -6,7 +6,7 @@
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::future::Future;
 use std::net::TcpListener;
 
@@ -58,6 +58,13 @@ pub async fn until(server: Server, shutdown: impl Future<Output = ()>) -> std::i
             Ok(())
         }
     }
+}
+
+/// A request's headers as `(name, value)` pairs, for checks that take plain parts.
+pub fn header_pairs(req: &HttpRequest) -> impl Iterator<Item = (&str, &[u8])> {
+    req.headers()
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
 }
 
 async fn healthz() -> HttpResponse {
