@@ -139,7 +139,7 @@ pub fn file_stream(
     })
 }
 
-/// The mirror's total transfer budget (`ratelimit`), shared by upstream and client traffic.
+/// A transfer budget (`ratelimit`, `uploadRate`, ...) that bytes in and out draw from.
 pub struct RateLimit(Option<DefaultDirectRateLimiter>);
 
 impl RateLimit {
