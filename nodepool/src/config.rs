@@ -1,6 +1,7 @@
 //! The configuration file of each component: YAML whose keys are the Helm values keys.
 //! `load` reads and parses, `validate` checks what types cannot; a failure names the key.
 
+use crate::acr_config::AcrConfig;
 use crate::defaults;
 use crate::pools::{PoolGraph, PoolSpec};
 use crate::units::{ByteSize, HumanDuration, Rate};
@@ -113,6 +114,9 @@ pub struct MirrorConfig {
     /// A cached file verified longer ago than this is hashed again before its next serve, so
     /// rot that leaves length and mtime alone is caught within this time; `0s`: every serve.
     pub verify_interval: HumanDuration,
+    /// ACR EE instances named by id: each becomes an upstream (every domain of the instance
+    /// an `ns`, the one reachable from here the URL) once resolved, and again periodically.
+    pub acr: AcrConfig,
 }
 
 impl Default for MirrorConfig {
@@ -131,6 +135,7 @@ impl Default for MirrorConfig {
             connect_timeout: HumanDuration(defaults::CONNECT_TIMEOUT),
             upstream_ca_file: String::new(),
             verify_interval: HumanDuration(defaults::VERIFY_INTERVAL),
+            acr: AcrConfig::default(),
         }
     }
 }
@@ -179,13 +184,15 @@ impl MirrorConfig {
                 message: format!("`{}` is not an address like 0.0.0.0:5000", self.listen),
             });
         }
-        if self.upstreams.is_empty() && !self.allow_any_registry {
+        if self.upstreams.is_empty() && !self.allow_any_registry && !self.acr.is_enabled() {
             return Err(Error::Invalid {
                 key: "upstreams",
-                message: "at least one upstream registry is needed (or set allowAnyRegistry)"
-                    .into(),
+                message:
+                    "at least one upstream registry is needed (or acr.instances, or set allowAnyRegistry)"
+                        .into(),
             });
         }
+        self.acr.validate()?;
         let mut seen = std::collections::HashSet::new();
         for u in &self.upstreams {
             if !seen.insert(u.ns.as_str()) {

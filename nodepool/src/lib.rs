@@ -4,6 +4,7 @@
 //! binary. It also names the `distributed` registry hosts the admission webhook writes into
 //! pods and the agent maps back. This crate knows nothing of HTTP or storage.
 
+pub mod acr_config;
 mod agent_config;
 mod config;
 pub mod defaults;
@@ -15,6 +16,7 @@ mod units;
 mod webhook_config;
 pub mod wire;
 
+pub use acr_config::AcrConfig;
 pub use agent_config::{AgentConfig, CacheConfig, CacheMode, DownloadPattern};
 pub use config::{MirrorConfig, SchedulerConfig, UpstreamSpec};
 pub use defaults::default_text;

@@ -1,6 +1,7 @@
 //! The admission webhook's configuration: which registries' images it sends to the node-local
 //! agent, under which names (`distributed`), and how it serves the API server (HTTPS).
 
+use crate::acr_config::AcrConfig;
 use crate::config::load_yaml;
 use crate::distributed::{DistributedNames, DEFAULT_SUFFIX};
 use crate::{Error, Result};
@@ -26,6 +27,9 @@ pub struct WebhookConfig {
     /// Serve plain HTTP instead: for tests and local trials only (the API server calls webhooks
     /// over HTTPS).
     pub plain_http: bool,
+    /// ACR EE instances named by id: every domain of each is added to `registries` once
+    /// resolved, and again periodically.
+    pub acr: AcrConfig,
 }
 
 impl Default for WebhookConfig {
@@ -38,6 +42,7 @@ impl Default for WebhookConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             plain_http: false,
+            acr: AcrConfig::default(),
         }
     }
 }
@@ -62,7 +67,8 @@ impl WebhookConfig {
             ));
         }
         let names = self.names()?;
-        if self.registries.is_empty() {
+        self.acr.validate()?;
+        if self.registries.is_empty() && !self.acr.is_enabled() {
             return Err(invalid(
                 "registries",
                 "at least one registry host is needed (e.g. test-registry-vpc.cn-hangzhou.cr.aliyuncs.com)",
