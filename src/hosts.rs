@@ -86,7 +86,7 @@ pub enum HostsCommand {
     Remove(HostsArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct HostsArgs {
     /// containerd's `config_path` on the node.
     #[arg(
@@ -108,7 +108,7 @@ pub struct HostsArgs {
         long = "registry",
         env = "POOLCAST_REGISTRIES",
         value_delimiter = ',',
-        required_unless_present = "default_mirror"
+        required_unless_present_any = ["default_mirror", "instances"]
     )]
     registries: Vec<UpstreamSpec>,
     /// Also write (or remove) `_default/hosts.toml`: every registry without a file of its own
@@ -131,6 +131,13 @@ pub struct HostsArgs {
     /// exists); repeat for several. `remove` removes the copy.
     #[arg(long = "ca", env = "POOLCAST_HOSTS_CA", value_delimiter = ',')]
     cas: Vec<RegistryCa>,
+    #[command(flatten)]
+    acr: crate::acr::HostsAcrArgs,
+    /// `write` only: keep running, resolving the `--acr-instance`s again every
+    /// `--acr-refresh-interval`, writing the files of new domains and removing those of
+    /// domains gone (the chart's agent pods run this beside the agent).
+    #[arg(long, env = "POOLCAST_HOSTS_WATCH", requires = "instances")]
+    watch: bool,
 }
 
 impl HostsArgs {
@@ -182,43 +189,103 @@ impl HostsArgs {
     }
 }
 
-pub fn run(command: HostsCommand) -> Result<()> {
+pub async fn run(command: HostsCommand) -> Result<()> {
     match command {
         HostsCommand::Write(args) => {
-            let files = args.files()?;
-            // Every CA is read before anything is written: a bad one leaves containerd as it was.
-            let mut pems = Vec::new();
-            for (_, r) in &files {
-                let ca = match r {
-                    Some(r) => args.ca_of(&r.ns)?,
-                    None => None,
-                };
-                pems.push(ca.map(read_ca).transpose()?);
-            }
-            for ((path, r), pem) in files.into_iter().zip(pems) {
-                if write(
-                    &path,
-                    &hosts_toml(r, &args.agent, pem.is_some()),
-                    pem.as_deref(),
-                )? {
-                    println!("wrote {}", path.display());
-                } else {
-                    eprintln!(
-                        "poolcast hosts: left {} alone: not written by poolcast",
-                        path.display()
-                    );
+            let resolver = args.acr.resolver()?;
+            let mut acr = Vec::new();
+            if let Some(resolver) = &resolver {
+                match resolver.resolve_or_cached().await {
+                    Ok((r, error)) => {
+                        if let Some(e) = error {
+                            eprintln!("poolcast hosts: ACR instances not resolved ({e}); using the last good answer");
+                        }
+                        acr = crate::acr::specs(&r);
+                    }
+                    // The other registries still get their files; --watch retries.
+                    Err(e) => eprintln!(
+                        "poolcast hosts: ACR instances not resolved, their files are not written yet: {e}"
+                    ),
                 }
+            }
+            write_all(&args, &acr)?;
+            if let (true, Some(resolver)) = (args.watch, resolver) {
+                resolver
+                    .watch(move |r| {
+                        let now = crate::acr::specs(r);
+                        let gone: Vec<UpstreamSpec> =
+                            acr.iter().filter(|s| !now.contains(s)).cloned().collect();
+                        let result =
+                            remove_all(&args, &gone, false).and_then(|()| write_all(&args, &now));
+                        match result {
+                            Ok(()) => acr = now,
+                            Err(e) => eprintln!("poolcast hosts: {e:#}"),
+                        }
+                    })
+                    .await;
             }
         }
         HostsCommand::Remove(args) => {
-            for (path, r) in args.files()? {
-                if let Some(r) = r {
-                    args.ca_of(&r.ns)?;
-                }
-                if remove(&path)? {
-                    println!("removed {}", path.display());
-                }
+            // No API call: the domains written for ACR instances are in the cache file.
+            let acr = match args.acr.resolver()? {
+                Some(resolver) => resolver.load_cache().map(|r| crate::acr::specs(&r)),
+                None => None,
+            };
+            remove_all(&args, acr.as_deref().unwrap_or_default(), true)?;
+            if let (Some(_), Some(file)) = (&acr, &args.acr.cache_file) {
+                let _ = std::fs::remove_file(file);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the files of the registries of `args` and of `acr`.
+fn write_all(args: &HostsArgs, acr: &[UpstreamSpec]) -> Result<()> {
+    let mut args = args.clone();
+    args.registries.extend(acr.iter().cloned());
+    let files = args.files()?;
+    // Every CA is read before anything is written: a bad one leaves containerd as it was.
+    let mut pems = Vec::new();
+    for (_, r) in &files {
+        let ca = match r {
+            Some(r) => args.ca_of(&r.ns)?,
+            None => None,
+        };
+        pems.push(ca.map(read_ca).transpose()?);
+    }
+    for ((path, r), pem) in files.into_iter().zip(pems) {
+        if write(
+            &path,
+            &hosts_toml(r, &args.agent, pem.is_some()),
+            pem.as_deref(),
+        )? {
+            println!("wrote {}", path.display());
+        } else {
+            eprintln!(
+                "poolcast hosts: left {} alone: not written by poolcast",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes the files of `acr` and, with `all`, those of the registries of `args` too.
+fn remove_all(args: &HostsArgs, acr: &[UpstreamSpec], all: bool) -> Result<()> {
+    let mut args = args.clone();
+    if !all {
+        args.registries.clear();
+        args.default_mirror = false;
+        args.cas.clear();
+    }
+    args.registries.extend(acr.iter().cloned());
+    for (path, r) in args.files()? {
+        if let Some(r) = r {
+            args.ca_of(&r.ns)?;
+        }
+        if remove(&path)? {
+            println!("removed {}", path.display());
         }
     }
     Ok(())
@@ -379,6 +446,8 @@ mod tests {
             distributed_suffix: "distributed.local".into(),
             default_mirror: false,
             cas: Vec::new(),
+            acr: Default::default(),
+            watch: false,
         };
         run(HostsCommand::Write(args())).unwrap();
         let read = |host: &str| std::fs::read_to_string(file_of(dir.path(), host)).unwrap();
@@ -412,6 +481,8 @@ mod tests {
             distributed_suffix: "distributed.local".into(),
             default_mirror: true,
             cas: Vec::new(),
+            acr: Default::default(),
+            watch: false,
         };
         run(HostsCommand::Write(args(Vec::new()))).unwrap();
         let text = std::fs::read_to_string(file_of(dir.path(), "_default")).unwrap();
@@ -450,6 +521,8 @@ mod tests {
             distributed_suffix: "distributed.local".into(),
             default_mirror: false,
             cas: cas.iter().map(|c| c.parse().unwrap()).collect(),
+            acr: Default::default(),
+            watch: false,
         };
         let ca_arg = format!("harbor.example:8443={}", ca_file.display());
         run(HostsCommand::Write(args(&[&ca_arg]))).unwrap();
@@ -510,6 +583,8 @@ mod tests {
             distributed_suffix: "distributed.local".into(),
             default_mirror: false,
             cas: vec![ca.parse().unwrap()],
+            acr: Default::default(),
+            watch: false,
         };
         let cases = [
             (

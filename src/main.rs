@@ -3,6 +3,7 @@
 //! `poolcast agent` and `poolcast webhook` run one component each, as the Helm chart deploys
 //! them.
 
+mod acr;
 mod args;
 mod hosts;
 
@@ -45,6 +46,9 @@ enum Command {
     /// `config_path` (the chart's agent DaemonSet runs this).
     #[command(subcommand)]
     Hosts(hosts::HostsCommand),
+    /// ACR Enterprise Edition instances: what the components resolve instance ids to.
+    #[command(subcommand)]
+    Acr(acr::AcrCommand),
     /// Work with config files without running anything.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -122,6 +126,7 @@ async fn run(cli: Cli) -> Result<()> {
             let config = args.into_config()?;
             let listener = bind(&config.listen, "mirror")?;
             let server = mirror_server(&config)?;
+            acr::watch_mirror(&config.acr, server.acr_upstreams())?;
             println!(
                 "poolcast mirror listening on http://{}",
                 listener.local_addr()?
@@ -170,6 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Arc::new(webhook::Metrics::new()),
             )
             .context("starting the webhook")?;
+            acr::watch_webhook(&config.acr, server.acr_registries())?;
             println!(
                 "poolcast webhook listening on {}://{}",
                 server.scheme(),
@@ -181,7 +187,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .context("webhook server")
         }
         Command::Up(args) => up(args).await,
-        Command::Hosts(command) => hosts::run(command),
+        Command::Hosts(command) => hosts::run(command).await,
+        Command::Acr(command) => acr::run(command).await,
         Command::Config(ConfigCommand::Check { component, file }) => {
             let what = || format!("config {}", file.display());
             match component {

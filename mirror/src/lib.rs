@@ -16,4 +16,4 @@ pub mod upstream;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;
-pub use server::MirrorServer;
+pub use server::{DynamicUpstreams, MirrorServer};

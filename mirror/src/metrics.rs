@@ -16,6 +16,9 @@ pub struct Metrics {
     pub digest_mismatches: Counter,
     pub evictions: Counter,
     pub stale_served: Counter,
+    /// OSS redirects fetched from their own host although `ossInternetAccelerate` is on: V4
+    /// presigned URLs sign the host, so a rewritten one would be refused.
+    pub oss_unaccelerated: Counter,
     pub cache_bytes: Gauge,
     pub ingests: Gauge,
     registry: Registry,
@@ -39,6 +42,7 @@ impl Metrics {
             digest_mismatches: Counter::default(),
             evictions: Counter::default(),
             stale_served: Counter::default(),
+            oss_unaccelerated: Counter::default(),
             cache_bytes: Gauge::default(),
             ingests: Gauge::default(),
             registry: Registry::default(),
@@ -82,6 +86,11 @@ impl Metrics {
             "stale_served",
             "Manifests served from cache because upstream was unreachable",
             m.stale_served.clone(),
+        );
+        registry.register(
+            "oss_unaccelerated",
+            "OSS redirects fetched unaccelerated because their V4 signature covers the host",
+            m.oss_unaccelerated.clone(),
         );
         registry.register(
             "cache_bytes",

@@ -24,8 +24,12 @@ use storage::{Access, BlobStore};
 /// sendfile (docs/benchmarks.md), at up to ~3 MiB of buffer per connection sending a blob.
 const WRITE_BUFFER: usize = 2 << 20;
 
+/// Upstreams that change at run time: ACR instances' domains, resolved by id (`acr`).
+pub type DynamicUpstreams = Arc<parking_lot::RwLock<Vec<Upstream>>>;
+
 pub struct AppState {
     pub upstreams: Vec<Upstream>,
+    pub acr: DynamicUpstreams,
     pub allow_any_registry: bool,
     pub client: UpstreamClient,
     pub store: Arc<BlobStore>,
@@ -47,16 +51,20 @@ pub struct Ctx<'a> {
 }
 
 impl AppState {
-    /// The upstream for `?ns=`; without it, the first configured one.
+    /// The upstream for `?ns=`; without it, the first configured one (or the first ACR one).
     fn upstream_for(&self, ns: Option<&str>) -> Result<Upstream> {
         let Some(ns) = ns.map(str::to_ascii_lowercase) else {
             return self
                 .upstreams
                 .first()
                 .cloned()
+                .or_else(|| self.acr.read().first().cloned())
                 .ok_or_else(|| Error::RegistryUnknown("(none: requests must carry ?ns=)".into()));
         };
         if let Some(up) = self.upstreams.iter().find(|u| u.ns == ns) {
+            return Ok(up.clone());
+        }
+        if let Some(up) = self.acr.read().iter().find(|u| u.ns == ns) {
             return Ok(up.clone());
         }
         let valid_host = !ns.is_empty()
@@ -168,12 +176,14 @@ impl MirrorServer {
         tracing::info!(cache = %root.display(), bytes = store.total_bytes(), "cache opened");
         let state = AppState {
             upstreams: config.upstreams.iter().map(Upstream::from_spec).collect(),
+            acr: DynamicUpstreams::default(),
             allow_any_registry: config.allow_any_registry,
             client: UpstreamClient::new(
                 config.connect_timeout.0,
                 config.oss_internet_accelerate,
                 &roots,
-            )?,
+            )?
+            .counting_unaccelerated(metrics.oss_unaccelerated.clone()),
             store: Arc::new(store),
             ingests: Arc::new(Ingests::default()),
             limit: Arc::new(RateLimit::new(config.ratelimit.0)),
@@ -187,6 +197,12 @@ impl MirrorServer {
             state: web::Data::new(state),
             _scratch: scratch,
         })
+    }
+
+    /// The upstreams of ACR instances named by id: whoever resolves them sets them here, and
+    /// requests see the new set at once.
+    pub fn acr_upstreams(&self) -> DynamicUpstreams {
+        self.state.acr.clone()
     }
 
     pub async fn run(

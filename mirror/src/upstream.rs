@@ -123,6 +123,8 @@ impl UpstreamRoots {
 pub struct UpstreamClient {
     http: reqwest::Client,
     oss_accelerate: bool,
+    /// Counts OSS redirects left unaccelerated because their signature covers the host.
+    oss_unaccelerated: prometheus_client::metrics::counter::Counter,
 }
 
 impl UpstreamClient {
@@ -161,7 +163,17 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             http,
             oss_accelerate,
+            oss_unaccelerated: Default::default(),
         })
+    }
+
+    /// Counts into `counter` each OSS redirect that acceleration must leave alone.
+    pub fn counting_unaccelerated(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.oss_unaccelerated = counter;
+        self
     }
 
     /// Sends a request, following redirects. `Authorization` goes only to the origin of `url`.
@@ -200,10 +212,14 @@ impl UpstreamClient {
                     redact(&current)
                 ))
             })?;
-            current = if self.oss_accelerate {
-                oss_accelerated(&next).unwrap_or(next)
-            } else {
-                next
+            current = match self.oss_accelerate.then(|| oss_accelerate(&next)) {
+                Some(Acceleration::Rewritten(url)) => url,
+                Some(Acceleration::HostSigned) => {
+                    self.oss_unaccelerated.inc();
+                    tracing::info!(to = %redact(&next), "OSS URL signed with V4 over its host; fetched unaccelerated");
+                    next
+                }
+                Some(Acceleration::NotOss) | None => next,
             };
             tracing::debug!(to = %redact(&current), "following upstream redirect");
         }
@@ -233,31 +249,59 @@ pub async fn refusal(resp: Response) -> UpstreamReply {
     }
 }
 
-/// `BUCKET.oss-REGION[-internal].aliyuncs.com` -> `BUCKET.oss-accelerate.aliyuncs.com`.
-/// OSS V1 presigned URLs do not sign the host; a V4 URL that names `host` among
+/// What OSS transfer acceleration does with a redirect.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Acceleration {
+    /// `BUCKET.oss-REGION.aliyuncs.com` became `BUCKET.oss-accelerate.aliyuncs.com`.
+    Rewritten(Url),
+    /// An OSS internet URL whose V4 signature covers its host: rewriting would void it.
+    HostSigned,
+    /// Not an OSS internet URL: another host, an `-internal` one (the registry was reached in
+    /// a VPC, where acceleration, an internet path, has nothing to offer), or already accelerated.
+    NotOss,
+}
+
+/// `BUCKET.oss-REGION.aliyuncs.com` -> `BUCKET.oss-accelerate.aliyuncs.com`, port, path and
+/// query kept. OSS V1 presigned URLs do not sign the host; a V4 URL that names `host` among
 /// `x-oss-additional-headers` does, and is left alone.
-pub fn oss_accelerated(url: &Url) -> Option<Url> {
-    let host = url.host_str()?;
-    let rest = host.strip_suffix(".aliyuncs.com")?;
-    let (bucket, endpoint) = rest.split_once('.')?;
+pub fn oss_accelerate(url: &Url) -> Acceleration {
+    let Some(host) = url.host_str() else {
+        return Acceleration::NotOss;
+    };
+    let Some((bucket, endpoint)) = host
+        .strip_suffix(".aliyuncs.com")
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return Acceleration::NotOss;
+    };
     if bucket.is_empty()
         || !endpoint.starts_with("oss-")
         || endpoint.contains('.')
+        || endpoint.ends_with("-internal")
         || endpoint == "oss-accelerate"
     {
-        return None;
+        return Acceleration::NotOss;
     }
     let signs_host = url.query_pairs().any(|(k, v)| {
         k.eq_ignore_ascii_case("x-oss-additional-headers")
             && v.split(';').any(|h| h.trim().eq_ignore_ascii_case("host"))
     });
     if signs_host {
-        return None;
+        return Acceleration::HostSigned;
     }
     let mut out = url.clone();
-    out.set_host(Some(&format!("{bucket}.oss-accelerate.aliyuncs.com")))
-        .ok()?;
-    Some(out)
+    match out.set_host(Some(&format!("{bucket}.oss-accelerate.aliyuncs.com"))) {
+        Ok(()) => Acceleration::Rewritten(out),
+        Err(_) => Acceleration::NotOss,
+    }
+}
+
+/// The accelerated URL, when acceleration applies.
+pub fn oss_accelerated(url: &Url) -> Option<Url> {
+    match oss_accelerate(url) {
+        Acceleration::Rewritten(u) => Some(u),
+        _ => None,
+    }
 }
 
 /// A URL fit for logs: no query (presigned URLs carry signatures), no userinfo.
@@ -277,12 +321,20 @@ mod tests {
 
     #[test]
     fn oss_hosts_are_rewritten_to_the_accelerate_endpoint() {
-        let u = Url::parse("https://acr-bucket.oss-cn-hangzhou-internal.aliyuncs.com/docker/blob?OSSAccessKeyId=x&Expires=1&Signature=y")
+        let u = Url::parse("https://acr-bucket.oss-cn-hangzhou.aliyuncs.com:8443/docker/blob?OSSAccessKeyId=x&Expires=1&Signature=y")
             .expect("url");
         let a = oss_accelerated(&u).expect("rewritten");
         assert_eq!(a.host_str(), Some("acr-bucket.oss-accelerate.aliyuncs.com"));
         assert_eq!(a.query(), u.query());
         assert_eq!(a.path(), u.path());
+        assert_eq!(a.port(), Some(8443));
+        let internal =
+            Url::parse("https://b.oss-cn-hangzhou-internal.aliyuncs.com/x").expect("url");
+        assert_eq!(
+            oss_accelerate(&internal),
+            Acceleration::NotOss,
+            "a VPC path stays"
+        );
         let plain = Url::parse("https://b.oss-cn-beijing.aliyuncs.com/x").expect("url");
         assert!(oss_accelerated(&plain).is_some());
     }
@@ -291,7 +343,7 @@ mod tests {
     fn v4_urls_that_sign_the_host_and_other_hosts_are_left_alone() {
         let v4 = Url::parse("https://b.oss-cn-hangzhou.aliyuncs.com/x?x-oss-signature-version=OSS4-HMAC-SHA256&x-oss-additional-headers=host;range")
             .expect("url");
-        assert!(oss_accelerated(&v4).is_none());
+        assert_eq!(oss_accelerate(&v4), Acceleration::HostSigned);
         let v4_unsigned = Url::parse("https://b.oss-cn-hangzhou.aliyuncs.com/x?x-oss-signature-version=OSS4-HMAC-SHA256&x-oss-additional-headers=range")
             .expect("url");
         assert!(oss_accelerated(&v4_unsigned).is_some());

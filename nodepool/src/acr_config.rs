@@ -153,12 +153,14 @@ impl AcrConfig {
             }
             match url::Url::parse(value) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => return Err(invalid(
-                    key,
-                    format!(
+                _ => {
+                    return Err(invalid(
+                        key,
+                        format!(
                         "`{value}` is not an http(s) URL like https://cr.cn-hangzhou.aliyuncs.com"
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ mod server;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;
-pub use mutate::{Mutator, Selection};
+pub use mutate::{DynamicRegistries, Mutator, Selection};
 pub use secrets::{KubeSecrets, SecretApi};
 pub use server::WebhookServer;
 

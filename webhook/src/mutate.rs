@@ -88,8 +88,12 @@ pub struct Mutation {
     pub secrets_written: usize,
 }
 
+/// Registries that change at run time: the domains of ACR instances named by id (`acr`).
+pub type DynamicRegistries = std::sync::Arc<std::sync::RwLock<BTreeSet<String>>>;
+
 pub struct Mutator {
     registries: BTreeSet<String>,
+    acr: DynamicRegistries,
     names: DistributedNames,
     /// (namespace, copy) -> when it was last made sure of, and a hash of its credentials.
     recent: Mutex<HashMap<(String, String), (Instant, u64)>>,
@@ -114,16 +118,31 @@ impl Mutator {
         config.validate()?;
         Ok(Mutator {
             registries: config.registries.iter().map(|r| normalise(r)).collect(),
+            acr: DynamicRegistries::default(),
             names: config.names()?,
             recent: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The registries of ACR instances named by id: whoever resolves them sets them here.
+    pub fn acr_registries(&self) -> DynamicRegistries {
+        self.acr.clone()
+    }
+
+    /// The configured registries and those resolved from ACR instances.
+    fn registries(&self) -> std::borrow::Cow<'_, BTreeSet<String>> {
+        let acr = self.acr.read().unwrap_or_else(|e| e.into_inner());
+        if acr.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.registries);
+        }
+        std::borrow::Cow::Owned(self.registries.iter().chain(acr.iter()).cloned().collect())
     }
 
     /// The image under its registry's distributed name; `None` for images of registries not
     /// configured (including images already rewritten) and for what does not parse.
     pub fn rewrite(&self, image: &str) -> Option<String> {
         let r = ImageRef::parse(image)?;
-        if !self.registries.contains(&r.domain) {
+        if !self.registries().contains(&r.domain) {
             return None;
         }
         Some(r.with_domain(&self.names.distributed(&r.domain)?))
@@ -218,7 +237,7 @@ impl Mutator {
             let Some(source) = api.get(namespace, name).await? else {
                 continue;
             };
-            let Some(mut copy) = p2p_copy(&source, &self.names, &self.registries) else {
+            let Some(mut copy) = p2p_copy(&source, &self.names, &self.registries()) else {
                 continue;
             };
             copy.metadata.namespace = Some(namespace.to_string());

@@ -52,6 +52,11 @@ impl WebhookServer {
         })
     }
 
+    /// The registries of ACR instances named by id, set by whoever resolves them.
+    pub fn acr_registries(&self) -> crate::mutate::DynamicRegistries {
+        self.state.mutator.acr_registries()
+    }
+
     /// `https`, or `http` in plain-HTTP mode.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() {
