@@ -399,6 +399,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn run_now(command: HostsCommand) -> Result<()> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run(command))
+    }
+
     #[test]
     fn writes_replaces_and_removes_only_its_own_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -449,7 +457,7 @@ mod tests {
             acr: Default::default(),
             watch: false,
         };
-        run(HostsCommand::Write(args())).unwrap();
+        run_now(HostsCommand::Write(args())).unwrap();
         let read = |host: &str| std::fs::read_to_string(file_of(dir.path(), host)).unwrap();
         for host in [
             "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
@@ -466,7 +474,7 @@ mod tests {
         assert!(text.contains("server = \"http://10.0.0.5:5000\""), "{text}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
 
-        run(HostsCommand::Remove(args())).unwrap();
+        run_now(HostsCommand::Remove(args())).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
@@ -484,7 +492,7 @@ mod tests {
             acr: Default::default(),
             watch: false,
         };
-        run(HostsCommand::Write(args(Vec::new()))).unwrap();
+        run_now(HostsCommand::Write(args(Vec::new()))).unwrap();
         let text = std::fs::read_to_string(file_of(dir.path(), "_default")).unwrap();
         assert_eq!(
             text,
@@ -495,9 +503,9 @@ mod tests {
 
         // Beside listed registries, which keep their own files and servers.
         let hub: UpstreamSpec = "docker.io=https://registry-1.docker.io".parse().unwrap();
-        run(HostsCommand::Write(args(vec![hub.clone()]))).unwrap();
+        run_now(HostsCommand::Write(args(vec![hub.clone()]))).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-        run(HostsCommand::Remove(args(vec![hub]))).unwrap();
+        run_now(HostsCommand::Remove(args(vec![hub]))).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
@@ -525,7 +533,7 @@ mod tests {
             watch: false,
         };
         let ca_arg = format!("harbor.example:8443={}", ca_file.display());
-        run(HostsCommand::Write(args(&[&ca_arg]))).unwrap();
+        run_now(HostsCommand::Write(args(&[&ca_arg]))).unwrap();
 
         // The registry's own name and its distributed name both reach its server with the CA.
         for host in [
@@ -556,7 +564,7 @@ mod tests {
         assert!(!hub.join(CA_FILE).exists());
 
         // Written again without --ca: the copy goes, and the file no longer names it.
-        run(HostsCommand::Write(args(&[]))).unwrap();
+        run_now(HostsCommand::Write(args(&[]))).unwrap();
         let harbor = config_path.join("harbor.example:8443");
         assert!(!harbor.join(CA_FILE).exists());
         assert!(!std::fs::read_to_string(harbor.join("hosts.toml"))
@@ -564,8 +572,8 @@ mod tests {
             .contains("ca ="));
 
         // remove takes the CA with the file, and the emptied folders.
-        run(HostsCommand::Write(args(&[&ca_arg]))).unwrap();
-        run(HostsCommand::Remove(args(&[&ca_arg]))).unwrap();
+        run_now(HostsCommand::Write(args(&[&ca_arg]))).unwrap();
+        run_now(HostsCommand::Remove(args(&[&ca_arg]))).unwrap();
         assert_eq!(std::fs::read_dir(&config_path).unwrap().count(), 0);
     }
 
@@ -606,7 +614,7 @@ mod tests {
         for (ca, expected) in cases {
             let err = format!(
                 "{:#}",
-                run(HostsCommand::Write(args(ca.clone()))).unwrap_err()
+                run_now(HostsCommand::Write(args(ca.clone()))).unwrap_err()
             );
             assert!(err.contains(expected), "{ca}: {err}");
             assert!(!config_path.exists(), "{ca}: something was written");
