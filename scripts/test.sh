@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command. Installs the real parts the integration tests drive (the CNCF registry,
-# skopeo, containerd, htpasswd, the benchmark tools, and for the chart tests Helm and
-# kubernetes-validate) when they are missing, then runs every test in the workspace. Extra
-# arguments go to `cargo nextest run`.
+# skopeo, containerd, htpasswd, the benchmark tools, for the chart tests Helm and
+# kubernetes-validate, and for the Alibaba Cloud stand-in the vendor's Python SDK) when they
+# are missing, then runs every test in the workspace. Extra arguments go to `cargo nextest run`.
 #
 #   scripts/test.sh                         # everything
 #   scripts/test.sh --test harness_smoke    # one integration-test binary
@@ -57,6 +57,13 @@ scripts/install-helm.sh
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
   echo "test.sh: kubernetes-validate missing; installing it with pip" >&2
   python3 -m pip install --quiet "kubernetes-validate==1.37.0" </dev/null
+fi
+# The Alibaba Cloud stand-in (tests/alicloud) checks signatures with the official SDK's code and
+# shapes answers with its ACR models; tests/acr.rs also runs the official clients against it.
+alicloud_sdk=("alibabacloud-tea-openapi==0.4.6" "alibabacloud-cr20181201==2.2.5" "alibabacloud-credentials==1.0.12")
+if ! python3 -c 'import alibabacloud_tea_openapi, alibabacloud_cr20181201, alibabacloud_credentials' 2>/dev/null; then
+  echo "test.sh: the Alibaba Cloud Python SDK is missing; installing it with pip" >&2
+  python3 -m pip install --quiet "${alibabacloud_sdk[@]}" </dev/null
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

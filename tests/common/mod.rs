@@ -27,6 +27,7 @@ pub mod p2p;
 pub mod process;
 pub mod registry;
 pub mod scheduler;
+pub mod standin;
 pub mod tls;
 
 use std::io::Read;

@@ -416,3 +416,20 @@ fn rewrite_leaves_unconfigured_and_rewritten_images_alone() {
         Some("docker.io.distributed.local:65001/library/nginx")
     );
 }
+
+#[test]
+fn registries_resolved_from_acr_instances_are_rewritten_once_set() {
+    let m = mutator();
+    let image = "test-registry-vpc.cn-shanghai.cr.aliyuncs.com/team/app:1";
+    assert_eq!(m.rewrite(image), None, "not known before resolution");
+    m.acr_registries()
+        .write()
+        .unwrap()
+        .insert("test-registry-vpc.cn-shanghai.cr.aliyuncs.com".into());
+    assert_eq!(
+        m.rewrite(image).as_deref(),
+        Some("test-registry-vpc.distributed.cn-shanghai.cr.aliyuncs.com:65001/team/app:1")
+    );
+    m.acr_registries().write().unwrap().clear();
+    assert_eq!(m.rewrite(image), None, "a domain gone is not rewritten");
+}
