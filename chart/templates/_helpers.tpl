@@ -35,21 +35,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/*
 The chosen node pools as a JSON list of {name, id, ...}: p2p.plusMode.edgeNodePools, or else
-edgeNodePool.id alone. Fails naming the key when there is none or an id repeats.
+edgeNodePool.id alone. The seeds' placeholder entry ({name: "", id: ""}) counts as none. With
+no pool named, all nodes are one pool, id "all" (`all: true`: no pool affinity), as the ACK
+add-ons deploy to every (edge) node then. Fails naming the key when an id repeats or a named
+pool has no id.
 */}}
 {{- define "poolcast.pools" -}}
-{{- $pools := .Values.p2p.plusMode.edgeNodePools | default list -}}
+{{- $pools := list -}}
+{{- range $i, $p := .Values.p2p.plusMode.edgeNodePools | default list -}}
+{{- if or $p.id $p.name -}}
+{{- if not $p.id -}}
+{{- fail (printf "p2p.plusMode.edgeNodePools[%d].id: empty; pool %q needs its node pool id" $i $p.name) -}}
+{{- end -}}
+{{- $pools = append $pools $p -}}
+{{- end -}}
+{{- end -}}
 {{- if and (not $pools) .Values.edgeNodePool.id -}}
 {{- $pools = list (dict "name" "" "id" .Values.edgeNodePool.id) -}}
 {{- end -}}
 {{- if not $pools -}}
-{{- fail "p2p.plusMode.edgeNodePools: at least one node pool is needed ({name, id}, id = the node pool id), or set edgeNodePool.id" -}}
+{{- $pools = list (dict "name" "all nodes" "id" "all" "all" true) -}}
 {{- end -}}
 {{- $seen := dict -}}
 {{- range $i, $p := $pools -}}
-{{- if not $p.id -}}
-{{- fail (printf "p2p.plusMode.edgeNodePools[%d].id: empty; each pool needs its node pool id" $i) -}}
-{{- end -}}
 {{- if hasKey $seen $p.id -}}
 {{- fail (printf "p2p.plusMode.edgeNodePools[%d].id: pool id %q is listed twice; ids must be unique" $i $p.id) -}}
 {{- end -}}
@@ -73,12 +81,13 @@ Every registry the chart wires, as a JSON list of {host, url, key, ca}: the entr
 the value an entry came from, for messages; `ca` is the PEM CA of a `registries` entry, if any.
 Fails naming the key on an entry that cannot be used.
 
-An ACR entry is one of (comma-separated):
+An ACR entry (of registryInstances, acrInstances or p2p.registryInstances) is one of
+(comma-separated):
+  ID        an instance id (cri-xxx): not here; the components resolve it at run time through
+            the ACR OpenAPI (poolcast.acrInstances)
   ID=HOST   the instance's registry endpoint host, labelled by its id (cri-xxx=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com)
   HOST      the endpoint host alone (anything with a dot)
   NAME      the instance name: NAME-registry-vpc.REGION.cr.aliyuncs.com, with REGION from `region`
-A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
-(cr:GetInstanceVpcEndpoint), which poolcast does not call.
 */}}
 {{- define "poolcast.registries" -}}
 {{- $hostPattern := "^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$" -}}
@@ -103,8 +112,8 @@ A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
 {{- $out = append $out (dict "host" $r.host "url" (trimSuffix "/" $url) "key" (printf "registries[%d].host" $i) "ca" ($r.ca | default "")) -}}
 {{- end -}}
 {{- $region := .Values.region | default "" -}}
-{{- range $key := list "registryInstances" "acrInstances" -}}
-{{- range $entry := splitList "," (index $.Values $key | default "") -}}
+{{- range $key := list "registryInstances" "acrInstances" "p2p.registryInstances" -}}
+{{- range $entry := splitList "," (include "poolcast.instanceValue" (dict "ctx" $ "key" $key)) -}}
 {{- $entry = trim $entry -}}
 {{- if $entry -}}
 {{- $host := "" -}}
@@ -112,19 +121,21 @@ A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
 {{- $host = trim (index (splitn "=" 2 $entry) "_1") -}}
 {{- else if contains "." $entry -}}
 {{- $host = $entry -}}
-{{- else if hasPrefix "cri-" $entry -}}
-{{- fail (printf "%s: %q is an ACR EE instance id; poolcast cannot resolve it to the instance's endpoint (that needs the Alibaba Cloud API, cr:GetInstanceVpcEndpoint). Write ID=HOST with the instance's registry endpoint host (%s=NAME-registry-vpc.REGION.cr.aliyuncs.com), the host alone, or the instance name with `region` set" $key $entry $entry) -}}
+{{- else if regexMatch "^cri-[a-z0-9]+$" $entry -}}
+{{- /* An instance id: resolved at run time (poolcast.acrInstances), not here. */ -}}
 {{- else if regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $entry -}}
 {{- if not $region -}}
 {{- fail (printf "region: needed to derive the endpoint of the ACR EE instance named %q in %s (NAME-registry-vpc.REGION.cr.aliyuncs.com); set region (e.g. cn-hangzhou) or write the endpoint host" $entry $key) -}}
 {{- end -}}
 {{- $host = printf "%s-registry-vpc.%s.cr.aliyuncs.com" $entry $region -}}
 {{- end -}}
+{{- if not (regexMatch "^cri-[a-z0-9]+$" $entry) -}}
 {{- if not (regexMatch $hostPattern $host) -}}
-{{- fail (printf "%s: %q is not an ACR EE instance: expected ID=HOST, HOST or an instance name (e.g. cri-xxx=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com)" $key $entry) -}}
+{{- fail (printf "%s: %q is not an ACR EE instance: expected an instance id (cri-xxx), ID=HOST, HOST or an instance name (e.g. cri-xxx=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com)" $key $entry) -}}
 {{- end -}}
 {{- $host = lower $host -}}
 {{- $out = append $out (dict "host" $host "url" (printf "https://%s" $host) "key" $key) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -175,8 +186,21 @@ A bare instance id (cri-xxx) is refused: resolving it needs the ACR OpenAPI
 {{- if kindIs "string" . -}}{{ . }}{{- else -}}{{ printf "%d" (int64 .) }}{{- end -}}
 {{- end -}}
 
-{{/* Node affinity term: the pool, plus the p2p-plus-node label when asked. dict: ctx, id, plus */}}
+{{/* Node affinity term: the pool, plus the p2p-plus-node label when asked. dict: ctx, id, plus,
+all (the one pool of all nodes: no pool term) */}}
 {{- define "poolcast.poolAffinity" -}}
+{{- if .all -}}
+{{- if .plus -}}
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms:
+        - matchExpressions:
+            - key: k8s.aliyun.com/p2p-plus-node
+              operator: In
+              values: ["true"]
+{{- end -}}
+{{- else -}}
 affinity:
   nodeAffinity:
     requiredDuringSchedulingIgnoredDuringExecution:
@@ -190,4 +214,121 @@ affinity:
               operator: In
               values: ["true"]
             {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* The value of an instances key ("p2p.registryInstances" is nested). dict: ctx, key */}}
+{{- define "poolcast.instanceValue" -}}
+{{- if eq .key "p2p.registryInstances" -}}
+{{- .ctx.Values.p2p.registryInstances | default "" -}}
+{{- else -}}
+{{- index .ctx.Values .key | default "" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+ACR EE instance ids (cri-xxx) named in registryInstances, acrInstances or p2p.registryInstances,
+as a JSON list: the mirrors, the agents' hosts.toml writer and the webhook resolve them at run
+time (GetInstanceVpcEndpoint, ListInstanceEndpoint) with the credentials below.
+*/}}
+{{- define "poolcast.acrInstances" -}}
+{{- $out := list -}}
+{{- range $key := list "registryInstances" "acrInstances" "p2p.registryInstances" -}}
+{{- range $entry := splitList "," (include "poolcast.instanceValue" (dict "ctx" $ "key" $key)) -}}
+{{- $entry = trim $entry -}}
+{{- if and (regexMatch "^cri-[a-z0-9]+$" $entry) (not (has $entry $out)) -}}
+{{- $out = append $out $entry -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The Secret holding accessKey/accessKeySecret (method 2). */}}
+{{- define "poolcast.cloudSecretName" -}}
+{{ include "poolcast.fullname" . }}-alibaba-cloud
+{{- end -}}
+
+{{/* Where RRSA's projected service-account token is mounted (ACK's path). */}}
+{{- define "poolcast.rrsaTokenDir" -}}
+/var/run/secrets/ack.alibabacloud.com/rrsa-tokens
+{{- end -}}
+
+{{/*
+The `acr` block of a component's config (no secret: credentials come from the environment).
+dict: ctx, cacheFile
+*/}}
+{{- define "poolcast.acrConfig" -}}
+{{- $v := .ctx.Values -}}
+{{- $c := dict "instances" (include "poolcast.acrInstances" .ctx | fromJsonArray) -}}
+{{- with $v.region }}{{ $_ := set $c "region" . }}{{ end -}}
+{{- with $v.vpcId }}{{ $_ := set $c "vpcId" . }}{{ end -}}
+{{- if and $v.rrsa.enable $v.rrsa.assumeRoleARN -}}
+{{- $_ := set $c "assumeRoleARN" $v.rrsa.assumeRoleARN -}}
+{{- $_ := set $c "expireDuration" (int $v.rrsa.expireDuration) -}}
+{{- end -}}
+{{- with ($v.controller | default dict).ramRole }}{{ $_ := set $c "ramRole" . }}{{ end -}}
+{{- with .cacheFile }}{{ $_ := set $c "cacheFile" . }}{{ end -}}
+{{- $_ := set $c "refreshInterval" (include "poolcast.duration" $v.acr.refreshInterval) -}}
+{{- with $v.acr.openapiEndpoint }}{{ $_ := set $c "openapiEndpoint" . }}{{ end -}}
+{{- with $v.acr.stsEndpoint }}{{ $_ := set $c "stsEndpoint" . }}{{ end -}}
+{{- with $v.acr.metadataEndpoint }}{{ $_ := set $c "metadataEndpoint" . }}{{ end -}}
+{{- toJson $c -}}
+{{- end -}}
+
+{{/*
+Environment of a container that calls the ACR OpenAPI, in the official SDKs' names: the
+AccessKey from its Secret (never a ConfigMap or an argument), or RRSA's role and token file;
+with neither, the ECS metadata server's role. The node's region label, when the pod carries it.
+*/}}
+{{- define "poolcast.acrEnv" -}}
+{{- $v := .Values -}}
+{{- if $v.accessKey }}
+- name: ALIBABA_CLOUD_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef: {name: {{ include "poolcast.cloudSecretName" . }}, key: accessKey}
+- name: ALIBABA_CLOUD_ACCESS_KEY_SECRET
+  valueFrom:
+    secretKeyRef: {name: {{ include "poolcast.cloudSecretName" . }}, key: accessKeySecret}
+{{- end }}
+{{- if $v.rrsa.enable }}
+- name: ALIBABA_CLOUD_ROLE_ARN
+  value: {{ $v.rrsa.rrsaRoleARN | quote }}
+- name: ALIBABA_CLOUD_OIDC_PROVIDER_ARN
+  value: {{ $v.rrsa.rrsaOIDCProviderRoleARN | quote }}
+- name: ALIBABA_CLOUD_OIDC_TOKEN_FILE
+  value: {{ printf "%s/token" (include "poolcast.rrsaTokenDir" .) | quote }}
+{{- end }}
+- name: POOLCAST_NODE_REGION
+  valueFrom:
+    fieldRef: {fieldPath: "metadata.labels['topology.kubernetes.io/region']"}
+{{- end -}}
+
+{{/* The RRSA token's volume mount, when RRSA is on. */}}
+{{- define "poolcast.acrMounts" -}}
+{{- if .Values.rrsa.enable }}
+- name: rrsa-token
+  mountPath: {{ include "poolcast.rrsaTokenDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The RRSA token volume: the pod's service-account token for audience sts.aliyuncs.com. */}}
+{{- define "poolcast.acrVolumes" -}}
+{{- if .Values.rrsa.enable }}
+- name: rrsa-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: sts.aliyuncs.com
+          expirationSeconds: 3600
+          path: token
+{{- end }}
+{{- end -}}
+
+{{/* Pod annotations for ASK (controller.ramRole): ECI hands the pod that role's credentials. */}}
+{{- define "poolcast.acrAnnotations" -}}
+{{- with (.Values.controller | default dict).ramRole }}
+k8s.aliyun.com/eci-ram-role-name: {{ . | quote }}
+{{- end }}
 {{- end -}}
