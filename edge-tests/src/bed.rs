@@ -155,6 +155,21 @@ impl Bed {
         Ok(host)
     }
 
+    /// Gives `host` its own `/etc/hosts`, `entries` (address, names) after localhost:
+    /// `ip netns exec` bind-mounts `/etc/netns/<ns>/hosts` over `/etc/hosts` for every process
+    /// started in the namespace afterwards, so names resolve there without DNS and without
+    /// touching the machine's own file. Removed with the bed.
+    pub fn hosts_file(&self, host: &Host, entries: &[(Ipv4Addr, &str)]) -> Result<()> {
+        let dir = Path::new("/etc/netns").join(&host.ns);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (ip, names) in entries {
+            text.push_str(&format!("{ip} {names}\n"));
+        }
+        fs::write(dir.join("hosts"), text)
+            .with_context(|| format!("writing {}/hosts", dir.display()))
+    }
+
     /// Runs `program args` inside `host` to completion, killing it after `timeout`.
     pub fn run(
         &self,
@@ -375,6 +390,8 @@ fn delete_namespace(ns: &str) {
         }
     }
     let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    // A hosts file given with `Bed::hosts_file`.
+    let _ = fs::remove_dir_all(Path::new("/etc/netns").join(ns));
 }
 
 /// Namespaces of beds whose process is gone (killed by a test runner's timeout, say): ours by
