@@ -163,6 +163,28 @@ pub fn specs(r: &Resolution) -> Vec<UpstreamSpec> {
         .collect()
 }
 
+/// The `--registry` entries of the instances for `hosts write` at start: the answer, or the
+/// last good one; none when neither is known (the other registries still get their files, and
+/// `--watch` retries).
+pub async fn resolve_for_hosts(resolver: &Resolver) -> Vec<UpstreamSpec> {
+    match resolver.resolve_or_cached().await {
+        Ok((r, error)) => {
+            if let Some(e) = error {
+                eprintln!(
+                    "poolcast hosts: ACR instances not resolved ({e}); using the last good answer"
+                );
+            }
+            specs(&r)
+        }
+        Err(e) => {
+            eprintln!(
+                "poolcast hosts: ACR instances not resolved, their files are not written yet: {e}"
+            );
+            Vec::new()
+        }
+    }
+}
+
 /// Starts resolving `config`'s instances in the background (when it names any), handing each
 /// new answer to `apply`. The task lives as long as the process.
 pub fn spawn_watch(

@@ -193,21 +193,10 @@ pub async fn run(command: HostsCommand) -> Result<()> {
     match command {
         HostsCommand::Write(args) => {
             let resolver = args.acr.resolver()?;
-            let mut acr = Vec::new();
-            if let Some(resolver) = &resolver {
-                match resolver.resolve_or_cached().await {
-                    Ok((r, error)) => {
-                        if let Some(e) = error {
-                            eprintln!("poolcast hosts: ACR instances not resolved ({e}); using the last good answer");
-                        }
-                        acr = crate::acr::specs(&r);
-                    }
-                    // The other registries still get their files; --watch retries.
-                    Err(e) => eprintln!(
-                        "poolcast hosts: ACR instances not resolved, their files are not written yet: {e}"
-                    ),
-                }
-            }
+            let mut acr = match &resolver {
+                Some(r) => crate::acr::resolve_for_hosts(r).await,
+                None => Vec::new(),
+            };
             write_all(&args, &acr)?;
             if let (true, Some(resolver)) = (args.watch, resolver) {
                 resolver

@@ -485,10 +485,7 @@ fn hosts_files_follow_the_instances_and_are_removed_without_an_api_call() {
         text.contains(&format!("server = \"https://{VPC_DOMAIN}\"")),
         "fetched through the linked domain: {text}"
     );
-    assert!(file(&format!(
-        "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001"
-    ))
-    .exists());
+    assert!(file("test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001").exists());
 
     s.control(json!({"instances": {"cri-a": {"vpcDomains": ["new-registry-vpc.cn-hangzhou.cr.aliyuncs.com"], "linkedVpcs": [["vpc-linked", "RUNNING"]], "internetDomains": []}}}));
     common::assert_eventually(

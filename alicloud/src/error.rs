@@ -14,16 +14,8 @@ pub enum Error {
         message: String,
     },
     /// The service refused the call; `code` and `message` are its own.
-    #[error("{action} ({subject}): {code}: {message} [HTTP {status}{request_id}]{hint}")]
-    Api {
-        action: &'static str,
-        subject: String,
-        status: u16,
-        code: String,
-        message: String,
-        request_id: String,
-        hint: String,
-    },
+    #[error("{0}")]
+    Api(Box<ApiError>),
     /// An answer that parsed but lacks what the call is for.
     #[error("{what}: {message}")]
     BadAnswer { what: String, message: String },
@@ -38,13 +30,28 @@ pub enum Error {
     NoDomain { instance: String, message: String },
 }
 
+/// A refusal by the OpenAPI or STS, as it came.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} ({subject}): {code}: {message} [HTTP {status}{request_id}]{hint}")]
+pub struct ApiError {
+    pub action: &'static str,
+    pub subject: String,
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    /// `, RequestId ...` or empty.
+    pub request_id: String,
+    /// Advice for this code (what to grant, what to check), or empty.
+    pub hint: String,
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Whether the service said the caller lacks a permission (RAM), as opposed to a bad
     /// request, a missing instance or an outage.
     pub fn is_permission(&self) -> bool {
-        matches!(self, Error::Api { code, .. } if is_permission_code(code))
+        matches!(self, Error::Api(e) if is_permission_code(&e.code))
     }
 }
 

@@ -82,7 +82,7 @@ pub fn json_answer(
     }
     let code = field("Code");
     let request_id = field("RequestId");
-    Err(Error::Api {
+    Err(Error::Api(Box::new(crate::error::ApiError {
         action,
         subject: subject.to_string(),
         status,
@@ -98,5 +98,5 @@ pub fn json_answer(
         } else {
             format!(", RequestId {request_id}")
         },
-    })
+    })))
 }

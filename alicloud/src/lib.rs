@@ -16,5 +16,5 @@ pub mod sts;
 
 pub use cr::InstanceEndpoints;
 pub use credentials::{Chain, Credentials, Source};
-pub use error::{Error, Result, ACTIONS};
+pub use error::{ApiError, Error, Result, ACTIONS};
 pub use resolve::{Resolution, Resolver, NODE_REGION_ENV};
