@@ -187,18 +187,22 @@ fn rrsa_trades_the_projected_token_then_assumes_the_cross_account_role() {
     );
 }
 
+/// The metadata paths the stand-in was asked for, in order.
+fn metadata_paths(s: &StandIn) -> Vec<String> {
+    s.log()
+        .iter()
+        .filter(|e| e["kind"] == "metadata")
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn the_worker_role_and_controller_ram_role_come_from_the_metadata_server() {
     let s = StandIn::start(state());
     let out = endpoints(&s, &[], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), format!("{VPC_DOMAIN}\n"), "VPC from metadata");
-    let paths: Vec<String> = s
-        .log()
-        .iter()
-        .filter(|e| e["kind"] == "metadata")
-        .map(|e| e["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths = metadata_paths(&s);
     assert!(
         paths.contains(&"ram/security-credentials/".to_string()),
         "{paths:?}"
@@ -212,12 +216,7 @@ fn the_worker_role_and_controller_ram_role_come_from_the_metadata_server() {
     );
     let out = endpoints(&s, &["--ram-role", "AskRole"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let paths: Vec<String> = s
-        .log()
-        .iter()
-        .filter(|e| e["kind"] == "metadata")
-        .map(|e| e["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths = metadata_paths(&s);
     assert!(
         !paths.contains(&"ram/security-credentials/".to_string()),
         "{paths:?}"

@@ -134,17 +134,7 @@ fn every_rendering_of_the_matrix_passes_strict_kubernetes_validation() {
         std::fs::write(&path, case.render()).unwrap();
         files.push(path);
     }
-    // One run for all files: the validator's start-up (loading schemas) dominates.
-    let out = run(Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet", "--kubernetes-version", KUBE_VERSION])
-        .args(&files));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubernetes-validate: {text}");
-    assert!(!text.contains("ERROR"), "{text}");
+    assert_strictly_valid(&files);
 }
 
 #[test]

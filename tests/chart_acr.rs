@@ -84,15 +84,7 @@ fn the_seeds_values_files_as_printed_render_validate_strictly_and_configure_pool
             "{init:?}"
         );
     }
-    let out = run(Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet", "--kubernetes-version", KUBE_VERSION])
-        .args(&files));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && !text.contains("ERROR"), "{text}");
+    assert_strictly_valid(&files);
 }
 
 #[test]

@@ -184,3 +184,18 @@ pub fn assert_config_accepted(component: &str, config: &Value) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `kubernetes-validate --strict` of rendered manifests, in one run (loading the schemas
+/// dominates); panics with its output unless every file passes.
+pub fn assert_strictly_valid(files: &[PathBuf]) {
+    let out = run(Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "--kubernetes-version", KUBE_VERSION])
+        .args(files));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubernetes-validate: {text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
