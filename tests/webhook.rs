@@ -416,3 +416,47 @@ fn bad_webhook_config_stops_start_up_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn an_acr_instance_named_by_id_is_rewritten_once_resolved() {
+    use common::standin::StandIn;
+    let standin = StandIn::start(json!({
+        "keys": {"LTAI-good": "good-secret"},
+        "instances": {"cri-a": {"vpcDomains": [ACR], "linkedVpcs": [["vpc-linked", "RUNNING"]],
+                                "internetDomains": ["test-registry.cn-hangzhou.cr.aliyuncs.com"]}},
+    }));
+    let kube = seeded_kube();
+    let acr = json!({"acr": {
+        "instances": ["cri-a"], "region": "cn-hangzhou", "vpcId": "vpc-linked",
+        "openapiEndpoint": standin.url, "metadataEndpoint": standin.url,
+    }});
+    let hook = Webhook::start_with(
+        &kube.url,
+        &["docker.io"],
+        acr,
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-good"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "good-secret"),
+            ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+        ],
+    );
+    let pod = pod(p2p());
+    common::assert_eventually(
+        Duration::from_secs(20),
+        "the instance's domain is rewritten",
+        || {
+            let response = hook.review("/mutate", &review(&pod, "shop", true));
+            response.get("patch").is_some()
+                && images(&patched(&pod, &response), "containers")[0]
+                    == format!("{ACR_P2P}/docker-builder/nginx:latest")
+        },
+    );
+    let response = hook.review("/mutate", &review(&pod, "shop", false));
+    let out = patched(&pod, &response);
+    assert_eq!(
+        out["spec"]["imagePullSecrets"],
+        json!([{"name": "test-registry"}, {"name": "acr-credential-test-registry-p2p"}]),
+        "the pull secret is copied for the resolved domain"
+    );
+    assert!(!hook.log().contains("good-secret"), "no secret in the log");
+}

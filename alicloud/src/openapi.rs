@@ -93,7 +93,18 @@ impl OpenApi {
             "{}?Action={action}",
             self.base.as_str().trim_end_matches('/')
         );
-        let (status, body) = http::read(action, &shown, req.send().await).await?;
+        let (status, body) =
+            http::read(action, &shown, req.send().await)
+                .await
+                .map_err(|e| match e {
+                    // Say what the call was about: one process resolves several instances.
+                    Error::Unreachable { what, url, message } => Error::Unreachable {
+                        what,
+                        url,
+                        message: format!("{message} ({subject})"),
+                    },
+                    other => other,
+                })?;
         http::json_answer(action, subject, &shown, status, &body, hint)
     }
 }

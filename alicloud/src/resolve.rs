@@ -380,4 +380,32 @@ mod tests {
             "a file for other instances is not used"
         );
     }
+
+    #[tokio::test]
+    async fn the_region_falls_back_to_the_node_label_and_is_asked_for_when_unknown() {
+        let cfg = AcrConfig {
+            instances: vec!["cri-a".into()],
+            openapi_endpoint: "http://127.0.0.1:9".into(),
+            ..AcrConfig::default()
+        };
+        let env = |region: Option<&'static str>| {
+            move |k: &str| match k {
+                "ALIBABA_CLOUD_ACCESS_KEY_ID" => Some("id".to_string()),
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET" => Some("secret".to_string()),
+                "ALIBABA_CLOUD_ECS_METADATA_DISABLED" => Some("true".to_string()),
+                NODE_REGION_ENV => region.map(str::to_string),
+                _ => None,
+            }
+        };
+        let labelled = Resolver::with_env(&cfg, &env(Some("cn-shenzhen"))).expect("resolver");
+        let err = labelled
+            .resolve()
+            .await
+            .expect_err("no API here")
+            .to_string();
+        assert!(err.contains("cri-a in cn-shenzhen"), "{err}");
+        let unknown = Resolver::with_env(&cfg, &env(None)).expect("resolver");
+        let err = unknown.resolve().await.expect_err("no region").to_string();
+        assert!(err.contains("set region"), "{err}");
+    }
 }

@@ -224,18 +224,31 @@ pub struct Webhook {
 impl Webhook {
     /// Serves `registries`, talking to the API server at `kube_url`.
     pub fn start(kube_url: &str, registries: &[&str]) -> Webhook {
+        Self::start_with(kube_url, registries, json!({}), &[])
+    }
+
+    /// [`Webhook::start`] with more config keys (`acr`) and environment variables.
+    pub fn start_with(
+        kube_url: &str,
+        registries: &[&str],
+        extra: Value,
+        envs: &[(&str, &str)],
+    ) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs(&["127.0.0.1", "localhost"]);
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         std::fs::write(&cert, &certs.cert).unwrap();
         std::fs::write(&key, &certs.key).unwrap();
-        let config = json!({
+        let mut config = json!({
             "listen": "127.0.0.1:0",
             "registries": registries,
             "port": 65001,
             "tlsCertFile": cert,
             "tlsKeyFile": key,
         });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
         let config_path = dir.path().join("webhook.yaml");
         std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
@@ -247,10 +260,12 @@ impl Webhook {
             config_path.display().to_string(),
         ];
         let kc = kubeconfig.display().to_string();
+        let mut env = vec![("KUBECONFIG", kc.as_str())];
+        env.extend_from_slice(envs);
         let (process, urls) = Component::try_start_env(
             "webhook",
             &args,
-            &[("KUBECONFIG", &kc)],
+            &env,
             &["poolcast webhook listening on"],
             &log,
         )
