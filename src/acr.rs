@@ -6,7 +6,8 @@
 use alicloud::{Resolution, Resolver};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use nodepool::{AcrConfig, HumanDuration, UpstreamSpec};
+use nodepool::defaults::flag_help as help;
+use nodepool::{AcrConfig, HumanDuration, MirrorConfig, UpstreamSpec};
 
 /// How to reach Alibaba Cloud; credentials come from the environment (`ALIBABA_CLOUD_*`).
 #[derive(Args, Clone, Default, Debug)]
@@ -22,8 +23,8 @@ pub struct ConnArgs {
     /// AssumeRole into this role with the chain's credentials first (RRSA's cross-account role).
     #[arg(long, env = "POOLCAST_ACR_ASSUME_ROLE_ARN")]
     pub assume_role_arn: Option<String>,
-    /// DurationSeconds of that AssumeRole session [default 3600].
-    #[arg(long, env = "POOLCAST_ACR_EXPIRE_DURATION")]
+    #[arg(long, env = "POOLCAST_ACR_EXPIRE_DURATION", help = help::<MirrorConfig>(
+        "DurationSeconds of that AssumeRole session", "acr.expireDuration"))]
     pub expire_duration: Option<u32>,
     /// The RAM role the ECS metadata server is asked for (controller.ramRole, ASK) [default:
     /// the role attached to the instance].
@@ -82,8 +83,9 @@ pub struct HostsAcrArgs {
     /// `remove`, which makes no API call.
     #[arg(long = "acr-cache-file", env = "POOLCAST_ACR_CACHE_FILE")]
     pub cache_file: Option<String>,
-    /// How often `--watch` resolves the instances again [default 10m].
-    #[arg(long = "acr-refresh-interval", env = "POOLCAST_ACR_REFRESH_INTERVAL")]
+    #[arg(long = "acr-refresh-interval", env = "POOLCAST_ACR_REFRESH_INTERVAL",
+        help = help::<MirrorConfig>("How often `--watch` resolves the instances again",
+        "acr.refreshInterval"))]
     pub refresh_interval: Option<HumanDuration>,
     #[command(flatten)]
     pub conn: ConnArgs,

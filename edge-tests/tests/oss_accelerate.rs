@@ -16,7 +16,7 @@
 use std::net::Ipv4Addr;
 
 use edge_tests::bed::{log_tail, Bed, Host};
-use edge_tests::image::{sha256_file, TestImage};
+use edge_tests::image::{push, sha256_file, TestImage};
 use edge_tests::parts::{metric, poolcast, start_registry, REGISTRY_PORT};
 
 const FRONT_PORT: u16 = 8080;
@@ -48,7 +48,7 @@ fn setup() -> Setup {
     start_registry(&bed, &origin, &bed.fresh_dir("registry")).unwrap();
     let image = TestImage::build(&bed.fresh_dir("image"), &[96 * 1024], 71).unwrap();
     for repo in ["edge/app:1", "edge/app-v4:1"] {
-        image.push(&bed, &origin, REGISTRY_PORT, repo).unwrap();
+        push(&image, &bed, &origin, repo).unwrap();
     }
     let front_log = bed.dir().join("front-hosts.txt");
     bed.spawn(
@@ -106,7 +106,7 @@ impl Setup {
     /// Fetches the layer of `repo` through `mirror`, checks its digest, and returns the Host
     /// each GET of it at the OSS front named.
     fn fetch(&self, mirror: &str, repo: &str) -> Vec<String> {
-        let layer = &self.image.blobs[1];
+        let layer = &self.image.layers[0];
         let out = self
             .bed
             .fresh_dir(&format!("out-{}", repo.replace('/', "-")));

@@ -124,6 +124,7 @@ mod tests {
     fn the_documented_defaults_are_the_configs() {
         let doc = include_str!("../../docs/configuration.md");
         assert!(check::<MirrorConfig>(doc, "## Mirror") >= 8);
+        assert!(check::<MirrorConfig>(doc, "### ACR EE instances by id") >= 2);
         assert!(check::<AgentConfig>(doc, "## Agent") >= 15);
         assert!(check::<WebhookConfig>(doc, "## Admission webhook") >= 3);
         let doc = include_str!("../../docs/scheduler.md");
