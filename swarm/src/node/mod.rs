@@ -1,0 +1,509 @@
+//! One agent's P2P decisions for every blob it takes part in: which piece its uplink offers
+//! next and to whom, which offers it accepts, what it takes from the mirror, and when it asks
+//! the scheduler for fresh pieces.
+//!
+//! ```text
+//!   events (peers' notices, loads and offers, pieces done, pushes done, grants)
+//!       │  Node::handle, any number
+//!       v
+//!   state ──Node::decide / Node::tick(now)──> actions (offer, accept, push, notify, fetch, ask)
+//! ```
+//!
+//! **Holders decide.** Each upload slot offers one piece to one peer and, once accepted,
+//! pushes it. A free slot picks the peer first, the member holding least (with room to
+//! receive: its advertised load below `max_incoming`), then the rarest piece this node holds
+//! that the peer lacks (fewest members holding or receiving it; ties broken per node), so every
+//! node keeps pace with the mirror and a fresh piece is the first thing its holder sends.
+//!
+//! **Receivers reserve.** No byte of a piece moves before the receiver accepted it: an offer of
+//! a piece it holds, is receiving, or that would take it past its incoming limit is refused,
+//! and the slot offers something else. Two holders can never send one piece to one node, and a
+//! node fetching from the mirror counts that transfer `mirror_weight` times in its load, so
+//! peers push elsewhere and the mirror's range is not starved at the receiver's downlink.
+//!
+//! **The mirror.** In `p2p` mode a node takes from the mirror only the runs of pieces the
+//! scheduler leased to it ([`crate::release`]: each piece leaves the mirror once) until every
+//! piece is in the pool; from then on the mirror's idle uplink helps the tail, one rarest
+//! missing piece per node at a time. In `source` mode (no scheduler, `goSource`, or the
+//! scheduler failing) the lowest missing pieces come from the mirror, a few at a time.
+
+mod mirror;
+mod receive;
+mod send;
+mod task;
+
+use crate::pieces::PieceSet;
+use std::collections::HashMap;
+use std::time::Duration;
+use task::{Peer, State, Task};
+
+/// The caller's handle for a peer connection.
+pub type PeerId = u64;
+/// The caller's handle for a blob.
+pub type TaskId = u64;
+
+/// How a blob's pieces are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Fresh pieces leased by the scheduler, the rest pushed by peers.
+    P2p,
+    /// Everything missing from the mirror (peers' offers are still taken).
+    Source,
+}
+
+/// Where a piece came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum From {
+    Peer(PeerId),
+    Mirror,
+}
+
+/// Why a receiver refused an offer, or stopped taking a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It holds the piece.
+    Have,
+    /// It is receiving the piece from another holder or the mirror.
+    Receiving,
+    /// Too many pushes incoming.
+    Busy,
+    /// It takes nothing more of this blob from the sender (a bad or stalled piece), or does not
+    /// take part in the blob.
+    Unwanted,
+}
+
+/// What a node tells the members of a blob about one piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Verified and held.
+    Have,
+    /// Being received: do not offer it here.
+    Receiving,
+    /// The transfer ended without the piece.
+    NotReceiving,
+}
+
+/// Settings of the decisions. The defaults are the measured best (docs/benchmarks.md).
+#[derive(Clone, Debug)]
+pub struct Tunables {
+    /// Peers this node uploads to at once: one push each, with the next pieces offered while
+    /// it runs.
+    pub upload_slots: u32,
+    /// Pieces offered (or accepted) ahead of the push under way on a lane: enough to cover a
+    /// round trip, so the lane never waits for an answer.
+    pub lookahead: u32,
+    /// Pushes accepted at once; offers past it are refused as busy, and the sender leaves
+    /// that peer alone for `busy_backoff`. A safety cap: receivers are chosen evenly, so it
+    /// rarely binds.
+    pub max_incoming: u32,
+    pub busy_backoff: Duration,
+    /// Mirror ranges at once per blob in source mode.
+    pub source_parallel: u32,
+    /// Mirror transfers at once per blob once every piece is in the pool.
+    pub assist_parallel: u32,
+    /// A transfer that makes no progress for this long is abandoned (`transferTimeout`).
+    pub stall: Duration,
+    /// Mirror failures in a row that fail a download.
+    pub mirror_retries: u32,
+    /// The wait after a mirror failure, doubled for each further one in a row (at most 5 s).
+    pub mirror_backoff: Duration,
+    /// Rarest held pieces looked at per offer before a full search.
+    pub scan: usize,
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            upload_slots: 16,
+            lookahead: 2,
+            max_incoming: 64,
+            busy_backoff: Duration::from_millis(200),
+            source_parallel: 4,
+            assist_parallel: 4,
+            stall: Duration::from_secs(15),
+            mirror_retries: 6,
+            mirror_backoff: Duration::from_millis(300),
+            scan: 64,
+        }
+    }
+}
+
+/// What happened, as the runtime (or the simulator) saw it.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Take part in a blob of `pieces` pieces: a download (some missing) or a held blob.
+    Open {
+        task: TaskId,
+        pieces: u32,
+        have: PieceSet,
+        mode: Mode,
+    },
+    /// Forget a blob (complete and of no more use, or failed).
+    Close { task: TaskId },
+    /// The scheduler failed (`Source`) or answers again (`P2p`).
+    SetMode { task: TaskId, mode: Mode },
+    /// The scheduler's answer to [`Action::AskFresh`].
+    Fresh {
+        task: TaskId,
+        pieces: Vec<u32>,
+        all_released: bool,
+    },
+    /// A peer takes part in a blob and holds, or is receiving, these pieces.
+    Joined {
+        peer: PeerId,
+        task: TaskId,
+        have: PieceSet,
+        receiving: PieceSet,
+    },
+    /// A peer no longer takes part in a blob.
+    Left { peer: PeerId, task: TaskId },
+    /// The connection to a peer is gone.
+    Gone { peer: PeerId },
+    Notice {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+        notice: Notice,
+    },
+    /// A peer offers to push a piece here.
+    Offered {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// A peer accepted this node's offer: the push may start.
+    Accepted {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// This node's offer was refused (with why), or its push ended early (`None`: the
+    /// connection failed).
+    Refused {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+        why: Option<Refusal>,
+    },
+    /// A peer will not push a piece it offered and this node accepted.
+    Withdrawn {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// This node's push went out whole.
+    Pushed {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// Bytes of a piece arrived (reported at most every few hundred milliseconds).
+    Progress { task: TaskId, piece: u32 },
+    /// A piece arrived whole and matched its digest.
+    Done {
+        task: TaskId,
+        piece: u32,
+        from: From,
+    },
+    /// A transfer ended without the piece; `corrupt`: it did not match its digest.
+    Failed {
+        task: TaskId,
+        piece: u32,
+        from: From,
+        corrupt: bool,
+    },
+}
+
+/// What the runtime should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Offer a piece to a peer.
+    Offer {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// Take a peer's offer.
+    Accept {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// Refuse a peer's offer, or stop taking a push already accepted.
+    Refuse {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+        why: Refusal,
+    },
+    /// Tell a peer that a piece it accepted will not come.
+    Withdraw {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// Send an accepted piece.
+    Push {
+        peer: PeerId,
+        task: TaskId,
+        piece: u32,
+    },
+    /// Tell every member of the blob.
+    Notify {
+        task: TaskId,
+        piece: u32,
+        notice: Notice,
+    },
+    /// Fetch pieces `first..first + count` from the mirror in one range.
+    FetchMirror {
+        task: TaskId,
+        first: u32,
+        count: u32,
+    },
+    /// Stop a mirror range (a peer is sending its piece instead).
+    CancelMirror { task: TaskId, first: u32 },
+    /// Report leased pieces completed and (`wait`) wait for more; `backlog`: pieces' worth of
+    /// pushes this node could still make.
+    AskFresh {
+        task: TaskId,
+        completed: Vec<u32>,
+        backlog: u32,
+        wait: bool,
+    },
+    /// Take nothing more of this blob from this peer.
+    Block { peer: PeerId, task: TaskId },
+    /// The download cannot complete.
+    Fail { task: TaskId, reason: String },
+}
+
+/// One agent's decisions. See the module doc.
+#[derive(Debug)]
+pub struct Node {
+    cfg: Tunables,
+    seed: u64,
+    tasks: HashMap<TaskId, Task>,
+    peers: HashMap<PeerId, Peer>,
+    /// Lanes in use (a push, or a piece offered or accepted next).
+    uploading: u32,
+    /// Pushes accepted here and not yet done.
+    incoming: u32,
+    /// Something changed that may open an offer.
+    dirty: bool,
+}
+
+impl Node {
+    /// `seed` spreads tie-breaks: give every node its own (a hash of its name).
+    pub fn new(cfg: Tunables, seed: u64) -> Node {
+        Node {
+            cfg,
+            seed,
+            tasks: HashMap::new(),
+            peers: HashMap::new(),
+            uploading: 0,
+            incoming: 0,
+            dirty: true,
+        }
+    }
+
+    pub fn tunables(&self) -> &Tunables {
+        &self.cfg
+    }
+
+    /// The pieces held of a blob.
+    pub fn have(&self, task: TaskId) -> Option<&PieceSet> {
+        self.tasks.get(&task).map(|t| &t.have)
+    }
+
+    /// Whether a blob is held whole.
+    pub fn is_complete(&self, task: TaskId) -> bool {
+        self.tasks.get(&task).is_some_and(|t| t.have.is_full())
+    }
+
+    /// Whether a blob taken part in is held whole and of no more use to any member: the
+    /// runtime may close it.
+    pub fn is_idle(&self, task: TaskId) -> bool {
+        self.tasks
+            .get(&task)
+            .is_none_or(|t| t.have.is_full() && t.backlog() == 0)
+    }
+
+    /// The pieces of a blob this node is receiving, for a join message.
+    pub fn receiving(&self, task: TaskId) -> PieceSet {
+        self.tasks
+            .get(&task)
+            .map_or_else(|| PieceSet::empty(0), Task::receiving)
+    }
+
+    /// Peers this node is uploading to (or has offered to).
+    pub fn uploading(&self) -> u32 {
+        self.uploading
+    }
+
+    /// The pushes this node could still make for a blob, in pieces.
+    pub fn backlog(&self, task: TaskId) -> u64 {
+        self.tasks.get(&task).map_or(0, Task::backlog)
+    }
+
+    /// When [`Node::tick`] next has something to do.
+    pub fn next_wakeup(&self) -> Option<Duration> {
+        let stall = self.cfg.stall;
+        self.tasks
+            .values()
+            .flat_map(|t| {
+                let rescue = t.rescuable().then_some(t.last_progress + stall);
+                let retry = (t.mirror_failures > 0).then_some(t.mirror_retry_at);
+                t.transfers
+                    .values()
+                    .map(move |&at| at + stall)
+                    .chain(rescue)
+                    .chain(retry)
+            })
+            .min()
+    }
+
+    /// Takes in one event. Call [`Node::decide`] after a batch of them: deciding costs the same
+    /// after one event or many.
+    pub fn handle(&mut self, now: Duration, event: Event, out: &mut Vec<Action>) {
+        match event {
+            Event::Open {
+                task,
+                pieces,
+                have,
+                mode,
+            } => self.open(task, pieces, have, mode, now),
+            Event::Close { task } => self.close(task),
+            Event::SetMode { task, mode } => {
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.mode = mode;
+                    t.mirror_dirty = true;
+                    if mode == Mode::Source {
+                        t.asking = false;
+                    }
+                }
+            }
+            Event::Fresh {
+                task,
+                pieces,
+                all_released,
+            } => self.fresh(task, pieces, all_released),
+            Event::Joined {
+                peer,
+                task,
+                have,
+                receiving,
+            } => self.join(peer, task, have, receiving),
+            Event::Left { peer, task } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.tasks.remove(&task);
+                }
+                self.drop_member(peer, task, out);
+            }
+            Event::Gone { peer } => {
+                if let Some(p) = self.peers.remove(&peer) {
+                    if p.lane.in_use() {
+                        self.uploading = self.uploading.saturating_sub(1);
+                    }
+                    for task in p.tasks {
+                        self.drop_member(peer, task, out);
+                    }
+                }
+            }
+            Event::Notice {
+                peer,
+                task,
+                piece,
+                notice,
+            } => self.notice(peer, task, piece, notice),
+            Event::Offered { peer, task, piece } => self.offered(peer, task, piece, now, out),
+            Event::Accepted { peer, task, piece } => self.accepted(peer, task, piece, out),
+            Event::Refused {
+                peer,
+                task,
+                piece,
+                why,
+            } => self.refused(peer, task, piece, why, now, out),
+            Event::Pushed { peer, task, piece } => self.pushed(peer, task, piece, out),
+            Event::Withdrawn { peer, task, piece } => {
+                let from_it = self
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|t| t.state.get(piece as usize) == Some(&State::Incoming(peer)));
+                if from_it {
+                    self.end_incoming(task, piece, out);
+                }
+            }
+            Event::Progress { task, piece } => {
+                if let Some(at) = self
+                    .tasks
+                    .get_mut(&task)
+                    .and_then(|t| t.transfers.get_mut(&piece))
+                {
+                    *at = now;
+                }
+            }
+            Event::Done { task, piece, from } => self.done(task, piece, from, now, out),
+            Event::Failed {
+                task,
+                piece,
+                from,
+                corrupt,
+            } => self.failed(task, piece, from, corrupt, now, out),
+        }
+    }
+
+    /// Abandons stalled transfers and rescues stalled downloads, then decides.
+    pub fn tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+        // A busy peer's back-off may have passed.
+        self.dirty = true;
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.abandon_stalled(id, now, out);
+            self.rescue(id, now, out);
+        }
+        self.decide(now, out);
+    }
+
+    /// Everything that follows from the state: mirror fetches, scheduler asks, offers.
+    pub fn decide(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.decide_mirror(id, now, out);
+            self.decide_ask(id, out);
+        }
+        if self.dirty {
+            self.dirty = false;
+            while let Some((peer, task, piece)) = self.pick_offer(now) {
+                self.offer(peer, task, piece, out);
+            }
+        }
+    }
+
+    fn open(&mut self, id: TaskId, pieces: u32, have: PieceSet, mode: Mode, now: Duration) {
+        if self.tasks.contains_key(&id) {
+            return;
+        }
+        let mut task = Task::new(pieces, mode, now);
+        if have.len() == pieces {
+            for piece in have.iter() {
+                task.gain(self.seed, piece);
+            }
+        }
+        self.tasks.insert(id, task);
+        self.dirty = true;
+    }
+
+    fn close(&mut self, id: TaskId) {
+        let Some(task) = self.tasks.remove(&id) else {
+            return;
+        };
+        for peer in task.members.keys() {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.tasks.remove(&id);
+            }
+        }
+        self.incoming = self.incoming.saturating_sub(task.count_incoming());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,674 @@
+//! Unit tests of the decisions: events in, actions out, time as an argument.
+
+use super::*;
+
+const T: TaskId = 7;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn set(len: u32, pieces: &[u32]) -> PieceSet {
+    let mut s = PieceSet::empty(len);
+    for &p in pieces {
+        s.insert(p);
+    }
+    s
+}
+
+/// A node in a blob of `pieces` pieces holding `have`, with members `(peer, their pieces)`.
+fn node(pieces: u32, have: &[u32], mode: Mode, members: &[(PeerId, &[u32])]) -> Node {
+    let mut n = Node::new(Tunables::default(), 42);
+    let mut out = Vec::new();
+    n.handle(
+        ms(0),
+        Event::Open {
+            task: T,
+            pieces,
+            have: set(pieces, have),
+            mode,
+        },
+        &mut out,
+    );
+    for &(peer, theirs) in members {
+        n.handle(
+            ms(0),
+            Event::Joined {
+                peer,
+                task: T,
+                have: set(pieces, theirs),
+                receiving: PieceSet::empty(pieces),
+            },
+            &mut out,
+        );
+    }
+    n
+}
+
+fn decide(n: &mut Node, now: Duration) -> Vec<Action> {
+    let mut out = Vec::new();
+    n.decide(now, &mut out);
+    out
+}
+
+fn handle(n: &mut Node, now: Duration, ev: Event) -> Vec<Action> {
+    let mut out = Vec::new();
+    n.handle(now, ev, &mut out);
+    n.decide(now, &mut out);
+    out
+}
+
+fn offers(actions: &[Action]) -> Vec<(PeerId, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Offer { peer, piece, .. } => Some((*peer, *piece)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fetches(actions: &[Action]) -> Vec<(u32, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::FetchMirror { first, count, .. } => Some((*first, *count)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_neediest_member_is_offered_the_rarest_piece_first() {
+    // Pieces 0 and 1 held here; peer 1 holds piece 0, peer 2 nothing, peer 3 both.
+    let mut n = node(4, &[0, 1], Mode::P2p, &[(1, &[0]), (2, &[]), (3, &[0, 1])]);
+    let o = offers(&decide(&mut n, ms(0)));
+    // Piece 1 is held by one member, piece 0 by two: peer 2 (holding least) gets piece 1
+    // first; each lane takes `lookahead` offers, so piece 0 follows on the same lane, and
+    // peer 1 gets the one piece it lacks.
+    assert_eq!(o.first(), Some(&(2, 1)), "{o:?}");
+    assert!(o.contains(&(2, 0)) && o.contains(&(1, 1)), "{o:?}");
+    assert!(
+        !o.iter().any(|&(p, _)| p == 3),
+        "peer 3 holds everything: {o:?}"
+    );
+}
+
+#[test]
+fn an_accepted_offer_is_pushed_and_the_next_waits_for_the_push_to_end() {
+    let mut n = node(4, &[0, 1], Mode::P2p, &[(2, &[])]);
+    let o = offers(&decide(&mut n, ms(0)));
+    assert_eq!(o.len(), 2, "two offered ahead on the lane: {o:?}");
+    let (first, second) = (o[0].1, o[1].1);
+    let a = handle(
+        &mut n,
+        ms(5),
+        Event::Accepted {
+            peer: 2,
+            task: T,
+            piece: first,
+        },
+    );
+    assert!(
+        a.contains(&Action::Push {
+            peer: 2,
+            task: T,
+            piece: first
+        }),
+        "{a:?}"
+    );
+    let a = handle(
+        &mut n,
+        ms(6),
+        Event::Accepted {
+            peer: 2,
+            task: T,
+            piece: second,
+        },
+    );
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::Push { .. })),
+        "one push at a time: {a:?}"
+    );
+    let a = handle(
+        &mut n,
+        ms(90),
+        Event::Pushed {
+            peer: 2,
+            task: T,
+            piece: first,
+        },
+    );
+    assert!(
+        a.contains(&Action::Push {
+            peer: 2,
+            task: T,
+            piece: second
+        }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn an_accept_for_an_offer_no_longer_out_is_withdrawn() {
+    let mut n = node(2, &[0], Mode::P2p, &[(2, &[])]);
+    let a = handle(
+        &mut n,
+        ms(0),
+        Event::Accepted {
+            peer: 2,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(
+        a.contains(&Action::Withdraw {
+            peer: 2,
+            task: T,
+            piece: 1
+        }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn offers_of_held_or_incoming_pieces_are_refused_and_others_accepted() {
+    let mut n = node(4, &[0], Mode::P2p, &[(1, &[0, 1, 2]), (2, &[1])]);
+    let a = handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 0,
+        },
+    );
+    assert!(
+        a.iter().any(|x| matches!(
+            x,
+            Action::Refuse {
+                why: Refusal::Have,
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+    let a = handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 1,
+            task: T,
+            piece: 1
+        }),
+        "{a:?}"
+    );
+    assert!(a.contains(&Action::Notify {
+        task: T,
+        piece: 1,
+        notice: Notice::Receiving
+    }));
+    // The same piece from another holder is now coming: refused.
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Offered {
+            peer: 2,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Refuse {
+            why: Refusal::Receiving,
+            ..
+        }
+    )));
+    // An unknown blob or a piece past the end: unwanted.
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Offered {
+            peer: 2,
+            task: 99,
+            piece: 0,
+        },
+    );
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Refuse {
+            why: Refusal::Unwanted,
+            ..
+        }
+    )));
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Offered {
+            peer: 2,
+            task: T,
+            piece: 4,
+        },
+    );
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Refuse {
+            why: Refusal::Unwanted,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_refused_offer_frees_the_lane_for_another_piece() {
+    let mut n = node(3, &[0, 1], Mode::P2p, &[(2, &[])]);
+    let o = offers(&decide(&mut n, ms(0)));
+    assert_eq!(o.len(), 2);
+    let a = handle(
+        &mut n,
+        ms(5),
+        Event::Refused {
+            peer: 2,
+            task: T,
+            piece: o[0].1,
+            why: Some(Refusal::Have),
+        },
+    );
+    // Nothing else to offer (peer 2 has or is being offered both): no new offer, and the
+    // refused piece is not offered again.
+    assert!(offers(&a).is_empty(), "{a:?}");
+    assert_eq!(n.backlog(T), 0);
+}
+
+#[test]
+fn a_busy_peer_is_left_alone_for_the_back_off() {
+    let mut n = node(2, &[0], Mode::P2p, &[(2, &[])]);
+    let o = offers(&decide(&mut n, ms(0)));
+    assert_eq!(o, vec![(2, 0)]);
+    let a = handle(
+        &mut n,
+        ms(10),
+        Event::Refused {
+            peer: 2,
+            task: T,
+            piece: 0,
+            why: Some(Refusal::Busy),
+        },
+    );
+    assert!(
+        offers(&a).is_empty(),
+        "offered again during the back-off: {a:?}"
+    );
+    let mut out = Vec::new();
+    n.tick(ms(10) + Tunables::default().busy_backoff, &mut out);
+    assert_eq!(offers(&out), vec![(2, 0)]);
+}
+
+#[test]
+fn leased_pieces_are_fetched_as_ranges_and_reported_when_done() {
+    let mut n = node(8, &[], Mode::P2p, &[]);
+    let a = decide(&mut n, ms(0));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::AskFresh { wait: true, .. })),
+        "{a:?}"
+    );
+    let a = handle(
+        &mut n,
+        ms(5),
+        Event::Fresh {
+            task: T,
+            pieces: vec![2, 3, 4, 6],
+            all_released: false,
+        },
+    );
+    assert_eq!(fetches(&a), vec![(2, 3), (6, 1)]);
+    // Asked again at once, to have the next lease ready.
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::AskFresh { wait: true, .. })),
+        "{a:?}"
+    );
+    let a = handle(
+        &mut n,
+        ms(50),
+        Event::Done {
+            task: T,
+            piece: 2,
+            from: From::Mirror,
+        },
+    );
+    let completed: Vec<Vec<u32>> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::AskFresh { completed, .. } => Some(completed.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed, vec![vec![2]]);
+    assert!(a.contains(&Action::Notify {
+        task: T,
+        piece: 2,
+        notice: Notice::Have
+    }));
+}
+
+#[test]
+fn source_mode_takes_the_lowest_missing_pieces_a_few_at_a_time() {
+    let mut n = node(10, &[0, 2], Mode::Source, &[]);
+    let a = decide(&mut n, ms(0));
+    assert_eq!(fetches(&a), vec![(1, 1), (3, 1), (4, 1), (5, 1)]);
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::AskFresh { .. })),
+        "{a:?}"
+    );
+    let a = handle(
+        &mut n,
+        ms(9),
+        Event::Done {
+            task: T,
+            piece: 3,
+            from: From::Mirror,
+        },
+    );
+    assert_eq!(fetches(&a), vec![(6, 1)]);
+}
+
+#[test]
+fn once_everything_is_released_the_mirror_helps_quietly_and_yields_to_a_peer() {
+    let mut n = node(4, &[0], Mode::P2p, &[(1, &[0, 1, 2, 3])]);
+    let a = handle(
+        &mut n,
+        ms(0),
+        Event::Fresh {
+            task: T,
+            pieces: vec![],
+            all_released: true,
+        },
+    );
+    let f = fetches(&a);
+    assert_eq!(
+        f.len(),
+        3,
+        "every missing piece, up to assistParallel: {a:?}"
+    );
+    assert!(
+        !a.iter().any(|x| matches!(
+            x,
+            Action::Notify {
+                notice: Notice::Receiving,
+                ..
+            }
+        )),
+        "help from the mirror is not announced: {a:?}"
+    );
+    // A peer offers one of them: taken, and the mirror range given up.
+    let a = handle(
+        &mut n,
+        ms(3),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: f[0].0,
+        },
+    );
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 1,
+            task: T,
+            piece: f[0].0
+        }),
+        "{a:?}"
+    );
+    assert!(
+        a.contains(&Action::CancelMirror {
+            task: T,
+            first: f[0].0
+        }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_stalled_push_is_refused_and_its_sender_blocked() {
+    let mut n = node(2, &[], Mode::P2p, &[(1, &[0, 1])]);
+    handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 0,
+        },
+    );
+    let stall = Tunables::default().stall;
+    let mut out = Vec::new();
+    n.tick(ms(0) + stall - ms(1), &mut out);
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Block { .. })),
+        "{out:?}"
+    );
+    handle(&mut n, ms(100), Event::Progress { task: T, piece: 0 });
+    let mut out = Vec::new();
+    n.tick(ms(100) + stall, &mut out);
+    assert!(out.contains(&Action::Refuse {
+        peer: 1,
+        task: T,
+        piece: 0,
+        why: Refusal::Unwanted
+    }));
+    assert!(out.contains(&Action::Block { peer: 1, task: T }), "{out:?}");
+    // Its offers are refused from now on.
+    let a = handle(
+        &mut n,
+        ms(200) + stall,
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Refuse {
+            why: Refusal::Unwanted,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_corrupt_piece_blocks_its_sender_and_the_piece_is_missing_again() {
+    let mut n = node(2, &[], Mode::P2p, &[(1, &[0, 1]), (2, &[0])]);
+    handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 0,
+        },
+    );
+    let a = handle(
+        &mut n,
+        ms(9),
+        Event::Failed {
+            task: T,
+            piece: 0,
+            from: From::Peer(1),
+            corrupt: true,
+        },
+    );
+    assert!(a.contains(&Action::Block { peer: 1, task: T }), "{a:?}");
+    assert!(a.contains(&Action::Notify {
+        task: T,
+        piece: 0,
+        notice: Notice::NotReceiving
+    }));
+    let a = handle(
+        &mut n,
+        ms(10),
+        Event::Offered {
+            peer: 2,
+            task: T,
+            piece: 0,
+        },
+    );
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 2,
+            task: T,
+            piece: 0
+        }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_failure_of_a_transfer_no_longer_current_changes_nothing() {
+    let mut n = node(2, &[], Mode::P2p, &[(1, &[0]), (2, &[0])]);
+    handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 2,
+            task: T,
+            piece: 0,
+        },
+    );
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Failed {
+            task: T,
+            piece: 0,
+            from: From::Peer(1),
+            corrupt: true,
+        },
+    );
+    assert!(
+        a.is_empty() || !a.iter().any(|x| matches!(x, Action::Block { .. })),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_mirror_that_keeps_failing_fails_the_download() {
+    let mut n = node(1, &[], Mode::Source, &[]);
+    let retries = Tunables::default().mirror_retries;
+    let mut now = ms(0);
+    assert_eq!(fetches(&decide(&mut n, now)), vec![(0, 1)]);
+    let mut failed = false;
+    for k in 0..=retries {
+        let a = handle(
+            &mut n,
+            now,
+            Event::Failed {
+                task: T,
+                piece: 0,
+                from: From::Mirror,
+                corrupt: false,
+            },
+        );
+        failed |= a.iter().any(|x| matches!(x, Action::Fail { .. }));
+        if failed {
+            break;
+        }
+        assert!(
+            fetches(&a).is_empty(),
+            "retried at once after failure {k}: {a:?}"
+        );
+        // The next attempt waits for the back-off.
+        now = n.next_wakeup().expect("a retry is due");
+        let mut out = Vec::new();
+        n.tick(now, &mut out);
+        assert_eq!(fetches(&out), vec![(0, 1)], "attempt {}", k + 1);
+    }
+    assert!(failed);
+}
+
+#[test]
+fn a_peer_that_goes_frees_its_lane_and_what_it_was_sending() {
+    let mut n = node(3, &[0], Mode::P2p, &[(1, &[1]), (2, &[])]);
+    decide(&mut n, ms(0));
+    handle(
+        &mut n,
+        ms(1),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(n.uploading() > 0);
+    let a = handle(&mut n, ms(2), Event::Gone { peer: 1 });
+    assert!(a.contains(&Action::Notify {
+        task: T,
+        piece: 1,
+        notice: Notice::NotReceiving
+    }));
+    let a = handle(
+        &mut n,
+        ms(3),
+        Event::Offered {
+            peer: 2,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 2,
+            task: T,
+            piece: 1
+        }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_p2p_download_that_stops_moving_takes_a_piece_from_the_mirror() {
+    let mut n = node(3, &[], Mode::P2p, &[(1, &[0, 1, 2])]);
+    decide(&mut n, ms(0));
+    let stall = Tunables::default().stall;
+    let mut out = Vec::new();
+    n.tick(stall - ms(1), &mut out);
+    assert!(fetches(&out).is_empty(), "{out:?}");
+    let mut out = Vec::new();
+    n.tick(stall, &mut out);
+    assert_eq!(fetches(&out), vec![(0, 1)]);
+}
+
+#[test]
+fn a_held_blob_is_idle_once_no_member_lacks_a_piece() {
+    let mut n = node(2, &[0, 1], Mode::P2p, &[(1, &[0])]);
+    assert!(!n.is_idle(T));
+    handle(
+        &mut n,
+        ms(1),
+        Event::Notice {
+            peer: 1,
+            task: T,
+            piece: 1,
+            notice: Notice::Have,
+        },
+    );
+    assert!(n.is_idle(T));
+    assert!(n.is_complete(T));
+}
+
+#[test]
+fn a_blob_of_no_pieces_is_complete_at_once() {
+    let mut n = node(0, &[], Mode::P2p, &[]);
+    assert!(n.is_complete(T));
+    let a = decide(&mut n, ms(0));
+    assert!(fetches(&a).is_empty() && offers(&a).is_empty(), "{a:?}");
+}

@@ -1,0 +1,461 @@
+//! Which node takes each fresh piece from the mirror first.
+//!
+//! A pool's mirror should send each piece once, and its uplink should not idle while pieces
+//! remain (its link is the one every byte must cross). [`Releases`] keeps up to `in_flight`
+//! pieces of a blob leased to first holders at once and, each time a lease ends, hands the lowest
+//! piece not yet released to the waiting node with the least upload work queued: a node whose
+//! uplink drains faster asks with less queued more often and takes more pieces, so each node's
+//! share follows its uplink (Mutualcast). A lease whose holder goes or lapses goes back to be
+//! handed out again.
+//!
+//! ```text
+//!   node ──ask (completed pieces, backlog)──> Releases ──grant [piece] (now, or when a lease ends)──> node
+//!   node ──GET Range of the piece──> mirror          node ──push──> the rest of the pool
+//! ```
+
+use crate::pieces::PieceSet;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Who holds a lease: the caller's key for a node.
+pub type Holder = u64;
+
+#[derive(Clone, Debug)]
+pub struct ReleaseConfig {
+    /// Leases of one blob at once: enough that the mirror's link stays busy across the round
+    /// trips between one lease and the next.
+    pub in_flight: u32,
+    /// Consecutive pieces per lease (one mirror range), so small pieces do not each cost a
+    /// round trip to the scheduler.
+    pub run: u32,
+    /// Leases one node may hold at once.
+    pub per_holder: u32,
+    /// A lease not completed within this is handed out again.
+    pub lease: Duration,
+}
+
+/// Bytes leased at once per blob and pool: the mirror's link stays busy across the round trips
+/// between leases, and no more is out than the pool can take in as it arrives.
+pub const LEASED_BYTES: u64 = 4 << 20;
+/// Most leases out at once per blob and pool.
+pub const MAX_IN_FLIGHT: u32 = 64;
+
+impl ReleaseConfig {
+    /// The leases for a pool of `members` nodes taking a blob in `piece_size` pieces: two per
+    /// node (the next asked for while the first is fetched), at most [`MAX_IN_FLIGHT`], and
+    /// runs long enough that [`LEASED_BYTES`] are out in all. Measured in the simulator and
+    /// on the fan-out bed (docs/benchmarks.md).
+    pub fn for_pool(members: usize, piece_size: u64, lease: Duration) -> ReleaseConfig {
+        let in_flight = (members.saturating_mul(2)).clamp(2, MAX_IN_FLIGHT as usize) as u32;
+        let run = (LEASED_BYTES / (u64::from(in_flight) * piece_size.max(1))).max(1);
+        ReleaseConfig {
+            in_flight,
+            run: run.min(u64::from(u32::MAX)) as u32,
+            per_holder: 2,
+            lease,
+        }
+    }
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        ReleaseConfig::for_pool(8, 64 << 10, Duration::from_secs(15))
+    }
+}
+
+/// The answer to a waiting node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Pieces to take from the mirror and spread.
+    pub pieces: Vec<u32>,
+    /// Every piece is in the pool: stop asking; the mirror may now help with any piece.
+    pub all_released: bool,
+}
+
+/// A run of pieces leased to one node, until each is completed (by it or anyone).
+#[derive(Clone, Debug)]
+struct Lease {
+    holder: Holder,
+    at: Duration,
+    left: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    holder: Holder,
+    backlog: u32,
+    since: Duration,
+}
+
+/// The first-holder leases of one blob in one group of pools that can pair.
+#[derive(Debug)]
+pub struct Releases {
+    /// Lowest piece never leased.
+    next: u32,
+    /// Pieces whose lease ended without them: handed out again first.
+    again: BTreeSet<u32>,
+    leases: Vec<Lease>,
+    released: PieceSet,
+    waiting: Vec<Waiter>,
+}
+
+impl Releases {
+    pub fn new(pieces: u32) -> Releases {
+        Releases {
+            next: 0,
+            again: BTreeSet::new(),
+            leases: Vec::new(),
+            released: PieceSet::empty(pieces),
+            waiting: Vec::new(),
+        }
+    }
+
+    pub fn pieces(&self) -> u32 {
+        self.released.len()
+    }
+
+    /// Pieces some node completed from the mirror.
+    pub fn released(&self) -> u32 {
+        self.released.count()
+    }
+
+    pub fn all_released(&self) -> bool {
+        self.released.is_full()
+    }
+
+    /// Leases held now.
+    pub fn in_flight(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Whether `holder` is waiting for a grant.
+    pub fn is_waiting(&self, holder: Holder) -> bool {
+        self.waiting.iter().any(|w| w.holder == holder)
+    }
+
+    /// `holder` reports the leased pieces it completed and, with `wait`, waits for more, with
+    /// `backlog` pieces' worth of uploads queued. Returns the grants to deliver now: to this
+    /// holder, to others whose wait this ends, or none (the holder keeps waiting).
+    pub fn ask(
+        &mut self,
+        cfg: &ReleaseConfig,
+        holder: Holder,
+        backlog: u32,
+        completed: &[u32],
+        wait: bool,
+        now: Duration,
+    ) -> Vec<(Holder, Grant)> {
+        let mut done = false;
+        for &piece in completed {
+            if piece >= self.released.len() {
+                continue;
+            }
+            self.again.remove(&piece);
+            self.released.insert(piece);
+            // Any lease of it ends there: a lapsed lease handed out again may be completed by
+            // either node, and both copies are good.
+            for lease in &mut self.leases {
+                lease.left.retain(|&p| p != piece);
+            }
+            done = true;
+        }
+        if done {
+            self.leases.retain(|l| !l.left.is_empty());
+        }
+        match self.waiting.iter_mut().find(|w| w.holder == holder) {
+            _ if !wait => self.cancel(holder),
+            Some(w) => w.backlog = backlog,
+            None => self.waiting.push(Waiter {
+                holder,
+                backlog,
+                since: now,
+            }),
+        }
+        self.grant(cfg, now)
+    }
+
+    /// `holder` stopped waiting (its request ended) without a grant.
+    pub fn cancel(&mut self, holder: Holder) {
+        self.waiting.retain(|w| w.holder != holder);
+    }
+
+    /// `holder` is gone: its leases go back to be handed out again.
+    pub fn leave(
+        &mut self,
+        cfg: &ReleaseConfig,
+        holder: Holder,
+        now: Duration,
+    ) -> Vec<(Holder, Grant)> {
+        self.cancel(holder);
+        self.take_back(|l| l.holder == holder);
+        self.grant(cfg, now)
+    }
+
+    /// Leases older than `cfg.lease` go back to be handed out again.
+    pub fn expire(&mut self, cfg: &ReleaseConfig, now: Duration) -> Vec<(Holder, Grant)> {
+        let lease = cfg.lease;
+        self.take_back(|l| now.saturating_sub(l.at) >= lease);
+        self.grant(cfg, now)
+    }
+
+    fn take_back(&mut self, which: impl Fn(&Lease) -> bool) {
+        let (gone, kept): (Vec<Lease>, Vec<Lease>) = std::mem::take(&mut self.leases)
+            .into_iter()
+            .partition(which);
+        self.leases = kept;
+        for piece in gone.into_iter().flat_map(|l| l.left) {
+            if !self.released.contains(piece) {
+                self.again.insert(piece);
+            }
+        }
+    }
+
+    /// Up to `max` consecutive pieces to lease next: pieces whose lease ended first.
+    fn next_run(&mut self, max: u32) -> Vec<u32> {
+        let mut run = Vec::new();
+        if let Some(&first) = self.again.first() {
+            let mut p = first;
+            while run.len() < max as usize && self.again.remove(&p) {
+                run.push(p);
+                p += 1;
+            }
+            return run;
+        }
+        while run.len() < max as usize && self.next < self.released.len() {
+            run.push(self.next);
+            self.next += 1;
+        }
+        run
+    }
+
+    fn grant(&mut self, cfg: &ReleaseConfig, now: Duration) -> Vec<(Holder, Grant)> {
+        let mut out = Vec::new();
+        if self.all_released() {
+            for w in self.waiting.drain(..) {
+                out.push((
+                    w.holder,
+                    Grant {
+                        pieces: Vec::new(),
+                        all_released: true,
+                    },
+                ));
+            }
+            return out;
+        }
+        while self.leases.len() < cfg.in_flight.max(1) as usize
+            && (!self.again.is_empty() || self.next < self.pieces())
+        {
+            let leases = &self.leases;
+            let held = |h: Holder| leases.iter().filter(|l| l.holder == h).count();
+            let Some(k) = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| held(w.holder) < cfg.per_holder.max(1) as usize)
+                .min_by_key(|(_, w)| w.since)
+                .map(|(k, _)| k)
+            else {
+                break;
+            };
+            let w = self.waiting.swap_remove(k);
+            let pieces = self.next_run(cfg.run.max(1));
+            self.leases.push(Lease {
+                holder: w.holder,
+                at: now,
+                left: pieces.clone(),
+            });
+            out.push((
+                w.holder,
+                Grant {
+                    pieces,
+                    all_released: false,
+                },
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(in_flight: u32) -> ReleaseConfig {
+        ReleaseConfig {
+            in_flight,
+            run: 1,
+            per_holder: 1,
+            lease: Duration::from_secs(15),
+        }
+    }
+
+    fn t(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    fn granted(out: &[(Holder, Grant)]) -> Vec<(Holder, Vec<u32>)> {
+        out.iter().map(|(h, g)| (*h, g.pieces.clone())).collect()
+    }
+
+    #[test]
+    fn pieces_go_out_in_order_up_to_the_in_flight_limit() {
+        let c = cfg(2);
+        let mut r = Releases::new(5);
+        assert_eq!(
+            granted(&r.ask(&c, 1, 0, &[], true, t(0))),
+            vec![(1, vec![0])]
+        );
+        assert_eq!(
+            granted(&r.ask(&c, 2, 0, &[], true, t(1))),
+            vec![(2, vec![1])]
+        );
+        // Two in flight: the third node waits.
+        assert!(r.ask(&c, 3, 0, &[], true, t(2)).is_empty());
+        assert!(r.is_waiting(3));
+        // Node 1 completes piece 0 and asks again: the piece goes to the node that waited
+        // longer with the same backlog.
+        let out = r.ask(&c, 1, 0, &[0], true, t(3));
+        assert_eq!(granted(&out), vec![(3, vec![2])]);
+        assert_eq!(r.released(), 1);
+    }
+
+    #[test]
+    fn the_node_waiting_longest_is_fed_first() {
+        let c = cfg(1);
+        let mut r = Releases::new(4);
+        assert_eq!(
+            granted(&r.ask(&c, 1, 0, &[], true, t(0))),
+            vec![(1, vec![0])]
+        );
+        assert!(r.ask(&c, 2, 9, &[], true, t(1)).is_empty());
+        assert!(r.ask(&c, 3, 2, &[], true, t(2)).is_empty());
+        // Node 1 finishes: node 2 has waited longest.
+        let out = r.ask(&c, 1, 5, &[0], true, t(3));
+        assert_eq!(granted(&out), vec![(2, vec![1])]);
+    }
+
+    #[test]
+    fn a_node_that_leaves_gives_its_lease_back() {
+        let c = cfg(1);
+        let mut r = Releases::new(3);
+        r.ask(&c, 1, 0, &[], true, t(0));
+        assert!(r.ask(&c, 2, 0, &[], true, t(1)).is_empty());
+        let out = r.leave(&c, 1, t(2));
+        assert_eq!(
+            granted(&out),
+            vec![(2, vec![0])],
+            "piece 0 again, to node 2"
+        );
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_handed_out_again() {
+        let c = cfg(1);
+        let mut r = Releases::new(2);
+        r.ask(&c, 1, 0, &[], true, t(0));
+        assert!(r.ask(&c, 2, 0, &[], true, t(10)).is_empty());
+        assert!(r.expire(&c, t(14_999)).is_empty());
+        let out = r.expire(&c, t(15_000));
+        assert_eq!(granted(&out), vec![(2, vec![0])]);
+        // The first holder completing it late still counts.
+        r.ask(&c, 1, 0, &[0], true, t(15_001));
+        assert_eq!(r.released(), 1);
+    }
+
+    #[test]
+    fn once_everything_is_released_waiters_are_told_to_stop() {
+        let c = cfg(4);
+        let mut r = Releases::new(2);
+        r.ask(&c, 1, 0, &[], true, t(0));
+        r.ask(&c, 2, 0, &[], true, t(0));
+        assert!(r.ask(&c, 3, 0, &[], true, t(0)).is_empty());
+        r.ask(&c, 1, 0, &[0], true, t(1));
+        let out = r.ask(&c, 2, 0, &[1], true, t(2));
+        assert!(r.all_released());
+        let mut told: Vec<Holder> = out
+            .iter()
+            .filter(|(_, g)| g.all_released)
+            .map(|(h, _)| *h)
+            .collect();
+        told.sort();
+        assert_eq!(told, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn an_empty_blob_is_released_at_once() {
+        let c = cfg(4);
+        let mut r = Releases::new(0);
+        let out = r.ask(&c, 1, 0, &[], true, t(0));
+        assert_eq!(
+            out,
+            vec![(
+                1,
+                Grant {
+                    pieces: vec![],
+                    all_released: true
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_report_without_waiting_frees_the_lease_for_others() {
+        let c = cfg(1);
+        let mut r = Releases::new(3);
+        r.ask(&c, 1, 0, &[], true, t(0));
+        assert!(r.ask(&c, 2, 0, &[], true, t(1)).is_empty());
+        let out = r.ask(&c, 1, 0, &[0], false, t(2));
+        assert_eq!(granted(&out), vec![(2, vec![1])]);
+        assert!(!r.is_waiting(1));
+    }
+
+    #[test]
+    fn leases_are_runs_of_consecutive_pieces_and_lapsed_runs_come_back_whole() {
+        let c = ReleaseConfig {
+            in_flight: 2,
+            run: 3,
+            ..cfg(2)
+        };
+        let mut r = Releases::new(7);
+        assert_eq!(
+            granted(&r.ask(&c, 1, 0, &[], true, t(0))),
+            vec![(1, vec![0, 1, 2])]
+        );
+        assert_eq!(
+            granted(&r.ask(&c, 2, 0, &[], true, t(0))),
+            vec![(2, vec![3, 4, 5])]
+        );
+        assert!(r.ask(&c, 3, 0, &[], true, t(0)).is_empty());
+        // Node 1 completes one piece of three: its lease is still out.
+        assert!(r.ask(&c, 1, 0, &[0], true, t(1)).is_empty());
+        // Node 2 leaves: its run comes back whole, to node 3, which waited longest.
+        let out = r.leave(&c, 2, t(2));
+        assert_eq!(granted(&out), vec![(3, vec![3, 4, 5])]);
+        // Node 1 completes the rest: the last piece goes to it.
+        assert_eq!(
+            granted(&r.ask(&c, 1, 0, &[1, 2], true, t(3))),
+            vec![(1, vec![6])]
+        );
+    }
+
+    #[test]
+    fn a_pools_leases_follow_its_size_and_the_piece_size() {
+        let lease = Duration::from_secs(15);
+        let c = ReleaseConfig::for_pool(8, 64 << 10, lease);
+        assert_eq!((c.in_flight, c.run, c.per_holder), (16, 4, 2));
+        let c = ReleaseConfig::for_pool(1000, 64 << 10, lease);
+        assert_eq!((c.in_flight, c.run), (MAX_IN_FLIGHT, 1));
+        let c = ReleaseConfig::for_pool(1, 4 << 20, lease);
+        assert_eq!((c.in_flight, c.run), (2, 1));
+        let c = ReleaseConfig::for_pool(0, 0, lease);
+        assert!(c.in_flight >= 1 && c.run >= 1);
+    }
+
+    #[test]
+    fn completions_out_of_range_are_ignored() {
+        let c = cfg(1);
+        let mut r = Releases::new(2);
+        r.ask(&c, 1, 0, &[7, u32::MAX], true, t(0));
+        assert_eq!(r.released(), 0);
+    }
+}
