@@ -11,4 +11,5 @@ pub mod bed;
 pub mod image;
 pub mod parts;
 pub mod pool;
+pub mod sim;
 pub mod torrent;
