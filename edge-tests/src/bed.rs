@@ -44,6 +44,23 @@ pub struct Host {
     hub_port: String,
 }
 
+/// A host's two link rates in bits per second: upload is shaped on its `eth0`, download on its
+/// port in the hub. An edge site's uplink is often a fraction of its downlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub up_bps: u64,
+    pub down_bps: u64,
+}
+
+impl Link {
+    pub fn symmetric(bps: u64) -> Link {
+        Link {
+            up_bps: bps,
+            down_bps: bps,
+        }
+    }
+}
+
 /// A process the bed started; `Bed::kill` ends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProcId(u32);
@@ -120,6 +137,12 @@ impl Bed {
     /// Adds host `name` at `ip`/16 with its upload and download each shaped to `mbit` (0: not
     /// shaped).
     pub fn add_host(&self, name: &str, ip: Ipv4Addr, mbit: u32) -> Result<Host> {
+        self.add_host_with(name, ip, Link::symmetric(u64::from(mbit) * 1_000_000))
+    }
+
+    /// Adds host `name` at `ip`/16 with its upload and download shaped to `link`'s two rates
+    /// (each 0: not shaped).
+    pub fn add_host_with(&self, name: &str, ip: Ipv4Addr, link: Link) -> Result<Host> {
         let mut hosts = self.hosts.lock().expect("hosts lock");
         let host = Host {
             name: name.to_owned(),
@@ -148,9 +171,11 @@ impl Bed {
         let mtu = self.mtu.to_string();
         sh("ip", &["-n", hub, "link", "set", port, "mtu", &mtu])?;
         sh("ip", &["-n", ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
-        if mbit > 0 {
-            shape(ns, "eth0", mbit, self.mtu)?;
-            shape(hub, port, mbit, self.mtu)?;
+        if link.up_bps > 0 {
+            shape(ns, "eth0", link.up_bps, self.mtu)?;
+        }
+        if link.down_bps > 0 {
+            shape(hub, port, link.down_bps, self.mtu)?;
         }
         Ok(host)
     }
@@ -418,12 +443,10 @@ fn sweep_stale_beds() {
     }
 }
 
-/// `tc tbf` at `mbit` on `dev` inside `ns`: a burst of 10 ms at the rate (at least 16 KiB and
-/// two packets of `mtu`), 50 ms of queue.
-fn shape(ns: &str, dev: &str, mbit: u32, mtu: u32) -> Result<()> {
-    let burst = (u64::from(mbit) * 1_000_000 / 8 / 100)
-        .max(16 * 1024)
-        .max(2 * u64::from(mtu));
+/// `tc tbf` at `bps` bits per second on `dev` inside `ns`: a burst of 10 ms at the rate (at
+/// least 16 KiB and two packets of `mtu`), 50 ms of queue.
+fn shape(ns: &str, dev: &str, bps: u64, mtu: u32) -> Result<()> {
+    let burst = (bps / 8 / 100).max(16 * 1024).max(2 * u64::from(mtu));
     sh(
         "tc",
         &[
@@ -436,7 +459,7 @@ fn shape(ns: &str, dev: &str, mbit: u32, mtu: u32) -> Result<()> {
             "root",
             "tbf",
             "rate",
-            &format!("{mbit}mbit"),
+            &format!("{bps}bit"),
             "burst",
             &burst.to_string(),
             "latency",
