@@ -99,7 +99,18 @@ pub fn start_registry(bed: &Bed, host: &Host, data: &Path) -> Result<ProcId> {
 
 /// `poolcast mirror` on `host`:5000 with `upstream` and a hostPath cache at `cache`.
 pub fn start_mirror(bed: &Bed, host: &Host, upstream: &Host, cache: &Path) -> Result<ProcId> {
-    let args = [
+    start_mirror_with(bed, host, upstream, cache, &[])
+}
+
+/// [`start_mirror`] with `extra` flags after the others.
+pub fn start_mirror_with(
+    bed: &Bed,
+    host: &Host,
+    upstream: &Host,
+    cache: &Path,
+    extra: &[String],
+) -> Result<ProcId> {
+    let mut args = vec![
         "mirror".to_owned(),
         "--listen".into(),
         format!("{}:{MIRROR_PORT}", host.ip),
@@ -108,13 +119,8 @@ pub fn start_mirror(bed: &Bed, host: &Host, upstream: &Host, cache: &Path) -> Re
         "--cache-dir".into(),
         cache.display().to_string(),
     ];
-    poolcast(
-        bed,
-        host,
-        &host.name,
-        args.to_vec(),
-        "poolcast mirror listening on ",
-    )
+    args.extend(extra.iter().cloned());
+    poolcast(bed, host, &host.name, args, "poolcast mirror listening on ")
 }
 
 /// `poolcast scheduler` on `host`:65003; `pools_yaml` is its `edgeNodePools` (a YAML sequence).
@@ -148,11 +154,15 @@ pub struct AgentSpec {
     /// `Some`: p2p with this scheduler; `None`: source mode.
     pub scheduler: Option<Host>,
     pub pool: String,
-    pub blocksize: String,
+    /// `--blocksize`; `None`: the agent's default piece size.
+    pub blocksize: Option<String>,
+    /// More flags, passed as they are.
     pub extra: Vec<String>,
 }
 
 /// `poolcast agent` on `host`:65001 (registry API) and :65002 (peers), cache under `cache`.
+/// Only where it listens, whom it talks to, its pool, secret and cache are set; every tuning
+/// flag is the agent's default unless `spec` names it.
 pub fn start_agent(bed: &Bed, host: &Host, spec: &AgentSpec, cache: &Path) -> Result<ProcId> {
     let mut args = vec![
         "agent".to_owned(),
@@ -170,11 +180,10 @@ pub fn start_agent(bed: &Bed, host: &Host, spec: &AgentSpec, cache: &Path) -> Re
         SECRET.into(),
         "--cache-dir".into(),
         cache.display().to_string(),
-        "--blocksize".into(),
-        spec.blocksize.clone(),
-        "--ratelimit".into(),
-        "0".into(),
     ];
+    if let Some(blocksize) = &spec.blocksize {
+        args.extend(["--blocksize".into(), blocksize.clone()]);
+    }
     match &spec.scheduler {
         Some(s) => args.extend([
             "--download-pattern".into(),

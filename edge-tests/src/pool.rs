@@ -111,7 +111,7 @@ impl EdgePool {
             mirror: mirror.clone(),
             scheduler: scheduler.clone(),
             pool: "pool-a".into(),
-            blocksize: spec.blocksize.clone(),
+            blocksize: Some(spec.blocksize.clone()),
             extra: spec.agent_extra.clone(),
         };
         let mut nodes = Vec::new();

@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -98,6 +99,34 @@ pub fn start_seed(bed: &Bed, host: &Host, torrent: &Path, dir: &Path) -> Result<
         torrent.display().to_string(),
     ]);
     Ok(bed.spawn(host, "aria2-seed", "aria2c", &args, None)?.0)
+}
+
+/// Waits until the tracker on `tracker` counts a seed (a peer with the whole torrent) of
+/// `info_hash` (hex), so leechers started now find one at their first announce.
+pub fn wait_seeded(bed: &Bed, tracker: &Host, info_hash: &str, timeout: Duration) -> Result<()> {
+    let escaped: String = info_hash
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| format!("%{}", String::from_utf8_lossy(pair)))
+        .collect();
+    let url = format!(
+        "http://{}:{TRACKER_PORT}/scrape?info_hash={escaped}",
+        tracker.ip
+    );
+    let seeded = crate::parts::eventually(timeout, || {
+        // bencoded: d5:filesd20:<hash>d8:completei<seeds>e10:downloaded...
+        bed.http_get(tracker, &url).is_ok_and(|answer| {
+            answer
+                .split_once("8:completei")
+                .and_then(|(_, rest)| rest.split_once('e'))
+                .and_then(|(n, _)| n.parse::<u64>().ok())
+                .is_some_and(|seeds| seeds > 0)
+        })
+    });
+    if !seeded {
+        bail!("the tracker counted no seed of {info_hash} within {timeout:?}");
+    }
+    Ok(())
 }
 
 /// A leecher on `host` downloading into `dir`; when it has the whole (SHA-1 checked) blob it

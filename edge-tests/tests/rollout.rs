@@ -150,7 +150,7 @@ fn two_pools_not_inter_connected_exchange_no_bytes() {
             mirror: mirror.clone(),
             scheduler: Some(scheduler.clone()),
             pool: name.into(),
-            blocksize: "1MiB".into(),
+            blocksize: Some("1MiB".into()),
             extra: vec![],
         };
         let other = format!("10.77.{}.0/24", 3 - p);

@@ -229,7 +229,7 @@ fn poolcast_run(s: &Setup, opts: &Opts, mode: Mode, method: &'static str) -> Res
         mirror: s.mirror.clone(),
         scheduler: p2p.then(|| s.scheduler.clone()),
         pool: "bench".into(),
-        blocksize: opts.blocksize.clone(),
+        blocksize: Some(opts.blocksize.clone()),
         extra: vec![],
     };
     for node in &s.nodes {
