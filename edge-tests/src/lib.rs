@@ -4,10 +4,12 @@
 //!
 //! [`bed`] builds and always tears down the namespaces; [`parts`] starts the components inside
 //! them; [`pool`] is the one-pool arrangement most scenarios use; [`image`] makes test images;
-//! [`torrent`] is BitTorrent for the fan-out benchmark (`src/bin/fanout.rs`).
+//! [`torrent`] is BitTorrent for the fan-out benchmark, [`fanout`] the benchmark itself
+//! (`src/bin/fanout.rs`).
 //! Everything here needs root and refuses to start without it, naming what is missing.
 
 pub mod bed;
+pub mod fanout;
 pub mod image;
 pub mod parts;
 pub mod pool;

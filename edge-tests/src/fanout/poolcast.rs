@@ -1,0 +1,223 @@
+//! poolcast's runs: a mirror on the mirror's host (cold, or warm: already holding the payload),
+//! a scheduler (p2p) and a fresh agent in every node; every node starts its client at once
+//! against its own agent, `curl` for the blob or `skopeo copy` for the image, and is timed
+//! until the client exits; the copy is verified afterwards.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{anyhow, Result};
+
+use super::report::Outcome;
+use super::setup::{Payload, Setup, BLOB_REPO, IMAGE_REPO, IMAGE_TAG};
+use super::Knobs;
+use crate::bed::{run_in, Host, ProcId};
+use crate::image::sha256_file;
+use crate::parts::{self, AgentSpec, AGENT_PORT, MIRROR_PORT};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing cached anywhere: the mirror fetches from the origin while it serves the pool.
+    P2pCold,
+    /// The mirror already holds the payload; agents start empty. Tells the cold mirror's share
+    /// of the time from the P2P protocol's.
+    P2pWarmMirror,
+    /// No scheduler: every node takes a whole copy from a cold mirror.
+    Source,
+}
+
+/// Mirror caches a cold p2p run filled, by payload, for the warm runs after it.
+pub type WarmCaches = HashMap<Payload, PathBuf>;
+
+pub fn run(
+    s: &Setup,
+    knobs: &Knobs,
+    payload: Payload,
+    mode: Mode,
+    label: &'static str,
+    warm: &mut WarmCaches,
+) -> Result<Outcome> {
+    eprintln!("fanout: {label}");
+    let bed = &s.bed;
+    let tag = format!(
+        "{}-{}",
+        match mode {
+            Mode::P2pCold => "p2p",
+            Mode::P2pWarmMirror => "p2p-warm",
+            Mode::Source => "source",
+        },
+        match payload {
+            Payload::Blob => "blob",
+            Payload::Image => "image",
+        }
+    );
+    let (mirror_cache, prefetch) = match (mode, warm.get(&payload)) {
+        (Mode::P2pWarmMirror, Some(cache)) => (cache.clone(), false),
+        (Mode::P2pWarmMirror, None) => (bed.fresh_dir(&format!("mirror-{tag}")), true),
+        _ => (bed.fresh_dir(&format!("mirror-{tag}")), false),
+    };
+    let mut procs: Vec<ProcId> = vec![parts::start_mirror_with(
+        bed,
+        &s.mirror,
+        &s.origin,
+        &mirror_cache,
+        &knobs.mirror_args,
+    )?];
+    let outcome = (|| {
+        if prefetch {
+            warm_mirror(s, payload)?;
+        }
+        let p2p = mode != Mode::Source;
+        if p2p {
+            procs.push(parts::start_scheduler(bed, &s.scheduler, None)?);
+        }
+        let spec = AgentSpec {
+            mirror: s.mirror.clone(),
+            scheduler: p2p.then(|| s.scheduler.clone()),
+            pool: "bench".into(),
+            blocksize: knobs.blocksize.clone(),
+            extra: knobs.agent_args.clone(),
+        };
+        for node in &s.nodes {
+            let cache = bed.fresh_dir(&format!("{}-{tag}-cache", node.name));
+            procs.push(parts::start_agent(bed, node, &spec, &cache)?);
+        }
+        pull_everywhere(s, payload, &tag, label)
+    })();
+    for id in procs {
+        bed.kill(id);
+    }
+    // The agents' copies go with their runs: 32 nodes of a large image fill a disk fast.
+    for node in &s.nodes {
+        let _ = std::fs::remove_dir_all(bed.dir().join(format!("{}-{tag}-cache", node.name)));
+    }
+    if mode == Mode::P2pCold {
+        warm.insert(payload, mirror_cache);
+    }
+    outcome
+}
+
+/// Starts every node's client at once and times each until it exits; then verifies each copy.
+fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Result<Outcome> {
+    let bed = &s.bed;
+    let size = s.size(payload)?;
+    let timeout = s.pull_timeout(size);
+    let (origin0, mirror0) = (s.tx_bytes(&s.origin)?, s.tx_bytes(&s.mirror)?);
+    let start = super::now();
+    let pulls: Vec<_> = s
+        .nodes
+        .iter()
+        .map(|node| {
+            let out = bed.dir().join(format!("{}-{tag}.out", node.name));
+            let (program, args) = client(s, payload, node, &out)?;
+            let node = node.clone();
+            Ok(std::thread::spawn(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let r = run_in(&node, program, &args, timeout);
+                (r, super::now(), out)
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let mut times = Vec::new();
+    for (pull, node) in pulls.into_iter().zip(&s.nodes) {
+        let (r, done, out) = pull.join().map_err(|_| anyhow!("pull thread panicked"))?;
+        match check(s, payload, r, &out) {
+            Ok(()) => times.push(done - start),
+            Err(e) => eprintln!(
+                "fanout: {label}: {} did NOT get a verified copy after {:.1} s: {e:#}",
+                node.name,
+                done - start
+            ),
+        }
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    Ok(Outcome {
+        label: label.to_owned(),
+        payload,
+        times,
+        origin_sent: s.tx_bytes(&s.origin)? - origin0,
+        source_sent: s.tx_bytes(&s.mirror)? - mirror0,
+    })
+}
+
+/// The command a node runs: curl of the blob by digest, or skopeo of the image by tag, both
+/// straight at the node's own agent (the direct form, no hosts.toml).
+fn client(
+    s: &Setup,
+    payload: Payload,
+    node: &Host,
+    out: &Path,
+) -> Result<(&'static str, Vec<String>)> {
+    let agent = format!("{}:{AGENT_PORT}", node.ip);
+    Ok(match payload {
+        Payload::Blob => {
+            let url = format!("http://{agent}/v2/{BLOB_REPO}/blobs/{}", s.blob()?.digest);
+            let out = out.display().to_string();
+            (
+                "curl",
+                ["-sSf", "-o", &out, &url].map(String::from).to_vec(),
+            )
+        }
+        Payload::Image => {
+            let source = format!("{agent}/{IMAGE_REPO}:{IMAGE_TAG}");
+            (
+                "skopeo",
+                testkit::image::skopeo_pull_args(&source, out, None),
+            )
+        }
+    })
+}
+
+fn check(s: &Setup, payload: Payload, r: Result<Output>, out: &Path) -> Result<()> {
+    let output = r?;
+    if !output.status.success() {
+        return Err(anyhow!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    match payload {
+        Payload::Blob => {
+            let want = s.blob()?.digest.trim_start_matches("sha256:");
+            let got = sha256_file(out)?;
+            (got == want)
+                .then_some(())
+                .ok_or_else(|| anyhow!("the copy hashes to sha256:{got}"))
+        }
+        Payload::Image => s.image()?.verify(out),
+    }
+}
+
+/// Fills a fresh mirror with the payload by fetching it through the mirror from the mirror's
+/// own namespace (the origin's link carries it once, as in the cold run).
+fn warm_mirror(s: &Setup, payload: Payload) -> Result<()> {
+    eprintln!("fanout: warming the mirror");
+    let base = format!("http://{}:{MIRROR_PORT}/v2", s.mirror.ip);
+    let mut urls = Vec::new();
+    match payload {
+        Payload::Blob => urls.push(format!("{base}/{BLOB_REPO}/blobs/{}", s.blob()?.digest)),
+        Payload::Image => {
+            let image = s.image()?;
+            urls.push(format!("{base}/{IMAGE_REPO}/manifests/{IMAGE_TAG}"));
+            for blob in image.blobs() {
+                urls.push(format!("{base}/{IMAGE_REPO}/blobs/{}", blob.digest));
+            }
+        }
+    }
+    let accept = format!("Accept: {}", testkit::image::MANIFEST_TYPE);
+    let timeout = s.pull_timeout(s.size(payload)?);
+    for url in urls {
+        let args = ["-sSf", "-o", "/dev/null", "-H", &accept, &url];
+        let out = s.bed.run(&s.mirror, "curl", &args, timeout)?;
+        if !out.status.success() {
+            return Err(anyhow!(
+                "warming the mirror: {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
