@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # What the fan-out bed itself can carry, without poolcast: N network namespaces on one bridge,
 # each link shaped with tc tbf both ways exactly as edge-tests' Bed does, nginx (sendfile) in
-# every node, and every node downloading a 16 MiB range from K other nodes at once. Prints the
-# links' steady-state use (bytes leaving every eth0 over 6 s, against N x rate) and the time
-# until the last range landed, against the ideal N*K*16 MiB / (N x rate).
+# every node, and every node downloading a 16 MiB range from K other nodes at once (so every
+# node also serves K ranges). Prints the links' steady-state use (bytes leaving every eth0 from
+# 15 to 65 % of the ideal time, against N x the slower of download and upload) and the time
+# until the last range landed, against the ideal K*16 MiB at that slower rate.
 #
-#   scripts/bench-bed-capacity.sh [NODES] [K] [MBIT] [MTU]     # defaults 16 4 50 1500
+#   scripts/bench-bed-capacity.sh [NODES] [K] [MBIT | DOWN/UP] [MTU]    # defaults 16 4 50 1500
+#   scripts/bench-bed-capacity.sh 16 4 50/10 1500     # download 50 mbit, upload 10 mbit
 #
 # Needs root, iproute2, nginx and curl. Cleans up after itself, also on Ctrl-C.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 N=${1:-16}
 K=${2:-4}
-MBIT=${3:-50}
+RATES=${3:-50}
 MTU=${4:-1500}
-RATE=$((MBIT * 1000000 / 8))     # bytes/s
-BURST=$((RATE / 100 > 16384 ? RATE / 100 : 16384))
-BURST=$((BURST > 2 * MTU ? BURST : 2 * MTU))
+DOWN=${RATES%/*}                 # mbit, whole numbers
+UP=${RATES#*/}
+[[ $DOWN =~ ^[1-9][0-9]*$ && $UP =~ ^[1-9][0-9]*$ ]] || { echo "bench-bed-capacity: rates $RATES: write MBIT or DOWN/UP in whole mbit, e.g. 50 or 50/10" >&2; exit 2; }
+burst() {                        # bytes: 10 ms at the rate, at least 16 KiB and two packets
+  local b=$(($1 * 1000000 / 8 / 100))
+  b=$((b > 16384 ? b : 16384))
+  echo $((b > 2 * MTU ? b : 2 * MTU))
+}
+RATE=$(( (DOWN < UP ? DOWN : UP) * 1000000 / 8 ))     # bytes/s of the slower direction
 P=bedcap$$
 DIR=$(mktemp -d)
 chmod 755 "$DIR"   # nginx workers run unprivileged
@@ -42,8 +50,8 @@ for i in $(seq 1 "$N"); do
   ip -n "$ns" link set eth0 mtu "$MTU" up
   ip -n "$P-hub" link set "h$i" mtu "$MTU"
   ip -n "$ns" link set lo up
-  tc -n "$ns" qdisc add dev eth0 root tbf rate "${MBIT}mbit" burst "$BURST" latency 50ms
-  tc -n "$P-hub" qdisc add dev "h$i" root tbf rate "${MBIT}mbit" burst "$BURST" latency 50ms
+  tc -n "$ns" qdisc add dev eth0 root tbf rate "${UP}mbit" burst "$(burst "$UP")" latency 50ms
+  tc -n "$P-hub" qdisc add dev "h$i" root tbf rate "${DOWN}mbit" burst "$(burst "$DOWN")" latency 50ms
   mkdir -p "$DIR/$i"
   cat >"$DIR/$i/nginx.conf" <<EOF
 daemon on; worker_processes 1; pid $DIR/$i/pid; error_log /dev/null;
@@ -69,19 +77,22 @@ for i in $(seq 1 "$N"); do
   for k in $(seq 1 "$K"); do
     j=$(((i + k * 3 - 1) % N + 1))
     [[ $j == "$i" ]] && j=$((j % N + 1))
-    ip netns exec "$P-$i" curl -sSf -o /dev/null "http://$(addr "$j"):8080/blob" &
+    (ip netns exec "$P-$i" curl -sSf -o /dev/null "http://$(addr "$j"):8080/blob"
+     date +%s.%N >"$DIR/end.$i.$k") &
     pids+=($!)
   done
 done
-sleep 2
+# The steady state: from 15 % to 65 % of the ideal time, when every flow is under way.
+ideal=$(awk -v k="$K" -v r="$RATE" 'BEGIN { print k * 16 * 1048576 / r }')
+sleep "$(awk -v i="$ideal" 'BEGIN { print 0.15 * i }')"
 a=$(tx); ta=$(date +%s.%N)
-sleep 6
+sleep "$(awk -v i="$ideal" 'BEGIN { print 0.5 * i }')"
 b=$(tx); tb=$(date +%s.%N)
 wait "${pids[@]}" || true
-end=$(date +%s.%N)
+end=$(sort -n "$DIR"/end.* | tail -1)
 awk -v a="$a" -v b="$b" -v ta="$ta" -v tb="$tb" -v n="$N" -v r="$RATE" -v k="$K" -v m="$MTU" \
-    -v s="$start" -v e="$end" 'BEGIN {
+    -v s="$start" -v e="$end" -v down="$DOWN" -v up="$UP" 'BEGIN {
   ideal = k * 16 * 1048576 / r
-  printf "%d nodes x %d flows, %d mbit, MTU %d: links in use %.2f of capacity (steady, headers included); ", n, k, r * 8 / 1e6, m, (b - a) / (tb - ta) / (n * r)
+  printf "%d nodes x %d flows, %d mbit down / %d up, MTU %d: links in use %.2f of capacity (steady, headers included); ", n, k, down, up, m, (b - a) / (tb - ta) / (n * r)
   printf "last range after %.2f s, ideal %.2f s (%.2f)\n", e - s, ideal, (e - s) / ideal
 }'
