@@ -233,10 +233,21 @@ pub fn run(opts: &Opts) -> Result<()> {
     for &method in &opts.methods {
         let (payload, label) = (method.payload(), method.label());
         let outcome = match method.poolcast_mode() {
-            Some(mode) => poolcast::run(&setup, &knobs, payload, mode, label, &mut warm)?,
-            None => bittorrent::run(&setup, payload, opts.bt_piece_log2, label)?,
+            Some(mode) => poolcast::run(&setup, &knobs, payload, mode, label, &mut warm),
+            None => bittorrent::run(&setup, payload, opts.bt_piece_log2, label),
         };
-        outcomes.push(outcome);
+        // One method that could not run (a process that did not start, say) costs its row,
+        // not the others' figures.
+        outcomes.push(outcome.unwrap_or_else(|e| {
+            eprintln!("fanout: {label} did not run: {e:#}");
+            Outcome {
+                label: format!("{label} (did not run)"),
+                payload,
+                times: Vec::new(),
+                origin_sent: 0,
+                source_sent: 0,
+            }
+        }));
     }
 
     println!(

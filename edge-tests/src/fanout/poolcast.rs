@@ -94,6 +94,8 @@ pub fn run(
     }
     if mode == Mode::P2pCold {
         warm.insert(payload, mirror_cache);
+    } else if mode == Mode::Source || prefetch {
+        let _ = std::fs::remove_dir_all(&mirror_cache);
     }
     outcome
 }
