@@ -250,6 +250,9 @@ pub struct SchedulerConfig {
     /// each range shares its receiver's downlink with that node's peer transfers, and with
     /// two the mirror's link ran at about 60% on the fan-out bed (4: about 85%).
     pub source_pieces_in_flight: u32,
+    /// Most members one P2P v2 join answer names: a node keeps a connection to each, so this
+    /// bounds its connections however large the pool (1 to 1,000).
+    pub max_neighbors: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -263,6 +266,7 @@ impl Default for SchedulerConfig {
             max_parents: 16,
             announce_interval: HumanDuration(Duration::from_millis(500)),
             source_pieces_in_flight: 4,
+            max_neighbors: 40,
         }
     }
 }
@@ -306,6 +310,12 @@ impl SchedulerConfig {
             return Err(Error::Invalid {
                 key: "sourcePiecesInFlight",
                 message: format!("{} is outside 1..=64", self.source_pieces_in_flight),
+            });
+        }
+        if !(1..=1000).contains(&self.max_neighbors) {
+            return Err(Error::Invalid {
+                key: "maxNeighbors",
+                message: format!("{} is outside 1..=1000", self.max_neighbors),
             });
         }
         self.pool_graph()?;
@@ -385,13 +395,14 @@ mod tests {
     fn scheduler_keys_are_read_with_acronyms_kept() {
         let c: SchedulerConfig = parse_yaml(
             "listen: 127.0.0.1:7000\npeerTTL: 10s\nsourceAssignTimeout: 5s\nmaxParents: 8\n\
-             announceInterval: 250ms\nsecret: s3\nedgeNodePools:\n  - id: np-1\n    name: shop\n    \
+             announceInterval: 250ms\nmaxNeighbors: 12\nsecret: s3\nedgeNodePools:\n  - id: np-1\n    name: shop\n    \
              connectedPools: [np-2]\n  - id: np-2\n",
         )
         .expect("parses");
         assert_eq!(c.peer_ttl.0, Duration::from_secs(10));
         assert_eq!(c.source_assign_timeout.0, Duration::from_secs(5));
         assert_eq!(c.max_parents, 8);
+        assert_eq!(c.max_neighbors, 12);
         assert_eq!(c.announce_interval.0, Duration::from_millis(250));
         assert_eq!(c.edge_node_pools.len(), 2);
         c.validate().expect("valid");
@@ -413,6 +424,8 @@ mod tests {
         assert!(bad("sourceAssignTimeout: 0s\n").contains("sourceAssignTimeout"));
         assert!(bad("maxParents: 0\n").contains("maxParents"));
         assert!(bad("maxParents: 257\n").contains("maxParents"));
+        assert!(bad("maxNeighbors: 0\n").contains("maxNeighbors"));
+        assert!(bad("maxNeighbors: 1001\n").contains("maxNeighbors"));
         assert!(bad("listen: nowhere\n").contains("listen"));
         assert!(bad("peerTtl: 5s\n").contains("peerTtl"));
         assert!(bad("edgeNodePools: [{id: a}, {id: a}]\n").contains("edgeNodePools"));
