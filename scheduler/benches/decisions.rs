@@ -189,6 +189,7 @@ fn main() {
         max_parents: 16,
         announce_interval: Duration::from_millis(500),
         source_in_flight: 2,
+        max_neighbors: 40,
     };
     let graph = nodepool::PoolGraph::new(&pools).expect("pools");
     let metrics = Arc::new(Metrics::new());

@@ -160,24 +160,29 @@ pub fn piece_count(size: u64, piece_size: u64) -> Result<u32> {
     Ok(count)
 }
 
+/// A peer's node name, pool and `host:port`, as v1 and v2 requests carry them.
+pub(crate) fn check_peer(id: &str, pool: &str, addr: &str) -> Result<()> {
+    check_name("peer.id", id)?;
+    check_name("peer.pool", pool)?;
+    check_name("peer.addr", addr)?;
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        return Err(Error::invalid(
+            "peer.addr",
+            format!(
+                "`{}` is not host:port",
+                addr.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl PeerInfo {
     pub fn validate(&self) -> Result<()> {
-        check_name("peer.id", &self.id)?;
-        check_name("peer.pool", &self.pool)?;
-        check_name("peer.addr", &self.addr)?;
-        let port_ok = self.addr.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !port_ok {
-            return Err(Error::invalid(
-                "peer.addr",
-                format!(
-                    "`{}` is not host:port",
-                    self.addr.chars().take(80).collect::<String>()
-                ),
-            ));
-        }
-        Ok(())
+        check_peer(&self.id, &self.pool, &self.addr)
     }
 }
 

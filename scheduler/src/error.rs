@@ -28,6 +28,8 @@ pub enum Error {
         size: u64,
         piece_size: u64,
     },
+    #[error("peer `{peer}` has not joined blob {digest}: POST /api/v2/join first")]
+    NotJoined { peer: String, digest: String },
     #[error("scheduler full: {0}")]
     Capacity(&'static str),
     #[error("no such endpoint: {0}")]
@@ -67,6 +69,7 @@ impl Error {
             Error::BodyTooLarge(_) => "SIZE_INVALID",
             Error::Unauthorized(_) => "UNAUTHORIZED",
             Error::TaskConflict { .. } => "TASK_CONFLICT",
+            Error::NotJoined { .. } => "NOT_JOINED",
             Error::Capacity(_) => "TOOMANYREQUESTS",
             Error::NotFound(_) => "NOT_FOUND",
             Error::MethodNotAllowed(_) => "UNSUPPORTED",
@@ -85,7 +88,7 @@ impl ResponseError for Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::TaskConflict { .. } => StatusCode::CONFLICT,
             Error::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::NotJoined { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Config(_)
             | Error::Url { .. }

@@ -21,6 +21,12 @@ pub struct Metrics {
     pub go_source: Counter,
     /// Requests refused for a missing or bad signature.
     pub unauthorized: Counter,
+    /// v2 joins answered.
+    pub joins: Counter,
+    /// Pieces leased to first holders (v2 fresh).
+    pub fresh_leases: Counter,
+    /// v2 fresh requests waiting for a lease.
+    pub fresh_waiting: Gauge,
     registry: Registry,
 }
 
@@ -41,6 +47,9 @@ impl Metrics {
             parent_reports: Counter::default(),
             go_source: Counter::default(),
             unauthorized: Counter::default(),
+            joins: Counter::default(),
+            fresh_leases: Counter::default(),
+            fresh_waiting: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Live peers", m.peers.clone());
@@ -69,6 +78,17 @@ impl Metrics {
             "unauthorized",
             "Requests refused for a missing or bad signature",
             m.unauthorized.clone(),
+        );
+        registry.register("joins", "P2P v2 joins answered", m.joins.clone());
+        registry.register(
+            "fresh_leases",
+            "Pieces leased to first holders to take from the mirror (P2P v2)",
+            m.fresh_leases.clone(),
+        );
+        registry.register(
+            "fresh_waiting",
+            "P2P v2 requests waiting for fresh pieces",
+            m.fresh_waiting.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,7 +1,6 @@
 //! The live peers: a slot table indexed by small keys (what tasks and decisions store), a map
 //! from node name to key, and a queue that finds silent peers without scanning them all.
 
-use crate::api::PeerInfo;
 use crate::task::{PeerKey, PoolKey};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -77,14 +76,26 @@ impl Peers {
         self.slots.get_mut(key as usize).and_then(Option::as_mut)
     }
 
-    /// Adds a peer not yet known by id.
-    pub fn insert(&mut self, info: &PeerInfo, pool: PoolKey, now: Instant) -> PeerKey {
+    /// A number that names this peer and no earlier or later one with the same key.
+    pub fn generation(&self, key: PeerKey) -> Option<u64> {
+        self.get(key).map(|p| p.generation)
+    }
+
+    /// Adds a peer not yet known by id (`upload_slots` 0 when it did not say: v2).
+    pub fn insert(
+        &mut self,
+        id: &str,
+        addr: &str,
+        upload_slots: u32,
+        pool: PoolKey,
+        now: Instant,
+    ) -> PeerKey {
         self.next_generation += 1;
         let peer = Peer {
-            id: info.id.clone(),
+            id: id.to_string(),
             pool,
-            addr: info.addr.clone(),
-            upload_slots: info.upload_slots,
+            addr: addr.to_string(),
+            upload_slots,
             load: 0,
             last_seen: now,
             generation: self.next_generation,
@@ -105,7 +116,7 @@ impl Peers {
                 key
             }
         };
-        self.by_id.insert(info.id.clone(), key);
+        self.by_id.insert(id.to_string(), key);
         self.expiry.push(Reverse((now, key, self.next_generation)));
         key
     }
@@ -143,22 +154,13 @@ impl Peers {
 mod tests {
     use super::*;
 
-    fn info(id: &str) -> PeerInfo {
-        PeerInfo {
-            id: id.into(),
-            pool: "p".into(),
-            addr: "h:1".into(),
-            upload_slots: 4,
-        }
-    }
-
     #[test]
     fn only_peers_silent_for_the_ttl_are_due() {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(30);
         let mut peers = Peers::default();
-        let a = peers.insert(&info("a"), 0, t0);
-        let b = peers.insert(&info("b"), 0, t0);
+        let a = peers.insert("a", "h:1", 4, 0, t0);
+        let b = peers.insert("b", "h:1", 4, 0, t0);
         assert!(peers.silent(t0 + Duration::from_secs(29), ttl).is_empty());
         if let Some(p) = peers.get_mut(b) {
             p.last_seen = t0 + Duration::from_secs(20);
@@ -174,9 +176,9 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         let mut peers = Peers::default();
-        let a = peers.insert(&info("a"), 0, t0);
+        let a = peers.insert("a", "h:1", 4, 0, t0);
         peers.remove(a);
-        let b = peers.insert(&info("b"), 0, t0 + Duration::from_secs(5));
+        let b = peers.insert("b", "h:1", 4, 0, t0 + Duration::from_secs(5));
         assert_eq!(a, b, "slot reused");
         assert!(peers.silent(t0 + Duration::from_secs(12), ttl).is_empty());
         assert_eq!(peers.silent(t0 + Duration::from_secs(15), ttl), vec![b]);
@@ -187,7 +189,7 @@ mod tests {
     #[test]
     fn load_offers_and_reports_raise_the_score() {
         let mut peers = Peers::default();
-        let k = peers.insert(&info("a"), 0, Instant::now());
+        let k = peers.insert("a", "h:1", 4, 0, Instant::now());
         let Some(p) = peers.get_mut(k) else {
             panic!("inserted")
         };

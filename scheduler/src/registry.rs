@@ -15,11 +15,14 @@ use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::pieces::PieceSet;
 use crate::select::{assign_source_pieces, choose_parents, Requester};
+pub use crate::swarms::Delivery;
+use crate::swarms::{GroupKey, Swarms};
 use crate::task::{PeerKey, PoolKey, Task};
 use nodepool::{PoolGraph, SchedulerConfig};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use v2::{Fresh, WaitKey};
 
 /// Most peers registered at once.
 pub const MAX_PEERS: usize = 100_000;
@@ -39,6 +42,8 @@ pub struct RegistryConfig {
     pub announce_interval: Duration,
     /// Most live mirror reservations per blob and pool.
     pub source_in_flight: usize,
+    /// Most members in one v2 join answer.
+    pub max_neighbors: usize,
 }
 
 impl RegistryConfig {
@@ -57,6 +62,7 @@ impl From<&SchedulerConfig> for RegistryConfig {
             max_parents: c.max_parents as usize,
             announce_interval: c.announce_interval.0,
             source_in_flight: c.source_pieces_in_flight as usize,
+            max_neighbors: c.max_neighbors as usize,
         }
     }
 }
@@ -69,6 +75,10 @@ struct Reach {
     keys: Vec<PoolKey>,
     /// Pairable pool ids, sorted, as answers carry them.
     names: Vec<String>,
+    /// Its group of pools that can pair (v2 leases are kept per group), and that group's
+    /// pools, sorted.
+    group: GroupKey,
+    group_pools: Vec<PoolKey>,
 }
 
 /// Pool ids as small keys, each with what it reaches.
@@ -77,6 +87,7 @@ struct PoolTable {
     graph: PoolGraph,
     keys: HashMap<String, PoolKey>,
     reach: Vec<Option<Reach>>,
+    groups: HashMap<Vec<PoolKey>, GroupKey>,
 }
 
 impl PoolTable {
@@ -102,10 +113,16 @@ impl PoolTable {
             for other in names.iter().filter(|n| *n != name) {
                 keys.push(self.key(other)?);
             }
+            let mut group_pools = keys.clone();
+            group_pools.sort_unstable();
+            let next = self.groups.len() as GroupKey;
+            let group = *self.groups.entry(group_pools.clone()).or_insert(next);
             self.reach[key as usize] = Some(Reach {
                 p2p: self.graph.p2p_allowed(name),
                 keys: if names.is_empty() { Vec::new() } else { keys },
                 names,
+                group,
+                group_pools,
             });
         }
         Ok(key)
@@ -122,8 +139,13 @@ pub struct PeerRegistry {
     pools: PoolTable,
     peers: Peers,
     tasks: HashMap<String, Task>,
+    /// P2P v2 membership and first-holder leases.
+    swarms: Swarms,
+    /// v2 grants made and not yet handed to their requests ([`PeerRegistry::take_deliveries`]).
+    outbox: Vec<Delivery>,
     metrics: Arc<Metrics>,
-    /// Start of the one-second windows in which offers to be a parent count as load.
+    /// Start of the one-second windows in which offers to be a parent count as load, and
+    /// the zero of v2's lease times.
     epoch: Instant,
 }
 
@@ -135,14 +157,17 @@ impl PeerRegistry {
         now: Instant,
     ) -> Self {
         PeerRegistry {
+            swarms: Swarms::new(config.peer_ttl, config.source_assign_timeout),
             config,
             pools: PoolTable {
                 graph,
                 keys: HashMap::new(),
                 reach: Vec::new(),
+                groups: HashMap::new(),
             },
             peers: Peers::default(),
             tasks: HashMap::new(),
+            outbox: Vec::new(),
             metrics,
             epoch: now,
         }
@@ -160,8 +185,14 @@ impl PeerRegistry {
         self.peers.len()
     }
 
+    /// Blobs taken part in, through v1 or v2.
     pub fn task_count(&self) -> usize {
-        self.tasks.len()
+        let v2_only = self
+            .swarms
+            .digests()
+            .filter(|d| !self.tasks.contains_key(*d))
+            .count();
+        self.tasks.len() + v2_only
     }
 
     /// Whether peer `id` is registered and holds at least one piece of `digest`.
@@ -190,7 +221,7 @@ impl PeerRegistry {
             if let Some(peer) = self.peers.get(key) {
                 tracing::info!(peer = %peer.id, "peer silent past peerTTL; dropped");
             }
-            self.remove_peer(key);
+            self.remove_peer(key, now);
         }
         if !silent.is_empty() {
             self.update_gauges();
@@ -200,16 +231,18 @@ impl PeerRegistry {
 
     fn update_gauges(&self) {
         self.metrics.peers.set(self.peers.len() as i64);
-        self.metrics.tasks.set(self.tasks.len() as i64);
+        self.metrics.tasks.set(self.task_count() as i64);
     }
 
-    fn remove_peer(&mut self, key: PeerKey) {
+    fn remove_peer(&mut self, key: PeerKey, now: Instant) {
         let Some(peer) = self.peers.remove(key) else {
             return;
         };
         for digest in &peer.tasks {
             self.leave_task(key, digest);
         }
+        let freed = self.swarms.remove_peer(key, self.since(now));
+        self.post(freed);
     }
 
     fn leave_task(&mut self, key: PeerKey, digest: &str) {
@@ -223,23 +256,39 @@ impl PeerRegistry {
 
     /// Registers or refreshes a peer; a peer that moved to another pool starts over.
     fn touch_peer(&mut self, info: &PeerInfo, pool: PoolKey, now: Instant) -> Result<PeerKey> {
-        if let Some(key) = self.peers.key_of(&info.id) {
+        self.touch(&info.id, &info.addr, Some(info.upload_slots), pool, now)
+    }
+
+    /// [`PeerRegistry::touch_peer`] for v1 and v2 (`upload_slots`: None leaves it as it is).
+    fn touch(
+        &mut self,
+        id: &str,
+        addr: &str,
+        upload_slots: Option<u32>,
+        pool: PoolKey,
+        now: Instant,
+    ) -> Result<PeerKey> {
+        if let Some(key) = self.peers.key_of(id) {
             match self.peers.get_mut(key) {
                 Some(peer) if peer.pool == pool => {
                     peer.last_seen = now;
-                    peer.upload_slots = info.upload_slots;
-                    if peer.addr != info.addr {
-                        peer.addr.clone_from(&info.addr);
+                    if let Some(slots) = upload_slots {
+                        peer.upload_slots = slots;
+                    }
+                    if peer.addr != addr {
+                        peer.addr = addr.to_string();
                     }
                     return Ok(key);
                 }
-                _ => self.remove_peer(key),
+                _ => self.remove_peer(key, now),
             }
         }
         if self.peers.len() >= MAX_PEERS {
             return Err(Error::Capacity("too many peers"));
         }
-        let key = self.peers.insert(info, pool, now);
+        let key = self
+            .peers
+            .insert(id, addr, upload_slots.unwrap_or(0), pool, now);
         self.update_gauges();
         Ok(key)
     }
@@ -258,7 +307,7 @@ impl PeerRegistry {
             }
             self.tasks
                 .insert(digest.to_string(), Task::new(size, piece_size, pieces));
-            self.metrics.tasks.set(self.tasks.len() as i64);
+            self.update_gauges();
         }
         match self.tasks.get_mut(digest) {
             Some(task) if task.matches(size, piece_size) => Ok(task),
@@ -382,7 +431,8 @@ impl PeerRegistry {
             None => (false, Vec::new()),
         };
         if p2p {
-            self.forget_unlisted(key, &req.held);
+            self.forget_unlisted(key, &req.held, now);
+            self.hold_v2(key, &req.peer.id, &req.held, now)?;
             for held in &req.held {
                 let pieces = piece_count(held.size, held.piece_size)?;
                 match self.task_for(&held.digest, held.size, held.piece_size, pieces) {
@@ -411,11 +461,15 @@ impl PeerRegistry {
     /// Drops `key` from the tasks it holds whole but `held` does not list. A download whose
     /// last pieces arrived after the agent took its list is dropped too, and is back with its
     /// next announce or heartbeat (the agent commits a blob before announcing it done).
-    fn forget_unlisted(&mut self, key: PeerKey, held: &[HeldTask]) {
+    fn forget_unlisted(&mut self, key: PeerKey, held: &[HeldTask], now: Instant) {
+        let listed: HashSet<&str> = held.iter().map(|h| h.digest.as_str()).collect();
+        for digest in self.swarms.unlisted_done(key, &listed) {
+            let freed = self.swarms.leave(key, &digest, self.since(now));
+            self.post(freed);
+        }
         let Some(peer) = self.peers.get(key) else {
             return;
         };
-        let listed: HashSet<&str> = held.iter().map(|h| h.digest.as_str()).collect();
         let gone: Vec<String> = peer
             .tasks
             .iter()
@@ -464,8 +518,10 @@ impl PeerRegistry {
                     peer.tasks.remove(digest);
                 }
                 self.leave_task(key, digest);
+                let freed = self.swarms.leave(key, digest, self.since(now));
+                self.post(freed);
             }
-            None => self.remove_peer(key),
+            None => self.remove_peer(key, now),
         }
         self.update_gauges();
         Ok(())
@@ -474,3 +530,4 @@ impl PeerRegistry {
 
 #[cfg(test)]
 mod tests;
+mod v2;

@@ -1,10 +1,13 @@
-//! The HTTP surface: `/api/v1/{announce,heartbeat,leave}` (signed with the pool secret),
-//! `/healthz` and `/metrics`, and the sweep that drops silent peers when nobody is asking.
+//! The HTTP surface: `/api/v1/{announce,heartbeat,leave}` and `/api/v2/{join,fresh}` (signed
+//! with the pool secret), `/healthz` and `/metrics`, and the sweep that drops silent peers,
+//! lapsed members and lapsed leases when nobody is asking.
 
 use crate::api::{AnnounceRequest, HeartbeatRequest, LeaveRequest, MAX_BODY_BYTES};
+use crate::api_v2::{FreshRequest, FreshResponse, JoinRequest, MAX_WAITING_PER_BLOB};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::registry::PeerRegistry;
+use crate::registry::{PeerRegistry, WaitKey};
+use crate::waiters::Waiters;
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use nodepool::{PoolSecret, SchedulerConfig, AUTH_HEADER};
@@ -19,12 +22,19 @@ fn clock() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// How long a v2 fresh request waits for a lease before it is answered empty.
+pub const LONG_POLL: Duration = Duration::from_secs(2);
+
 pub struct AppState {
+    /// Locked before `waiters` whenever both are.
     pub registry: Mutex<PeerRegistry>,
+    waiters: Mutex<Waiters>,
     pub metrics: Arc<Metrics>,
     /// Requests are not checked when it is off (no secret configured).
     secret: PoolSecret,
     sweep_every: Duration,
+    /// How long a grant whose request went away is kept for the peer's next request.
+    keep_grants: Duration,
 }
 
 impl AppState {
@@ -33,11 +43,30 @@ impl AppState {
         let registry = PeerRegistry::from_config(config, metrics.clone(), clock())?;
         Ok(AppState {
             registry: Mutex::new(registry),
+            waiters: Mutex::new(Waiters::default()),
             metrics,
             secret: config.pool_secret(),
             sweep_every: (config.peer_ttl.0 / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(5)),
+            keep_grants: config.source_assign_timeout.0,
         })
+    }
+
+    /// Runs `f` on the registry, then hands the v2 grants it made to their requests.
+    fn with_registry<T>(&self, f: impl FnOnce(&mut PeerRegistry) -> T) -> T {
+        let mut registry = self.registry.lock();
+        let out = f(&mut registry);
+        let mut waiters = self.waiters.lock();
+        self.deliver(&mut registry, &mut waiters);
+        out
+    }
+
+    fn deliver(&self, registry: &mut PeerRegistry, waiters: &mut Waiters) {
+        let now = clock();
+        for d in registry.take_deliveries() {
+            waiters.deliver(d, now);
+        }
+        self.metrics.fresh_waiting.set(waiters.waiting() as i64);
     }
 
     /// Checks the request's signature when a secret is set; returns the pool it was signed for.
@@ -74,13 +103,103 @@ impl AppState {
         }
     }
 
-    /// Drops silent peers and refreshes the gauges.
+    /// Drops silent peers, lapsed members and leases, and refreshes the gauges.
     pub fn sweep(&self) -> usize {
         let mut registry = self.registry.lock();
-        let dropped = registry.expire(clock());
+        let dropped = registry.sweep(clock());
         self.metrics.peers.set(registry.peer_count() as i64);
         self.metrics.tasks.set(registry.task_count() as i64);
+        let mut waiters = self.waiters.lock();
+        self.deliver(&mut registry, &mut waiters);
+        waiters.prune(clock(), self.keep_grants);
         dropped
+    }
+
+    /// Asks the registry for fresh pieces; answers at once, or opens the request's slot.
+    fn ask_fresh(&self, msg: &FreshRequest) -> Result<Asked> {
+        let mut registry = self.registry.lock();
+        let mut waiters = self.waiters.lock();
+        if msg.wait && waiters.waiting_for(&msg.digest) >= MAX_WAITING_PER_BLOB {
+            return Err(Error::Capacity(
+                "too many requests waiting for fresh pieces of one blob",
+            ));
+        }
+        let fresh = registry.fresh(msg, clock());
+        self.deliver(&mut registry, &mut waiters);
+        let fresh = fresh?;
+        let kept = waiters.replace(&fresh.key);
+        let mut answer = FreshResponse {
+            pieces: Vec::new(),
+            all_released: fresh.all_released,
+        };
+        let granted = fresh.grant.is_some();
+        if let Some(g) = fresh.grant {
+            answer = g.into();
+        }
+        if let Some(kept) = kept {
+            answer.pieces.extend(kept.pieces);
+            answer.all_released |= kept.all_released;
+            if !granted && msg.wait {
+                // Answered with what was kept: it waits no more.
+                registry.cancel_fresh(&fresh.key);
+            }
+            return Ok(Asked::Now(answer));
+        }
+        if granted || !msg.wait {
+            return Ok(Asked::Now(answer));
+        }
+        let (id, rx) = waiters.wait(fresh.key.clone());
+        self.metrics.fresh_waiting.set(waiters.waiting() as i64);
+        Ok(Asked::Wait(Waiting {
+            state: None,
+            key: fresh.key,
+            id,
+            rx,
+        }))
+    }
+}
+
+enum Asked {
+    Now(FreshResponse),
+    Wait(Waiting),
+}
+
+/// A fresh request waiting for a grant. Dropped unanswered (the client went away), it stops
+/// waiting in the registry, and a grant that reached it unread is kept for the peer's next
+/// request.
+struct Waiting {
+    state: Option<web::Data<AppState>>,
+    key: WaitKey,
+    id: u64,
+    rx: tokio::sync::oneshot::Receiver<FreshResponse>,
+}
+
+impl Waiting {
+    /// Ends the wait: the grant that reached it, or an empty answer (and the registry stops
+    /// counting it as waiting). With `unread`, a grant that reached it is handed on instead
+    /// (the client went away).
+    fn finish(&mut self, unread: bool) -> FreshResponse {
+        let Some(state) = self.state.take() else {
+            return FreshResponse::default();
+        };
+        let mut registry = state.registry.lock();
+        let mut waiters = state.waiters.lock();
+        if waiters.end(&self.key, self.id) {
+            registry.cancel_fresh(&self.key);
+        }
+        let answer = self.rx.try_recv().unwrap_or_default();
+        state.metrics.fresh_waiting.set(waiters.waiting() as i64);
+        if unread {
+            waiters.hand(self.key.clone(), answer, clock());
+            return FreshResponse::default();
+        }
+        answer
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.finish(true);
     }
 }
 
@@ -129,6 +248,8 @@ impl SchedulerServer {
                 .service(api_resource("/api/v1/announce", announce))
                 .service(api_resource("/api/v1/heartbeat", heartbeat))
                 .service(api_resource("/api/v1/leave", leave))
+                .service(api_resource("/api/v2/join", join))
+                .service(api_resource("/api/v2/fresh", fresh))
                 .default_service(web::to(not_found));
         };
         let options = serve::Options {
@@ -200,7 +321,7 @@ async fn announce(
         .record("peer", msg.peer.id.as_str())
         .record("digest", msg.task.digest.as_str());
     state.check_pool(signed.as_deref(), &msg.peer.pool)?;
-    let answer = state.registry.lock().announce(&msg, clock())?;
+    let answer = state.with_registry(|r| r.announce(&msg, clock()))?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -214,7 +335,7 @@ async fn heartbeat(
     let msg: HeartbeatRequest = read_json(body).await?;
     tracing::Span::current().record("peer", msg.peer.id.as_str());
     state.check_pool(signed.as_deref(), &msg.peer.pool)?;
-    let answer = state.registry.lock().heartbeat(&msg, clock())?;
+    let answer = state.with_registry(|r| r.heartbeat(&msg, clock()))?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -228,8 +349,53 @@ async fn leave(
     let msg: LeaveRequest = read_json(body).await?;
     tracing::Span::current().record("peer", msg.peer_id.as_str());
     state.check_pool(signed.as_deref(), &msg.pool)?;
-    state.registry.lock().leave(&msg, clock())?;
+    state.with_registry(|r| r.leave(&msg, clock()))?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[tracing::instrument(skip_all, fields(peer, digest))]
+async fn join(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let signed = state.authenticate(&req)?;
+    let msg: JoinRequest = read_json(body).await?;
+    tracing::Span::current()
+        .record("peer", msg.peer.id.as_str())
+        .record("digest", msg.task.digest.as_str());
+    state.check_pool(signed.as_deref(), &msg.peer.pool)?;
+    let answer = state.with_registry(|r| r.join(&msg, clock()))?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Reports completed leases and, with `wait`, long-polls for the next one (at most
+/// [`LONG_POLL`]).
+#[tracing::instrument(skip_all, fields(peer, digest))]
+async fn fresh(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let signed = state.authenticate(&req)?;
+    let msg: FreshRequest = read_json(body).await?;
+    tracing::Span::current()
+        .record("peer", msg.peer.id.as_str())
+        .record("digest", msg.digest.as_str());
+    state.check_pool(signed.as_deref(), &msg.peer.pool)?;
+    let mut waiting = match state.ask_fresh(&msg)? {
+        Asked::Now(answer) => return Ok(HttpResponse::Ok().json(answer)),
+        Asked::Wait(w) => w,
+    };
+    waiting.state = Some(state.clone());
+    let answer = match tokio::time::timeout(LONG_POLL, &mut waiting.rx).await {
+        Ok(Ok(answer)) => {
+            waiting.state = None;
+            answer
+        }
+        _ => waiting.finish(false),
+    };
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 #[cfg(test)]

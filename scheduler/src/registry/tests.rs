@@ -20,6 +20,7 @@ fn config(ttl: u64, assign_timeout: u64, max_parents: usize) -> RegistryConfig {
         max_parents,
         announce_interval: Duration::from_millis(500),
         source_in_flight: 64,
+        max_neighbors: 40,
     }
 }
 

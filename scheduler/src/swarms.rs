@@ -1,0 +1,462 @@
+//! P2P v2 state with no HTTP and time as an argument: who takes part in which blob, and the
+//! first-holder leases ([`swarm::Releases`]) of each blob in each group of pools that can pair.
+//! No per-piece tracking: peers push pieces to each other and tell each other what they hold.
+//!
+//! ```text
+//!   join ──> Blob.members (pool, done, held, last seen) ──> up to maxNeighbors members to connect
+//!   heartbeat's held blobs ──> complete members            to, the same ones while nobody comes
+//!                                                           or goes
+//!   fresh ──> Blob.groups[group of the requester's pool].releases.ask ──> grants to deliver
+//!   leave, a lapsed member, a silent peer ──> Releases::leave; the sweep ──> Releases::expire
+//! ```
+//!
+//! Functions that may end a wait return the grants to deliver as [`Delivery`]s; the server
+//! hands each to the request that waits for it.
+
+use crate::error::{Error, Result};
+use crate::registry::{MAX_TASKS, MAX_TASKS_PER_PEER};
+use crate::task::{PeerKey, PoolKey};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use swarm::{Grant, Holder, ReleaseConfig, Releases};
+
+/// A group of pools that can pair with each other (a requester's pool and those it reaches),
+/// as the registry numbers them.
+pub type GroupKey = u32;
+
+/// A grant for the request waiting under (`digest`, `group`, `holder`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub digest: String,
+    pub group: GroupKey,
+    pub holder: Holder,
+    pub grant: Grant,
+}
+
+/// A stable 64-bit hash of a node name (FNV-1a), so neighbour choices survive a restart.
+pub(crate) fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A peer taking part, as the registry knows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Who {
+    pub key: PeerKey,
+    pub pool: PoolKey,
+    /// Its key in [`Releases`]: never reused, unlike `key`.
+    pub holder: Holder,
+    /// [`id_hash`] of its node name.
+    pub rank: u64,
+}
+
+/// The blob a join names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlobShape<'a> {
+    pub digest: &'a str,
+    pub size: u64,
+    pub piece_size: u64,
+    pub pieces: u32,
+}
+
+/// A group's requester: the group's key and its pools.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupRef<'a> {
+    pub key: GroupKey,
+    pub pools: &'a [PoolKey],
+}
+
+/// A fresh request's report and wish.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask<'a> {
+    /// Leased pieces completed.
+    pub completed: &'a [u32],
+    /// Pieces' worth of uploads queued.
+    pub backlog: u32,
+    pub wait: bool,
+}
+
+/// What a fresh request gets at once.
+#[derive(Debug, Default)]
+pub(crate) struct FreshOutcome {
+    /// The requester's own grant, when one was made now.
+    pub mine: Option<Grant>,
+    /// Grants for other waiting requests.
+    pub others: Vec<Delivery>,
+    pub all_released: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    pool: PoolKey,
+    holder: Holder,
+    rank: u64,
+    done: bool,
+    held: u32,
+    seen: Duration,
+}
+
+#[derive(Debug)]
+struct Group {
+    pools: Vec<PoolKey>,
+    releases: Releases,
+}
+
+#[derive(Debug)]
+struct Blob {
+    size: u64,
+    piece_size: u64,
+    pieces: u32,
+    members: HashMap<PeerKey, Member>,
+    /// Members per pool, so a group's size costs a few lookups.
+    per_pool: HashMap<PoolKey, u32>,
+    groups: HashMap<GroupKey, Group>,
+}
+
+impl Blob {
+    fn release_config(&self, pools: &[PoolKey], lease: Duration) -> ReleaseConfig {
+        let members: u32 = pools
+            .iter()
+            .filter_map(|p| self.per_pool.get(p))
+            .fold(0, |a, &n| a.saturating_add(n));
+        ReleaseConfig::for_pool(members as usize, self.piece_size, lease)
+    }
+
+    /// Runs `f` on every group's leases with that group's config; returns the grants made.
+    fn each_group(
+        &mut self,
+        lease: Duration,
+        mut f: impl FnMut(&mut Releases, &ReleaseConfig) -> Vec<(Holder, Grant)>,
+    ) -> Vec<Grants> {
+        let keys: Vec<GroupKey> = self.groups.keys().copied().collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(cfg) = self
+                .groups
+                .get(&key)
+                .map(|g| self.release_config(&g.pools, lease))
+            else {
+                continue;
+            };
+            if let Some(g) = self.groups.get_mut(&key) {
+                out.push((key, f(&mut g.releases, &cfg)));
+            }
+        }
+        out
+    }
+
+    fn remove_member(&mut self, key: PeerKey) -> Option<Member> {
+        let m = self.members.remove(&key)?;
+        if let Some(n) = self.per_pool.get_mut(&m.pool) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_pool.remove(&m.pool);
+            }
+        }
+        Some(m)
+    }
+}
+
+/// Grants made in one group.
+type Grants = (GroupKey, Vec<(Holder, Grant)>);
+
+fn deliveries(digest: &str, grants: Vec<Grants>) -> impl Iterator<Item = Delivery> + '_ {
+    grants.into_iter().flat_map(move |(group, list)| {
+        list.into_iter().map(move |(holder, grant)| Delivery {
+            digest: digest.to_string(),
+            group,
+            holder,
+            grant,
+        })
+    })
+}
+
+/// Every blob taken part in through v2 (or held, by heartbeat), its members and leases.
+#[derive(Debug)]
+pub(crate) struct Swarms {
+    /// A member not heard from (join, fresh or heartbeat) for this long leaves.
+    ttl: Duration,
+    /// A lease not completed within this is handed out again (`sourceAssignTimeout`).
+    lease: Duration,
+    blobs: HashMap<String, Blob>,
+    by_peer: HashMap<PeerKey, HashSet<String>>,
+}
+
+impl Swarms {
+    pub fn new(ttl: Duration, lease: Duration) -> Swarms {
+        Swarms {
+            ttl,
+            lease,
+            blobs: HashMap::new(),
+            by_peer: HashMap::new(),
+        }
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        self.blobs.keys().map(String::as_str)
+    }
+
+    /// Whether `key` takes part in `digest`, and whether it holds it whole.
+    pub fn membership(&self, key: PeerKey, digest: &str) -> Option<bool> {
+        self.blobs
+            .get(digest)
+            .and_then(|b| b.members.get(&key))
+            .map(|m| m.done)
+    }
+
+    /// `who` takes part in `blob` (downloading it, or holding it whole with `done`), or
+    /// refreshes its membership and progress.
+    pub fn join(
+        &mut self,
+        who: Who,
+        blob: BlobShape<'_>,
+        held: u32,
+        done: bool,
+        now: Duration,
+    ) -> Result<()> {
+        match self.blobs.get(blob.digest) {
+            Some(b) if b.size != blob.size || b.piece_size != blob.piece_size => {
+                return Err(Error::TaskConflict {
+                    digest: blob.digest.to_string(),
+                    known_size: b.size,
+                    known_piece_size: b.piece_size,
+                    size: blob.size,
+                    piece_size: blob.piece_size,
+                });
+            }
+            Some(_) => {}
+            None if self.blobs.len() >= MAX_TASKS => return Err(Error::Capacity("too many tasks")),
+            None => {}
+        }
+        let mine = self.by_peer.entry(who.key).or_default();
+        if !mine.contains(blob.digest) {
+            if mine.len() >= MAX_TASKS_PER_PEER {
+                return Err(Error::Capacity("too many tasks for one peer"));
+            }
+            mine.insert(blob.digest.to_string());
+        }
+        let b = self
+            .blobs
+            .entry(blob.digest.to_string())
+            .or_insert_with(|| Blob {
+                size: blob.size,
+                piece_size: blob.piece_size,
+                pieces: blob.pieces,
+                members: HashMap::new(),
+                per_pool: HashMap::new(),
+                groups: HashMap::new(),
+            });
+        let m = b.members.entry(who.key).or_insert_with(|| {
+            *b.per_pool.entry(who.pool).or_default() += 1;
+            Member {
+                pool: who.pool,
+                holder: who.holder,
+                rank: who.rank,
+                done,
+                held,
+                seen: now,
+            }
+        });
+        m.done = done;
+        m.held = if done { blob.pieces } else { held };
+        m.seen = now;
+        Ok(())
+    }
+
+    /// Up to `max` live members of `digest` in the `reach` pools, other than `who`, with
+    /// whether each holds the blob whole. Candidates rank by `mix(who, member)`, lowest
+    /// first, so one node's choice changes only when members come or go, and different nodes
+    /// choose differently. While downloading members would fill the rest, complete holders
+    /// take at most half (rounded up): a downloader gains most from peers that are
+    /// downloading too, as each passes on what the mirror gave it.
+    pub fn neighbours(
+        &self,
+        digest: &str,
+        who: Who,
+        reach: &[PoolKey],
+        max: usize,
+        now: Duration,
+    ) -> Vec<(PeerKey, bool)> {
+        let Some(b) = self.blobs.get(digest) else {
+            return Vec::new();
+        };
+        let mut down = Vec::new();
+        let mut done = Vec::new();
+        for (&key, m) in &b.members {
+            if key == who.key || !reach.contains(&m.pool) || self.lapsed(m, now) {
+                continue;
+            }
+            let rank = (swarm::mix(who.rank, m.rank), key);
+            if m.done {
+                done.push(rank);
+            } else {
+                down.push(rank);
+            }
+        }
+        let done_n = done
+            .len()
+            .min(max.div_ceil(2).max(max.saturating_sub(down.len())));
+        let down_n = down.len().min(max - done_n);
+        let mut chosen: Vec<(u64, PeerKey, bool)> = Vec::with_capacity(done_n + down_n);
+        for (list, n, is_done) in [(&mut done, done_n, true), (&mut down, down_n, false)] {
+            if n < list.len() {
+                list.select_nth_unstable(n);
+            }
+            chosen.extend(list[..n].iter().map(|&(r, k)| (r, k, is_done)));
+        }
+        chosen.sort_unstable();
+        chosen.into_iter().map(|(_, k, d)| (k, d)).collect()
+    }
+
+    fn lapsed(&self, m: &Member, now: Duration) -> bool {
+        now.saturating_sub(m.seen) >= self.ttl
+    }
+
+    /// The piece count of `digest`, when anyone takes part in it.
+    pub fn pieces(&self, digest: &str) -> Option<u32> {
+        self.blobs.get(digest).map(|b| b.pieces)
+    }
+
+    /// `who` reports leased pieces it completed and (`wait`) waits for a lease of its
+    /// `group`. None when `who` does not take part in `digest`; else its membership is
+    /// refreshed.
+    pub fn fresh(
+        &mut self,
+        who: Who,
+        digest: &str,
+        group: GroupRef<'_>,
+        ask: Ask<'_>,
+        now: Duration,
+    ) -> Option<FreshOutcome> {
+        let lease = self.lease;
+        let b = self.blobs.get_mut(digest)?;
+        let m = b
+            .members
+            .get_mut(&who.key)
+            .filter(|m| m.holder == who.holder)?;
+        m.seen = now;
+        let cfg = b.release_config(group.pools, lease);
+        let pieces = b.pieces;
+        let g = b.groups.entry(group.key).or_insert_with(|| Group {
+            pools: group.pools.to_vec(),
+            releases: Releases::new(pieces),
+        });
+        let mut grants = g.releases.expire(&cfg, now);
+        grants.extend(
+            g.releases
+                .ask(&cfg, who.holder, ask.backlog, ask.completed, ask.wait, now),
+        );
+        let all_released = g.releases.all_released();
+        let mut out = FreshOutcome {
+            all_released,
+            ..FreshOutcome::default()
+        };
+        for (holder, grant) in grants {
+            if holder == who.holder {
+                out.mine = Some(grant);
+            } else {
+                out.others.push(Delivery {
+                    digest: digest.to_string(),
+                    group: group.key,
+                    holder,
+                    grant,
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The request of `holder` waiting in `group` ended without a grant.
+    pub fn cancel(&mut self, digest: &str, group: GroupKey, holder: Holder) {
+        if let Some(g) = self
+            .blobs
+            .get_mut(digest)
+            .and_then(|b| b.groups.get_mut(&group))
+        {
+            g.releases.cancel(holder);
+        }
+    }
+
+    /// `key` no longer takes part in `digest`: its leases go back. Returns the grants that
+    /// frees.
+    pub fn leave(&mut self, key: PeerKey, digest: &str, now: Duration) -> Vec<Delivery> {
+        if let Some(mine) = self.by_peer.get_mut(&key) {
+            mine.remove(digest);
+            if mine.is_empty() {
+                self.by_peer.remove(&key);
+            }
+        }
+        let lease = self.lease;
+        let Some(b) = self.blobs.get_mut(digest) else {
+            return Vec::new();
+        };
+        let Some(m) = b.remove_member(key) else {
+            return Vec::new();
+        };
+        if b.members.is_empty() {
+            self.blobs.remove(digest);
+            return Vec::new();
+        }
+        let grants = b.each_group(lease, |r, cfg| r.leave(cfg, m.holder, now));
+        deliveries(digest, grants).collect()
+    }
+
+    /// `key` is gone: it leaves every blob.
+    pub fn remove_peer(&mut self, key: PeerKey, now: Duration) -> Vec<Delivery> {
+        let digests: Vec<String> = self
+            .by_peer
+            .get(&key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        digests
+            .iter()
+            .flat_map(|d| self.leave(key, d, now))
+            .collect()
+    }
+
+    /// The blobs `key` holds whole but a heartbeat no longer lists (evicted, or a restart with
+    /// an empty cache).
+    pub fn unlisted_done(&self, key: PeerKey, listed: &HashSet<&str>) -> Vec<String> {
+        let Some(mine) = self.by_peer.get(&key) else {
+            return Vec::new();
+        };
+        mine.iter()
+            .filter(|d| !listed.contains(d.as_str()))
+            .filter(|d| self.membership(key, d) == Some(true))
+            .cloned()
+            .collect()
+    }
+
+    /// Members silent for the TTL leave; leases older than `sourceAssignTimeout` go back.
+    /// Returns the grants that frees.
+    pub fn expire(&mut self, now: Duration) -> Vec<Delivery> {
+        let lapsed: Vec<(PeerKey, String)> = self
+            .blobs
+            .iter()
+            .flat_map(|(d, b)| {
+                b.members
+                    .iter()
+                    .filter(|(_, m)| self.lapsed(m, now))
+                    .map(move |(&k, _)| (k, d.clone()))
+            })
+            .collect();
+        let mut out: Vec<Delivery> = Vec::new();
+        for (key, digest) in lapsed {
+            out.extend(self.leave(key, &digest, now));
+        }
+        let lease = self.lease;
+        for (digest, b) in &mut self.blobs {
+            let grants = b.each_group(lease, |r, cfg| r.expire(cfg, now));
+            out.extend(deliveries(digest, grants));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
