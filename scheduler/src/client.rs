@@ -5,7 +5,9 @@
 use crate::api::{
     AnnounceRequest, AnnounceResponse, HeartbeatRequest, HeartbeatResponse, LeaveRequest,
 };
+use crate::api_v2::{FreshRequest, FreshResponse, JoinRequest, JoinResponse};
 use crate::error::{Error, Result};
+use crate::server::LONG_POLL;
 use nodepool::{PoolSecret, AUTH_HEADER};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
@@ -21,6 +23,7 @@ pub struct SchedulerClient {
     base: Url,
     secret: PoolSecret,
     pool: String,
+    timeout: Duration,
 }
 
 impl SchedulerClient {
@@ -54,6 +57,7 @@ impl SchedulerClient {
             base,
             secret,
             pool,
+            timeout,
         })
     }
 
@@ -69,6 +73,25 @@ impl SchedulerClient {
         self.post("/api/v1/leave", req).await.map(drop)
     }
 
+    /// P2P v2: takes part in a blob; the members to connect to.
+    pub async fn join(&self, req: &JoinRequest) -> Result<JoinResponse> {
+        self.post("/api/v2/join", req).await?.decode().await
+    }
+
+    /// P2P v2: reports completed leases and, with `wait`, waits for the next (the scheduler
+    /// holds the request up to 2 s, on top of this client's timeout).
+    pub async fn fresh(&self, req: &FreshRequest) -> Result<FreshResponse> {
+        let timeout = if req.wait {
+            self.timeout + LONG_POLL
+        } else {
+            self.timeout
+        };
+        self.post_within("/api/v2/fresh", req, timeout)
+            .await?
+            .decode()
+            .await
+    }
+
     fn url(&self, path: &str) -> Url {
         let mut url = self.base.clone();
         let joined = format!("{}{path}", self.base.path().trim_end_matches('/'));
@@ -78,11 +101,21 @@ impl SchedulerClient {
 
     /// Sends a signed POST; a non-2xx answer becomes [`Error::Status`] with the server's message.
     async fn post<T: Serialize>(&self, path: &str, body: &T) -> Result<Reply> {
+        self.post_within(path, body, self.timeout).await
+    }
+
+    async fn post_within<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        timeout: Duration,
+    ) -> Result<Reply> {
         let url = self.url(path);
         let signature = self.secret.sign_now("POST", url.path(), &self.pool);
         let resp = self
             .http
             .post(url.clone())
+            .timeout(timeout)
             .header(AUTH_HEADER, signature)
             .json(body)
             .send()

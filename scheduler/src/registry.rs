@@ -229,9 +229,10 @@ impl PeerRegistry {
         silent.len()
     }
 
+    /// The peers gauge. The tasks gauge costs a walk over v2's blobs, so it is set where it
+    /// is read: on the sweep and on `/metrics`.
     fn update_gauges(&self) {
         self.metrics.peers.set(self.peers.len() as i64);
-        self.metrics.tasks.set(self.task_count() as i64);
     }
 
     fn remove_peer(&mut self, key: PeerKey, now: Instant) {
@@ -307,7 +308,6 @@ impl PeerRegistry {
             }
             self.tasks
                 .insert(digest.to_string(), Task::new(size, piece_size, pieces));
-            self.update_gauges();
         }
         match self.tasks.get_mut(digest) {
             Some(task) if task.matches(size, piece_size) => Ok(task),

@@ -193,10 +193,6 @@ impl Swarms {
         }
     }
 
-    pub fn blob_count(&self) -> usize {
-        self.blobs.len()
-    }
-
     pub fn digests(&self) -> impl Iterator<Item = &str> {
         self.blobs.keys().map(String::as_str)
     }

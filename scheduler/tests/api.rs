@@ -1,72 +1,18 @@
 //! The scheduler over HTTP, bound to 127.0.0.1:0 and driven with the real client.
 
+mod common;
+
+use common::{config, status_of, Running, SECRET};
 use nodepool::{unix_now as now_unix, PoolSecret, PoolSpec, SchedulerConfig, AUTH_HEADER};
 use scheduler::api::{
     AnnounceRequest, HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo,
 };
-use scheduler::{Error, Metrics, SchedulerClient, SchedulerServer};
-use std::sync::Arc;
+use scheduler::{Error, SchedulerClient};
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 const PIECE: u64 = 4 << 20;
 const SIZE: u64 = 6 * PIECE;
-const SECRET: &str = "pool secret";
-
-struct Running {
-    url: String,
-    metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Running {
-    async fn start(config: SchedulerConfig) -> Running {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
-        let metrics = Arc::new(Metrics::new());
-        let server = SchedulerServer::new(&config, metrics.clone()).expect("server");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(listener, async {
-            let _ = rx.await;
-        }));
-        Running {
-            url,
-            metrics,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server ran");
-        }
-    }
-
-    fn client(&self, secret: &str, pool: &str) -> SchedulerClient {
-        SchedulerClient::new(
-            &self.url,
-            PoolSecret::new(secret),
-            pool.into(),
-            Duration::from_secs(10),
-        )
-        .expect("client")
-    }
-}
-
-fn config(secret: &str, pools: Vec<PoolSpec>) -> SchedulerConfig {
-    SchedulerConfig {
-        listen: "127.0.0.1:0".into(),
-        secret: secret.into(),
-        edge_node_pools: pools,
-        ..SchedulerConfig::default()
-    }
-}
 
 fn peer(id: &str, pool: &str) -> PeerInfo {
     PeerInfo {
@@ -100,13 +46,6 @@ fn beat(id: &str, pool: &str) -> HeartbeatRequest {
             piece_size: PIECE,
         }],
         load: 0,
-    }
-}
-
-fn status_of(e: Error) -> u16 {
-    match e {
-        Error::Status { status, .. } => status,
-        other => panic!("expected an HTTP refusal, got {other}"),
     }
 }
 

@@ -114,12 +114,8 @@ impl PeerRegistry {
             piece_size: t.piece_size,
             pieces,
         };
-        let blobs = self.swarms.blob_count();
         self.swarms
             .join(who, shape, req.held, req.done, self.since(now))?;
-        if self.swarms.blob_count() != blobs {
-            self.update_gauges();
-        }
         let chosen = self.swarms.neighbours(
             &t.digest,
             who,
@@ -204,12 +200,8 @@ impl PeerRegistry {
     /// how many peers went.
     pub fn sweep(&mut self, now: Instant) -> usize {
         let dropped = self.expire(now);
-        let blobs = self.swarms.blob_count();
         let freed = self.swarms.expire(self.since(now));
         self.post(freed);
-        if self.swarms.blob_count() != blobs {
-            self.update_gauges();
-        }
         dropped
     }
 

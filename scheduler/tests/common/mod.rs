@@ -1,0 +1,72 @@
+//! A real scheduler bound to 127.0.0.1:0, for the API tests of v1 and v2.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use nodepool::{PoolSecret, PoolSpec, SchedulerConfig};
+use scheduler::{Error, Metrics, SchedulerClient, SchedulerServer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub const SECRET: &str = "pool secret";
+
+pub struct Running {
+    pub url: String,
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    pub async fn start(config: SchedulerConfig) -> Running {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let metrics = Arc::new(Metrics::new());
+        let server = SchedulerServer::new(&config, metrics.clone()).expect("server");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async {
+            let _ = rx.await;
+        }));
+        Running {
+            url,
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+    }
+
+    pub fn client(&self, secret: &str, pool: &str) -> SchedulerClient {
+        SchedulerClient::new(
+            &self.url,
+            PoolSecret::new(secret),
+            pool.into(),
+            Duration::from_secs(10),
+        )
+        .expect("client")
+    }
+}
+
+pub fn config(secret: &str, pools: Vec<PoolSpec>) -> SchedulerConfig {
+    SchedulerConfig {
+        listen: "127.0.0.1:0".into(),
+        secret: secret.into(),
+        edge_node_pools: pools,
+        ..SchedulerConfig::default()
+    }
+}
+
+pub fn status_of(e: Error) -> u16 {
+    match e {
+        Error::Status { status, .. } => status,
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
