@@ -1,4 +1,5 @@
-//! Parent decisions per second, and their latency, with 10,000 peers on one task.
+//! Parent decisions (v1), joins and fresh asks (v2) per second, and their latency, with
+//! 10,000 peers on one task.
 //!
 //! `cargo bench -p scheduler --bench decisions`. 10,000 peers in four pools (pool-0 and pool-1
 //! connected, pool-2 and pool-3 on their own) take part in 2 GiB blobs of 4 MiB pieces (512
@@ -11,10 +12,18 @@
 //! - cold: a second blob that nobody holds. 200,000 announces from random peers, each having
 //!   fetched what its previous answer assigned it from the mirror plus one piece from a parent.
 //!   Also counts the pieces sent to the mirror: the floor is 512 per group of pools that pair.
+//! - v2 joins: the 10,000 peers join a third blob (2 GiB of 256 KiB pieces, 8,192), then
+//!   200,000 joins again from random peers (the refresh every `intervalMs`), each answered with
+//!   up to 40 members.
+//! - v2 fresh: 200,000 asks from random members, each reporting the pieces it was granted
+//!   since its last ask (at once, or later for its waiting request) and waiting for more. The
+//!   floor of pieces leased is 8,192 per group of pools that pair.
 
 use nodepool::PoolSpec;
 use scheduler::api::{AnnounceRequest, AnnounceResponse, PeerInfo, TaskInfo};
+use scheduler::api_v2::{FreshRequest, JoinRequest, PeerRef};
 use scheduler::{Metrics, PeerRegistry, RegistryConfig};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +39,9 @@ const SIZE: u64 = 2 << 30;
 const PIECES: u32 = (SIZE / PIECE) as u32;
 const WARM: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
 const COLD: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
+const V2: &str = "sha256:7777777777777777777777777777777777777777777777777777777777777777";
+const V2_PIECE: u64 = 256 << 10;
+const V2_PIECES: u32 = (SIZE / V2_PIECE) as u32;
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -44,6 +56,14 @@ impl Rng {
 
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
+    }
+}
+
+fn peer_ref(id: usize) -> PeerRef {
+    PeerRef {
+        id: format!("node-{id:05}"),
+        pool: format!("pool-{}", id % POOLS),
+        addr: format!("10.{}.{}.{}:65002", id % POOLS, id / 256 % 256, id % 256),
     }
 }
 
@@ -99,23 +119,111 @@ impl Timings {
         answer
     }
 
-    fn report(mut self, name: &str) {
-        self.latencies.sort_unstable();
-        let l = &self.latencies;
-        let total: Duration = l.iter().sum();
-        let us = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6;
-        println!(
-            "{name}: {:.0} decisions/s; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us; \
-             per answer {:.1} parents, {:.2} source pieces",
-            l.len() as f64 / total.as_secs_f64(),
-            us(0.50),
-            us(0.99),
-            us(0.999),
-            us(1.0),
-            self.parents as f64 / l.len() as f64,
-            self.source as f64 / l.len() as f64
+    fn report(self, name: &str) {
+        let per_answer = format!(
+            "per answer {:.1} parents, {:.2} source pieces",
+            self.parents as f64 / self.latencies.len() as f64,
+            self.source as f64 / self.latencies.len() as f64
         );
+        report(name, "decisions", self.latencies, &per_answer);
     }
+}
+
+/// Prints the rate and latency percentiles of one run.
+fn report(name: &str, what: &str, mut latencies: Vec<Duration>, extra: &str) {
+    latencies.sort_unstable();
+    let l = &latencies;
+    let total: Duration = l.iter().sum();
+    let us = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6;
+    println!(
+        "{name}: {:.0} {what}/s; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us; {extra}",
+        l.len() as f64 / total.as_secs_f64(),
+        us(0.50),
+        us(0.99),
+        us(0.999),
+        us(1.0),
+    );
+}
+
+/// Times `f`, recording its latency.
+fn timed<T>(latencies: &mut Vec<Duration>, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    latencies.push(start.elapsed());
+    out
+}
+
+fn join_request(id: usize) -> JoinRequest {
+    JoinRequest {
+        peer: peer_ref(id),
+        task: TaskInfo {
+            digest: V2.into(),
+            size: SIZE,
+            piece_size: V2_PIECE,
+        },
+        held: 0,
+        done: false,
+    }
+}
+
+fn v2_joins(r: &mut PeerRegistry, rng: &mut Rng, t0: Instant) {
+    let mut latencies = Vec::with_capacity(DECISIONS);
+    let mut members = 0;
+    for id in 0..PEERS {
+        let req = join_request(id);
+        timed(&mut latencies, || r.join(&req, t0).expect("join"));
+    }
+    report("v2 first joins", "joins", std::mem::take(&mut latencies), "");
+    for n in 0..DECISIONS {
+        let req = join_request(rng.below(PEERS));
+        let now = t0 + Duration::from_micros(5 * n as u64);
+        let answer = timed(&mut latencies, || r.join(&req, now).expect("join"));
+        members += answer.members.len();
+        std::hint::black_box(answer);
+    }
+    let extra = format!(
+        "per answer {:.1} members",
+        members as f64 / latencies.len() as f64
+    );
+    report("v2 joins", "joins", latencies, &extra);
+}
+
+fn v2_fresh(r: &mut PeerRegistry, metrics: &Metrics, rng: &mut Rng, t0: Instant) {
+    let before = metrics.fresh_leases.get();
+    // Per peer, the pieces granted and not yet reported; holder keys to peers.
+    let mut pending: Vec<Vec<u32>> = vec![Vec::new(); PEERS];
+    let mut peer_of: HashMap<u64, usize> = HashMap::new();
+    let mut latencies = Vec::with_capacity(DECISIONS);
+    let mut released = 0;
+    for n in 0..DECISIONS {
+        let id = rng.below(PEERS);
+        let req = FreshRequest {
+            peer: peer_ref(id),
+            digest: V2.into(),
+            completed: std::mem::take(&mut pending[id]),
+            backlog: rng.below(4) as u32,
+            wait: true,
+        };
+        let now = t0 + Duration::from_micros(5 * n as u64);
+        let fresh = timed(&mut latencies, || r.fresh(&req, now).expect("fresh"));
+        peer_of.insert(fresh.key.holder, id);
+        if let Some(g) = fresh.grant {
+            pending[id].extend(g.pieces);
+            released += usize::from(g.all_released);
+        }
+        for d in r.take_deliveries() {
+            if let Some(&other) = peer_of.get(&d.holder) {
+                pending[other].extend(d.grant.pieces);
+            }
+        }
+    }
+    let extra = format!("{released} answers said every piece was released");
+    report("v2 fresh", "asks", latencies, &extra);
+    println!(
+        "v2 fresh: pieces leased {} (floor {} = {V2_PIECES} x {POOL_GROUPS} pool groups)",
+        metrics.fresh_leases.get() - before,
+        u64::from(V2_PIECES) * POOL_GROUPS
+    );
 }
 
 fn warm(r: &mut PeerRegistry, rng: &mut Rng, t0: Instant) {
@@ -207,4 +315,7 @@ fn main() {
         &mut rng,
         t0 + Duration::from_secs(2),
     );
+    let t4 = t0 + Duration::from_secs(4);
+    v2_joins(&mut registry, &mut rng, t4);
+    v2_fresh(&mut registry, &metrics, &mut rng, t0 + Duration::from_secs(6));
 }
