@@ -173,7 +173,12 @@ fn v2_joins(r: &mut PeerRegistry, rng: &mut Rng, t0: Instant) {
         let req = join_request(id);
         timed(&mut latencies, || r.join(&req, t0).expect("join"));
     }
-    report("v2 first joins", "joins", std::mem::take(&mut latencies), "");
+    report(
+        "v2 first joins",
+        "joins",
+        std::mem::take(&mut latencies),
+        "",
+    );
     for n in 0..DECISIONS {
         let req = join_request(rng.below(PEERS));
         let now = t0 + Duration::from_micros(5 * n as u64);
@@ -317,5 +322,10 @@ fn main() {
     );
     let t4 = t0 + Duration::from_secs(4);
     v2_joins(&mut registry, &mut rng, t4);
-    v2_fresh(&mut registry, &metrics, &mut rng, t0 + Duration::from_secs(6));
+    v2_fresh(
+        &mut registry,
+        &metrics,
+        &mut rng,
+        t0 + Duration::from_secs(6),
+    );
 }

@@ -529,5 +529,5 @@ impl PeerRegistry {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod v2;

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{config, status_of, Running, SECRET};
-use nodepool::{unix_now as now_unix, PoolSecret, PoolSpec, SchedulerConfig, AUTH_HEADER};
+use common::{a_b_and_edge, config, status_of, Running, SECRET};
+use nodepool::{unix_now as now_unix, PoolSecret, SchedulerConfig, AUTH_HEADER};
 use scheduler::api::{
     AnnounceRequest, HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo,
 };
@@ -94,12 +94,7 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
     assert_eq!(fourth.parents[0].id, "n2");
     assert_eq!(fourth.source_pieces, vec![0, 1]);
 
-    let text = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = s.metrics_text().await;
     for name in [
         "poolcast_scheduler_peers 2",
         "poolcast_scheduler_tasks 1",
@@ -120,19 +115,7 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
 
 #[actix_web::test]
 async fn pools_are_kept_apart_over_http() {
-    let pools = vec![
-        PoolSpec {
-            id: "a".into(),
-            connected_pools: vec!["b".into()],
-            ..PoolSpec::default()
-        },
-        PoolSpec {
-            id: "edge".into(),
-            inter_connectivity: false,
-            ..PoolSpec::default()
-        },
-    ];
-    let s = Running::start(config("", pools)).await;
+    let s = Running::start(config("", a_b_and_edge())).await;
     let c = s.client("", "unused when no secret is set");
     c.heartbeat(&beat("b1", "b")).await.expect("heartbeat");
     c.heartbeat(&beat("c1", "c")).await.expect("heartbeat");

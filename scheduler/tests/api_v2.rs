@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{config, status_of, Running, SECRET};
-use nodepool::{PoolSecret, PoolSpec, AUTH_HEADER};
+use common::{a_b_and_edge, config, status_of, Running, SECRET};
+use nodepool::{PoolSecret, AUTH_HEADER};
 use scheduler::api::{HeartbeatRequest, HeldTask, PeerInfo, TaskInfo};
 use scheduler::api_v2::{FreshRequest, FreshResponse, JoinRequest, PeerRef};
 use scheduler::{Error, Metrics, SchedulerClient};
@@ -103,12 +103,7 @@ async fn a_waiting_request_is_answered_when_another_member_completes_a_lease() {
     assert_eq!(s.metrics.fresh_waiting.get(), 0);
     assert_eq!(s.metrics.fresh_leases.get(), 65);
     assert_eq!(s.metrics.joins.get(), 33);
-    let text = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = s.metrics_text().await;
     for line in [
         "poolcast_scheduler_joins_total 33",
         "poolcast_scheduler_fresh_leases_total 65",
@@ -161,19 +156,7 @@ async fn a_request_nobody_answers_comes_back_empty_after_the_long_poll() {
 
 #[actix_web::test]
 async fn join_names_members_of_pools_that_pair_and_warm_holders() {
-    let pools = vec![
-        PoolSpec {
-            id: "a".into(),
-            connected_pools: vec!["b".into()],
-            ..PoolSpec::default()
-        },
-        PoolSpec {
-            id: "edge".into(),
-            inter_connectivity: false,
-            ..PoolSpec::default()
-        },
-    ];
-    let s = Running::start(config("", pools)).await;
+    let s = Running::start(config("", a_b_and_edge())).await;
     let c = s.client("", "unused when no secret is set");
     c.heartbeat(&HeartbeatRequest {
         peer: PeerInfo {

@@ -24,7 +24,7 @@ fn config(ttl: u64, assign_timeout: u64, max_parents: usize) -> RegistryConfig {
     }
 }
 
-fn pool(id: &str, inter: bool, connected: &[&str]) -> PoolSpec {
+pub(crate) fn pool(id: &str, inter: bool, connected: &[&str]) -> PoolSpec {
     PoolSpec {
         id: id.into(),
         name: String::new(),

@@ -4,6 +4,7 @@ use super::*;
 use crate::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo};
 use crate::api_v2::{FreshRequest, JoinRequest, JoinResponse, PeerRef};
 use crate::metrics::Metrics;
+use crate::registry::tests::pool;
 use crate::registry::{PeerRegistry, RegistryConfig};
 use nodepool::{PoolGraph, PoolSpec};
 use std::sync::Arc;
@@ -16,15 +17,6 @@ const SIZE: u64 = PIECES as u64 * PIECE;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn pool(id: &str, inter: bool, connected: &[&str]) -> PoolSpec {
-    PoolSpec {
-        id: id.into(),
-        name: String::new(),
-        inter_connectivity: inter,
-        connected_pools: connected.iter().map(|s| s.to_string()).collect(),
-    }
 }
 
 fn registry_with(max_neighbors: usize, pools: &[PoolSpec], t0: Instant) -> PeerRegistry {

@@ -44,6 +44,16 @@ impl Running {
         }
     }
 
+    /// What `GET /metrics` answers.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub fn client(&self, secret: &str, pool: &str) -> SchedulerClient {
         SchedulerClient::new(
             &self.url,
@@ -62,6 +72,22 @@ pub fn config(secret: &str, pools: Vec<PoolSpec>) -> SchedulerConfig {
         edge_node_pools: pools,
         ..SchedulerConfig::default()
     }
+}
+
+/// Pools `a` and `b` connected (declared by `a` only), and `edge` without P2P.
+pub fn a_b_and_edge() -> Vec<PoolSpec> {
+    vec![
+        PoolSpec {
+            id: "a".into(),
+            connected_pools: vec!["b".into()],
+            ..PoolSpec::default()
+        },
+        PoolSpec {
+            id: "edge".into(),
+            inter_connectivity: false,
+            ..PoolSpec::default()
+        },
+    ]
 }
 
 pub fn status_of(e: Error) -> u16 {
