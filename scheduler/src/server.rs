@@ -402,6 +402,7 @@ async fn fresh(
 mod tests {
     use super::*;
     use crate::api::{PeerInfo, TaskInfo};
+    use crate::api_v2::PeerRef;
     use nodepool::HumanDuration;
 
     const DIGEST: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
@@ -447,5 +448,106 @@ mod tests {
         assert_eq!(state.metrics.peers.get(), 0);
         assert_eq!(state.metrics.tasks.get(), 0);
         sweeper.abort();
+    }
+
+    fn v2_peer(id: &str) -> PeerRef {
+        PeerRef {
+            id: id.into(),
+            pool: "np-1".into(),
+            addr: "127.0.0.1:65002".into(),
+        }
+    }
+
+    /// `members` nodes joined to a blob of 256 pieces.
+    fn joined(members: usize) -> web::Data<AppState> {
+        let config = SchedulerConfig::default();
+        let state =
+            web::Data::new(AppState::new(&config, Arc::new(Metrics::new())).expect("state"));
+        for i in 0..members {
+            let join = JoinRequest {
+                peer: v2_peer(&format!("n{i:04}")),
+                task: TaskInfo {
+                    digest: DIGEST.into(),
+                    size: 256 << 20,
+                    piece_size: 1 << 20,
+                },
+                held: 0,
+                done: false,
+            };
+            state
+                .with_registry(|r| r.join(&join, clock()))
+                .expect("join");
+        }
+        state
+    }
+
+    fn fresh_from(id: &str, completed: &[u32], wait: bool) -> FreshRequest {
+        FreshRequest {
+            peer: v2_peer(id),
+            digest: DIGEST.into(),
+            completed: completed.to_vec(),
+            backlog: 0,
+            wait,
+        }
+    }
+
+    #[tokio::test]
+    async fn at_most_a_thousand_requests_wait_per_blob() {
+        let state = joined(MAX_WAITING_PER_BLOB + 65);
+        let mut waiting = Vec::new();
+        for i in 0..MAX_WAITING_PER_BLOB + 64 {
+            match state.ask_fresh(&fresh_from(&format!("n{i:04}"), &[], true)) {
+                Ok(Asked::Wait(w)) => waiting.push(w),
+                Ok(Asked::Now(answer)) => assert_eq!(answer.pieces.len(), 1, "{i}"),
+                Err(e) => panic!("{i}: {e}"),
+            }
+        }
+        assert_eq!(waiting.len(), MAX_WAITING_PER_BLOB, "64 leased at once");
+        assert_eq!(state.metrics.fresh_waiting.get(), 1000);
+        let last = format!("n{:04}", MAX_WAITING_PER_BLOB + 64);
+        let refused = state.ask_fresh(&fresh_from(&last, &[], true));
+        assert!(matches!(refused, Err(Error::Capacity(_))));
+        // Only reporting is still taken.
+        assert!(state.ask_fresh(&fresh_from(&last, &[], false)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_grant_that_reached_a_request_whose_client_went_away_goes_to_its_next() {
+        let state = joined(33);
+        for i in 0..32 {
+            for _ in 0..2 {
+                let asked = state.ask_fresh(&fresh_from(&format!("n{i:04}"), &[], true));
+                assert!(matches!(asked, Ok(Asked::Now(_))));
+            }
+        }
+        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0032", &[], true)) else {
+            panic!("64 leases out: n0032 waits");
+        };
+        gone.state = Some(state.clone());
+        // n0000 completes piece 0: the lease goes to n0032's request, whose client has gone.
+        let asked = state.ask_fresh(&fresh_from("n0000", &[0], false));
+        assert!(matches!(asked, Ok(Asked::Now(_))));
+        drop(gone);
+        assert_eq!(state.metrics.fresh_waiting.get(), 0);
+        match state.ask_fresh(&fresh_from("n0032", &[], true)) {
+            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![64]),
+            _ => panic!("the kept grant is answered at once"),
+        }
+        // A request that goes away unanswered stops waiting.
+        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0032", &[], true)) else {
+            panic!("n0032 waits again");
+        };
+        gone.state = Some(state.clone());
+        drop(gone);
+        assert_eq!(state.metrics.fresh_waiting.get(), 0);
+        let leased = state.metrics.fresh_leases.get();
+        state
+            .ask_fresh(&fresh_from("n0001", &[2], false))
+            .expect("report");
+        assert_eq!(state.metrics.fresh_leases.get(), leased, "nobody waits");
+        match state.ask_fresh(&fresh_from("n0032", &[], true)) {
+            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![65]),
+            _ => panic!("a lease is free"),
+        }
     }
 }
