@@ -177,7 +177,7 @@ fn v2_joins(r: &mut PeerRegistry, rng: &mut Rng, t0: Instant) {
         "v2 first joins",
         "joins",
         std::mem::take(&mut latencies),
-        "",
+        "each a new member",
     );
     for n in 0..DECISIONS {
         let req = join_request(rng.below(PEERS));
@@ -200,6 +200,9 @@ fn v2_fresh(r: &mut PeerRegistry, metrics: &Metrics, rng: &mut Rng, t0: Instant)
     let mut peer_of: HashMap<u64, usize> = HashMap::new();
     let mut latencies = Vec::with_capacity(DECISIONS);
     let mut released = 0;
+    // Per group of pools that pair (pool-0 with pool-1, pool-2, pool-3), pieces leased.
+    let mut leased = vec![vec![0u32; V2_PIECES as usize]; 3];
+    let group = |id: usize| (id % POOLS).saturating_sub(1);
     for n in 0..DECISIONS {
         let id = rng.below(PEERS);
         let req = FreshRequest {
@@ -213,19 +216,26 @@ fn v2_fresh(r: &mut PeerRegistry, metrics: &Metrics, rng: &mut Rng, t0: Instant)
         let fresh = timed(&mut latencies, || r.fresh(&req, now).expect("fresh"));
         peer_of.insert(fresh.key.holder, id);
         if let Some(g) = fresh.grant {
+            for &p in &g.pieces {
+                leased[group(id)][p as usize] += 1;
+            }
             pending[id].extend(g.pieces);
             released += usize::from(g.all_released);
         }
         for d in r.take_deliveries() {
             if let Some(&other) = peer_of.get(&d.holder) {
+                for &p in &d.grant.pieces {
+                    leased[group(other)][p as usize] += 1;
+                }
                 pending[other].extend(d.grant.pieces);
             }
         }
     }
     let extra = format!("{released} answers said every piece was released");
     report("v2 fresh", "asks", latencies, &extra);
+    let twice: usize = leased.iter().flatten().filter(|&&n| n > 1).count();
     println!(
-        "v2 fresh: pieces leased {} (floor {} = {V2_PIECES} x {POOL_GROUPS} pool groups)",
+        "v2 fresh: pieces leased {} (all {} = {V2_PIECES} x {POOL_GROUPS} pool groups), {twice} of them more than once",
         metrics.fresh_leases.get() - before,
         u64::from(V2_PIECES) * POOL_GROUPS
     );
