@@ -128,6 +128,7 @@ impl AppState {
         self.deliver(&mut registry, &mut waiters);
         let fresh = fresh?;
         let kept = waiters.replace(&fresh.key);
+        self.metrics.fresh_waiting.set(waiters.waiting() as i64);
         let mut answer = FreshResponse {
             pieces: Vec::new(),
             all_released: fresh.all_released,
