@@ -1,7 +1,9 @@
 //! What every poolcast HTTP server shares: building the actix server on an already-bound
 //! listener (so tests bind `127.0.0.1:0`), the connection settings of `nodepool::wire`,
 //! `/healthz`, the Prometheus answer of `/metrics`, graceful shutdown, and JSON error bodies.
-//! Each server says only which routes it has.
+//! Each server says only which routes it has; [`Options`] bound its connections (see `limits`).
+
+mod limits;
 
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
@@ -19,6 +21,11 @@ pub struct Options {
     pub write_buffer: Option<usize>,
     /// Serve HTTPS with this configuration; `None`: plain HTTP.
     pub tls: Option<rustls::ServerConfig>,
+    /// Open connections served; more are answered `503` and closed. 0: no cap.
+    pub max_connections: usize,
+    /// A client whose connection takes no data for this long is cut (`None`: the kernel's
+    /// own, about 15 minutes of retransmissions and never for a shut window).
+    pub send_timeout: Option<std::time::Duration>,
 }
 
 /// Starts serving `routes` (plus `GET /healthz`) on `listener`. The returned server runs once
@@ -27,11 +34,16 @@ pub fn start<F>(listener: TcpListener, routes: F, options: Options) -> std::io::
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    if let Some(deadline) = options.send_timeout {
+        limits::send_deadline(&listener, deadline)?;
+    }
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(limits::refuse_over_cap))
             .route("/healthz", web::get().to(healthz))
             .configure(routes.clone())
-    });
+    })
+    .on_connect(limits::counter(options.max_connections));
     let server = match options.tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls)?,
         None => server.listen(listener)?,
@@ -139,5 +151,65 @@ mod tests {
                 .is_err(),
             "still answering after shutdown"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_the_cap_is_answered_503_and_healthz_still_answers() {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let routes = |cfg: &mut web::ServiceConfig| {
+            cfg.route("/work", web::get().to(|| async { "done" }));
+        };
+        let options = Options {
+            max_connections: 1,
+            ..Options::default()
+        };
+        let server = start(listener, routes, options).expect("start");
+        let handle = server.handle();
+        let running = tokio::spawn(server);
+        // The one allowed connection, kept open once it was served.
+        let first = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /work HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).expect("read");
+            assert!(String::from_utf8_lossy(&buf[..n]).contains("done"));
+            s
+        })
+        .await
+        .expect("first connection");
+        let http = reqwest::Client::new();
+        let over = http
+            .get(format!("http://{addr}/work"))
+            .send()
+            .await
+            .expect("second connection");
+        assert_eq!(over.status().as_u16(), 503);
+        assert_eq!(over.headers()["retry-after"], "1");
+        assert!(over.text().await.expect("body").contains("TOOMANYREQUESTS"));
+        let health = http
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(health.status().as_u16(), 200);
+        // Once the first connection (and the one kept for /healthz) is gone, a new one is served.
+        drop((first, http));
+        let mut served = false;
+        for _ in 0..100 {
+            let fresh = reqwest::Client::new();
+            if let Ok(r) = fresh.get(format!("http://{addr}/work")).send().await {
+                if r.status().is_success() {
+                    served = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(served, "a freed slot was never reused");
+        handle.stop(false).await;
+        let _ = running.await;
     }
 }
