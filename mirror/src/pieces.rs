@@ -3,6 +3,11 @@
 //! hashes bytes it fetched itself. While a blob is still arriving, the answer holds the pieces
 //! complete so far (`complete: false`), after a short long-poll for progress; agents ask again
 //! `from` the next piece. Access is checked exactly as for the blob itself.
+//!
+//! Piece sizes are a fixed set (`nodepool::check_piece_size`: eleven powers of two), and the
+//! digests of a cached blob at a size are computed once, by one request while others wait, and
+//! kept in the store's index until the blob goes: no client can make the mirror hash a blob
+//! more than eleven times, nor hold the result in memory.
 
 use crate::blobs::{locate, Source};
 use crate::error::{Error, Result};
@@ -22,14 +27,23 @@ use storage::request::query_param;
 const MAX_PER_ANSWER: u64 = 4096;
 /// How long a request waits for the next piece of a blob still arriving.
 const LONG_POLL: Duration = Duration::from_secs(5);
-const MEMO_ENTRIES: usize = 256;
-/// Piece sizes whose digests one arriving blob keeps (a pool uses one).
-const MAX_ARRIVING_SIZES: usize = 4;
+/// Blobs hashed into pieces at once; more requests wait their turn.
+const HASH_JOBS: usize = 2;
 
-/// Piece digests of complete blobs, so a pool's agents do not make the mirror hash a blob once
-/// each.
-#[derive(Default)]
-pub struct PieceMemo(Mutex<HashMap<MemoKey, Arc<Vec<String>>>>);
+/// One hash of a blob at a piece size at a time, and at most [`HASH_JOBS`] at all.
+pub struct PieceMemo {
+    gates: Mutex<HashMap<MemoKey, Arc<tokio::sync::Mutex<()>>>>,
+    jobs: tokio::sync::Semaphore,
+}
+
+impl Default for PieceMemo {
+    fn default() -> Self {
+        PieceMemo {
+            gates: Mutex::default(),
+            jobs: tokio::sync::Semaphore::new(HASH_JOBS),
+        }
+    }
+}
 
 /// (digest, piece size)
 type MemoKey = (String, u64);
@@ -56,7 +70,7 @@ pub async fn get(
     let piece_size = param(req, "pieceSize")?.unwrap_or(4 << 20);
     check_piece_size(piece_size).map_err(|_| {
         Error::unsupported(format!(
-            "pieceSize {piece_size} (between {MIN_PIECE} and {MAX_PIECE})"
+            "pieceSize {piece_size} (a power of two from {MIN_PIECE} to {MAX_PIECE})"
         ))
     })?;
     let from = param(req, "from")?.unwrap_or(0);
@@ -86,19 +100,47 @@ async fn memoized(
     file: std::fs::File,
     layout: PieceLayout,
 ) -> Result<Arc<Vec<String>>> {
-    let key = (digest.to_string(), layout.piece_size());
-    if let Some(hit) = state.pieces.0.lock().get(&key) {
-        return Ok(hit.clone());
+    let size = layout.piece_size();
+    if let Some(known) = state.store.piece_digests(digest, size) {
+        return Ok(Arc::new(known));
     }
+    let key = (digest.to_string(), size);
+    let gate = state
+        .pieces
+        .gates
+        .lock()
+        .entry(key.clone())
+        .or_default()
+        .clone();
+    let turn = gate.lock().await;
+    // Whoever held the gate before may have done the work.
+    let all = match state.store.piece_digests(digest, size) {
+        Some(known) => Ok(known),
+        None => hash_once(state, digest, file, layout).await,
+    };
+    drop(turn);
+    state.pieces.gates.lock().remove(&key);
+    all.map(Arc::new)
+}
+
+async fn hash_once(
+    state: &AppState,
+    digest: &Digest,
+    file: std::fs::File,
+    layout: PieceLayout,
+) -> Result<Vec<String>> {
+    let _job = state
+        .pieces
+        .jobs
+        .acquire()
+        .await
+        .map_err(|e| Error::transfer(e.to_string()))?;
     let all = tokio::task::spawn_blocking(move || hash_pieces(file, layout))
         .await
         .map_err(|e| Error::transfer(e.to_string()))??;
-    let all = Arc::new(all);
-    let mut memo = state.pieces.0.lock();
-    if memo.len() >= MEMO_ENTRIES {
-        memo.clear();
-    }
-    memo.insert(key, all.clone());
+    state
+        .store
+        .put_piece_digests(digest, layout.piece_size(), &all)?;
     Ok(all)
 }
 
@@ -148,10 +190,8 @@ async fn arriving(
     // Extend the ingest's shared list to what has arrived, then answer from it.
     let arrived = u64::from(layout.complete_within(avail));
     let wanted = arrived.min(from.saturating_add(MAX_PER_ANSWER));
+    // Piece sizes are a fixed set: at most eleven lists, each piece hashed once per size.
     let mut memo = ingest.piece_digests.lock().await;
-    if memo.len() >= MAX_ARRIVING_SIZES && !memo.contains_key(&piece_size) {
-        memo.clear(); // a client cycling through piece sizes; the pool's own size comes back
-    }
     let known = memo.entry(piece_size).or_default();
     while (known.len() as u64) < wanted {
         let Some(span) = layout.span(known.len() as u32) else {

@@ -7,7 +7,9 @@
 
 use std::ops::Range;
 
-/// Piece sizes the mirror and agents accept (`blocksize`).
+/// Piece sizes the mirror and agents accept (`blocksize`): the powers of two from
+/// [`MIN_PIECE`] to [`MAX_PIECE`], eleven in all. A fixed set bounds what a client can make the
+/// mirror hash: at most once per blob for each (`/pieces`).
 pub const MIN_PIECE: u64 = 64 * 1024;
 pub const MAX_PIECE: u64 = 64 * 1024 * 1024;
 
@@ -16,7 +18,7 @@ pub const MAX_PIECE: u64 = 64 * 1024 * 1024;
 pub enum LayoutError {
     #[error("pieceSize must be above 0")]
     ZeroPieceSize,
-    #[error("pieceSize {0} is not between {MIN_PIECE} and {MAX_PIECE}")]
+    #[error("pieceSize {0} is not a power of two between {MIN_PIECE} and {MAX_PIECE}")]
     PieceSizeOutOfRange(u64),
     #[error("{count} pieces is more than {max}; use larger pieces")]
     TooManyPieces { count: u64, max: u64 },
@@ -86,9 +88,10 @@ impl PieceLayout {
     }
 }
 
-/// Checks a piece size from config or the network against [`MIN_PIECE`]..=[`MAX_PIECE`].
+/// Checks a piece size from config or the network: a power of two in
+/// [`MIN_PIECE`]..=[`MAX_PIECE`].
 pub fn check_piece_size(piece_size: u64) -> Result<u64, LayoutError> {
-    if (MIN_PIECE..=MAX_PIECE).contains(&piece_size) {
+    if (MIN_PIECE..=MAX_PIECE).contains(&piece_size) && piece_size.is_power_of_two() {
         Ok(piece_size)
     } else {
         Err(LayoutError::PieceSizeOutOfRange(piece_size))
@@ -138,5 +141,14 @@ mod tests {
         assert!(PieceLayout::bounded(10, MIN_PIECE - 1).is_err());
         assert!(PieceLayout::bounded(10, MAX_PIECE + 1).is_err());
         assert!(PieceLayout::bounded(10, MIN_PIECE).is_ok());
+        assert!(
+            PieceLayout::bounded(10, 3 << 20).is_err(),
+            "not a power of two"
+        );
+        let accepted = (0..64)
+            .map(|shift| 1u64 << shift)
+            .filter(|&size| check_piece_size(size).is_ok())
+            .count();
+        assert_eq!(accepted, 11);
     }
 }
