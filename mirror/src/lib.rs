@@ -11,6 +11,7 @@ pub mod error;
 pub mod manifests;
 pub mod metrics;
 pub mod pieces;
+pub mod redirect;
 mod server;
 pub mod upstream;
 

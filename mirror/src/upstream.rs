@@ -21,6 +21,9 @@ pub struct Upstream {
     /// The name containerd uses in `?ns=`; part of every cache key that is not a digest.
     pub ns: String,
     pub base: Url,
+    /// Listed in `upstreams`. Any other (`allowAnyRegistry`) is trusted with cached content
+    /// only once it proved it holds it (see `blobs::prove`).
+    pub configured: bool,
 }
 
 impl Upstream {
@@ -28,6 +31,7 @@ impl Upstream {
         Upstream {
             ns: spec.ns.clone(),
             base: spec.url.clone(),
+            configured: true,
         }
     }
 
@@ -122,9 +126,13 @@ impl UpstreamRoots {
 
 pub struct UpstreamClient {
     http: reqwest::Client,
+    /// Follows a public upstream's redirects to host names: connects to public addresses only.
+    public_http: reqwest::Client,
     oss_accelerate: bool,
     /// Counts OSS redirects left unaccelerated because their signature covers the host.
     oss_unaccelerated: prometheus_client::metrics::counter::Counter,
+    /// The longest one request may take, body included (`upstreamTimeout`).
+    timeout: Duration,
 }
 
 impl UpstreamClient {
@@ -134,6 +142,28 @@ impl UpstreamClient {
         oss_accelerate: bool,
         extra_roots: &UpstreamRoots,
     ) -> Result<Self> {
+        let http = Self::client(connect_timeout, extra_roots, false)?;
+        let public_http = Self::client(connect_timeout, extra_roots, true)?;
+        Ok(UpstreamClient {
+            http,
+            public_http,
+            oss_accelerate,
+            oss_unaccelerated: Default::default(),
+            timeout: Duration::from_secs(3600),
+        })
+    }
+
+    /// Every request, body included, ends within `timeout` (`upstreamTimeout`).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn client(
+        connect_timeout: Duration,
+        extra_roots: &UpstreamRoots,
+        public_only: bool,
+    ) -> Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
@@ -143,8 +173,11 @@ impl UpstreamClient {
         for cert in &extra_roots.certs {
             builder = builder.add_root_certificate(cert.clone());
         }
+        if public_only {
+            builder = builder.dns_resolver(std::sync::Arc::new(crate::redirect::PublicOnly));
+        }
         // The PEM parse only checks the armour; the certificates themselves are parsed here.
-        let http = builder.build().map_err(|e| {
+        builder.build().map_err(|e| {
             if extra_roots.is_empty() {
                 Error::transfer(format!(
                     "building HTTP client: {}",
@@ -159,11 +192,6 @@ impl UpstreamClient {
                     ),
                 }
             }
-        })?;
-        Ok(UpstreamClient {
-            http,
-            oss_accelerate,
-            oss_unaccelerated: Default::default(),
         })
     }
 
@@ -176,9 +204,12 @@ impl UpstreamClient {
         self
     }
 
-    /// Sends a request, following redirects. `Authorization` goes only to the origin of `url`.
+    /// Sends a request, following redirects where `redirect` allows. `Authorization` goes
+    /// only to the origin of `url`.
     pub async fn send(&self, method: Method, url: Url, opts: RequestOpts<'_>) -> Result<Response> {
         let origin = url.origin();
+        let mut upstream = None;
+        let mut route = crate::redirect::Route::Direct;
         let mut current = url;
         for _ in 0..=MAX_REDIRECTS {
             let mut headers = HeaderMap::new();
@@ -190,10 +221,14 @@ impl UpstreamClient {
                 value.set_sensitive(true);
                 headers.insert(AUTHORIZATION, value);
             }
-            let resp = self
-                .http
+            let http = match route {
+                crate::redirect::Route::Direct => &self.http,
+                crate::redirect::Route::PublicOnly => &self.public_http,
+            };
+            let resp = http
                 .request(method.clone(), current.clone())
                 .headers(headers)
+                .timeout(self.timeout)
                 .send()
                 .await
                 .map_err(|e| Error::UpstreamUnreachable {
@@ -212,7 +247,7 @@ impl UpstreamClient {
                     redact(&current)
                 ))
             })?;
-            current = match self.oss_accelerate.then(|| oss_accelerate(&next)) {
+            let next = match self.oss_accelerate.then(|| oss_accelerate(&next)) {
                 Some(Acceleration::Rewritten(url)) => url,
                 Some(Acceleration::HostSigned) => {
                     self.oss_unaccelerated.inc();
@@ -221,6 +256,20 @@ impl UpstreamClient {
                 }
                 Some(Acceleration::NotOss) | None => next,
             };
+            // The first hop is the upstream itself: what its redirects are judged against.
+            let from = match upstream.take() {
+                Some(from) => from,
+                None => crate::redirect::Origin::of(&current).await,
+            };
+            route = from.check(&next).await.map_err(|why| {
+                Error::transfer(format!(
+                    "upstream {} redirected to {}: refused, {why}",
+                    redact(&current),
+                    redact(&next)
+                ))
+            })?;
+            upstream = Some(from);
+            current = next;
             tracing::debug!(to = %redact(&current), "following upstream redirect");
         }
         Err(Error::transfer(format!(
@@ -425,6 +474,7 @@ mod tests {
         let up = Upstream {
             ns: "docker.io".into(),
             base: Url::parse("https://registry-1.docker.io").expect("url"),
+            configured: true,
         };
         assert_eq!(
             up.manifest_url("library/alpine", "3.20").as_str(),
