@@ -177,6 +177,8 @@ async fn blob(
         .open_verified(&b.digest, SystemTime::now())
         .await?
     {
+        // After the access check: a refused request must not keep a blob from eviction.
+        state.store.touch(&b.digest, &entry, SystemTime::now())?;
         state.metrics.cache_hits.inc();
         let span = span(range, entry.size, range_text)?;
         let r = builder(span, entry.size);
@@ -227,7 +229,11 @@ fn respond(
     let unlimited = std::sync::Arc::new(RateLimit::new(0));
     builder.body(SizedStream::new(
         len,
-        metered(body, unlimited, state.metrics.served_bytes.clone()),
+        metered(
+            state.budget.wrap(body),
+            unlimited,
+            state.metrics.served_bytes.clone(),
+        ),
     ))
 }
 

@@ -23,6 +23,9 @@ use tokio::sync::Semaphore;
 /// shorter, so a short `peerTTL` does not drop idle peers, but never stretched past this, so a
 /// restarted scheduler relearns the holders within seconds.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Blob bytes held in memory for containerd's connections at once
+/// ([`storage::body::SendBudget`]), however many are open and however they read.
+const SEND_BUDGET: u64 = 64 << 20;
 /// The shortest heartbeat interval honoured, whatever the scheduler asks.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(200);
 
@@ -59,6 +62,8 @@ pub struct AgentState {
     pub upload_slots: Arc<Semaphore>,
     /// Pools whose peers may fetch from us: our own, plus what the scheduler says.
     pub reachable: RwLock<Vec<String>>,
+    /// What every blob body to containerd draws from before it reads a chunk.
+    pub budget: storage::body::SendBudget,
 }
 
 impl AgentState {
@@ -182,6 +187,7 @@ impl AgentServer {
             transfers,
             upload_slots: Arc::new(Semaphore::new(crate::peer::UPLOAD_SLOTS)),
             reachable: RwLock::new(vec![pool]),
+            budget: storage::body::SendBudget::new(SEND_BUDGET),
         };
         tracing::info!(node = %state.node, pool = %state.cfg.pool, advertise = %state.advertise, cache = %root.display(), "agent ready");
         Ok(AgentServer {
@@ -200,6 +206,12 @@ impl AgentServer {
             shutdown_secs: 5,
             ..serve::Options::default()
         };
+        // The registry port is open to anything on the node's network: bounded like the mirror.
+        let api_options = serve::Options {
+            max_connections: self.state.cfg.max_connections as usize,
+            send_timeout: Some(self.state.cfg.send_timeout.0),
+            ..options()
+        };
         let state = self.state.clone();
         let api_routes = move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(state.clone())
@@ -207,7 +219,7 @@ impl AgentServer {
                 .route("/v2", web::to(registry::api))
                 .route("/v2/{tail:.*}", web::to(registry::api));
         };
-        let api_server = serve::start(api, api_routes, options())?;
+        let api_server = serve::start(api, api_routes, api_options)?;
         peer::bound_send_buffer(&peers, self.state.cfg.peer_send_buffer.0)?;
         let state = self.state.clone();
         let peer_routes = move |cfg: &mut web::ServiceConfig| {

@@ -40,7 +40,9 @@ pub async fn locate(
     let object = digest.to_string();
     for _ in 0..ATTEMPTS {
         if let Some((file, entry)) = state.store.open_verified(digest, SystemTime::now()).await? {
+            prove(state, ctx, digest, Some(entry.size)).await?;
             state.authorize(ctx, &object, probe.clone(), None).await?;
+            state.store.touch(digest, &entry, SystemTime::now())?;
             state.metrics.cache_hits.inc();
             return Ok(Some(Source::Cached(file, entry)));
         }
@@ -48,17 +50,25 @@ pub async fn locate(
             return Ok(None);
         }
         let store = state.store.clone();
-        match state.ingests.join_or_start(digest, || store.temp_file())? {
+        let source = Some(ctx.up.ns.as_str());
+        match state
+            .ingests
+            .join_or_start_from(digest, source, || store.temp_file())?
+        {
             Joined::Started(ingest, writer) => {
-                state.metrics.cache_misses.inc();
                 let auth = ctx.auth.cloned();
                 let job = (ctx.up.ns.clone(), ctx.repo.to_string());
                 tokio::spawn(fetch(state.clone(), probe.clone(), auth, writer, job));
-                // The starter's own upstream answer is its access check.
+                // The starter's own upstream answer is its access check. Counted only once
+                // upstream said yes: /metrics must not tell anyone what is cached.
                 ingest.started().await?;
+                state.metrics.cache_misses.inc();
                 return Ok(Some(Source::Ingest(ingest)));
             }
             Joined::Existing(ingest) => {
+                if ingest.source.as_deref() != source {
+                    prove(state, ctx, digest, ingest.started().await?).await?;
+                }
                 state.authorize(ctx, &object, probe.clone(), None).await?;
                 match ingest.started().await {
                     // Refused for its starter's credentials; ours passed: try again.
@@ -74,6 +84,56 @@ pub async fn locate(
     Err(Error::transfer(format!(
         "{digest}: upstream refused {ATTEMPTS} times"
     )))
+}
+
+/// Makes sure a registry named in `?ns=` but not configured holds `digest` before its cached
+/// copy (or a fetch from another registry) is served under its name: it must serve the bytes,
+/// and they must match. Otherwise anyone could run a registry that says yes to every `HEAD`
+/// and read whatever the pool cached from private registries. The proof is remembered for
+/// `cacheTTL`; configured upstreams need none.
+async fn prove(state: &AppState, ctx: &Ctx<'_>, digest: &Digest, size: Option<u64>) -> Result<()> {
+    let object = digest.to_string();
+    let now = SystemTime::now();
+    if ctx.up.configured
+        || state
+            .store
+            .possesses(&ctx.up.ns, &object, now, state.cache_ttl)
+    {
+        return Ok(());
+    }
+    state.metrics.upstream_requests.inc();
+    let url = ctx.up.blob_url(ctx.repo, digest);
+    let resp = state
+        .client
+        .send(Method::GET, url, RequestOpts::new(ctx.auth, None))
+        .await?;
+    if !resp.status().is_success() {
+        return Err(Error::upstream(refusal(resp).await));
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut got = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Error::transfer(format!("reading upstream body: {e}")))?;
+        got += chunk.len() as u64;
+        if size.is_some_and(|s| got > s) {
+            break;
+        }
+        state.limit.take(chunk.len()).await;
+        hasher.update(&chunk);
+    }
+    let actual = Digest::from_sha256(&hasher.finalize());
+    if actual != *digest || size.is_some_and(|s| got != s) {
+        state.metrics.digest_mismatches.inc();
+        return Err(Error::DigestMismatch {
+            what: "blob",
+            expected: object,
+            actual: actual.to_string(),
+        });
+    }
+    state.store.record_possession(&ctx.up.ns, &object, now)?;
+    state.record_access(&ctx.up.ns, ctx.repo, &object, ctx.auth);
+    Ok(())
 }
 
 pub async fn get(
@@ -134,7 +194,7 @@ async fn serve_ingest(
         // Upstream did not say how long the blob is: stream it whole, chunked.
         None => {
             let body = metered(
-                ingest.stream(0, None),
+                state.budget.wrap(ingest.stream(0, None)),
                 state.limit.clone(),
                 state.metrics.served_bytes.clone(),
             );
@@ -180,7 +240,7 @@ fn respond(
         return builder.body(SizedStream::new(len, empty));
     }
     let body = metered(
-        body,
+        state.budget.wrap(body),
         state.limit.clone(),
         state.metrics.served_bytes.clone(),
     );
@@ -216,6 +276,15 @@ async fn head_upstream(
         tracing::debug!(%digest, "upstream HEAD without a Content-Length; fetching to learn it");
         return Ok(None);
     };
+    // A length the cache could never hold is not passed on: agents size their downloads by it.
+    let capacity = state.store.capacity();
+    if capacity > 0 && len > capacity {
+        return Err(storage::Error::TooLarge {
+            size: len,
+            capacity,
+        }
+        .into());
+    }
     let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
     Ok(Some(
         blob_headers(HttpResponse::Ok(), digest).body(SizedStream::new(len, empty)),
@@ -246,6 +315,12 @@ async fn fetch(
     }
     state.record_access(&ns, &repo, &digest.to_string(), auth.as_ref());
     let size = resp.content_length();
+    // `capacity` holds before a byte is written: room is made now, and a blob that cannot
+    // fit is refused whole.
+    if let Err(e) = state.store.make_room(size.unwrap_or(0), SystemTime::now()) {
+        tracing::warn!(%digest, error = %e, "blob not fetched");
+        return writer.set(Progress::Failed(e.to_string()));
+    }
     writer.set(Progress::Running { written: 0, size });
     match copy_verified(&state, resp, &writer, size).await {
         Ok(written) => {
@@ -253,7 +328,17 @@ async fn fetch(
                 return writer.set(Progress::Failed("temp file lost".into()));
             };
             match state.store.commit(&digest, temp, None, SystemTime::now()) {
-                Ok(()) => writer.set(Progress::Done { size: written }),
+                Ok(()) => {
+                    // Bytes from `ns` that matched their digest: `ns` holds the blob.
+                    let kept =
+                        state
+                            .store
+                            .record_possession(&ns, &digest.to_string(), SystemTime::now());
+                    if let Err(e) = kept {
+                        tracing::warn!(%digest, error = %e, "could not record possession");
+                    }
+                    writer.set(Progress::Done { size: written })
+                }
                 Err(e) => writer.set(Progress::Failed(format!("storing {digest}: {e}"))),
             }
         }
@@ -293,6 +378,14 @@ async fn copy_verified(
         state.limit.take(chunk.len()).await;
         state.metrics.upstream_bytes.inc_by(chunk.len() as u64);
         buf.extend_from_slice(&chunk);
+        let capacity = state.store.capacity();
+        if size.is_none() && capacity > 0 && written + buf.len() as u64 > capacity {
+            return Err(storage::Error::TooLarge {
+                size: written + buf.len() as u64,
+                capacity,
+            }
+            .into());
+        }
         if size.is_some_and(|s| written + buf.len() as u64 > s) {
             return Err(Error::SizeMismatch {
                 expected: size.unwrap_or(0),

@@ -15,7 +15,7 @@ use storage::request::{joined_accept, read_limited};
 use storage::store::TagEntry;
 
 /// The distribution registry's own limit on manifest size.
-const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
 const DEFAULT_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 struct Fetched {
@@ -36,18 +36,31 @@ pub async fn get(
     let now = SystemTime::now();
     match reference {
         Reference::Digest(digest) => {
-            if let Some((data, entry)) = state.store.read_small(&digest, now).await? {
-                if let Some(media_type) = entry.media_type {
-                    let probe = ctx.up.manifest_url(ctx.repo, &digest.to_string());
+            // Only what the index holds as a manifest, and not larger than one may be, is read
+            // (off the runtime): a layer's digest asked for as a manifest costs no read. A
+            // registry that is not configured gets no cached manifest: fetching it from there
+            // and matching its digest is the proof it holds it.
+            let cached = match ctx.up.configured {
+                true => {
                     state
-                        .authorize(ctx, &digest.to_string(), probe, accept)
-                        .await?;
-                    state.metrics.cache_hits.inc();
-                    return Ok(respond(state, ctx, data, &media_type, &digest));
+                        .store
+                        .read_manifest(&digest, now, MAX_MANIFEST)
+                        .await?
                 }
+                false => None,
+            };
+            if let Some((data, entry)) = cached {
+                let media_type = entry.media_type.clone().unwrap_or_default();
+                let probe = ctx.up.manifest_url(ctx.repo, &digest.to_string());
+                state
+                    .authorize(ctx, &digest.to_string(), probe, accept)
+                    .await?;
+                state.store.touch(&digest, &entry, now)?;
+                state.metrics.cache_hits.inc();
+                return Ok(respond(state, ctx, data, &media_type, &digest));
             }
-            state.metrics.cache_misses.inc();
             let fetched = fetch(state, ctx, &digest.to_string(), accept).await?;
+            state.metrics.cache_misses.inc();
             if fetched.digest != digest {
                 state.metrics.digest_mismatches.inc();
                 return Err(Error::DigestMismatch {
@@ -84,14 +97,19 @@ async fn by_tag(
         .filter(|t| accepts(accept, &t.media_type))
     {
         if let Ok(digest) = Digest::parse(&entry.digest) {
-            if let Some((data, _)) = state.store.read_small(&digest, now).await? {
-                cached = Some((entry, digest, data));
+            if let Some((data, blob)) = state
+                .store
+                .read_manifest(&digest, now, MAX_MANIFEST)
+                .await?
+            {
+                cached = Some((entry, digest, data, blob));
             }
         }
     }
-    if let Some((entry, digest, data)) = &cached {
+    if let Some((entry, digest, data, blob)) = &cached {
         let fresh = unix(now).saturating_sub(entry.checked) < state.manifest_ttl.as_secs();
         if fresh && state.access_known(ctx, &tag_object(tag), state.auth_ttl) {
+            state.store.touch(digest, blob, now)?;
             state.metrics.cache_hits.inc();
             return Ok(respond(state, ctx, data.clone(), &entry.media_type, digest));
         }
@@ -100,7 +118,7 @@ async fn by_tag(
         Ok(fetched) => {
             let known = cached
                 .as_ref()
-                .is_some_and(|(_, d, _)| *d == fetched.digest);
+                .is_some_and(|(_, d, _, _)| *d == fetched.digest);
             if known {
                 state.metrics.cache_hits.inc();
             } else {
@@ -122,7 +140,7 @@ async fn by_tag(
             ))
         }
         Err(e) if upstream_down(&e) => {
-            let Some((entry, digest, data)) = cached else {
+            let Some((entry, digest, data, _)) = cached else {
                 return Err(e);
             };
             if !state.access_known(ctx, &tag_object(tag), state.cache_ttl) {
@@ -175,7 +193,7 @@ async fn fetch(
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.to_string());
     let claimed = header("docker-content-digest");
-    let data = read_limited(resp, MAX_MANIFEST).await?;
+    let data = read_limited(resp, MAX_MANIFEST as usize).await?;
     let digest = Digest::of(&data);
     if let Some(claimed) = claimed.filter(|c| *c != digest.to_string()) {
         state.metrics.digest_mismatches.inc();

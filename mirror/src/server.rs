@@ -13,7 +13,7 @@ use nodepool::MirrorConfig;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use storage::body::RateLimit;
+use storage::body::{RateLimit, SendBudget};
 use storage::ingest::Ingests;
 use storage::reference::{split_path, validate_name, Digest, Reference};
 use storage::request::preflight;
@@ -23,6 +23,9 @@ use storage::{Access, BlobStore};
 /// costs a third of hot-blob throughput; 2 MiB with 1 MiB file chunks matches nginx's
 /// sendfile (docs/benchmarks.md), at up to ~3 MiB of buffer per connection sending a blob.
 const WRITE_BUFFER: usize = 2 << 20;
+/// Blob bytes held in memory for all clients at once ([`SendBudget`]): 40 connections
+/// sending at full speed, however many are open and however they read.
+const SEND_BUDGET: u64 = 128 << 20;
 
 /// Upstreams that change at run time: ACR instances' domains, resolved by id (`acr`).
 pub type DynamicUpstreams = Arc<parking_lot::RwLock<Vec<Upstream>>>;
@@ -40,6 +43,10 @@ pub struct AppState {
     pub auth_ttl: Duration,
     pub manifest_ttl: Duration,
     pub pieces: crate::pieces::PieceMemo,
+    /// What every blob body draws from before it reads a chunk.
+    pub budget: SendBudget,
+    max_connections: usize,
+    send_timeout: Duration,
 }
 
 /// The parts of a registry request every handler needs.
@@ -79,7 +86,11 @@ impl AppState {
                 &ns
             };
             if let Ok(base) = url::Url::parse(&format!("https://{host}")) {
-                return Ok(Upstream { ns, base });
+                return Ok(Upstream {
+                    ns,
+                    base,
+                    configured: false,
+                });
             }
         }
         Err(Error::RegistryUnknown(ns.chars().take(80).collect()))
@@ -183,7 +194,8 @@ impl MirrorServer {
                 config.oss_internet_accelerate,
                 &roots,
             )?
-            .counting_unaccelerated(metrics.oss_unaccelerated.clone()),
+            .counting_unaccelerated(metrics.oss_unaccelerated.clone())
+            .with_timeout(config.upstream_timeout.0),
             store: Arc::new(store),
             ingests: Arc::new(Ingests::default()),
             limit: Arc::new(RateLimit::new(config.ratelimit.0)),
@@ -192,6 +204,9 @@ impl MirrorServer {
             auth_ttl: config.auth_cache_ttl.0,
             manifest_ttl: config.manifest_ttl.0,
             pieces: Default::default(),
+            budget: SendBudget::new(SEND_BUDGET),
+            max_connections: config.max_connections as usize,
+            send_timeout: config.send_timeout.0,
         };
         Ok(MirrorServer {
             state: web::Data::new(state),
@@ -222,6 +237,8 @@ impl MirrorServer {
             shutdown_secs: 10,
             write_buffer: Some(WRITE_BUFFER),
             tls: None,
+            max_connections: self.state.max_connections,
+            send_timeout: Some(self.state.send_timeout),
         };
         let result = serve::until(serve::start(listener, routes, options)?, shutdown).await;
         gc.abort();

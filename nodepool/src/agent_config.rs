@@ -94,6 +94,11 @@ pub struct AgentConfig {
     /// Suffix of the distributed names the admission webhook gives registries that are not ACR
     /// instances; containerd names them in `?ns=` and the agent maps them back.
     pub distributed_suffix: String,
+    /// Open connections to the registry port (`listen`) served at once; more are answered
+    /// `503` and closed.
+    pub max_connections: u32,
+    /// A client of the registry port that takes no data for this long is cut.
+    pub send_timeout: HumanDuration,
 }
 
 impl Default for AgentConfig {
@@ -121,6 +126,8 @@ impl Default for AgentConfig {
             peer_send_buffer: ByteSize(256 << 10),
             auth_cache_ttl: HumanDuration(crate::defaults::AUTH_CACHE_TTL),
             distributed_suffix: crate::distributed::DEFAULT_SUFFIX.into(),
+            max_connections: 512,
+            send_timeout: HumanDuration(crate::defaults::SEND_TIMEOUT),
         }
     }
 }
@@ -185,17 +192,24 @@ impl AgentConfig {
         if crate::check_piece_size(self.blocksize.0).is_err() {
             return Err(invalid(
                 "blocksize",
-                format!("{} is outside 64KiB..64MiB", self.blocksize.0),
+                format!(
+                    "{} is not a power of two from 64KiB to 64MiB",
+                    self.blocksize.0
+                ),
             ));
         }
         for (key, d) in [
             ("connectTimeout", self.connect_timeout.0),
             ("transferTimeout", self.transfer_timeout.0),
             ("cacheTTL", self.cache_ttl.0),
+            ("sendTimeout", self.send_timeout.0),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
             }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("maxConnections", "must be at least 1"));
         }
         if self.proxy_fs_parallels == 0 || self.proxy_fs_parallels > 4096 {
             return Err(invalid("proxyFsParallels", "must be between 1 and 4096"));

@@ -117,6 +117,14 @@ pub struct MirrorConfig {
     /// ACR EE instances named by id: each becomes an upstream (every domain of the instance
     /// an `ns`, the one reachable from here the URL) once resolved, and again periodically.
     pub acr: AcrConfig,
+    /// Open client connections served at once; more are answered `503` and closed.
+    pub max_connections: u32,
+    /// A client that takes no data for this long (it stopped reading) is cut, freeing what
+    /// its response held.
+    pub send_timeout: HumanDuration,
+    /// The longest one upstream request may take, body included; a fetch still running then
+    /// fails and nothing of it is kept.
+    pub upstream_timeout: HumanDuration,
 }
 
 impl Default for MirrorConfig {
@@ -136,6 +144,9 @@ impl Default for MirrorConfig {
             upstream_ca_file: String::new(),
             verify_interval: HumanDuration(defaults::VERIFY_INTERVAL),
             acr: AcrConfig::default(),
+            max_connections: 4096,
+            send_timeout: HumanDuration(defaults::SEND_TIMEOUT),
+            upstream_timeout: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }
@@ -208,10 +219,22 @@ impl MirrorConfig {
                 message: "must be longer than 0s".into(),
             });
         }
-        if self.connect_timeout.0.is_zero() {
+        for (key, d) in [
+            ("connectTimeout", self.connect_timeout),
+            ("sendTimeout", self.send_timeout),
+            ("upstreamTimeout", self.upstream_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(Error::Invalid {
+                    key,
+                    message: "must be longer than 0s".into(),
+                });
+            }
+        }
+        if self.max_connections == 0 {
             return Err(Error::Invalid {
-                key: "connectTimeout",
-                message: "must be longer than 0s".into(),
+                key: "maxConnections",
+                message: "must be at least 1".into(),
             });
         }
         if self.ratelimit.0 != 0 && self.ratelimit.0 < 64 * 1024 {

@@ -13,6 +13,8 @@ pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Time allowed to connect to an upstream, the mirror, the scheduler or a peer
 /// (`connectTimeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that takes no data for this long is cut (`sendTimeout`, mirror and agent).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a verified cache file is trusted before it is hashed again (`verifyInterval`).
 pub const VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 

@@ -61,12 +61,34 @@ impl BlobStore {
         })
     }
 
+    /// Remembers that registry `ns` served the bytes of `digest` and they matched it: proof
+    /// that `ns` holds the blob, so its cached copy may be served to whoever `ns` accepts
+    /// (a registry that holds a blob could serve it to them itself).
+    pub fn record_possession(&self, ns: &str, digest: &str, now: SystemTime) -> Result<()> {
+        self.access_tree().insert(
+            possession_key(ns, digest).as_bytes(),
+            &unix(now).to_be_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Whether `ns` proved it holds `digest` less than `within` before `now`.
+    pub fn possesses(&self, ns: &str, digest: &str, now: SystemTime, within: Duration) -> bool {
+        self.granted_at(&possession_key(ns, digest))
+            .is_some_and(|at| unix(now).saturating_sub(at) < within.as_secs().max(1))
+    }
+
     /// When the grant under `key` was last recorded (unix seconds).
     fn granted_at(&self, key: &str) -> Option<u64> {
         let raw = self.access_tree().get(key.as_bytes()).ok()??;
         let bytes: [u8; 8] = raw.as_ref().try_into().ok()?;
         Some(u64::from_be_bytes(bytes))
     }
+}
+
+/// Not a grant key: those have four parts, the repository never empty.
+fn possession_key(ns: &str, digest: &str) -> String {
+    format!("{ns}\u{0}\u{0}{digest}\u{0}possession")
 }
 
 #[cfg(test)]
@@ -121,5 +143,26 @@ mod tests {
         assert!(!key.contains("secret-token"), "{key}");
         assert!(key.starts_with("docker.io\u{0}team/app\u{0}sha256:00\u{0}"));
         assert!(BLOB.key(None).ends_with("\u{0}anonymous"));
+    }
+
+    #[test]
+    fn possession_is_per_registry_and_blob() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path(), Duration::from_secs(3600), 0).expect("open");
+        let hour = Duration::from_secs(3600);
+        store
+            .record_possession("quay.io", "sha256:00", at(0))
+            .expect("record");
+        assert!(store.possesses("quay.io", "sha256:00", at(10), hour));
+        assert!(!store.possesses("evil.example", "sha256:00", at(10), hour));
+        assert!(!store.possesses("quay.io", "sha256:01", at(10), hour));
+        assert!(!store.possesses("quay.io", "sha256:00", at(3600), hour));
+        // No grant of any requester reads as possession, nor the other way round.
+        let access = Access {
+            ns: "quay.io",
+            repo: "",
+            object: "sha256:00",
+        };
+        assert!(!store.granted(&access, None, at(10), hour));
     }
 }

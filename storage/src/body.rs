@@ -168,6 +168,65 @@ impl RateLimit {
     }
 }
 
+/// The response bytes a server holds in memory at once, across all its clients: a body takes
+/// a share before it reads each chunk, and keeps the shares of its last [`HELD`] chunks, which
+/// may still sit in the connection's write buffer (actix asks for the next chunk only when its
+/// buffer has room). A client that stops reading stops asking, so it holds at most those few
+/// chunks; once the budget is spent, the next chunk of every body waits, holding nothing,
+/// until the send deadline cuts a stalled client or a reader drains. Memory for bodies is then
+/// this budget, whatever the number of clients and however they read.
+pub struct SendBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Chunks whose shares a body keeps: actix's write buffer (2 MiB) plus the chunk in hand.
+const HELD: usize = 3;
+/// The share of one chunk: the largest chunk any body here reads.
+const SHARE: u32 = FILE_CHUNK as u32;
+
+impl SendBudget {
+    /// `bytes` in all (at least one chunk).
+    pub fn new(bytes: u64) -> Self {
+        let permits = (bytes / u64::from(SHARE)).max(1) as usize;
+        SendBudget {
+            permits: Arc::new(tokio::sync::Semaphore::new(permits)),
+        }
+    }
+
+    /// Chunks that could be taken now (for tests and metrics).
+    pub fn available_chunks(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// `body`, each chunk read only once the budget has room for it.
+    pub fn wrap<S>(&self, body: S) -> impl Stream<Item = Result<Bytes>> + 'static
+    where
+        S: Stream<Item = Result<Bytes>> + 'static,
+    {
+        use std::collections::VecDeque;
+        let held: VecDeque<tokio::sync::OwnedSemaphorePermit> = VecDeque::new();
+        let state = (Box::pin(body), held, self.permits.clone());
+        futures_util::stream::unfold(state, |(mut body, mut held, permits)| async move {
+            // Asked again: the writer has room, so the oldest chunk has left its buffer.
+            while held.len() >= HELD {
+                held.pop_front();
+            }
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    // Waiting holds nothing: otherwise bodies that wait for each other's
+                    // shares would wait forever.
+                    held.clear();
+                    permits.clone().acquire_owned().await.ok()?
+                }
+            };
+            let item = body.next().await?;
+            held.push_back(permit);
+            Some((item, (body, held, permits)))
+        })
+    }
+}
+
 /// Counts and rate-limits a body on its way to a client.
 pub fn metered(
     body: impl Stream<Item = Result<Bytes>> + 'static,
@@ -227,6 +286,39 @@ mod tests {
         assert!(RangeSpec::From(100, None).resolve(100, "").is_err());
         assert!(RangeSpec::Suffix(0).resolve(100, "").is_err());
         assert!(RangeSpec::From(0, None).resolve(0, "").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_read_holds_only_its_last_chunks_and_waiting_holds_none() {
+        let budget = SendBudget::new(4 * FILE_CHUNK);
+        let chunks = || {
+            futures_util::stream::iter(
+                (0..100).map(|_| Ok(Bytes::from(vec![0u8; FILE_CHUNK as usize]))),
+            )
+        };
+        // A stalled client: its body was asked for five chunks, then never again.
+        let mut stalled = Box::pin(budget.wrap(chunks()));
+        for _ in 0..5 {
+            stalled.next().await.expect("chunk").expect("bytes");
+        }
+        assert_eq!(budget.available_chunks(), 4 - HELD);
+        // A reader goes on with what is left, however long its body.
+        let mut reader = Box::pin(budget.wrap(chunks()));
+        for _ in 0..100 {
+            reader.next().await.expect("chunk").expect("bytes");
+        }
+        drop(reader);
+        // A second stalled client takes the rest; a third waits, holding nothing.
+        let mut second = Box::pin(budget.wrap(chunks()));
+        second.next().await.expect("chunk").expect("bytes");
+        let mut third = Box::pin(budget.wrap(chunks()));
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), third.next()).await;
+        assert!(waited.is_err(), "a body read past the budget");
+        // The stalled client is cut (the send deadline): its shares come back.
+        drop(stalled);
+        third.next().await.expect("chunk").expect("bytes");
+        drop((second, third));
+        assert_eq!(budget.available_chunks(), 4);
     }
 
     #[tokio::test]

@@ -35,6 +35,9 @@ pub enum Error {
     ManifestTooLarge(usize),
     #[error("upstream transfer failed: {0}")]
     Transfer(String),
+    /// A blob that would not fit the cache's `capacity` even with everything else evicted.
+    #[error("a blob of {size} bytes does not fit the cache capacity of {capacity} bytes")]
+    TooLarge { size: u64, capacity: u64 },
     #[error("cache I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("cache index: {0}")]
@@ -91,7 +94,10 @@ impl Error {
             Error::HeadersTooLarge(_) => 431,
             Error::Unsupported(_) => 405,
             Error::Upstream(r) if (100..1000).contains(&r.status) => r.status,
-            Error::Upstream(_) | Error::ManifestTooLarge(_) | Error::Transfer(_) => 502,
+            Error::Upstream(_)
+            | Error::ManifestTooLarge(_)
+            | Error::Transfer(_)
+            | Error::TooLarge { .. } => 502,
             Error::Io(_) | Error::Index(_) => 500,
         }
     }

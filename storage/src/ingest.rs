@@ -39,6 +39,9 @@ pub enum Progress {
 
 pub struct Ingest {
     pub digest: Digest,
+    /// The registry (`?ns=`) its bytes come from, when its starter said: what a fetch from
+    /// it proves that registry holds.
+    pub source: Option<String>,
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
     /// Per piece size, the digests of the pieces arrived so far (see `pieces`): every agent of
@@ -101,6 +104,16 @@ impl Ingests {
         digest: &Digest,
         make_file: impl FnOnce() -> Result<(File, tempfile::TempPath)>,
     ) -> Result<Joined> {
+        self.join_or_start_from(digest, None, make_file)
+    }
+
+    /// [`Ingests::join_or_start`], naming the registry a new ingest fetches from.
+    pub fn join_or_start_from(
+        self: &Arc<Self>,
+        digest: &Digest,
+        source: Option<&str>,
+        make_file: impl FnOnce() -> Result<(File, tempfile::TempPath)>,
+    ) -> Result<Joined> {
         let mut map = self.map.lock();
         if let Some(existing) = map.get(digest.hex()) {
             return Ok(Joined::Existing(existing.clone()));
@@ -110,6 +123,7 @@ impl Ingests {
         let (tx, rx) = watch::channel(Progress::Connecting);
         let ingest = Arc::new(Ingest {
             digest: digest.clone(),
+            source: source.map(str::to_string),
             file: file.clone(),
             progress: rx,
             piece_digests: Default::default(),

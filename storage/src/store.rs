@@ -69,6 +69,8 @@ pub struct BlobStore {
     blobs: sled::Tree,
     tags: sled::Tree,
     access: sled::Tree,
+    /// Piece digests per (blob, piece size), computed once per blob (`/pieces`).
+    pieces: sled::Tree,
     db: sled::Db,
     /// What each file looked like when this process last hashed it, and when that was.
     verified: Mutex<HashMap<String, Verified>>,
@@ -101,6 +103,7 @@ impl BlobStore {
             blobs: db.open_tree("blobs")?,
             tags: db.open_tree("tags")?,
             access: db.open_tree("access")?,
+            pieces: db.open_tree("pieces")?,
             db,
             verified: Mutex::new(HashMap::new()),
             verifying: Mutex::new(HashMap::new()),
@@ -155,6 +158,11 @@ impl BlobStore {
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.path_of_hex(d.hex())
+    }
+
+    /// `capacity`: 0 when only the TTL bounds the cache.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -234,7 +242,6 @@ impl BlobStore {
                 self.verified.lock().insert(d.hex().to_string(), v);
             }
         }
-        self.touch(d, &entry, now)?;
         Ok(Some((file, entry)))
     }
 
@@ -246,7 +253,9 @@ impl BlobStore {
             .is_some_and(|v| v.stamp == stamp && v.at.elapsed() < self.verify_interval)
     }
 
-    fn touch(&self, d: &Digest, entry: &BlobEntry, now: SystemTime) -> Result<()> {
+    /// Marks a blob used at `now`, for TTL and LRU. Callers touch only after the requester's
+    /// access was granted: a request that is refused must not keep a blob from eviction.
+    pub fn touch(&self, d: &Digest, entry: &BlobEntry, now: SystemTime) -> Result<()> {
         let step = (self.ttl.as_secs() / 4).clamp(0, 60);
         if unix(now) > entry.last_used + step {
             let mut e = entry.clone();
@@ -299,6 +308,43 @@ impl BlobStore {
         self.total.fetch_sub(old_size, Ordering::Relaxed);
         // A crash must not orphan the file: reconcile at start drops files the index lacks.
         self.db.flush()?;
+        // `capacity` holds when a blob lands, not only at the next GC.
+        self.evict_for(0, Some(d), now)?;
+        Ok(())
+    }
+
+    /// Makes room for a blob of `size` bytes about to be written: evicts the least recently
+    /// used until it fits under `capacity`. A blob larger than `capacity` itself is refused
+    /// before a byte of it is written. No-op without a capacity.
+    pub fn make_room(&self, size: u64, now: SystemTime) -> Result<()> {
+        if self.capacity > 0 && size > self.capacity {
+            return Err(crate::Error::TooLarge {
+                size,
+                capacity: self.capacity,
+            });
+        }
+        self.evict_for(size, None, now)
+    }
+
+    /// Evicts the least recently used blobs (never `keep`) until `incoming` more bytes fit.
+    fn evict_for(&self, incoming: u64, keep: Option<&Digest>, now: SystemTime) -> Result<()> {
+        if self.capacity == 0 || self.total_bytes() + incoming <= self.capacity {
+            return Ok(());
+        }
+        let mut live: Vec<(u64, Digest)> = self
+            .list()
+            .into_iter()
+            .filter(|(d, _)| Some(d) != keep)
+            .map(|(d, e)| (e.last_used, d))
+            .collect();
+        live.sort_by_key(|(used, _)| *used);
+        for (_, d) in live {
+            if self.total_bytes() + incoming <= self.capacity {
+                break;
+            }
+            tracing::info!(digest = %d, at = unix(now), "evicted to stay within capacity");
+            self.remove(&d)?;
+        }
         Ok(())
     }
 
@@ -315,23 +361,59 @@ impl BlobStore {
         self.commit(d, temp, media_type, now)
     }
 
-    /// Reads a small blob whole (manifests), verified like any serve.
-    pub async fn read_small(
+    /// Reads a manifest whole, verified like any serve, off the async runtime. What the index
+    /// does not hold as a manifest (a layer asked for by its digest), or holds larger than
+    /// `max` bytes, is `None` before a byte of it is read.
+    pub async fn read_manifest(
         &self,
         d: &Digest,
         now: SystemTime,
+        max: u64,
     ) -> Result<Option<(Vec<u8>, BlobEntry)>> {
+        let is_manifest = |e: &BlobEntry| e.media_type.is_some() && e.size <= max;
+        if !self.entry(d, now)?.as_ref().is_some_and(is_manifest) {
+            return Ok(None);
+        }
         let Some((mut file, entry)) = self.open_verified(d, now).await? else {
             return Ok(None);
         };
-        let mut data = Vec::with_capacity(entry.size as usize);
-        file.rewind()?;
-        file.read_to_end(&mut data)?;
+        if !is_manifest(&entry) {
+            return Ok(None);
+        }
+        let size = entry.size;
+        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut data = Vec::with_capacity(size as usize);
+            file.rewind()?;
+            file.take(size).read_to_end(&mut data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
         Ok(Some((data, entry)))
+    }
+
+    /// The digests of a blob's pieces at `piece_size`, if computed before.
+    pub fn piece_digests(&self, d: &Digest, piece_size: u64) -> Option<Vec<String>> {
+        let raw = self.pieces.get(piece_key(d, piece_size)).ok()??;
+        Some(raw.chunks(32).map(hex::encode).collect())
+    }
+
+    /// Keeps a blob's piece digests at `piece_size` (hex) until the blob goes.
+    pub fn put_piece_digests(&self, d: &Digest, piece_size: u64, pieces: &[String]) -> Result<()> {
+        let raw: Vec<u8> = pieces
+            .iter()
+            .filter_map(|p| hex::decode(p).ok())
+            .flatten()
+            .collect();
+        self.pieces.insert(piece_key(d, piece_size), raw)?;
+        Ok(())
     }
 
     pub fn remove(&self, d: &Digest) -> Result<()> {
         self.verified.lock().remove(d.hex());
+        for key in self.pieces.scan_prefix(d.hex().as_bytes()).keys().flatten() {
+            self.pieces.remove(key)?;
+        }
         if let Some(raw) = self.blobs.remove(d.hex().as_bytes())? {
             if let Ok(e) = serde_json::from_slice::<BlobEntry>(&raw) {
                 self.total
@@ -431,6 +513,12 @@ impl BlobStore {
     }
 }
 
+fn piece_key(d: &Digest, piece_size: u64) -> Vec<u8> {
+    let mut key = d.hex().as_bytes().to_vec();
+    key.extend_from_slice(&piece_size.to_be_bytes());
+    key
+}
+
 /// sha256 of a whole file, read through its own descriptor.
 pub fn hash_file(mut file: File) -> std::io::Result<Digest> {
     use sha2::Digest as _;
@@ -460,6 +548,15 @@ mod tests {
         BlobStore::open(dir, Duration::from_secs(ttl), capacity).expect("open store")
     }
 
+    /// A blob's bytes as a serve reads them (verified), or `None`.
+    async fn read_all(s: &BlobStore, d: &Digest, now: SystemTime) -> Option<Vec<u8>> {
+        let (mut file, _) = s.open_verified(d, now).await.expect("open")?;
+        file.rewind().expect("rewind");
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).expect("read");
+        Some(data)
+    }
+
     #[tokio::test]
     async fn committed_blob_survives_reopen_and_is_served() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -471,12 +568,10 @@ mod tests {
         }
         let s = store(dir.path(), 3600, 0);
         assert_eq!(s.total_bytes(), 5);
-        let (data, _) = s
-            .read_small(&d, at(10))
-            .await
-            .expect("read")
-            .expect("present");
-        assert_eq!(data, b"hello");
+        assert_eq!(
+            read_all(&s, &d, at(10)).await.as_deref(),
+            Some(&b"hello"[..])
+        );
     }
 
     #[tokio::test]
@@ -486,7 +581,7 @@ mod tests {
         let s = store(dir.path(), 3600, 0);
         s.put_small(&d, b"hello", None, at(0)).expect("put");
         std::fs::write(s.blob_path(&d), b"hellO").expect("corrupt");
-        assert!(s.read_small(&d, at(1)).await.expect("read").is_none());
+        assert!(read_all(&s, &d, at(1)).await.is_none());
         assert!(!s.blob_path(&d).exists());
         assert_eq!(s.total_bytes(), 0);
     }
@@ -513,9 +608,9 @@ mod tests {
         s.put_small(&d, b"hello", None, at(0)).expect("put");
         rot_keeping_mtime(&s.blob_path(&d));
         // Within the interval the stamp vouches for the file: the hot path does not hash.
-        assert!(s.read_small(&d, at(1)).await.expect("read").is_some());
+        assert!(read_all(&s, &d, at(1)).await.is_some());
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(s.read_small(&d, at(2)).await.expect("read").is_none());
+        assert!(read_all(&s, &d, at(2)).await.is_none());
         assert!(!s.blob_path(&d).exists());
     }
 
@@ -525,9 +620,9 @@ mod tests {
         let d = Digest::of(b"hello");
         let s = store(dir.path(), 3600, 0).with_verify_interval(Duration::ZERO);
         s.put_small(&d, b"hello", None, at(0)).expect("put");
-        assert!(s.read_small(&d, at(1)).await.expect("read").is_some());
+        assert!(read_all(&s, &d, at(1)).await.is_some());
         rot_keeping_mtime(&s.blob_path(&d));
-        assert!(s.read_small(&d, at(2)).await.expect("read").is_none());
+        assert!(read_all(&s, &d, at(2)).await.is_none());
     }
 
     #[tokio::test]
@@ -554,19 +649,26 @@ mod tests {
             (Digest::of(b"22222"), b"22222"),
             (Digest::of(b"33333"), b"33333"),
         ];
-        for (i, (d, data)) in blobs.iter().enumerate() {
+        for (i, (d, data)) in blobs[..2].iter().enumerate() {
             s.put_small(d, data, None, at(i as u64 * 100)).expect("put");
         }
         // Using the first one makes the second the least recently used.
-        s.read_small(&blobs[0].0, at(400))
+        let (_, entry) = s
+            .open_verified(&blobs[0].0, at(300))
             .await
-            .expect("read")
+            .expect("open")
             .expect("present");
-        let report = s.gc(at(401)).expect("gc");
-        assert_eq!(report.evicted, 1);
+        s.touch(&blobs[0].0, &entry, at(300)).expect("touch");
+        s.put_small(&blobs[2].0, blobs[2].1, None, at(400))
+            .expect("put");
         assert!(s.entry(&blobs[1].0, at(402)).expect("entry").is_none());
         assert!(s.entry(&blobs[0].0, at(402)).expect("entry").is_some());
         assert_eq!(s.total_bytes(), 10);
+        assert_eq!(
+            s.gc(at(401)).expect("gc").evicted,
+            0,
+            "nothing left for the GC"
+        );
     }
 
     #[test]
@@ -582,6 +684,78 @@ mod tests {
         let s = store(dir.path(), 3600, 0);
         assert!(s.entry(&d, at(1)).expect("entry").is_none());
         assert!(!dir.path().join("blobs/sha256/stray").exists());
+        assert_eq!(s.total_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_is_read_only_when_the_index_holds_it_as_one_within_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), 3600, 0);
+        let layer = Digest::of(b"layer bytes");
+        s.put_small(&layer, b"layer bytes", None, at(0))
+            .expect("put");
+        let manifest = Digest::of(b"{}");
+        let json = Some("application/json".to_string());
+        s.put_small(&manifest, b"{}", json, at(0)).expect("put");
+        assert!(s
+            .read_manifest(&layer, at(1), 1 << 20)
+            .await
+            .expect("read")
+            .is_none());
+        assert!(s
+            .read_manifest(&manifest, at(1), 1)
+            .await
+            .expect("read")
+            .is_none());
+        let (data, _) = s
+            .read_manifest(&manifest, at(1), 1 << 20)
+            .await
+            .expect("read")
+            .expect("a manifest");
+        assert_eq!(data, b"{}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_does_not_keep_a_blob_from_eviction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), 3600, 10);
+        let old = Digest::of(b"11111");
+        s.put_small(&old, b"11111", None, at(0)).expect("put");
+        let newer = Digest::of(b"22222");
+        s.put_small(&newer, b"22222", None, at(100)).expect("put");
+        // Opened (as a request does before its access check), never touched: still the oldest.
+        assert!(s
+            .open_verified(&old, at(200))
+            .await
+            .expect("open")
+            .is_some());
+        let third = Digest::of(b"33333");
+        s.put_small(&third, b"33333", None, at(300)).expect("put");
+        assert!(s.entry(&old, at(301)).expect("entry").is_none());
+        assert!(s.entry(&newer, at(301)).expect("entry").is_some());
+    }
+
+    #[tokio::test]
+    async fn capacity_holds_when_a_blob_lands_and_a_blob_larger_than_it_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), 3600, 10);
+        for (i, data) in [&b"aaaa"[..], b"bbbb", b"cccc"].into_iter().enumerate() {
+            s.put_small(&Digest::of(data), data, None, at(i as u64))
+                .expect("put");
+            assert!(s.total_bytes() <= 10, "over capacity after commit {i}");
+        }
+        assert!(s
+            .entry(&Digest::of(b"aaaa"), at(5))
+            .expect("entry")
+            .is_none());
+        assert!(matches!(
+            s.make_room(11, at(6)),
+            Err(crate::Error::TooLarge {
+                size: 11,
+                capacity: 10
+            })
+        ));
+        s.make_room(10, at(6)).expect("room by evicting");
         assert_eq!(s.total_bytes(), 0);
     }
 }
