@@ -230,7 +230,7 @@ fn respond(
     builder.body(SizedStream::new(
         len,
         metered(
-            state.budget.wrap(body),
+            state.budget.wrap(body, Some(len)),
             unlimited,
             state.metrics.served_bytes.clone(),
         ),

@@ -194,7 +194,7 @@ async fn serve_ingest(
         // Upstream did not say how long the blob is: stream it whole, chunked.
         None => {
             let body = metered(
-                state.budget.wrap(ingest.stream(0, None)),
+                state.budget.wrap(ingest.stream(0, None), None),
                 state.limit.clone(),
                 state.metrics.served_bytes.clone(),
             );
@@ -240,7 +240,7 @@ fn respond(
         return builder.body(SizedStream::new(len, empty));
     }
     let body = metered(
-        state.budget.wrap(body),
+        state.budget.wrap(body, Some(len)),
         state.limit.clone(),
         state.metrics.served_bytes.clone(),
     );

@@ -23,9 +23,9 @@ use storage::{Access, BlobStore};
 /// costs a third of hot-blob throughput; 2 MiB with 1 MiB file chunks matches nginx's
 /// sendfile (docs/benchmarks.md), at up to ~3 MiB of buffer per connection sending a blob.
 const WRITE_BUFFER: usize = 2 << 20;
-/// Blob bytes held in memory for all clients at once ([`SendBudget`]): 40 connections
-/// sending at full speed, however many are open and however they read.
-const SEND_BUDGET: u64 = 128 << 20;
+/// Blob bytes held in memory for all clients at once ([`SendBudget`]): 85 whole blobs (or
+/// more ranges) sending at once, however many connections are open and however they read.
+const SEND_BUDGET: u64 = 256 << 20;
 
 /// Upstreams that change at run time: ACR instances' domains, resolved by id (`acr`).
 pub type DynamicUpstreams = Arc<parking_lot::RwLock<Vec<Upstream>>>;

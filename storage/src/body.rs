@@ -168,60 +168,49 @@ impl RateLimit {
     }
 }
 
-/// The response bytes a server holds in memory at once, across all its clients: a body takes
-/// a share before it reads each chunk, and keeps the shares of its last [`HELD`] chunks, which
-/// may still sit in the connection's write buffer (actix asks for the next chunk only when its
-/// buffer has room). A client that stops reading stops asking, so it holds at most those few
-/// chunks; once the budget is spent, the next chunk of every body waits, holding nothing,
-/// until the send deadline cuts a stalled client or a reader drains. Memory for bodies is then
-/// this budget, whatever the number of clients and however they read.
+/// The response bytes a server holds in memory at once, across all its clients. A body sending
+/// a blob holds at most [`PER_BODY`]: actix's write buffer, which it fills only while the buffer
+/// is under its size, plus the chunk in hand. So each body takes its share (less for a short
+/// one) before it reads its first chunk, and keeps it until it ends; once the budget is spent,
+/// the next body waits, holding nothing and having sent nothing, until a body finishes or the
+/// send deadline cuts a client that stopped reading. Memory for bodies is then this budget,
+/// whatever the number of clients and however they read; a body never waits once it started,
+/// so bodies cannot wait for each other.
 pub struct SendBudget {
     permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// Chunks whose shares a body keeps: actix's write buffer (2 MiB) plus the chunk in hand.
-const HELD: usize = 3;
-/// The share of one chunk: the largest chunk any body here reads.
-const SHARE: u32 = FILE_CHUNK as u32;
+/// What one body may hold: the 2 MiB write buffer and one 1 MiB file chunk.
+pub const PER_BODY: u64 = 3 << 20;
+/// Shares are counted in these.
+const UNIT: u64 = 64 << 10;
 
 impl SendBudget {
-    /// `bytes` in all (at least one chunk).
+    /// `bytes` in all (at least one body's share).
     pub fn new(bytes: u64) -> Self {
-        let permits = (bytes / u64::from(SHARE)).max(1) as usize;
+        let units = (bytes.max(PER_BODY) / UNIT) as usize;
         SendBudget {
-            permits: Arc::new(tokio::sync::Semaphore::new(permits)),
+            permits: Arc::new(tokio::sync::Semaphore::new(units)),
         }
     }
 
-    /// Chunks that could be taken now (for tests and metrics).
-    pub fn available_chunks(&self) -> usize {
-        self.permits.available_permits()
+    /// Bytes not taken by a body now.
+    pub fn available(&self) -> u64 {
+        self.permits.available_permits() as u64 * UNIT
     }
 
-    /// `body`, each chunk read only once the budget has room for it.
-    pub fn wrap<S>(&self, body: S) -> impl Stream<Item = Result<Bytes>> + 'static
+    /// `body`, of `len` bytes if known, read only once the budget has room for its share.
+    pub fn wrap<S>(&self, body: S, len: Option<u64>) -> impl Stream<Item = Result<Bytes>> + 'static
     where
         S: Stream<Item = Result<Bytes>> + 'static,
     {
-        use std::collections::VecDeque;
-        let held: VecDeque<tokio::sync::OwnedSemaphorePermit> = VecDeque::new();
-        let state = (Box::pin(body), held, self.permits.clone());
-        futures_util::stream::unfold(state, |(mut body, mut held, permits)| async move {
-            // Asked again: the writer has room, so the oldest chunk has left its buffer.
-            while held.len() >= HELD {
-                held.pop_front();
+        let share = len.unwrap_or(PER_BODY).clamp(1, PER_BODY).div_ceil(UNIT) as u32;
+        let state = (Box::pin(body), None, self.permits.clone());
+        futures_util::stream::unfold(state, move |(mut body, mut held, permits)| async move {
+            if held.is_none() {
+                held = Some(permits.clone().acquire_many_owned(share).await.ok()?);
             }
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    // Waiting holds nothing: otherwise bodies that wait for each other's
-                    // shares would wait forever.
-                    held.clear();
-                    permits.clone().acquire_owned().await.ok()?
-                }
-            };
             let item = body.next().await?;
-            held.push_back(permit);
             Some((item, (body, held, permits)))
         })
     }
@@ -289,36 +278,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_that_is_not_read_holds_only_its_last_chunks_and_waiting_holds_none() {
-        let budget = SendBudget::new(4 * FILE_CHUNK);
-        let chunks = || {
+    async fn bodies_past_the_budget_wait_before_their_first_chunk_and_a_short_one_takes_less() {
+        let budget = SendBudget::new(2 * PER_BODY);
+        let chunks = |n: usize| {
             futures_util::stream::iter(
-                (0..100).map(|_| Ok(Bytes::from(vec![0u8; FILE_CHUNK as usize]))),
+                (0..n).map(|_| Ok(Bytes::from(vec![0u8; FILE_CHUNK as usize]))),
             )
         };
-        // A stalled client: its body was asked for five chunks, then never again.
-        let mut stalled = Box::pin(budget.wrap(chunks()));
-        for _ in 0..5 {
-            stalled.next().await.expect("chunk").expect("bytes");
-        }
-        assert_eq!(budget.available_chunks(), 4 - HELD);
-        // A reader goes on with what is left, however long its body.
-        let mut reader = Box::pin(budget.wrap(chunks()));
-        for _ in 0..100 {
-            reader.next().await.expect("chunk").expect("bytes");
-        }
-        drop(reader);
-        // A second stalled client takes the rest; a third waits, holding nothing.
-        let mut second = Box::pin(budget.wrap(chunks()));
+        // Two clients that stopped reading after a chunk: the budget is theirs.
+        let mut first = Box::pin(budget.wrap(chunks(100), None));
+        let mut second = Box::pin(budget.wrap(chunks(100), Some(100 * FILE_CHUNK)));
+        first.next().await.expect("chunk").expect("bytes");
         second.next().await.expect("chunk").expect("bytes");
-        let mut third = Box::pin(budget.wrap(chunks()));
+        assert_eq!(budget.available(), 0);
+        // A third waits before reading anything.
+        let mut third = Box::pin(budget.wrap(chunks(1), Some(FILE_CHUNK)));
         let waited = tokio::time::timeout(std::time::Duration::from_millis(50), third.next()).await;
         assert!(waited.is_err(), "a body read past the budget");
-        // The stalled client is cut (the send deadline): its shares come back.
-        drop(stalled);
+        // The first is cut (the send deadline): the third goes, taking one chunk's share.
+        drop(first);
         third.next().await.expect("chunk").expect("bytes");
+        assert_eq!(budget.available(), PER_BODY - FILE_CHUNK);
+        // A body that has started never waits again, however long it is.
+        for _ in 0..99 {
+            second.next().await.expect("chunk").expect("bytes");
+        }
         drop((second, third));
-        assert_eq!(budget.available_chunks(), 4);
+        assert_eq!(budget.available(), 2 * PER_BODY);
     }
 
     #[tokio::test]

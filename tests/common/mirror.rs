@@ -105,6 +105,11 @@ impl Mirror {
         }
     }
 
+    /// The mirror process's id, for reading its memory and CPU time ([`super::proc_stats`]).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("mirror running")
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> &str {
         &self.url
