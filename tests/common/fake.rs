@@ -1,8 +1,9 @@
-//! A hostile fake upstream, for what no real registry shows: one that lies about a digest,
-//! redirects to another host, or leaves out `Content-Length`. Each connection gets one
-//! response and is closed.
+//! A hostile fake upstream, for what no real registry shows: one that lies about a digest or a
+//! length, says yes to everything, redirects anywhere, or leaves out `Content-Length`; over
+//! plain HTTP or HTTPS (for `?ns=` hosts, which the mirror reaches over https). Each
+//! connection gets one response and is closed.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +31,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Send no `Content-Length`: the body ends when the connection closes.
     pub no_length: bool,
+    /// Claim this `Content-Length` whatever the body's length.
+    pub claimed_length: Option<u64>,
 }
 
 impl Reply {
@@ -39,7 +42,14 @@ impl Reply {
             headers: Vec::new(),
             body,
             no_length: false,
+            claimed_length: None,
         }
+    }
+
+    /// Claims `len` bytes in `Content-Length`, whatever the body holds.
+    pub fn claiming(mut self, len: u64) -> Reply {
+        self.claimed_length = Some(len);
+        self
     }
 
     /// Leaves out `Content-Length` (as some registries and CDNs do on HEAD).
@@ -62,56 +72,116 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Serves `handler`'s reply to every request, on a thread, until the process ends.
     pub fn start(handler: impl Fn(&SeenRequest) -> Reply + Send + 'static) -> FakeUpstream {
+        Self::serve(None, handler)
+    }
+
+    /// As [`FakeUpstream::start`], over HTTPS with `cert_pem` and `key_pem`; `url` is then
+    /// `https://localhost:PORT`, for a certificate naming `localhost`.
+    pub fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        handler: impl Fn(&SeenRequest) -> Reply + Send + 'static,
+    ) -> FakeUpstream {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("TLS config");
+        Self::serve(Some(Arc::new(config)), handler)
+    }
+
+    fn serve(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&SeenRequest) -> Reply + Send + 'static,
+    ) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding fake upstream");
-        let url = format!("http://{}", listener.local_addr().expect("fake address"));
+        let addr = listener.local_addr().expect("fake address");
+        let url = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_owned();
-                let path = parts.next().unwrap_or("").to_owned();
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
+                let Ok(stream) = stream else { continue };
+                match &tls {
+                    Some(config) => {
+                        let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                            continue;
+                        };
+                        answer(rustls::StreamOwned::new(conn, stream), &handler, &log);
                     }
-                    if let Some((k, v)) = h.trim_end().split_once(':') {
-                        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-                    }
-                }
-                let req = SeenRequest {
-                    method,
-                    path,
-                    headers,
-                };
-                let reply = handler(&req);
-                log.lock().expect("log").push(req.clone());
-                let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
-                if !reply.no_length {
-                    out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
-                }
-                for (k, v) in &reply.headers {
-                    out.push_str(&format!("{k}: {v}\r\n"));
-                }
-                out.push_str("\r\n");
-                let _ = stream.write_all(out.as_bytes());
-                if req.method != "HEAD" {
-                    let _ = stream.write_all(&reply.body);
+                    None => answer(stream, &handler, &log),
                 }
             }
         });
         FakeUpstream { url, seen }
     }
 
+    /// `host:port` as `?ns=` names it.
+    pub fn ns(&self) -> &str {
+        self.url.split("://").nth(1).unwrap_or("")
+    }
+
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().expect("log").clone()
     }
+}
+
+/// Reads one request from `stream` and writes `handler`'s reply.
+fn answer<S: Read + Write>(
+    stream: S,
+    handler: &impl Fn(&SeenRequest) -> Reply,
+    log: &Mutex<Vec<SeenRequest>>,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let path = parts.next().unwrap_or("").to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let req = SeenRequest {
+        method,
+        path,
+        headers,
+    };
+    let reply = handler(&req);
+    log.lock().expect("log").push(req.clone());
+    let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
+    if !reply.no_length {
+        let len = reply.claimed_length.unwrap_or(reply.body.len() as u64);
+        out.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    for (k, v) in &reply.headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let stream = reader.get_mut();
+    let _ = stream.write_all(out.as_bytes());
+    if req.method != "HEAD" {
+        let _ = stream.write_all(&reply.body);
+    }
+    let _ = stream.flush();
 }
