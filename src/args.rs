@@ -123,6 +123,13 @@ pub struct AgentArgs {
     #[arg(long, env = "POOLCAST_SECRET", hide_env_values = true, help = help::<AgentConfig>(
         "Shared secret of peer and scheduler traffic; empty: not checked", "secret"))]
     secret: Option<String>,
+    #[arg(long, env = "POOLCAST_POOL_KEY", hide_env_values = true, help = help::<AgentConfig>(
+        "This pool's key, instead of the secret (what the chart gives each pool)", "poolKey"))]
+    pool_key: Option<String>,
+    #[arg(long, env = "POOLCAST_PAIR_KEYS", hide_env_values = true, value_delimiter = ',',
+        value_parser = parse_pair_key, help = help::<AgentConfig>(
+        "POOL=KEY for each pool this pool is connected to, with poolKey", "pairKeys"))]
+    pair_keys: Vec<(String, String)>,
     #[arg(long, env = "POOLCAST_CACHE_DIR", help = help::<AgentConfig>(
         "Cache folder for disk mode; empty: a folder that dies with the process",
         "cacheHostPath"))]
@@ -167,6 +174,15 @@ fn parse_pattern(s: &str) -> Result<DownloadPattern, String> {
     }
 }
 
+fn parse_pair_key(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((pool, key)) if !pool.is_empty() && !key.is_empty() => {
+            Ok((pool.to_string(), key.to_string()))
+        }
+        _ => Err("expected POOL=KEY".to_string()),
+    }
+}
+
 fn parse_mode(s: &str) -> Result<CacheMode, String> {
     match s {
         "disk" => Ok(CacheMode::Disk),
@@ -190,6 +206,10 @@ impl AgentArgs {
         set!(c.pool, self.pool);
         set!(c.download_pattern, self.download_pattern);
         set!(c.secret, self.secret);
+        set!(c.pool_key, self.pool_key);
+        if !self.pair_keys.is_empty() {
+            c.pair_keys = self.pair_keys.into_iter().collect();
+        }
         set!(
             c.cache_host_path,
             self.cache_dir.map(|d| d.to_string_lossy().into_owned())

@@ -42,8 +42,11 @@ pub struct Limits {
 
 pub struct AgentState {
     pub cfg: AgentConfig,
-    /// Signs this node's requests to peers and the scheduler, and checks its peers'.
+    /// Signs this node's requests to peers, and checks its peers' (the v1 peer port).
     pub secret: PoolSecret,
+    /// What this node was given: its pool's key and its connections' (or the release secret).
+    /// Its pool key signs requests to the scheduler.
+    pub keys: nodepool::PoolKeys,
     pub node: String,
     pub advertise: String,
     pub mirror: url::Url,
@@ -148,7 +151,7 @@ impl AgentServer {
             DownloadPattern::P2p if !cfg.scheduler.is_empty() => Some(
                 SchedulerClient::new(
                     &cfg.scheduler,
-                    cfg.pool_secret(),
+                    cfg.pool_keys().own().clone(),
                     cfg.pool.clone(),
                     cfg.connect_timeout.0,
                 )
@@ -157,12 +160,6 @@ impl AgentServer {
             _ => None,
         };
         let secret = cfg.pool_secret();
-        if secret.is_off() {
-            tracing::warn!(
-                "no secret configured: peer traffic is not authenticated, and the peer port \
-                 serves every piece this node holds to anyone who can reach it"
-            );
-        }
         let limits = Limits {
             total: RateLimit::new(cfg.ratelimit.0),
             down: RateLimit::new(cfg.download_rate.0),
@@ -170,9 +167,11 @@ impl AgentServer {
         };
         let transfers = Arc::new(Semaphore::new(cfg.proxy_fs_parallels as usize));
         let pool = cfg.pool.clone();
+        let keys = cfg.pool_keys();
         let state = AgentState {
             cfg,
             secret,
+            keys,
             node,
             advertise,
             mirror,
@@ -189,6 +188,12 @@ impl AgentServer {
             reachable: RwLock::new(vec![pool]),
             budget: storage::body::SendBudget::new(SEND_BUDGET),
         };
+        if state.keys.is_off() {
+            tracing::warn!(
+                "no secret or poolKey configured: peer traffic is not authenticated, and the \
+                 peer port serves every piece this node holds to anyone who can reach it"
+            );
+        }
         tracing::info!(node = %state.node, pool = %state.cfg.pool, advertise = %state.advertise, cache = %root.display(), "agent ready");
         Ok(AgentServer {
             state: web::Data::new(state),

@@ -65,7 +65,13 @@ pub struct AgentConfig {
     pub pool: String,
     pub download_pattern: DownloadPattern,
     /// Shared secret of peer and scheduler traffic; empty: unauthenticated (warned at start).
+    /// A node given it can derive every pool's key: prefer `poolKey`.
     pub secret: String,
+    /// This pool's key (`nodepool::keys`), instead of `secret`: what the chart gives each
+    /// pool's agents, so a node signs as its own pool only.
+    pub pool_key: String,
+    /// With `poolKey`: pool -> the key this pool shares with it, for each connected pool.
+    pub pair_keys: std::collections::BTreeMap<String, String>,
     pub cache_host_path: String,
     #[serde(rename = "cacheTTL")]
     pub cache_ttl: HumanDuration,
@@ -113,6 +119,8 @@ impl Default for AgentConfig {
             pool: "default".into(),
             download_pattern: DownloadPattern::P2p,
             secret: String::new(),
+            pool_key: String::new(),
+            pair_keys: Default::default(),
             cache_host_path: String::new(),
             cache_ttl: HumanDuration(crate::defaults::CACHE_TTL),
             cache: CacheConfig::default(),
@@ -156,9 +164,34 @@ impl AgentConfig {
         load_yaml(path)
     }
 
-    /// `secret` as what signs this node's requests and checks its peers' (off when empty).
+    /// What signs this node's requests and checks its peers' on the peer port (v1, until its
+    /// handshake takes [`AgentConfig::pool_keys`]): `secret` when given, else `poolKey`; off
+    /// when both are empty. With only `poolKey`, peers of other pools are not accepted.
     pub fn pool_secret(&self) -> crate::PoolSecret {
-        crate::PoolSecret::new(self.secret.as_bytes())
+        match self.secret.is_empty() {
+            true => crate::PoolSecret::new(self.pool_key.as_bytes()),
+            false => crate::PoolSecret::new(self.secret.as_bytes()),
+        }
+    }
+
+    /// The keys this node holds: all of them from `secret`, or `poolKey` and `pairKeys`.
+    pub fn pool_keys(&self) -> crate::PoolKeys {
+        if !self.secret.is_empty() {
+            return crate::PoolKeys::from_release(
+                crate::PoolSecret::new(self.secret.as_bytes()),
+                &self.pool,
+            );
+        }
+        let pairs = self
+            .pair_keys
+            .iter()
+            .map(|(pool, key)| (pool.clone(), crate::PoolSecret::new(key.as_bytes())))
+            .collect();
+        crate::PoolKeys::given(
+            &self.pool,
+            crate::PoolSecret::new(self.pool_key.as_bytes()),
+            pairs,
+        )
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -210,6 +243,15 @@ impl AgentConfig {
         }
         if self.max_connections == 0 {
             return Err(invalid("maxConnections", "must be at least 1"));
+        }
+        if !self.secret.is_empty() && !self.pool_key.is_empty() {
+            return Err(invalid(
+                "poolKey",
+                "give `secret` or `poolKey`, not both (`secret` derives every pool's key)",
+            ));
+        }
+        if self.pool_key.is_empty() && !self.pair_keys.is_empty() {
+            return Err(invalid("pairKeys", "needs `poolKey`"));
         }
         if self.proxy_fs_parallels == 0 || self.proxy_fs_parallels > 4096 {
             return Err(invalid("proxyFsParallels", "must be between 1 and 4096"));

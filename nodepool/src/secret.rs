@@ -5,6 +5,9 @@
 //! and refuses timestamps further than [`MAX_SKEW_SECS`] from its clock, which bounds replay.
 //! The body is not covered: a request is bound to its method, path, pool and time.
 //!
+//! v1 stays for the agents' peer port until its handshake replaces it; the scheduler takes
+//! only [`crate::signed`] (v2), signed with per-pool keys ([`crate::keys`]).
+//!
 //! An empty secret means authentication is off: servers accept every request
 //! ([`PoolSecret::is_off`]); clients still sign, so turning it on needs no client change.
 
@@ -23,7 +26,7 @@ const MAX_HEADER_LEN: usize = 512;
 const MAX_POOL_LEN: usize = 256;
 const VERSION: &str = "v1";
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Seconds since the Unix epoch at `t` (0 before it): the time signatures and cache entries
 /// are stamped with.
@@ -51,13 +54,15 @@ pub enum AuthError {
     Skew { skew_secs: u64, max_secs: u64 },
     #[error("signature does not match")]
     BadSignature,
+    #[error("this signed request was already seen (replayed, or signed too long ago)")]
+    Replayed,
 }
 
 /// The shared secret of a release (`secret`), as the one thing that signs and checks pool
 /// traffic. Its `Debug` never shows the key.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PoolSecret {
-    key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
 }
 
 impl std::fmt::Debug for PoolSecret {
@@ -89,7 +94,7 @@ impl PoolSecret {
         mac.finalize().into_bytes().into()
     }
 
-    fn hmac(&self) -> HmacSha256 {
+    pub(crate) fn hmac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
         match HmacSha256::new_from_slice(&self.key) {
             Ok(mac) => mac,

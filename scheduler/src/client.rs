@@ -1,6 +1,7 @@
-//! The typed client agents use to talk to the scheduler. Each request is signed with the pool
-//! secret over its method and path; any failure comes back as an [`Error`] the agent answers
-//! by going to the mirror, never by failing a pull.
+//! The typed client agents use to talk to the scheduler. Each request is signed v2 with the
+//! key of the agent's pool (`nodepool::signed`: method, host, path, body, pool, time, nonce);
+//! any failure comes back as an [`Error`] the agent answers by going to the mirror, never by
+//! failing a pull.
 
 use crate::api::{
     AnnounceRequest, AnnounceResponse, HeartbeatRequest, HeartbeatResponse, LeaveRequest,
@@ -27,8 +28,8 @@ pub struct SchedulerClient {
 }
 
 impl SchedulerClient {
-    /// `base_url` like `http://10.0.0.2:65003`; `pool` is the pool this agent signs for;
-    /// `timeout` bounds each whole request.
+    /// `base_url` like `http://10.0.0.2:65003`; `key` is the key of `pool`, the pool this
+    /// agent signs for (`PoolKeys::own`); `timeout` bounds each whole request.
     pub fn new(
         base_url: &str,
         secret: PoolSecret,
@@ -111,13 +112,23 @@ impl SchedulerClient {
         timeout: Duration,
     ) -> Result<Reply> {
         let url = self.url(path);
-        let signature = self.secret.sign_now("POST", url.path(), &self.pool);
+        let body = serde_json::to_vec(body).map_err(|e| Error::Client(e.to_string()))?;
+        // As hyper writes it: the port only when the URL names one.
+        let host = &url[url::Position::BeforeHost..url::Position::AfterPort];
+        let parts = nodepool::signed::RequestParts {
+            method: "POST",
+            host,
+            path_and_query: url.path(),
+            body: &body,
+        };
+        let signature = nodepool::signed::sign_now(&self.secret, &parts, &self.pool);
         let resp = self
             .http
             .post(url.clone())
             .timeout(timeout)
             .header(AUTH_HEADER, signature)
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| Error::Unreachable {

@@ -3,6 +3,8 @@
 mod common;
 
 use common::{a_b_and_edge, config, status_of, Running, SECRET};
+use nodepool::keys::pool_key;
+use nodepool::signed::{self, unix_millis_now, RequestParts};
 use nodepool::{unix_now as now_unix, PoolSecret, SchedulerConfig, AUTH_HEADER};
 use scheduler::api::{
     AnnounceRequest, HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo,
@@ -150,11 +152,21 @@ async fn unsigned_or_badly_signed_requests_get_401() {
         .as_str()
         .is_some_and(|m| m.contains(AUTH_HEADER)));
 
+    let np1 = pool_key(&PoolSecret::new(SECRET), "np-1");
+    let np2 = pool_key(&PoolSecret::new(SECRET), "np-2");
+    let now = unix_millis_now();
+    let path = "/api/v1/announce";
     let bad_headers = [
         "garbage".to_string(),
         format!("v1 np-1 {} {}", now_unix(), "0".repeat(64)),
-        PoolSecret::new(SECRET).sign("POST", "/api/v1/heartbeat", "np-1", now_unix()),
-        PoolSecret::new(SECRET).sign("POST", "/api/v1/announce", "np-1", now_unix() - 3600),
+        // v1, as the scheduler took before: no longer.
+        PoolSecret::new(SECRET).sign("POST", path, "np-1", now_unix()),
+        // Another path, another body, stale, the release secret itself, another pool's key.
+        s.sign(&np1, "np-1", "/api/v1/heartbeat", &body, now),
+        s.sign(&np1, "np-1", path, b"{}", now),
+        s.sign(&np1, "np-1", path, &body, now - 3_600_000),
+        s.sign(&PoolSecret::new(SECRET), "np-1", path, &body, now),
+        s.sign(&np2, "np-1", path, &body, now),
     ];
     for header in bad_headers {
         let resp = http
@@ -165,6 +177,39 @@ async fn unsigned_or_badly_signed_requests_get_401() {
             .await
             .expect("send");
         assert_eq!(resp.status(), 401, "{header}");
+    }
+    // Signed for another host: a request captured on its way elsewhere.
+    let elsewhere = signed::sign(
+        &np1,
+        &RequestParts {
+            method: "POST",
+            host: "scheduler.other:65003",
+            path_and_query: path,
+            body: &body,
+        },
+        "np-1",
+        now,
+        signed::fresh_nonce(),
+    );
+    let resp = http
+        .post(&url)
+        .header(AUTH_HEADER, elsewhere)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 401, "signed for another host");
+    // A good request is taken once; the same bytes again are a replay.
+    let once = s.sign(&np1, "np-1", path, &body, now);
+    for (attempt, want) in [(0, 200), (1, 401)] {
+        let resp = http
+            .post(&url)
+            .header(AUTH_HEADER, once.as_str())
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), want, "attempt {attempt}");
     }
 
     let wrong_secret = s.client("another secret", "np-1");
@@ -190,8 +235,8 @@ async fn unsigned_or_badly_signed_requests_get_401() {
     good.announce(&ask("n1", "np-1", &[]))
         .await
         .expect("signed request accepted");
-    assert_eq!(s.metrics.unauthorized.get(), 8);
-    assert_eq!(s.metrics.decisions.get(), 1);
+    assert_eq!(s.metrics.unauthorized.get(), 14);
+    assert_eq!(s.metrics.decisions.get(), 2);
     s.stop().await;
 }
 
@@ -217,7 +262,8 @@ async fn inconsistent_task_size_is_rejected() {
 async fn hostile_input_gets_4xx_not_panic() {
     let s = Running::start(config(SECRET, vec![])).await;
     let http = reqwest::Client::new();
-    let signed = |path: &str| PoolSecret::new(SECRET).sign_now("POST", path, "np-1");
+    let key = pool_key(&PoolSecret::new(SECRET), "np-1");
+    let signed = |path: &str, body: &[u8]| s.sign(&key, "np-1", path, body, unix_millis_now());
     let good = serde_json::to_value(ask("n1", "np-1", &[])).expect("json");
     let with = |key: &str, value: serde_json::Value| {
         let mut v = good.clone();
@@ -270,7 +316,7 @@ async fn hostile_input_gets_4xx_not_panic() {
     for (what, body) in bodies {
         let resp = http
             .post(format!("{}/api/v1/announce", s.url))
-            .header(AUTH_HEADER, signed("/api/v1/announce"))
+            .header(AUTH_HEADER, signed("/api/v1/announce", &body))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -283,10 +329,12 @@ async fn hostile_input_gets_4xx_not_panic() {
     }
     let mut held = beat("n1", "np-1");
     held.held = vec![held.held[0].clone(); 10_001];
+    let bytes = serde_json::to_vec(&held).expect("json");
     let resp = http
         .post(format!("{}/api/v1/heartbeat", s.url))
-        .header(AUTH_HEADER, signed("/api/v1/heartbeat"))
-        .json(&held)
+        .header(AUTH_HEADER, signed("/api/v1/heartbeat", &bytes))
+        .header("content-type", "application/json")
+        .body(bytes)
         .send()
         .await
         .expect("send");
@@ -299,10 +347,12 @@ async fn hostile_input_gets_4xx_not_panic() {
             piece_size: PIECE,
         })
         .collect();
+    let bytes = serde_json::to_vec(&held).expect("json");
     let resp = http
         .post(format!("{}/api/v1/heartbeat", s.url))
-        .header(AUTH_HEADER, signed("/api/v1/heartbeat"))
-        .json(&held)
+        .header(AUTH_HEADER, signed("/api/v1/heartbeat", &bytes))
+        .header("content-type", "application/json")
+        .body(bytes)
         .send()
         .await
         .expect("send");

@@ -245,12 +245,15 @@ async fn v2_requests_are_signed_and_checked() {
         let err = c.fresh(&ask("n1", &bad, false)).await.expect_err("bad");
         assert_eq!(status_of(err), 400);
     }
-    let signed = PoolSecret::new(SECRET).sign_now("POST", "/api/v2/fresh", POOL);
+    let body = "{\"peer\":{\"id\":\"n1\"}}";
+    let key = nodepool::keys::pool_key(&PoolSecret::new(SECRET), POOL);
+    let millis = nodepool::signed::unix_millis_now();
+    let signed = s.sign(&key, POOL, "/api/v2/fresh", body.as_bytes(), millis);
     let resp = http
         .post(format!("{}/api/v2/fresh", s.url))
         .header(AUTH_HEADER, signed)
         .header("content-type", "application/json")
-        .body("{\"peer\":{\"id\":\"n1\"}}")
+        .body(body)
         .send()
         .await
         .expect("send");

@@ -101,7 +101,10 @@ impl FakePeer {
             .collect();
         let client = SchedulerClient::new(
             spec.scheduler_url,
-            nodepool::PoolSecret::new(spec.secret.unwrap_or("")),
+            nodepool::keys::pool_key(
+                &nodepool::PoolSecret::new(spec.secret.unwrap_or("")),
+                spec.pool,
+            ),
             spec.pool.to_owned(),
             Duration::from_secs(5),
         )

@@ -54,14 +54,27 @@ impl Running {
             .expect("metrics text")
     }
 
+    /// A client of `pool`, with that pool's key derived from `secret`, as an agent has it.
     pub fn client(&self, secret: &str, pool: &str) -> SchedulerClient {
         SchedulerClient::new(
             &self.url,
-            PoolSecret::new(secret),
+            nodepool::keys::pool_key(&PoolSecret::new(secret), pool),
             pool.into(),
             Duration::from_secs(10),
         )
         .expect("client")
+    }
+
+    /// A v2 signature for POSTing `body` to `path` here, as an agent of `pool` with `key`.
+    pub fn sign(&self, key: &PoolSecret, pool: &str, path: &str, body: &[u8], millis: u64) -> String {
+        let host = self.url.trim_start_matches("http://");
+        let parts = nodepool::signed::RequestParts {
+            method: "POST",
+            host,
+            path_and_query: path,
+            body,
+        };
+        nodepool::signed::sign(key, &parts, pool, millis, nodepool::signed::fresh_nonce())
     }
 }
 
