@@ -260,18 +260,41 @@ fn agent_advertises_the_node_ip_and_carries_the_pool_secret() {
         env_of(agent, "POOLCAST_ADVERTISE")["value"],
         "$(NODE_IP):7002"
     );
-    let secret = objs.iter().find(|o| o["kind"] == "Secret").unwrap();
+    let release = |objs: &[serde_yaml::Value]| {
+        objs.iter()
+            .find(|o| o["kind"] == "Secret" && str_of(&o["metadata"]["name"]).ends_with("-secret"))
+            .unwrap()
+            .clone()
+    };
+    let secret = release(&objs);
+    // The scheduler holds the release secret; the agents only their pool's key.
     let scheduler = of_kind(&objs, "Deployment", "scheduler")[0];
-    for workload in [agent, scheduler] {
-        let key_ref = &env_of(workload, "POOLCAST_SECRET")["valueFrom"]["secretKeyRef"];
-        assert_eq!(key_ref["name"], secret["metadata"]["name"]);
-        assert!(secret["data"][str_of(&key_ref["key"])].is_string());
-    }
+    let key_ref = &env_of(scheduler, "POOLCAST_SECRET")["valueFrom"]["secretKeyRef"];
+    assert_eq!(key_ref["name"], secret["metadata"]["name"]);
+    assert!(secret["data"][str_of(&key_ref["key"])].is_string());
+    let agent_env =
+        serde_yaml::to_string(&agent["spec"]["template"]["spec"]["containers"]).unwrap();
+    assert!(!agent_env.contains("POOLCAST_SECRET"), "{agent_env}");
+    let pool_ref = &env_of(agent, "POOLCAST_POOL_KEY")["valueFrom"]["secretKeyRef"];
+    assert_ne!(pool_ref["name"], secret["metadata"]["name"]);
+    let pool_secret = by_name(&objs, "Secret", str_of(&pool_ref["name"]));
+    let decode = |v: &serde_yaml::Value| {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(str_of(v))
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    let release_secret = nodepool::PoolSecret::new(decode(&secret["data"]["secret"]));
+    assert_eq!(
+        nodepool::PoolSecret::new(decode(&pool_secret["data"]["poolKey"])),
+        nodepool::keys::pool_key(&release_secret, "np-shop-1"),
+        "the chart's pool key is not the one nodepool derives"
+    );
     // Given a secret, the chart uses it as is; the generated one is long and differs per install.
     let given =
         objects(&render(&["--set", "edgeNodePool.id=a", "--set", "p2p.secret=s3cret"]).unwrap());
-    let secret = given.iter().find(|o| o["kind"] == "Secret").unwrap();
-    assert_eq!(secret["data"]["secret"], "czNjcmV0");
+    assert_eq!(release(&given)["data"]["secret"], "czNjcmV0");
     let again = objects(
         &render(&[
             "--set",
@@ -281,10 +304,61 @@ fn agent_advertises_the_node_ip_and_carries_the_pool_secret() {
         ])
         .unwrap(),
     );
-    let first = &objs.iter().find(|o| o["kind"] == "Secret").unwrap()["data"]["secret"];
-    let second = &again.iter().find(|o| o["kind"] == "Secret").unwrap()["data"]["secret"];
-    assert_ne!(first, second);
-    assert!(str_of(first).len() >= 40);
+    let (first, second) = (release(&objs), release(&again));
+    assert_ne!(first["data"]["secret"], second["data"]["secret"]);
+    assert!(str_of(&first["data"]["secret"]).len() >= 40);
+}
+
+#[test]
+fn connected_pools_share_a_pair_key_and_nothing_else() {
+    let values = "p2p:\n  secret: s3cret\n  plusMode:\n    edgeNodePools:\n      - {id: np-a, connectedPools: [np-b]}\n      - {id: np-b}\n      - {id: np-c}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).unwrap();
+    let objs = objects(&render(&["-f", file.to_str().unwrap()]).unwrap());
+    let release = nodepool::PoolSecret::new("s3cret");
+    let keys_of = |pool: &str| {
+        let agent = of_kind(&objs, "DaemonSet", "agent")
+            .into_iter()
+            .find(|d| d["metadata"]["labels"]["poolcast.io/pool"] == pool)
+            .unwrap();
+        let name = str_of(&env_of(agent, "POOLCAST_POOL_KEY")["valueFrom"]["secretKeyRef"]["name"]);
+        let data = by_name(&objs, "Secret", name)["data"].clone();
+        let decode = |v: &serde_yaml::Value| {
+            use base64::Engine as _;
+            let text = v.as_str().unwrap_or("");
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        (decode(&data["poolKey"]), decode(&data["pairKeys"]))
+    };
+    for (pool, pairs) in [
+        ("np-a", vec!["np-b"]),
+        ("np-b", vec!["np-a"]),
+        ("np-c", vec![]),
+    ] {
+        let (own, pair_keys) = keys_of(pool);
+        assert_eq!(
+            nodepool::PoolSecret::new(own),
+            nodepool::keys::pool_key(&release, pool),
+            "{pool}"
+        );
+        let listed: Vec<&str> = pair_keys.split(',').filter(|p| !p.is_empty()).collect();
+        assert_eq!(listed.len(), pairs.len(), "{pool}: {pair_keys}");
+        for (entry, other) in listed.iter().zip(&pairs) {
+            let (name, key) = entry.split_once('=').unwrap();
+            assert_eq!(name, *other);
+            assert_eq!(
+                nodepool::PoolSecret::new(key),
+                nodepool::keys::pair_key(&release, pool, other),
+                "{pool}-{other}"
+            );
+        }
+    }
 }
 
 #[test]
