@@ -49,7 +49,12 @@ impl Default for PieceMemo {
 type MemoKey = (String, u64);
 
 fn param(req: &HttpRequest, name: &str) -> Result<Option<u64>> {
-    let raw = query_param(req.query_string(), name);
+    number_param(req.query_string(), name)
+}
+
+/// A decimal query parameter; present but not a number is an error.
+fn number_param(query: &str, name: &str) -> Result<Option<u64>> {
+    let raw = query_param(query, name);
     raw.map(|v| {
         v.parse::<u64>().map_err(|_| {
             Error::unsupported(format!(
@@ -219,6 +224,19 @@ async fn arriving(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_pieces_query_is_numbers_or_an_error(query in "\\PC{0,200}", size in any::<u64>()) {
+            let _ = number_param(&query, "pieceSize");
+            let _ = number_param(&query, "from");
+            let given = format!("pieceSize={size}&from=0");
+            prop_assert_eq!(number_param(&given, "pieceSize").ok(), Some(Some(size)));
+            let accepted = check_piece_size(size).is_ok();
+            prop_assert_eq!(accepted, size.is_power_of_two() && (MIN_PIECE..=MAX_PIECE).contains(&size));
+        }
+    }
 
     #[tokio::test]
     async fn pieces_of_a_blob_still_arriving_are_hashed_once_and_paged() {

@@ -74,26 +74,10 @@ impl AppState {
         if let Some(up) = self.acr.read().iter().find(|u| u.ns == ns) {
             return Ok(up.clone());
         }
-        let valid_host = !ns.is_empty()
-            && ns.len() <= 253
-            && ns
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
-        if self.allow_any_registry && valid_host {
-            let host = if ns == "docker.io" {
-                "registry-1.docker.io"
-            } else {
-                &ns
-            };
-            if let Ok(base) = url::Url::parse(&format!("https://{host}")) {
-                return Ok(Upstream {
-                    ns,
-                    base,
-                    configured: false,
-                });
-            }
+        match dynamic_upstream(&ns).filter(|_| self.allow_any_registry) {
+            Some(up) => Ok(up),
+            None => Err(Error::RegistryUnknown(ns.chars().take(80).collect())),
         }
-        Err(Error::RegistryUnknown(ns.chars().take(80).collect()))
     }
 
     /// Remembers that upstream served `object` from `repo` to this requester.
@@ -154,6 +138,32 @@ impl AppState {
         }
         Err(failure)
     }
+}
+
+/// The upstream for a `?ns=` host that is not configured (`allowAnyRegistry`): `https://ns`,
+/// when `ns` (lowercase) is a plain `host[:port]`.
+fn dynamic_upstream(ns: &str) -> Option<Upstream> {
+    let valid_host = !ns.is_empty()
+        && ns.len() <= 253
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    if !valid_host {
+        return None;
+    }
+    let host = if ns == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        ns
+    };
+    let base = url::Url::parse(&format!("https://{host}")).ok()?;
+    // Nothing in `ns` may move the URL off the host it names (userinfo, a path).
+    let named = base.host_str()? == host.split(':').next()?;
+    named.then(|| Upstream {
+        ns: ns.to_string(),
+        base,
+        configured: false,
+    })
 }
 
 /// The mirror server: `new(config)` then `run(listener, shutdown)`.
@@ -336,6 +346,37 @@ async fn ping(state: &AppState, up: &Upstream, auth: Option<&HeaderValue>) -> Ht
         Err(e) => {
             tracing::warn!(error = %e, "upstream ping failed; answering for it");
             ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_dynamic_upstream_is_https_to_the_named_host() {
+        let up = dynamic_upstream("quay.io").expect("a host");
+        assert_eq!(up.base.as_str(), "https://quay.io/");
+        assert!(!up.configured);
+        assert_eq!(
+            dynamic_upstream("docker.io").map(|u| u.base.to_string()),
+            Some("https://registry-1.docker.io/".into())
+        );
+        for bad in ["", "a/b", "user@host", "host?x", "h:99999999", "ünï.com"] {
+            assert!(dynamic_upstream(bad).is_none(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_ns_is_a_host_or_refused(ns in "\\PC{0,300}") {
+            if let Some(up) = dynamic_upstream(&ns) {
+                prop_assert_eq!(up.base.scheme(), "https");
+                prop_assert_eq!(up.base.path(), "/");
+                prop_assert!(up.base.query().is_none() && up.base.username().is_empty());
+            }
         }
     }
 }

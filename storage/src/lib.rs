@@ -8,6 +8,8 @@ pub mod body;
 pub mod error;
 pub mod ingest;
 pub mod pieces;
+#[cfg(test)]
+mod props;
 pub mod reference;
 pub mod request;
 pub mod store;

@@ -92,3 +92,39 @@ struct Response {
     #[serde(skip_serializing_if = "Option::is_none")]
     patch: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_body_is_a_review_or_an_error_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = AdmissionReview::parse(&body);
+        }
+
+        #[test]
+        fn reviews_with_odd_fields_parse_or_are_refused(
+            kind in "\\PC{0,20}",
+            uid in "\\PC{0,40}",
+            object in proptest::option::of("\\PC{0,64}"),
+        ) {
+            let body = serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": kind,
+                "request": {
+                    "uid": uid,
+                    "kind": {"kind": "Pod"},
+                    "operation": "CREATE",
+                    "object": object,
+                },
+            });
+            if let Ok((review, request)) = AdmissionReview::parse(body.to_string().as_bytes()) {
+                prop_assert_eq!(review.kind.as_str(), "AdmissionReview");
+                let answer = review.respond(&request, None);
+                prop_assert_eq!(&answer["response"]["allowed"], &serde_json::json!(true));
+            }
+        }
+    }
+}

@@ -34,7 +34,12 @@ pub fn copy_name(source: &str) -> String {
         return name;
     }
     let hash = fnv1a(source.as_bytes());
-    format!("acr-credential-{}-{hash:016x}-p2p", &source[..200])
+    // A name from a review is not trusted to be ASCII: cut at a character boundary.
+    let mut end = 200;
+    while !source.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("acr-credential-{}-{hash:016x}-p2p", &source[..end])
 }
 
 /// Whether `name` is a copy's name (a copy is never copied again).
@@ -466,6 +471,26 @@ pub(crate) mod tests {
         assert_eq!(
             store.secret("shop", "acr-credential-t-p2p").unwrap(),
             foreign
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_source_name_gives_a_copy_name_without_panic(name in "\\PC{0,400}") {
+            let copy = copy_name(&name);
+            proptest::prop_assert!(is_copy_name(&copy));
+            proptest::prop_assert!(copy.len() <= 253);
+        }
+    }
+
+    #[test]
+    fn a_long_name_of_multibyte_characters_is_cut_at_a_character() {
+        // 'é' is two bytes: byte 200 falls inside one for an odd prefix.
+        let name = format!("x{}", "é".repeat(150));
+        let copy = copy_name(&name);
+        assert!(
+            copy.starts_with("acr-credential-x") && copy.ends_with("-p2p"),
+            "{copy}"
         );
     }
 }
