@@ -294,6 +294,10 @@ pub struct WebhookArgs {
     #[arg(long, env = "POOLCAST_TLS_KEY", help = help::<WebhookConfig>(
         "PEM private key", "tlsKeyFile"))]
     tls_key: Option<PathBuf>,
+    #[arg(long, env = "POOLCAST_CLIENT_CA", help = help::<WebhookConfig>(
+        "PEM CA of the API server's client certificate: reviews without it are refused",
+        "clientCAFile"))]
+    client_ca: Option<PathBuf>,
     #[arg(long, env = "POOLCAST_PLAIN_HTTP", help = help::<WebhookConfig>(
         "Serve plain HTTP: tests and local trials only, the API server needs HTTPS",
         "plainHttp"))]
@@ -315,6 +319,7 @@ impl WebhookArgs {
         set!(c.distributed_suffix, self.distributed_suffix);
         set!(c.tls_cert_file, path(self.tls_cert));
         set!(c.tls_key_file, path(self.tls_key));
+        set!(c.client_ca_file, path(self.client_ca));
         c.plain_http |= self.plain_http;
         c.validate()?;
         Ok(c)

@@ -1206,3 +1206,28 @@ fn run_rendered_locally(args: &[String], local: impl Fn(&str) -> String) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_webhook_takes_reviews_only_from_the_api_server_when_told_how_to_know_it() {
+    let values = "edgeNodePool: {id: np-a}\nwebhook:\n  clientCA: \"CA PEM\"\n  networkPolicy:\n    allowFrom:\n      - ipBlock: {cidr: 10.0.0.0/24}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).unwrap();
+    let objs = objects(&render(&["-f", file.to_str().unwrap()]).unwrap());
+    let config = by_name(&objs, "ConfigMap", "pc-poolcast-webhook");
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(str_of(&config["data"]["webhook.yaml"])).unwrap();
+    assert_eq!(yaml["clientCAFile"], "/etc/poolcast/tls/client-ca.crt");
+    let tls = by_name(&objs, "Secret", "pc-poolcast-webhook-tls");
+    assert_eq!(tls["data"]["client-ca.crt"], "Q0EgUEVN");
+    let policy = by_name(&objs, "NetworkPolicy", "pc-poolcast-webhook");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"],
+        "10.0.0.0/24"
+    );
+    // Not asked: neither, so nothing changes for clusters that cannot give them.
+    let plain = objects(&render(&["--set", "edgeNodePool.id=np-a"]).unwrap());
+    assert!(plain.iter().all(|o| o["kind"] != "NetworkPolicy"));
+    let config = by_name(&plain, "ConfigMap", "pc-poolcast-webhook");
+    assert!(!str_of(&config["data"]["webhook.yaml"]).contains("clientCAFile"));
+}

@@ -85,7 +85,7 @@ fn stalled_reader(host: &str, path: &str) -> TcpStream {
 
 #[test]
 fn readers_that_stop_reading_hold_bounded_memory_and_are_cut_at_the_send_deadline() {
-    let fx = fixture(32 << 20, 132, "sendTimeout: 3s\n");
+    let fx = fixture(32 << 20, 132, "sendTimeout: 3s\nsendBuffers: 64MiB\n");
     let layer = fx.image.layers[0].clone();
     warm(&fx, &layer.digest);
     let pid = fx.mirror.pid();
@@ -105,9 +105,9 @@ fn readers_that_stop_reading_hold_bounded_memory_and_are_cut_at_the_send_deadlin
     });
     let grown = peak_rss_bytes(pid).saturating_sub(before);
     eprintln!("200 readers that stopped: peak RSS +{} MiB", grown / MIB);
-    // The send budget is 256 MiB; without it each stalled client holds about 3 MiB.
+    // sendBuffers is 64 MiB; without it each stalled client holds about 3 MiB.
     assert!(
-        grown < 320 * MIB,
+        grown < 200 * MIB,
         "peak RSS grew {} MiB for 200 clients that read nothing",
         grown / MIB
     );

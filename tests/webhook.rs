@@ -460,3 +460,56 @@ fn an_acr_instance_named_by_id_is_rewritten_once_resolved() {
     );
     assert!(!hook.log().contains("good-secret"), "no secret in the log");
 }
+
+#[test]
+fn with_a_client_ca_only_the_api_servers_certificate_gets_a_review_acted_on() {
+    let kube = seeded_kube();
+    let api_server = certs(&["kube-apiserver"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("client-ca.crt");
+    std::fs::write(&ca, &api_server.ca).unwrap();
+    let hook = Webhook::start_with(
+        &kube.url,
+        &[ACR, "docker.io"],
+        json!({"clientCAFile": ca}),
+        &[],
+    );
+    let forged = review(&pod(p2p()), "shop", false);
+    // Any pod that reaches the port, without the API server's certificate: refused, nothing made.
+    let (status, answer) = hook.post("/mutate", forged.to_string().as_bytes());
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        kube.calls().is_empty(),
+        "a forged review reached the API: {:?}",
+        kube.calls()
+    );
+    // Probes carry no certificate and still get an answer.
+    let health = hook
+        .client
+        .get(format!("{}/healthz", hook.url))
+        .send()
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    // The API server's own client certificate: the review is acted on.
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", api_server.cert, api_server.key).as_bytes())
+            .unwrap();
+    let api = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(hook.certs.ca.as_bytes()).unwrap())
+        .identity(identity)
+        .build()
+        .unwrap();
+    let answer: serde_json::Value = api
+        .post(format!("{}/mutate", hook.url))
+        .header("content-type", "application/json")
+        .body(forged.to_string())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(answer["response"]["patch"].is_string(), "{answer}");
+    assert!(kube
+        .secret("shop", "acr-credential-test-registry-p2p")
+        .is_some());
+}

@@ -23,9 +23,6 @@ use tokio::sync::Semaphore;
 /// shorter, so a short `peerTTL` does not drop idle peers, but never stretched past this, so a
 /// restarted scheduler relearns the holders within seconds.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Blob bytes held in memory for containerd's connections at once
-/// ([`storage::body::SendBudget`]), however many are open and however they read.
-const SEND_BUDGET: u64 = 64 << 20;
 /// The shortest heartbeat interval honoured, whatever the scheduler asks.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(200);
 
@@ -168,6 +165,7 @@ impl AgentServer {
         let transfers = Arc::new(Semaphore::new(cfg.proxy_fs_parallels as usize));
         let pool = cfg.pool.clone();
         let keys = cfg.pool_keys();
+        let cfg_send_buffers = cfg.send_buffers.0;
         let state = AgentState {
             cfg,
             secret,
@@ -186,7 +184,7 @@ impl AgentServer {
             transfers,
             upload_slots: Arc::new(Semaphore::new(crate::peer::UPLOAD_SLOTS)),
             reachable: RwLock::new(vec![pool]),
-            budget: storage::body::SendBudget::new(SEND_BUDGET),
+            budget: storage::body::SendBudget::new(cfg_send_buffers),
         };
         if state.keys.is_off() {
             tracing::warn!(

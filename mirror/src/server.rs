@@ -23,9 +23,6 @@ use storage::{Access, BlobStore};
 /// costs a third of hot-blob throughput; 2 MiB with 1 MiB file chunks matches nginx's
 /// sendfile (docs/benchmarks.md), at up to ~3 MiB of buffer per connection sending a blob.
 const WRITE_BUFFER: usize = 2 << 20;
-/// Blob bytes held in memory for all clients at once ([`SendBudget`]): 85 whole blobs (or
-/// more ranges) sending at once, however many connections are open and however they read.
-const SEND_BUDGET: u64 = 256 << 20;
 
 /// Upstreams that change at run time: ACR instances' domains, resolved by id (`acr`).
 pub type DynamicUpstreams = Arc<parking_lot::RwLock<Vec<Upstream>>>;
@@ -43,7 +40,9 @@ pub struct AppState {
     pub auth_ttl: Duration,
     pub manifest_ttl: Duration,
     pub pieces: crate::pieces::PieceMemo,
-    /// What every blob body draws from before it reads a chunk.
+    /// What every blob body draws from before it reads a chunk (`sendBuffers`: by default 85
+    /// whole blobs, or more ranges, at once, however many connections are open and however
+    /// they read).
     pub budget: SendBudget,
     max_connections: usize,
     send_timeout: Duration,
@@ -214,7 +213,7 @@ impl MirrorServer {
             auth_ttl: config.auth_cache_ttl.0,
             manifest_ttl: config.manifest_ttl.0,
             pieces: Default::default(),
-            budget: SendBudget::new(SEND_BUDGET),
+            budget: SendBudget::new(config.send_buffers.0),
             max_connections: config.max_connections as usize,
             send_timeout: config.send_timeout.0,
         };

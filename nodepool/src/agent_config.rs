@@ -105,6 +105,8 @@ pub struct AgentConfig {
     pub max_connections: u32,
     /// A client of the registry port that takes no data for this long is cut.
     pub send_timeout: HumanDuration,
+    /// Response buffers of all blob bodies to containerd together (see the mirror's).
+    pub send_buffers: ByteSize,
 }
 
 impl Default for AgentConfig {
@@ -136,6 +138,7 @@ impl Default for AgentConfig {
             distributed_suffix: crate::distributed::DEFAULT_SUFFIX.into(),
             max_connections: 512,
             send_timeout: HumanDuration(crate::defaults::SEND_TIMEOUT),
+            send_buffers: ByteSize(64 << 20),
         }
     }
 }
@@ -243,6 +246,9 @@ impl AgentConfig {
         }
         if self.max_connections == 0 {
             return Err(invalid("maxConnections", "must be at least 1"));
+        }
+        if self.send_buffers.0 < crate::defaults::MIN_SEND_BUFFERS {
+            return Err(invalid("sendBuffers", "below 3MiB, one blob body's share"));
         }
         if !self.secret.is_empty() && !self.pool_key.is_empty() {
             return Err(invalid(

@@ -122,6 +122,9 @@ pub struct MirrorConfig {
     /// A client that takes no data for this long (it stopped reading) is cut, freeing what
     /// its response held.
     pub send_timeout: HumanDuration,
+    /// Response buffers of all blob bodies together: each takes up to 3 MiB of it before its
+    /// first byte, and bodies past it wait for a share.
+    pub send_buffers: ByteSize,
     /// The longest one upstream request may take, body included; a fetch still running then
     /// fails and nothing of it is kept.
     pub upstream_timeout: HumanDuration,
@@ -146,6 +149,7 @@ impl Default for MirrorConfig {
             acr: AcrConfig::default(),
             max_connections: 4096,
             send_timeout: HumanDuration(defaults::SEND_TIMEOUT),
+            send_buffers: ByteSize(256 << 20),
             upstream_timeout: HumanDuration(Duration::from_secs(3600)),
         }
     }
@@ -235,6 +239,12 @@ impl MirrorConfig {
             return Err(Error::Invalid {
                 key: "maxConnections",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.send_buffers.0 < defaults::MIN_SEND_BUFFERS {
+            return Err(Error::Invalid {
+                key: "sendBuffers",
+                message: format!("{} is below 3MiB, one blob body's share", self.send_buffers),
             });
         }
         if self.ratelimit.0 != 0 && self.ratelimit.0 < 64 * 1024 {

@@ -15,6 +15,8 @@ pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client that takes no data for this long is cut (`sendTimeout`, mirror and agent).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The least `sendBuffers` (mirror and agent): one blob body's share.
+pub const MIN_SEND_BUFFERS: u64 = 3 << 20;
 /// How long a verified cache file is trusted before it is hashed again (`verifyInterval`).
 pub const VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 

@@ -24,6 +24,12 @@ pub struct WebhookConfig {
     pub tls_cert_file: String,
     /// PEM private key of that certificate.
     pub tls_key_file: String,
+    /// PEM CA bundle that signs the API server's client certificate for webhooks (its
+    /// AdmissionConfiguration kubeconfig). Set: a review over a connection without such a
+    /// certificate is refused, so no pod in the cluster can forge one; empty: not checked
+    /// (then keep others off the webhook's port with a NetworkPolicy).
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: String,
     /// Serve plain HTTP instead: for tests and local trials only (the API server calls webhooks
     /// over HTTPS).
     pub plain_http: bool,
@@ -41,6 +47,7 @@ impl Default for WebhookConfig {
             distributed_suffix: DEFAULT_SUFFIX.into(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            client_ca_file: String::new(),
             plain_http: false,
             acr: AcrConfig::default(),
         }
@@ -87,6 +94,12 @@ impl WebhookConfig {
                     ),
                 ));
             }
+        }
+        if self.plain_http && !self.client_ca_file.is_empty() {
+            return Err(invalid(
+                "clientCAFile",
+                "needs HTTPS: a client certificate comes with TLS (unset plainHttp)",
+            ));
         }
         if !self.plain_http {
             for (key, path) in [

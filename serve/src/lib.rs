@@ -5,6 +5,8 @@
 
 mod limits;
 
+pub use limits::client_certificate;
+
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;

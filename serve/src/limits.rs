@@ -20,6 +20,8 @@ use std::time::Duration;
 struct Slot {
     open: Arc<AtomicUsize>,
     over_cap: bool,
+    /// A TLS client that presented a certificate the server's verifier accepted.
+    client_cert: bool,
 }
 
 impl Drop for Slot {
@@ -31,13 +33,28 @@ impl Drop for Slot {
 /// Counts open connections against `max` (0: no cap); for `HttpServer::on_connect`.
 pub(crate) fn counter(max: usize) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
     let open = Arc::new(AtomicUsize::new(0));
-    move |_, data: &mut Extensions| {
+    move |io, data: &mut Extensions| {
         let now = open.fetch_add(1, Ordering::Relaxed) + 1;
+        type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+        // The handshake is done by now: a certificate here passed the verifier.
+        let client_cert = io.downcast_ref::<Tls>().is_some_and(|tls| {
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty())
+        });
         data.insert(Slot {
             open: open.clone(),
             over_cap: max > 0 && now > max,
+            client_cert,
         });
     }
+}
+
+/// Whether the request came over TLS with a client certificate the server's verifier accepted
+/// (servers that ask for one: the webhook with `clientCAFile`).
+pub fn client_certificate(req: &actix_web::HttpRequest) -> bool {
+    req.conn_data::<Slot>().is_some_and(|s| s.client_cert)
 }
 
 /// Answers every request on a connection over the cap with `503` and closes it.

@@ -24,6 +24,11 @@ pub enum Error {
     ApiTimeout(std::time::Duration),
     #[error("TLS: {0}")]
     Tls(String),
+    /// `clientCAFile` is set and the connection carried no certificate it signed.
+    #[error(
+        "a review must come from the API server (a client certificate signed by clientCAFile)"
+    )]
+    NotFromApiServer,
     #[error("bad configuration: {0}")]
     Config(#[from] nodepool::Error),
 }
@@ -34,6 +39,7 @@ impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         match self {
             Error::BadReview(_) => StatusCode::BAD_REQUEST,
+            Error::NotFromApiServer => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::mutate::{Mutator, Selection};
 use crate::review::AdmissionReview;
 use crate::secrets::SecretApi;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use nodepool::WebhookConfig;
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +20,8 @@ const MAX_BODY: usize = 8 << 20;
 
 pub struct AppState {
     pub mutator: Mutator,
+    /// `clientCAFile` is set: reviews come only over connections with its client certificate.
+    pub require_client_cert: bool,
     pub secrets: Arc<dyn SecretApi>,
     pub metrics: Arc<Metrics>,
 }
@@ -40,11 +42,16 @@ impl WebhookServer {
         let tls = if config.plain_http {
             None
         } else {
-            Some(tls_config(&config.tls_cert_file, &config.tls_key_file)?)
+            Some(tls_config(
+                &config.tls_cert_file,
+                &config.tls_key_file,
+                &config.client_ca_file,
+            )?)
         };
         Ok(WebhookServer {
             state: web::Data::new(AppState {
                 mutator,
+                require_client_cert: !config.client_ca_file.is_empty(),
                 secrets,
                 metrics,
             }),
@@ -94,12 +101,33 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-async fn by_pod_label(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+async fn by_pod_label(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    from_api_server(&req, &state)?;
     review(&state, &body, Selection::PodLabel).await
 }
 
-async fn by_namespace_label(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+async fn by_namespace_label(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    from_api_server(&req, &state)?;
     review(&state, &body, Selection::NamespaceLabel).await
+}
+
+/// With `clientCAFile`, a review is acted on only when it came with the API server's client
+/// certificate: otherwise any pod could forge one and have pull secret copies made.
+fn from_api_server(req: &HttpRequest, state: &AppState) -> Result<()> {
+    if state.require_client_cert && !serve::client_certificate(req) {
+        state.metrics.bad_requests.inc();
+        tracing::warn!(peer = ?req.peer_addr(), "refused a review without the API server's client certificate");
+        return Err(Error::NotFromApiServer);
+    }
+    Ok(())
 }
 
 async fn review(state: &AppState, body: &[u8], selection: Selection) -> Result<HttpResponse> {
@@ -145,8 +173,14 @@ async fn review(state: &AppState, body: &[u8], selection: Selection) -> Result<H
     Ok(HttpResponse::Ok().json(review.respond(&request, patch.as_deref())))
 }
 
-/// The serving certificate chain and key, from PEM files.
-fn tls_config(cert_file: &str, key_file: &str) -> Result<rustls::ServerConfig> {
+/// The serving certificate chain and key, from PEM files; with `client_ca_file`, client
+/// certificates it signed are asked for and checked (a connection without one is still taken:
+/// kubelet's probes of /healthz carry none, and reviews are refused on it).
+fn tls_config(
+    cert_file: &str,
+    key_file: &str,
+    client_ca_file: &str,
+) -> Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let tls = |what: &str, file: &str, e: &dyn std::fmt::Display| {
@@ -159,10 +193,37 @@ fn tls_config(cert_file: &str, key_file: &str) -> Result<rustls::ServerConfig> {
         return Err(tls("certificate", cert_file, &"no PEM certificate in it"));
     }
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| tls("key", key_file, &e))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let builder = if client_ca_file.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(client_ca_file)
+            .map_err(|e| tls("client CA", client_ca_file, &e))?
+        {
+            let ca = ca.map_err(|e| tls("client CA", client_ca_file, &e))?;
+            roots
+                .add(ca)
+                .map_err(|e| tls("client CA", client_ca_file, &e))?;
+        }
+        if roots.is_empty() {
+            return Err(tls(
+                "client CA",
+                client_ca_file,
+                &"no PEM certificate in it",
+            ));
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| tls("client CA", client_ca_file, &e))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    builder
         .with_single_cert(certs, key)
         .map_err(|e| tls("certificate and key", cert_file, &e))
 }
