@@ -12,7 +12,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use std::time::SystemTime;
-use storage::body::{file_stream, metered, parse_range, span, RateLimit, Span};
+use storage::body::{file_stream, metered, parse_range, span, RateLimit, Share, Span};
 use storage::reference::{split_path, validate_name, Digest, Reference};
 use storage::request::{joined_accept, preflight, read_limited};
 use storage::{Access, UpstreamReply};
@@ -182,7 +182,8 @@ async fn blob(
         state.metrics.cache_hits.inc();
         let span = span(range, entry.size, range_text)?;
         let r = builder(span, entry.size);
-        let body = file_stream(file, span.start, span.end + 1);
+        let share = share(state, b.head, span).await?;
+        let body = share.wrap(file_stream(file, span.start, span.end + 1));
         return Ok(respond(state, r, (span, entry.size), b.head, body));
     }
     let span = span(range, size, range_text)?;
@@ -198,8 +199,9 @@ async fn blob(
         repo: b.repo.clone(),
         auth: auth.cloned(),
     };
+    let share = share(state, false, span).await?;
     let task = Task::get_or_start(state, spec)?;
-    let body = task.ingest.stream(span.start, Some(span.end + 1));
+    let body = share.wrap(task.ingest.stream(span.start, Some(span.end + 1)));
     Ok(respond(
         state,
         builder(span, size),
@@ -207,6 +209,18 @@ async fn blob(
         false,
         body,
     ))
+}
+
+/// The response's share of `sendBuffers` (none for a HEAD), waiting up to `sendTimeout`.
+async fn share(state: &AgentState, head: bool, span: Span) -> Result<Share> {
+    if head {
+        return Ok(Share::none());
+    }
+    let len = span.end + 1 - span.start;
+    Ok(state
+        .budget
+        .share(Some(len), state.cfg.send_timeout.0)
+        .await?)
 }
 
 fn respond(
@@ -229,11 +243,7 @@ fn respond(
     let unlimited = std::sync::Arc::new(RateLimit::new(0));
     builder.body(SizedStream::new(
         len,
-        metered(
-            state.budget.wrap(body, Some(len)),
-            unlimited,
-            state.metrics.served_bytes.clone(),
-        ),
+        metered(body, unlimited, state.metrics.served_bytes.clone()),
     ))
 }
 

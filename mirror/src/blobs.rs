@@ -15,7 +15,7 @@ use sha2::Digest as _;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::SystemTime;
-use storage::body::{file_stream, metered, parse_range, span, RangeSpec, Span, CHUNK};
+use storage::body::{file_stream, metered, parse_range, span, RangeSpec, Share, Span, CHUNK};
 use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
 use storage::reference::Digest;
 
@@ -163,7 +163,8 @@ pub async fn get(
     match source {
         Source::Cached(file, entry) => {
             let span = span(range, entry.size, range_text)?;
-            let body = file_stream(file, span.start, span.end + 1);
+            let share = share(state, ctx, Some(span.end + 1 - span.start)).await?;
+            let body = share.wrap(file_stream(file, span.start, span.end + 1));
             Ok(respond(state, ctx, &digest, span, Some(entry.size), body))
         }
         Source::Ingest(ingest) => {
@@ -188,19 +189,29 @@ async fn serve_ingest(
     match size {
         Some(size) => {
             let span = span(range, size, range_text)?;
-            let body = ingest.stream(span.start, Some(span.end + 1));
+            let share = share(state, ctx, Some(span.end + 1 - span.start)).await?;
+            let body = share.wrap(ingest.stream(span.start, Some(span.end + 1)));
             Ok(respond(state, ctx, digest, span, Some(size), body))
         }
         // Upstream did not say how long the blob is: stream it whole, chunked.
         None => {
+            let share = share(state, ctx, None).await?;
             let body = metered(
-                state.budget.wrap(ingest.stream(0, None), None),
+                share.wrap(ingest.stream(0, None)),
                 state.limit.clone(),
                 state.metrics.served_bytes.clone(),
             );
             Ok(blob_headers(HttpResponse::Ok(), digest).streaming(body))
         }
     }
+}
+
+/// The response's share of `sendBuffers` (none for a HEAD), waiting up to `sendTimeout`.
+async fn share(state: &AppState, ctx: &Ctx<'_>, len: Option<u64>) -> Result<Share> {
+    if ctx.head {
+        return Ok(Share::none());
+    }
+    Ok(state.budget.share(len, state.send_timeout).await?)
 }
 
 fn blob_headers(mut builder: HttpResponseBuilder, digest: &Digest) -> HttpResponseBuilder {
@@ -240,7 +251,7 @@ fn respond(
         return builder.body(SizedStream::new(len, empty));
     }
     let body = metered(
-        state.budget.wrap(body, Some(len)),
+        body,
         state.limit.clone(),
         state.metrics.served_bytes.clone(),
     );

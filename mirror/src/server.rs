@@ -45,7 +45,8 @@ pub struct AppState {
     /// they read).
     pub budget: SendBudget,
     max_connections: usize,
-    send_timeout: Duration,
+    /// `sendTimeout`: also how long a response waits for its share of `sendBuffers`.
+    pub send_timeout: Duration,
 }
 
 /// The parts of a registry request every handler needs.

@@ -170,12 +170,12 @@ impl RateLimit {
 
 /// The response bytes a server holds in memory at once, across all its clients. A body sending
 /// a blob holds at most [`PER_BODY`]: actix's write buffer, which it fills only while the buffer
-/// is under its size, plus the chunk in hand. So each body takes its share (less for a short
-/// one) before it reads its first chunk, and keeps it until it ends; once the budget is spent,
-/// the next body waits, holding nothing and having sent nothing, until a body finishes or the
-/// send deadline cuts a client that stopped reading. Memory for bodies is then this budget,
-/// whatever the number of clients and however they read; a body never waits once it started,
-/// so bodies cannot wait for each other.
+/// is under its size, plus the chunk in hand. So a response takes its share (less for a short
+/// one) before it is sent, and keeps it until its body ends; once the budget is spent, the next
+/// response waits for a share, having sent nothing, and is answered `503` if none comes free in
+/// time. Memory for bodies is then this budget, whatever the number of clients and however
+/// they read, and the send deadline frees the shares of clients that stopped reading. A body
+/// never waits once it started, so bodies cannot wait for each other.
 pub struct SendBudget {
     permits: Arc<tokio::sync::Semaphore>,
 }
@@ -184,6 +184,27 @@ pub struct SendBudget {
 pub const PER_BODY: u64 = 3 << 20;
 /// Shares are counted in these.
 const UNIT: u64 = 64 << 10;
+
+/// One response's share of a [`SendBudget`], held until its body ends.
+pub struct Share(Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Share {
+    /// Holds nothing: for an answer without a body (HEAD).
+    pub fn none() -> Self {
+        Share(None)
+    }
+
+    /// `body`, holding this share until it ends or is dropped.
+    pub fn wrap<S>(self, body: S) -> impl Stream<Item = Result<Bytes>> + 'static
+    where
+        S: Stream<Item = Result<Bytes>> + 'static,
+    {
+        body.map(move |item| {
+            let _held = &self.0;
+            item
+        })
+    }
+}
 
 impl SendBudget {
     /// `bytes` in all (at least one body's share).
@@ -199,20 +220,15 @@ impl SendBudget {
         self.permits.available_permits() as u64 * UNIT
     }
 
-    /// `body`, of `len` bytes if known, read only once the budget has room for its share.
-    pub fn wrap<S>(&self, body: S, len: Option<u64>) -> impl Stream<Item = Result<Bytes>> + 'static
-    where
-        S: Stream<Item = Result<Bytes>> + 'static,
-    {
-        let share = len.unwrap_or(PER_BODY).clamp(1, PER_BODY).div_ceil(UNIT) as u32;
-        let state = (Box::pin(body), None, self.permits.clone());
-        futures_util::stream::unfold(state, move |(mut body, mut held, permits)| async move {
-            if held.is_none() {
-                held = Some(permits.clone().acquire_many_owned(share).await.ok()?);
-            }
-            let item = body.next().await?;
-            Some((item, (body, held, permits)))
-        })
+    /// The share of a body of `len` bytes (if known), waiting at most `wait` for it;
+    /// [`Error::Busy`] when none came free.
+    pub async fn share(&self, len: Option<u64>, wait: std::time::Duration) -> Result<Share> {
+        let units = len.unwrap_or(PER_BODY).clamp(1, PER_BODY).div_ceil(UNIT) as u32;
+        let taken = self.permits.clone().acquire_many_owned(units);
+        match tokio::time::timeout(wait, taken).await {
+            Ok(Ok(permit)) => Ok(Share(Some(permit))),
+            _ => Err(Error::Busy),
+        }
     }
 }
 
@@ -278,29 +294,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bodies_past_the_budget_wait_before_their_first_chunk_and_a_short_one_takes_less() {
+    async fn responses_past_the_budget_wait_for_a_share_then_are_refused_and_a_short_one_takes_less(
+    ) {
         let budget = SendBudget::new(2 * PER_BODY);
+        let wait = std::time::Duration::from_millis(50);
         let chunks = |n: usize| {
             futures_util::stream::iter(
                 (0..n).map(|_| Ok(Bytes::from(vec![0u8; FILE_CHUNK as usize]))),
             )
         };
-        // Two clients that stopped reading after a chunk: the budget is theirs.
-        let mut first = Box::pin(budget.wrap(chunks(100), None));
-        let mut second = Box::pin(budget.wrap(chunks(100), Some(100 * FILE_CHUNK)));
+        // Two clients that stopped reading: the budget is theirs.
+        let first = budget.share(None, wait).await.expect("a share");
+        let second = budget
+            .share(Some(100 * FILE_CHUNK), wait)
+            .await
+            .expect("a share");
+        let mut first = Box::pin(first.wrap(chunks(100)));
+        let mut second = Box::pin(second.wrap(chunks(100)));
         first.next().await.expect("chunk").expect("bytes");
-        second.next().await.expect("chunk").expect("bytes");
         assert_eq!(budget.available(), 0);
-        // A third waits before reading anything.
-        let mut third = Box::pin(budget.wrap(chunks(1), Some(FILE_CHUNK)));
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), third.next()).await;
-        assert!(waited.is_err(), "a body read past the budget");
-        // The first is cut (the send deadline): the third goes, taking one chunk's share.
+        // A third waits, then is told to come back.
+        assert!(matches!(
+            budget.share(Some(FILE_CHUNK), wait).await,
+            Err(Error::Busy)
+        ));
+        // The first is cut (the send deadline): the third gets one chunk's share.
         drop(first);
-        third.next().await.expect("chunk").expect("bytes");
+        let third = budget.share(Some(FILE_CHUNK), wait).await.expect("a share");
         assert_eq!(budget.available(), PER_BODY - FILE_CHUNK);
         // A body that has started never waits again, however long it is.
-        for _ in 0..99 {
+        for _ in 0..100 {
             second.next().await.expect("chunk").expect("bytes");
         }
         drop((second, third));

@@ -35,6 +35,9 @@ pub enum Error {
     ManifestTooLarge(usize),
     #[error("upstream transfer failed: {0}")]
     Transfer(String),
+    /// Every response buffer is taken (`sendBuffers`) and none came free in time.
+    #[error("every response buffer of this server is taken; retry shortly")]
+    Busy,
     /// A blob that would not fit the cache's `capacity` even with everything else evicted.
     #[error("a blob of {size} bytes does not fit the cache capacity of {capacity} bytes")]
     TooLarge { size: u64, capacity: u64 },
@@ -82,6 +85,7 @@ impl Error {
             Error::Upstream(r) if r.status == 401 => "UNAUTHORIZED",
             Error::Upstream(r) if r.status == 403 => "DENIED",
             Error::Upstream(r) if r.status == 429 => "TOOMANYREQUESTS",
+            Error::Busy => "TOOMANYREQUESTS",
             _ => "UNKNOWN",
         }
     }
@@ -99,6 +103,7 @@ impl Error {
             | Error::Transfer(_)
             | Error::TooLarge { .. } => 502,
             Error::Io(_) | Error::Index(_) => 500,
+            Error::Busy => 503,
         }
     }
 
@@ -134,6 +139,9 @@ impl Error {
         {
             out.headers
                 .push(("Content-Range", format!("bytes */{size}")));
+        }
+        if let Error::Busy = self {
+            out.headers.push(("Retry-After", "1".to_string()));
         }
         out
     }
