@@ -312,10 +312,7 @@ fn agent_advertises_the_node_ip_and_carries_the_pool_secret() {
 #[test]
 fn connected_pools_share_a_pair_key_and_nothing_else() {
     let values = "p2p:\n  secret: s3cret\n  plusMode:\n    edgeNodePools:\n      - {id: np-a, connectedPools: [np-b]}\n      - {id: np-b}\n      - {id: np-c}\n";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("values.yaml");
-    std::fs::write(&file, values).unwrap();
-    let objs = objects(&render(&["-f", file.to_str().unwrap()]).unwrap());
+    let objs = objects_with(values);
     let release = nodepool::PoolSecret::new("s3cret");
     let keys_of = |pool: &str| {
         let agent = of_kind(&objs, "DaemonSet", "agent")
@@ -1210,14 +1207,9 @@ fn run_rendered_locally(args: &[String], local: impl Fn(&str) -> String) {
 #[test]
 fn the_webhook_takes_reviews_only_from_the_api_server_when_told_how_to_know_it() {
     let values = "edgeNodePool: {id: np-a}\nwebhook:\n  clientCA: \"CA PEM\"\n  networkPolicy:\n    allowFrom:\n      - ipBlock: {cidr: 10.0.0.0/24}\n";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("values.yaml");
-    std::fs::write(&file, values).unwrap();
-    let objs = objects(&render(&["-f", file.to_str().unwrap()]).unwrap());
-    let config = by_name(&objs, "ConfigMap", "pc-poolcast-webhook");
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(str_of(&config["data"]["webhook.yaml"])).unwrap();
-    assert_eq!(yaml["clientCAFile"], "/etc/poolcast/tls/client-ca.crt");
+    let objs = objects_with(values);
+    let config = config_of(&objs, "pc-poolcast-webhook");
+    assert_eq!(config["clientCAFile"], "/etc/poolcast/tls/client-ca.crt");
     let tls = by_name(&objs, "Secret", "pc-poolcast-webhook-tls");
     assert_eq!(tls["data"]["client-ca.crt"], "Q0EgUEVN");
     let policy = by_name(&objs, "NetworkPolicy", "pc-poolcast-webhook");
@@ -1228,6 +1220,5 @@ fn the_webhook_takes_reviews_only_from_the_api_server_when_told_how_to_know_it()
     // Not asked: neither, so nothing changes for clusters that cannot give them.
     let plain = objects(&render(&["--set", "edgeNodePool.id=np-a"]).unwrap());
     assert!(plain.iter().all(|o| o["kind"] != "NetworkPolicy"));
-    let config = by_name(&plain, "ConfigMap", "pc-poolcast-webhook");
-    assert!(!str_of(&config["data"]["webhook.yaml"]).contains("clientCAFile"));
+    assert!(config_of(&plain, "pc-poolcast-webhook")["clientCAFile"].is_null());
 }

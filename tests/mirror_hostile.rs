@@ -10,12 +10,18 @@ use common::{client, sha256_hex, Mirror};
 use std::io::Read;
 
 fn mirror_for(upstream: &FakeUpstream, cache: &std::path::Path) -> Mirror {
-    Mirror::start(&[
+    mirror_with(upstream, cache, &[])
+}
+
+fn mirror_with(upstream: &FakeUpstream, cache: &std::path::Path, extra: &[&str]) -> Mirror {
+    let mut args = vec![
         "--upstream",
         &upstream.url,
         "--cache-dir",
         cache.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Mirror::start(&args)
 }
 
 #[test]
@@ -271,14 +277,7 @@ fn a_zero_length_blob_completes_and_lying_lengths_fail_cleanly() {
         }
     });
     let cache = tempfile::tempdir().unwrap();
-    let mut mirror = Mirror::start(&[
-        "--upstream",
-        &fake.url,
-        "--cache-dir",
-        cache.path().to_str().unwrap(),
-        "--capacity",
-        "64MiB",
-    ]);
+    let mut mirror = mirror_with(&fake, cache.path(), &["--capacity", "64MiB"]);
     let url = |kind: &str, d: &str| format!("{}/v2/team/app/{kind}/{d}", mirror.url());
     let resp = client().get(url("blobs", &empty)).send().unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -332,14 +331,7 @@ fn capacity_holds_when_a_blob_lands_and_a_blob_larger_than_it_is_refused() {
         }
     });
     let cache = tempfile::tempdir().unwrap();
-    let mut mirror = Mirror::start(&[
-        "--upstream",
-        &fake.url,
-        "--cache-dir",
-        cache.path().to_str().unwrap(),
-        "--capacity",
-        "1MiB",
-    ]);
+    let mut mirror = mirror_with(&fake, cache.path(), &["--capacity", "1MiB"]);
     let file = |d: &str| cache.path().join("blobs/sha256").join(&d[7..]);
     let get = |d: &str| {
         let resp = client()

@@ -51,6 +51,14 @@ pub fn render(args: &[&str]) -> Result<String, String> {
 }
 
 /// The objects of a multi-document manifest (helm separates documents with `---` lines).
+/// The objects rendered with `values` (YAML) as a values file.
+pub fn objects_with(values: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).unwrap();
+    objects(&render(&["-f", file.to_str().unwrap()]).unwrap())
+}
+
 pub fn objects(manifest: &str) -> Vec<Value> {
     let mut docs = vec![String::new()];
     for line in manifest.lines() {
