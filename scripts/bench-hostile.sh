@@ -4,20 +4,27 @@
 # /pieces with 64 piece sizes, and 200 such readers at an agent's registry port. Prints peak RSS
 # growth, CPU seconds and the latency of /v2/ meanwhile. Figures, not pass/fail: compare two
 # builds with POOLCAST_BIN=/path/to/poolcast (default: this tree's release build).
-#   usage: scripts/bench-hostile.sh [BLOB_MiB=300]
+#   usage: [READERS=200] [POOLCAST_BIN=...] scripts/bench-hostile.sh [BLOB_MiB=300]
 size_mib=${1:-300}
+readers=${READERS:-200}   # clients that never read
 name=bench-hostile need=""
 source "$(dirname "$0")/bench-lib.sh"
 bin=${POOLCAST_BIN:-$bin}
 start_registry
 upload_blob "$size_mib" bench/layer
-mirror_port=$(free_port)
-"$bin" mirror --listen "127.0.0.1:$mirror_port" --upstream "http://127.0.0.1:$reg_port" \
-  --cache-dir "$work/cache" >"$work/mirror.log" 2>&1 & pids+=($!)
-mirror_pid=$!
-mirror="http://127.0.0.1:$mirror_port"
-wait_http "$mirror/healthz"
-curl -sf -o /dev/null "$mirror/v2/bench/layer/blobs/$digest"   # cached, and verified once
+# A fresh mirror for each scenario (the same cache), so no figure carries another's peak.
+mirror_pid=""
+fresh_mirror() {
+  [ -n "$mirror_pid" ] && kill "$mirror_pid" && wait "$mirror_pid" 2>/dev/null || true
+  mirror_port=$(free_port)
+  "$bin" mirror --listen "127.0.0.1:$mirror_port" --upstream "http://127.0.0.1:$reg_port" \
+    --cache-dir "$work/cache" >>"$work/mirror.log" 2>&1 & pids+=($!)
+  mirror_pid=$!
+  mirror="http://127.0.0.1:$mirror_port"
+  wait_http "$mirror/healthz"
+  curl -sf -o /dev/null "$mirror/v2/bench/layer/blobs/$digest"   # cached, and verified once
+}
+fresh_mirror
 cpu_secs() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 rss_mib() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
@@ -55,7 +62,9 @@ print(f"{label}: {count} readers that never read: peak RSS +{status('VmHWM') - b
 for s in socks: s.close()
 EOP
 }
-stalled "$mirror_port" "/v2/bench/layer/blobs/$digest" 200 "$mirror_pid" mirror
+fresh_mirror
+stalled "$mirror_port" "/v2/bench/layer/blobs/$digest" "$readers" "$mirror_pid" mirror
+fresh_mirror
 
 cpu=$(cpu_secs "$mirror_pid"); hwm=$(peak_rss_mib "$mirror_pid")
 for k in $(seq 1 64); do
@@ -69,4 +78,4 @@ agent_port=$(free_port); peer_port=$(free_port)
 agent_pid=$!
 wait_http "http://127.0.0.1:$agent_port/healthz"
 curl -sf -o /dev/null "http://127.0.0.1:$agent_port/v2/bench/layer/blobs/$digest"
-stalled "$agent_port" "/v2/bench/layer/blobs/$digest" 200 "$agent_pid" agent
+stalled "$agent_port" "/v2/bench/layer/blobs/$digest" "$readers" "$agent_pid" agent
