@@ -45,6 +45,12 @@ pub struct AppState {
     keep_grants: Duration,
 }
 
+/// Open connections served: two per agent of a 1,000-node group of pools, four times over.
+/// More are answered `503` and closed.
+const MAX_CONNECTIONS: usize = 8192;
+/// An agent that takes no data for this long is cut (its answers are a few KiB).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Nonces remembered: at 20,000 signed requests a second (1,000 agents announcing fast) the
 /// cache still spans six seconds, for about 10 MiB.
 const REPLAY_CACHE: usize = 1 << 17;
@@ -295,6 +301,8 @@ impl SchedulerServer {
         };
         let options = serve::Options {
             shutdown_secs: 5,
+            max_connections: MAX_CONNECTIONS,
+            send_timeout: Some(SEND_TIMEOUT),
             ..serve::Options::default()
         };
         let result = serve::until(serve::start(listener, routes, options)?, shutdown).await;
