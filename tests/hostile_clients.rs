@@ -145,6 +145,63 @@ fn readers_that_stop_reading_hold_bounded_memory_and_are_cut_at_the_send_deadlin
 }
 
 #[test]
+fn an_agents_readers_that_stop_reading_hold_its_send_buffers_and_no_more() {
+    use common::agent::{Agent, AgentOpts};
+    let fx = fixture(32 << 20, 136, "");
+    let layer = fx.image.layers[0].clone();
+    let config = fx.work.path().join("agent.yaml");
+    std::fs::write(&config, "sendBuffers: 16MiB\nsendTimeout: 3s\n").unwrap();
+    let agent = Agent::start(AgentOpts {
+        ip: "127.0.0.2".into(),
+        mirror_url: fx.mirror.url().into(),
+        scheduler_url: None,
+        node: "node-1".into(),
+        pool: "pool-a".into(),
+        secret: None,
+        cache_dir: fx.fresh_dir("agent-cache"),
+        extra_args: vec!["--config".into(), config.display().to_string()],
+    });
+    let path = format!("/v2/{REPO}/blobs/{}", layer.digest);
+    let url = format!("{}{path}", agent.url());
+    let body = client().get(&url).send().unwrap().bytes().unwrap();
+    assert_eq!(common::sha256_hex(&body), layer.digest[7..]);
+    let pid = agent.pid();
+    let before = peak_rss_bytes(pid);
+    let _stalled: Vec<TcpStream> = (0..200)
+        .map(|_| stalled_reader(agent.host(), &path))
+        .collect();
+    let mut last = -1.0;
+    assert_eventually(Duration::from_secs(30), "the stalled sends settle", || {
+        let now = agent.metric(common::agent::SERVED_BYTES);
+        let settled = now == last;
+        last = now;
+        std::thread::sleep(Duration::from_millis(300));
+        settled
+    });
+    let grown = peak_rss_bytes(pid).saturating_sub(before);
+    eprintln!(
+        "200 readers that stopped at an agent: peak RSS +{} MiB",
+        grown / MIB
+    );
+    assert!(
+        grown < 100 * MIB,
+        "the agent's peak RSS grew {} MiB for 200 clients that read nothing",
+        grown / MIB
+    );
+    assert_eventually(
+        Duration::from_secs(30),
+        "a reader at the agent is served",
+        || {
+            client().get(&url).send().is_ok_and(|r| {
+                r.status().as_u16() == 200
+                    && r.bytes()
+                        .is_ok_and(|b| common::sha256_hex(&b) == layer.digest[7..])
+            })
+        },
+    );
+}
+
+#[test]
 fn connections_past_max_connections_get_a_503_that_says_why() {
     let fx = fixture(64 << 10, 133, "maxConnections: 8\n");
     let held: Vec<TcpStream> = (0..8)

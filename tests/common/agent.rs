@@ -162,6 +162,14 @@ impl Agent {
         self.spawn();
     }
 
+    /// The agent process's id ([`super::proc_stats`]).
+    pub fn pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .and_then(Component::pid)
+            .expect("agent running")
+    }
+
     pub fn metrics_text(&self) -> String {
         scrape(&self.url)
     }

@@ -110,6 +110,11 @@ impl Component {
         Ok((component, found.into_iter().flatten().collect()))
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, as when a node dies: no goodbye to the scheduler, sockets reset.
     pub fn kill(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
