@@ -66,7 +66,14 @@ impl Running {
     }
 
     /// A v2 signature for POSTing `body` to `path` here, as an agent of `pool` with `key`.
-    pub fn sign(&self, key: &PoolSecret, pool: &str, path: &str, body: &[u8], millis: u64) -> String {
+    pub fn sign(
+        &self,
+        key: &PoolSecret,
+        pool: &str,
+        path: &str,
+        body: &[u8],
+        millis: u64,
+    ) -> String {
         let host = self.url.trim_start_matches("http://");
         let parts = nodepool::signed::RequestParts {
             method: "POST",
