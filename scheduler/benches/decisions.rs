@@ -209,7 +209,6 @@ fn v2_fresh(r: &mut PeerRegistry, metrics: &Metrics, rng: &mut Rng, t0: Instant)
             peer: peer_ref(id),
             digest: V2.into(),
             completed: std::mem::take(&mut pending[id]),
-            backlog: rng.below(4) as u32,
             wait: true,
         };
         let now = t0 + Duration::from_micros(5 * n as u64);

@@ -7,7 +7,7 @@
 //!  agent                                   scheduler
 //!    | POST /api/v2/join  (download starts, then every intervalMs: pieces held, done)
 //!    |-------------------------------------->| members to connect to, goSource
-//!    | POST /api/v2/fresh (leased pieces completed, upload backlog, wait)
+//!    | POST /api/v2/fresh (leased pieces completed, wait)
 //!    |-------------------------------------->| held open until a lease is granted (or 2 s)
 //!    |<--------------------------------------| pieces to take from the mirror, allReleased
 //! ```
@@ -96,8 +96,6 @@ pub struct FreshRequest {
     pub digest: String,
     /// Leased pieces taken from the mirror and verified since the last report.
     pub completed: Vec<u32>,
-    /// Pieces' worth of uploads queued on the node.
-    pub backlog: u32,
     /// Wait (up to 2 s) for a lease; false: only report `completed`.
     pub wait: bool,
 }
@@ -206,7 +204,6 @@ mod tests {
             peer: peer(),
             digest: DIGEST.into(),
             completed: vec![0, 2],
-            backlog: 0,
             wait: true,
         };
         assert!(fresh.validate().is_ok() && fresh.validate_pieces(3).is_ok());

@@ -537,7 +537,6 @@ mod tests {
             peer: v2_peer(id),
             digest: DIGEST.into(),
             completed: completed.to_vec(),
-            backlog: 0,
             wait,
         }
     }

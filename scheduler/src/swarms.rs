@@ -72,8 +72,6 @@ pub(crate) struct GroupRef<'a> {
 pub(crate) struct Ask<'a> {
     /// Leased pieces completed.
     pub completed: &'a [u32],
-    /// Pieces' worth of uploads queued.
-    pub backlog: u32,
     pub wait: bool,
 }
 
@@ -345,7 +343,7 @@ impl Swarms {
         let mut grants = g.releases.expire(&cfg, now);
         grants.extend(
             g.releases
-                .ask(&cfg, who.holder, ask.backlog, ask.completed, ask.wait, now),
+                .ask(&cfg, who.holder, ask.completed, ask.wait, now),
         );
         let all_released = g.releases.all_released();
         let mut out = FreshOutcome {

@@ -41,7 +41,6 @@ fn ask(id: &str, completed: &[u32], wait: bool) -> FreshRequest {
         peer: peer(id, POOL),
         digest: DIGEST.into(),
         completed: completed.to_vec(),
-        backlog: 0,
         wait,
     }
 }

@@ -2,14 +2,16 @@
 //!
 //! A pool's mirror should send each piece once, and its uplink should not idle while pieces
 //! remain (its link is the one every byte must cross). [`Releases`] keeps up to `in_flight`
-//! pieces of a blob leased to first holders at once and, each time a lease ends, hands the lowest
-//! piece not yet released to the waiting node with the least upload work queued: a node whose
-//! uplink drains faster asks with less queued more often and takes more pieces, so each node's
-//! share follows its uplink (Mutualcast). A lease whose holder goes or lapses goes back to be
-//! handed out again.
+//! runs of pieces leased to first holders at once and, each time a lease ends, hands the
+//! lowest run not yet released to the node that has waited longest: every node of the pool
+//! takes its turn as a first holder, and the peers' pushes spread each fresh piece from there
+//! (rarest first), so a node's uplink carries its share whatever its turn. (Giving leases to
+//! the node with the least upload queued was tried: a starved node, holding little and so with
+//! little to push, took every lease, and its downlink carried only the mirror.) A lease whose
+//! holder goes or lapses goes back to be handed out again.
 //!
 //! ```text
-//!   node ──ask (completed pieces, backlog)──> Releases ──grant [piece] (now, or when a lease ends)──> node
+//!   node ──ask (completed pieces)──> Releases ──grant [run] (now, or when a lease ends)──> node
 //!   node ──GET Range of the piece──> mirror          node ──push──> the rest of the pool
 //! ```
 
@@ -83,7 +85,6 @@ struct Lease {
 #[derive(Clone, Copy, Debug)]
 struct Waiter {
     holder: Holder,
-    backlog: u32,
     since: Duration,
 }
 
@@ -133,14 +134,13 @@ impl Releases {
         self.waiting.iter().any(|w| w.holder == holder)
     }
 
-    /// `holder` reports the leased pieces it completed and, with `wait`, waits for more, with
-    /// `backlog` pieces' worth of uploads queued. Returns the grants to deliver now: to this
-    /// holder, to others whose wait this ends, or none (the holder keeps waiting).
+    /// `holder` reports the leased pieces it completed and, with `wait`, waits for more.
+    /// Returns the grants to deliver now: to this holder, to others whose wait this ends, or
+    /// none (the holder keeps waiting).
     pub fn ask(
         &mut self,
         cfg: &ReleaseConfig,
         holder: Holder,
-        backlog: u32,
         completed: &[u32],
         wait: bool,
         now: Duration,
@@ -162,14 +162,10 @@ impl Releases {
         if done {
             self.leases.retain(|l| !l.left.is_empty());
         }
-        match self.waiting.iter_mut().find(|w| w.holder == holder) {
-            _ if !wait => self.cancel(holder),
-            Some(w) => w.backlog = backlog,
-            None => self.waiting.push(Waiter {
-                holder,
-                backlog,
-                since: now,
-            }),
+        if !wait {
+            self.cancel(holder);
+        } else if !self.is_waiting(holder) {
+            self.waiting.push(Waiter { holder, since: now });
         }
         self.grant(cfg, now)
     }
@@ -301,20 +297,14 @@ mod tests {
     fn pieces_go_out_in_order_up_to_the_in_flight_limit() {
         let c = cfg(2);
         let mut r = Releases::new(5);
-        assert_eq!(
-            granted(&r.ask(&c, 1, 0, &[], true, t(0))),
-            vec![(1, vec![0])]
-        );
-        assert_eq!(
-            granted(&r.ask(&c, 2, 0, &[], true, t(1))),
-            vec![(2, vec![1])]
-        );
+        assert_eq!(granted(&r.ask(&c, 1, &[], true, t(0))), vec![(1, vec![0])]);
+        assert_eq!(granted(&r.ask(&c, 2, &[], true, t(1))), vec![(2, vec![1])]);
         // Two in flight: the third node waits.
-        assert!(r.ask(&c, 3, 0, &[], true, t(2)).is_empty());
+        assert!(r.ask(&c, 3, &[], true, t(2)).is_empty());
         assert!(r.is_waiting(3));
         // Node 1 completes piece 0 and asks again: the piece goes to the node that waited
         // longer with the same backlog.
-        let out = r.ask(&c, 1, 0, &[0], true, t(3));
+        let out = r.ask(&c, 1, &[0], true, t(3));
         assert_eq!(granted(&out), vec![(3, vec![2])]);
         assert_eq!(r.released(), 1);
     }
@@ -323,14 +313,11 @@ mod tests {
     fn the_node_waiting_longest_is_fed_first() {
         let c = cfg(1);
         let mut r = Releases::new(4);
-        assert_eq!(
-            granted(&r.ask(&c, 1, 0, &[], true, t(0))),
-            vec![(1, vec![0])]
-        );
-        assert!(r.ask(&c, 2, 9, &[], true, t(1)).is_empty());
-        assert!(r.ask(&c, 3, 2, &[], true, t(2)).is_empty());
+        assert_eq!(granted(&r.ask(&c, 1, &[], true, t(0))), vec![(1, vec![0])]);
+        assert!(r.ask(&c, 2, &[], true, t(1)).is_empty());
+        assert!(r.ask(&c, 3, &[], true, t(2)).is_empty());
         // Node 1 finishes: node 2 has waited longest.
-        let out = r.ask(&c, 1, 5, &[0], true, t(3));
+        let out = r.ask(&c, 1, &[0], true, t(3));
         assert_eq!(granted(&out), vec![(2, vec![1])]);
     }
 
@@ -338,8 +325,8 @@ mod tests {
     fn a_node_that_leaves_gives_its_lease_back() {
         let c = cfg(1);
         let mut r = Releases::new(3);
-        r.ask(&c, 1, 0, &[], true, t(0));
-        assert!(r.ask(&c, 2, 0, &[], true, t(1)).is_empty());
+        r.ask(&c, 1, &[], true, t(0));
+        assert!(r.ask(&c, 2, &[], true, t(1)).is_empty());
         let out = r.leave(&c, 1, t(2));
         assert_eq!(
             granted(&out),
@@ -352,13 +339,13 @@ mod tests {
     fn a_lapsed_lease_is_handed_out_again() {
         let c = cfg(1);
         let mut r = Releases::new(2);
-        r.ask(&c, 1, 0, &[], true, t(0));
-        assert!(r.ask(&c, 2, 0, &[], true, t(10)).is_empty());
+        r.ask(&c, 1, &[], true, t(0));
+        assert!(r.ask(&c, 2, &[], true, t(10)).is_empty());
         assert!(r.expire(&c, t(14_999)).is_empty());
         let out = r.expire(&c, t(15_000));
         assert_eq!(granted(&out), vec![(2, vec![0])]);
         // The first holder completing it late still counts.
-        r.ask(&c, 1, 0, &[0], true, t(15_001));
+        r.ask(&c, 1, &[0], true, t(15_001));
         assert_eq!(r.released(), 1);
     }
 
@@ -366,11 +353,11 @@ mod tests {
     fn once_everything_is_released_waiters_are_told_to_stop() {
         let c = cfg(4);
         let mut r = Releases::new(2);
-        r.ask(&c, 1, 0, &[], true, t(0));
-        r.ask(&c, 2, 0, &[], true, t(0));
-        assert!(r.ask(&c, 3, 0, &[], true, t(0)).is_empty());
-        r.ask(&c, 1, 0, &[0], true, t(1));
-        let out = r.ask(&c, 2, 0, &[1], true, t(2));
+        r.ask(&c, 1, &[], true, t(0));
+        r.ask(&c, 2, &[], true, t(0));
+        assert!(r.ask(&c, 3, &[], true, t(0)).is_empty());
+        r.ask(&c, 1, &[0], true, t(1));
+        let out = r.ask(&c, 2, &[1], true, t(2));
         assert!(r.all_released());
         let mut told: Vec<Holder> = out
             .iter()
@@ -385,7 +372,7 @@ mod tests {
     fn an_empty_blob_is_released_at_once() {
         let c = cfg(4);
         let mut r = Releases::new(0);
-        let out = r.ask(&c, 1, 0, &[], true, t(0));
+        let out = r.ask(&c, 1, &[], true, t(0));
         assert_eq!(
             out,
             vec![(
@@ -402,9 +389,9 @@ mod tests {
     fn a_report_without_waiting_frees_the_lease_for_others() {
         let c = cfg(1);
         let mut r = Releases::new(3);
-        r.ask(&c, 1, 0, &[], true, t(0));
-        assert!(r.ask(&c, 2, 0, &[], true, t(1)).is_empty());
-        let out = r.ask(&c, 1, 0, &[0], false, t(2));
+        r.ask(&c, 1, &[], true, t(0));
+        assert!(r.ask(&c, 2, &[], true, t(1)).is_empty());
+        let out = r.ask(&c, 1, &[0], false, t(2));
         assert_eq!(granted(&out), vec![(2, vec![1])]);
         assert!(!r.is_waiting(1));
     }
@@ -418,22 +405,22 @@ mod tests {
         };
         let mut r = Releases::new(7);
         assert_eq!(
-            granted(&r.ask(&c, 1, 0, &[], true, t(0))),
+            granted(&r.ask(&c, 1, &[], true, t(0))),
             vec![(1, vec![0, 1, 2])]
         );
         assert_eq!(
-            granted(&r.ask(&c, 2, 0, &[], true, t(0))),
+            granted(&r.ask(&c, 2, &[], true, t(0))),
             vec![(2, vec![3, 4, 5])]
         );
-        assert!(r.ask(&c, 3, 0, &[], true, t(0)).is_empty());
+        assert!(r.ask(&c, 3, &[], true, t(0)).is_empty());
         // Node 1 completes one piece of three: its lease is still out.
-        assert!(r.ask(&c, 1, 0, &[0], true, t(1)).is_empty());
+        assert!(r.ask(&c, 1, &[0], true, t(1)).is_empty());
         // Node 2 leaves: its run comes back whole, to node 3, which waited longest.
         let out = r.leave(&c, 2, t(2));
         assert_eq!(granted(&out), vec![(3, vec![3, 4, 5])]);
         // Node 1 completes the rest: the last piece goes to it.
         assert_eq!(
-            granted(&r.ask(&c, 1, 0, &[1, 2], true, t(3))),
+            granted(&r.ask(&c, 1, &[1, 2], true, t(3))),
             vec![(1, vec![6])]
         );
     }
@@ -455,7 +442,7 @@ mod tests {
     fn completions_out_of_range_are_ignored() {
         let c = cfg(1);
         let mut r = Releases::new(2);
-        r.ask(&c, 1, 0, &[7, u32::MAX], true, t(0));
+        r.ask(&c, 1, &[7, u32::MAX], true, t(0));
         assert_eq!(r.released(), 0);
     }
 }

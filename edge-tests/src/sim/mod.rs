@@ -130,7 +130,6 @@ enum Msg {
     Ask {
         node: usize,
         completed: Vec<u32>,
-        backlog: u32,
         wait: bool,
     },
     /// A mirror request reaches the mirror: the transfer starts.
@@ -266,6 +265,7 @@ impl Sim<'_> {
                 Event::Open {
                     task: TASK,
                     pieces,
+                    piece_len: self.spec.piece_size,
                     have: PieceSet::empty(pieces),
                     mode: Mode::P2p,
                 },
@@ -309,17 +309,11 @@ impl Sim<'_> {
                 Msg::Ask {
                     node,
                     completed,
-                    backlog,
                     wait,
                 } => {
-                    let grants = self.releases.ask(
-                        &self.spec.release,
-                        node as u64,
-                        backlog,
-                        &completed,
-                        wait,
-                        now,
-                    );
+                    let grants =
+                        self.releases
+                            .ask(&self.spec.release, node as u64, &completed, wait, now);
                     if self.out.released_at == 0.0 && self.releases.all_released() {
                         self.out.released_at = now.as_secs_f64();
                     }
@@ -545,17 +539,13 @@ impl Sim<'_> {
                     );
                 }
                 Action::AskFresh {
-                    completed,
-                    backlog,
-                    wait,
-                    ..
+                    completed, wait, ..
                 } => {
                     self.send(
                         self.spec.sched_latency,
                         Msg::Ask {
                             node: i,
                             completed,
-                            backlog,
                             wait,
                         },
                     );
@@ -613,10 +603,16 @@ impl Sim<'_> {
             // The runtime reports progress a few times a second; the stall timer needs it.
             if moved > 0.0 && self.step.is_multiple_of(progress_every) {
                 let (dst, piece) = (f.dst, f.piece + f.delivered);
-                self.wheel
-                    .entry(self.step + 1)
-                    .or_default()
-                    .push(Msg::Node(dst, Event::Progress { task: TASK, piece }));
+                let start = f64::from(f.delivered) * self.spec.piece_size as f64;
+                let bytes = (f.sent - start).max(0.0) as u64;
+                self.wheel.entry(self.step + 1).or_default().push(Msg::Node(
+                    dst,
+                    Event::Progress {
+                        task: TASK,
+                        piece,
+                        bytes,
+                    },
+                ));
             }
             if f.mirror {
                 // Each piece of a range lands as its last byte arrives.

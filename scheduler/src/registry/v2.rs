@@ -159,7 +159,6 @@ impl PeerRegistry {
         let who = self.who(key, pool, &req.peer.id)?;
         let ask = Ask {
             completed: &req.completed,
-            backlog: req.backlog,
             wait: req.wait,
         };
         let group_ref = GroupRef {

@@ -85,7 +85,6 @@ fn ask(id: &str, pool: &str, completed: &[u32], wait: bool) -> FreshRequest {
         peer: peer(id, pool),
         digest: DIGEST.into(),
         completed: completed.to_vec(),
-        backlog: 0,
         wait,
     }
 }

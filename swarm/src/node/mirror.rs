@@ -1,7 +1,7 @@
 //! The mirror side: leased runs of fresh pieces, source mode, the mirror's help with the tail
 //! once every piece is in the pool, and asks to the scheduler.
 
-use super::task::State;
+use super::task::{State, Transfer};
 use super::{Action, Mode, Node, Notice, TaskId};
 use crate::mix;
 use std::time::Duration;
@@ -100,7 +100,7 @@ impl Node {
             return;
         };
         for piece in first..end {
-            task.transfers.insert(piece, now);
+            task.transfers.insert(piece, Transfer::new(now));
             if assist {
                 task.state[piece as usize] = State::Assist;
                 continue;
@@ -130,7 +130,6 @@ impl Node {
             out.push(Action::AskFresh {
                 task: id,
                 completed: std::mem::take(&mut task.completed),
-                backlog: task.backlog().min(u64::from(u32::MAX)) as u32,
                 wait,
             });
         }

@@ -131,10 +131,12 @@ impl Default for Tunables {
 /// What happened, as the runtime (or the simulator) saw it.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// Take part in a blob of `pieces` pieces: a download (some missing) or a held blob.
+    /// Take part in a blob of `pieces` pieces of `piece_len` bytes: a download (some
+    /// missing) or a held blob.
     Open {
         task: TaskId,
         pieces: u32,
+        piece_len: u64,
         have: PieceSet,
         mode: Mode,
     },
@@ -197,8 +199,13 @@ pub enum Event {
         task: TaskId,
         piece: u32,
     },
-    /// Bytes of a piece arrived (reported at most every few hundred milliseconds).
-    Progress { task: TaskId, piece: u32 },
+    /// Bytes of a piece arrived: `bytes` of it so far (reported at most every few hundred
+    /// milliseconds, and when the first bytes come).
+    Progress {
+        task: TaskId,
+        piece: u32,
+        bytes: u64,
+    },
     /// A piece arrived whole and matched its digest.
     Done {
         task: TaskId,
@@ -262,12 +269,10 @@ pub enum Action {
     },
     /// Stop a mirror range (a peer is sending its piece instead).
     CancelMirror { task: TaskId, first: u32 },
-    /// Report leased pieces completed and (`wait`) wait for more; `backlog`: pieces' worth of
-    /// pushes this node could still make.
+    /// Report leased pieces completed and (`wait`) wait for more.
     AskFresh {
         task: TaskId,
         completed: Vec<u32>,
-        backlog: u32,
         wait: bool,
     },
     /// Take nothing more of this blob from this peer.
@@ -289,6 +294,8 @@ pub struct Node {
     incoming: u32,
     /// Something changed that may open an offer.
     dirty: bool,
+    /// How fast pushes have been arriving here, bytes per second (a moving average).
+    peer_rate: Option<f64>,
 }
 
 impl Node {
@@ -302,6 +309,7 @@ impl Node {
             uploading: 0,
             incoming: 0,
             dirty: true,
+            peer_rate: None,
         }
     }
 
@@ -354,7 +362,7 @@ impl Node {
                 let retry = (t.mirror_failures > 0).then_some(t.mirror_retry_at);
                 t.transfers
                     .values()
-                    .map(move |&at| at + stall)
+                    .map(move |t| t.last + stall)
                     .chain(rescue)
                     .chain(retry)
             })
@@ -368,9 +376,10 @@ impl Node {
             Event::Open {
                 task,
                 pieces,
+                piece_len,
                 have,
                 mode,
-            } => self.open(task, pieces, have, mode, now),
+            } => self.open(task, (pieces, piece_len), have, mode, now),
             Event::Close { task } => self.close(task),
             Event::SetMode { task, mode } => {
                 if let Some(t) = self.tasks.get_mut(&task) {
@@ -432,13 +441,18 @@ impl Node {
                     self.end_incoming(task, piece, out);
                 }
             }
-            Event::Progress { task, piece } => {
-                if let Some(at) = self
-                    .tasks
-                    .get_mut(&task)
-                    .and_then(|t| t.transfers.get_mut(&piece))
-                {
-                    *at = now;
+            Event::Progress { task, piece, bytes } => {
+                let Some(t) = self.tasks.get_mut(&task) else {
+                    return;
+                };
+                if let Some(tr) = t.transfers.get_mut(&piece) {
+                    tr.last = now;
+                    tr.bytes = bytes;
+                }
+                if let Some(State::Incoming(peer)) = t.state.get(piece as usize) {
+                    if let Some(p) = self.peers.get_mut(peer) {
+                        p.last_data = now;
+                    }
                 }
             }
             Event::Done { task, piece, from } => self.done(task, piece, from, now, out),
@@ -478,11 +492,12 @@ impl Node {
         }
     }
 
-    fn open(&mut self, id: TaskId, pieces: u32, have: PieceSet, mode: Mode, now: Duration) {
+    fn open(&mut self, id: TaskId, size: (u32, u64), have: PieceSet, mode: Mode, now: Duration) {
+        let (pieces, piece_len) = size;
         if self.tasks.contains_key(&id) {
             return;
         }
-        let mut task = Task::new(pieces, mode, now);
+        let mut task = Task::new(pieces, piece_len, mode, now);
         if have.len() == pieces {
             for piece in have.iter() {
                 task.gain(self.seed, piece);
@@ -501,7 +516,14 @@ impl Node {
                 p.tasks.remove(&id);
             }
         }
-        self.incoming = self.incoming.saturating_sub(task.count_incoming());
+        for s in &task.state {
+            if let task::State::Incoming(peer) = s {
+                self.incoming = self.incoming.saturating_sub(1);
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.incoming = p.incoming.saturating_sub(1);
+                }
+            }
+        }
     }
 }
 

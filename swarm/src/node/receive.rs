@@ -1,7 +1,7 @@
 //! The receiving side: members joining and their notices, offers accepted or refused, pieces
 //! landing or failing, transfers that stall.
 
-use super::task::{Member, State};
+use super::task::{Member, State, Task, Transfer};
 use super::{Action, From, Node, Notice, PeerId, Refusal, TaskId};
 use crate::pieces::PieceSet;
 use std::time::Duration;
@@ -40,6 +40,13 @@ impl Node {
             .filter(|&p| task.state[p as usize] == State::Incoming(peer))
             .collect();
         for piece in from_it {
+            // Its bytes must stop landing here (the piece may go to another sender).
+            out.push(Action::Refuse {
+                peer,
+                task: id,
+                piece,
+                why: Refusal::Unwanted,
+            });
             self.end_incoming(id, piece, out);
         }
         self.dirty = true;
@@ -76,7 +83,14 @@ impl Node {
         now: Duration,
         out: &mut Vec<Action>,
     ) {
-        let full = self.incoming >= self.cfg.max_incoming;
+        // A sender has one push under way per lane and `lookahead` pieces offered behind it:
+        // more accepted from one peer at once is a peer not playing by the protocol.
+        let per_peer = self.cfg.lookahead + 1;
+        let full = self.incoming >= self.cfg.max_incoming
+            || self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.incoming >= per_peer);
         let refuse = |why| Action::Refuse {
             peer,
             task: id,
@@ -94,6 +108,9 @@ impl Node {
         match task.state[piece as usize] {
             State::Have => out.push(refuse(Refusal::Have)),
             State::Incoming(_) | State::Mirror => out.push(refuse(Refusal::Receiving)),
+            State::Assist if !peer_sooner(task, piece, now, self.peer_rate) => {
+                out.push(refuse(Refusal::Receiving))
+            }
             State::Missing if full => out.push(refuse(Refusal::Busy)),
             State::Missing | State::Assist => {
                 if task.state[piece as usize] == State::Assist {
@@ -106,8 +123,11 @@ impl Node {
                     });
                 }
                 task.state[piece as usize] = State::Incoming(peer);
-                task.transfers.insert(piece, now);
+                task.transfers.insert(piece, Transfer::new(now));
                 self.incoming += 1;
+                let p = self.peers.entry(peer).or_default();
+                p.last_data = p.last_data.max(now);
+                p.incoming += 1;
                 out.push(Action::Accept {
                     peer,
                     task: id,
@@ -128,8 +148,11 @@ impl Node {
             return;
         };
         let announced = match task.state[piece as usize] {
-            State::Incoming(_) => {
+            State::Incoming(peer) => {
                 self.incoming = self.incoming.saturating_sub(1);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.incoming = p.incoming.saturating_sub(1);
+                }
                 true
             }
             State::Mirror => true,
@@ -140,6 +163,11 @@ impl Node {
         task.transfers.remove(&piece);
         task.prune_runs();
         task.mirror_dirty = true;
+        // A piece leased here that a peer was sending: the pool still waits on this node for
+        // it, so it goes back to the mirror.
+        if task.leased.contains(&piece) && !task.leases.contains(&piece) {
+            task.leases.push_front(piece);
+        }
         if announced {
             out.push(Action::Notify {
                 task: id,
@@ -169,6 +197,9 @@ impl Node {
             State::Have => return,
             State::Incoming(peer) => {
                 self.incoming = self.incoming.saturating_sub(1);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.incoming = p.incoming.saturating_sub(1);
+                }
                 if from != From::Peer(peer) {
                     // It came another way first: stop the push.
                     out.push(Action::Refuse {
@@ -184,7 +215,17 @@ impl Node {
         if from == From::Mirror {
             task.mirror_failures = 0;
         }
-        task.transfers.remove(&piece);
+        if let From::Peer(p) = from {
+            if let Some(p) = self.peers.get_mut(&p) {
+                p.last_data = now;
+            }
+        }
+        if let (Some(t), From::Peer(_)) = (task.transfers.remove(&piece), from) {
+            // How fast pushes arrive here, to weigh a peer's offer against the mirror.
+            let secs = now.saturating_sub(t.since).as_secs_f64().max(1e-3);
+            let rate = task.piece_len as f64 / secs;
+            self.peer_rate = Some(self.peer_rate.map_or(rate, |r| 0.8 * r + 0.2 * rate));
+        }
         task.last_progress = now;
         task.mirror_dirty = true;
         task.gain(seed, piece);
@@ -235,9 +276,6 @@ impl Node {
                 task.mirror_failures += 1;
                 let wait = backoff.saturating_mul(1 << (task.mirror_failures - 1).min(5));
                 task.mirror_retry_at = now + wait.min(Duration::from_secs(5));
-                if task.leased.contains(&piece) && !task.leases.contains(&piece) {
-                    task.leases.push_front(piece);
-                }
                 if task.mirror_failures > retries && !task.failed {
                     task.failed = true;
                     out.push(Action::Fail {
@@ -271,12 +309,15 @@ impl Node {
         let Some(task) = self.tasks.get(&id) else {
             return;
         };
+        let peers = &self.peers;
         let stalled: Vec<(u32, PeerId)> = task
             .transfers
             .iter()
-            .filter(|(_, &at)| now.saturating_sub(at) >= stall)
-            .filter_map(|(&p, _)| match task.state[p as usize] {
-                State::Incoming(peer) => Some((p, peer)),
+            .filter_map(|(&p, t)| match task.state[p as usize] {
+                State::Incoming(peer) => {
+                    let moved = peers.get(&peer).map_or(t.last, |q| q.last_data.max(t.last));
+                    (now.saturating_sub(moved) >= stall).then_some((p, peer))
+                }
                 _ => None,
             })
             .collect();
@@ -291,4 +332,20 @@ impl Node {
             self.end_incoming(id, piece, out);
         }
     }
+}
+
+/// Whether a peer should deliver a piece sooner than the mirror transfer helping with it: the
+/// mirror's bytes so far at its rate so far against a whole piece at the rate pushes have been
+/// arriving. A transfer that has not moved yet, or with no pushes measured, gives way.
+fn peer_sooner(task: &Task, piece: u32, now: Duration, peer_rate: Option<f64>) -> bool {
+    let (Some(t), Some(peer_rate)) = (task.transfers.get(&piece), peer_rate) else {
+        return true;
+    };
+    let elapsed = now.saturating_sub(t.since).as_secs_f64();
+    if t.bytes == 0 || elapsed <= 0.0 {
+        return true;
+    }
+    let mirror_rate = t.bytes as f64 / elapsed;
+    let left = task.piece_len.saturating_sub(t.bytes) as f64;
+    task.piece_len as f64 / peer_rate < left / mirror_rate
 }

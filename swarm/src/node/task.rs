@@ -14,9 +14,27 @@ pub(super) enum State {
     Incoming(PeerId),
     Mirror,
     /// From the mirror once every piece is in the pool, helping the tail: not announced, and
-    /// given up for a peer's offer.
+    /// given up for a peer's offer when the peer should finish it sooner.
     Assist,
     Have,
+}
+
+/// A piece coming in: when it started, its last progress, and bytes so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Transfer {
+    pub since: Duration,
+    pub last: Duration,
+    pub bytes: u64,
+}
+
+impl Transfer {
+    pub fn new(now: Duration) -> Transfer {
+        Transfer {
+            since: now,
+            last: now,
+            bytes: 0,
+        }
+    }
 }
 
 /// What a member of a blob holds, and is receiving, as it told.
@@ -64,6 +82,12 @@ impl Lane {
 pub(super) struct Peer {
     /// It answered busy: no offers before then.
     pub busy_until: Option<Duration>,
+    /// Its pushes accepted here and not yet done.
+    pub incoming: u32,
+    /// When bytes of a push it sends here last arrived (or a push was last accepted from it).
+    /// Its pushes come one at a time, so a piece accepted behind another is not stalled while
+    /// this moves.
+    pub last_data: Duration,
     pub lane: Lane,
     pub tasks: HashSet<TaskId>,
 }
@@ -71,10 +95,12 @@ pub(super) struct Peer {
 #[derive(Debug)]
 pub(super) struct Task {
     pub mode: Mode,
+    /// Bytes of a whole piece (the last one may be shorter).
+    pub piece_len: u64,
     pub state: Vec<State>,
     pub have: PieceSet,
-    /// Last progress of each transfer coming in (from peers or the mirror).
-    pub transfers: HashMap<u32, Duration>,
+    /// Each transfer coming in (from peers or the mirror).
+    pub transfers: HashMap<u32, Transfer>,
     pub members: HashMap<PeerId, Member>,
     pub blocked: HashSet<PeerId>,
     /// Per piece: members holding or receiving it.
@@ -103,9 +129,10 @@ pub(super) struct Task {
 }
 
 impl Task {
-    pub fn new(pieces: u32, mode: Mode, now: Duration) -> Task {
+    pub fn new(pieces: u32, piece_len: u64, mode: Mode, now: Duration) -> Task {
         Task {
             mode,
+            piece_len,
             state: vec![State::Missing; pieces as usize],
             have: PieceSet::empty(pieces),
             transfers: HashMap::new(),
@@ -159,13 +186,6 @@ impl Task {
             }
         }
         set
-    }
-
-    pub fn count_incoming(&self) -> u32 {
-        self.state
-            .iter()
-            .filter(|s| matches!(s, State::Incoming(_)))
-            .count() as u32
     }
 
     fn rank_key(&self, seed: u64, piece: u32) -> (u32, u64, u32) {

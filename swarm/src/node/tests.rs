@@ -25,6 +25,7 @@ fn node(pieces: u32, have: &[u32], mode: Mode, members: &[(PeerId, &[u32])]) -> 
         Event::Open {
             task: T,
             pieces,
+            piece_len: 1 << 20,
             have: set(pieces, have),
             mode,
         },
@@ -456,7 +457,15 @@ fn a_stalled_push_is_refused_and_its_sender_blocked() {
         !out.iter().any(|x| matches!(x, Action::Block { .. })),
         "{out:?}"
     );
-    handle(&mut n, ms(100), Event::Progress { task: T, piece: 0 });
+    handle(
+        &mut n,
+        ms(100),
+        Event::Progress {
+            task: T,
+            piece: 0,
+            bytes: 1,
+        },
+    );
     let mut out = Vec::new();
     n.tick(ms(100) + stall, &mut out);
     assert!(out.contains(&Action::Refuse {
@@ -671,4 +680,156 @@ fn a_blob_of_no_pieces_is_complete_at_once() {
     assert!(n.is_complete(T));
     let a = decide(&mut n, ms(0));
     assert!(fetches(&a).is_empty() && offers(&a).is_empty(), "{a:?}");
+}
+
+#[test]
+fn a_piece_accepted_behind_another_is_not_stalled_while_the_peer_moves() {
+    let mut n = node(3, &[], Mode::P2p, &[(1, &[0, 1, 2])]);
+    // Two pieces accepted from one peer: it pushes them one after the other.
+    handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 0,
+        },
+    );
+    handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 1,
+        },
+    );
+    let stall = Tunables::default().stall;
+    // The first moves all along; the second has seen no byte yet.
+    for k in 1..=3 {
+        let at = stall * k / 2;
+        handle(
+            &mut n,
+            at,
+            Event::Progress {
+                task: T,
+                piece: 0,
+                bytes: 1000 * u64::from(k),
+            },
+        );
+        let mut out = Vec::new();
+        n.tick(at + ms(1), &mut out);
+        assert!(
+            !out.iter().any(|x| matches!(x, Action::Block { .. })),
+            "at {at:?}: {out:?}"
+        );
+    }
+    // The peer stops altogether: both are given up and the peer blocked.
+    let mut out = Vec::new();
+    n.tick(stall * 3 / 2 + stall, &mut out);
+    assert!(out.contains(&Action::Block { peer: 1, task: T }), "{out:?}");
+    assert!(out.contains(&Action::Notify {
+        task: T,
+        piece: 1,
+        notice: Notice::NotReceiving
+    }));
+}
+
+#[test]
+fn a_leased_piece_a_peer_failed_to_deliver_goes_back_to_the_mirror() {
+    let mut n = node(4, &[], Mode::P2p, &[(1, &[0, 1, 2, 3])]);
+    // The peer offers piece 2 before the lease for it arrives.
+    handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 2,
+        },
+    );
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Fresh {
+            task: T,
+            pieces: vec![2, 3],
+            all_released: false,
+        },
+    );
+    assert_eq!(
+        fetches(&a),
+        vec![(3, 1)],
+        "piece 2 is coming from the peer: {a:?}"
+    );
+    // The peer goes away without it: the lease is this node's to fill.
+    let a = handle(&mut n, ms(2), Event::Gone { peer: 1 });
+    assert_eq!(fetches(&a), vec![(2, 1)], "{a:?}");
+}
+
+#[test]
+fn a_peer_gets_no_more_accepted_at_once_than_a_lane_carries() {
+    let mut n = node(
+        8,
+        &[],
+        Mode::P2p,
+        &[(1, &[0, 1, 2, 3, 4, 5, 6, 7]), (2, &[7])],
+    );
+    let per_lane = Tunables::default().lookahead + 1;
+    for piece in 0..per_lane {
+        let a = handle(
+            &mut n,
+            ms(0),
+            Event::Offered {
+                peer: 1,
+                task: T,
+                piece,
+            },
+        );
+        assert!(
+            a.contains(&Action::Accept {
+                peer: 1,
+                task: T,
+                piece
+            }),
+            "{a:?}"
+        );
+    }
+    let a = handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: per_lane,
+        },
+    );
+    assert!(
+        a.iter().any(|x| matches!(
+            x,
+            Action::Refuse {
+                why: Refusal::Busy,
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+    // Another peer is not held back by it.
+    let a = handle(
+        &mut n,
+        ms(0),
+        Event::Offered {
+            peer: 2,
+            task: T,
+            piece: 7,
+        },
+    );
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 2,
+            task: T,
+            piece: 7
+        }),
+        "{a:?}"
+    );
 }
