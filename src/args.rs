@@ -154,7 +154,7 @@ pub struct AgentArgs {
     upload_rate: Option<Rate>,
     #[arg(long, env = "POOLCAST_BLOCKSIZE", help = help::<AgentConfig>(
         "Piece size", "blocksize"))]
-    blocksize: Option<ByteSize>,
+    blocksize: Option<nodepool::BlockSize>,
     #[arg(long, env = "POOLCAST_CONNECT_TIMEOUT", help = help::<AgentConfig>(
         "Time allowed to connect to the mirror, the scheduler and peers", "connectTimeout"))]
     connect_timeout: Option<HumanDuration>,

@@ -6,10 +6,15 @@
 
 mod common;
 
+use std::time::Duration;
+
+use agent::p2p::wire::{Frame, Join};
 use common::agent::{PEER_BYTES, SOURCE_BYTES};
-use common::p2p::{BedSpec, P2pBed, PIECE_SIZE};
+use common::fake_peer::PeerClient;
+use common::p2p::{BedSpec, P2pBed};
 use common::raw_request;
-use nodepool::{unix_now, PoolSecret, AUTH_HEADER};
+use nodepool::PieceLayout;
+use swarm::PieceSet;
 
 const POOL_A: &str = "pool-a";
 const POOL_B: &str = "pool-b";
@@ -87,55 +92,84 @@ fn peer_port_without_the_pool_secret_gets_nothing() {
     bed.pull(holder);
 
     let layer = bed.fx.image.layers[0].clone();
-    let piece = bed.fx.image.blob_bytes(&layer.digest)[..PIECE_SIZE as usize].to_vec();
-    let path = |index: u32| format!("/pieces/{}/{index}?pieceSize={PIECE_SIZE}", layer.digest);
-    let now = unix_now();
-    let sign = |secret: &str, path: &str, pool: &str, at: u64| {
-        PoolSecret::new(secret).sign("GET", path, pool, at)
-    };
+    let bytes = bed.fx.image.blob_bytes(&layer.digest).to_vec();
+    let layout = PieceLayout::auto(bytes.len() as u64);
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(layer.digest.trim_start_matches("sha256:"), &mut digest).unwrap();
+    let join = Frame::Join(Join {
+        digest,
+        size: layout.size(),
+        piece_size: layout.piece_size(),
+        have: PieceSet::empty(layout.count()),
+        receiving: PieceSet::empty(layout.count()),
+    });
     let peer = bed.agents[holder].peer_host().to_owned();
-    let get = |target: &str, sig: Option<&str>| {
-        let headers: Vec<(&str, &str)> = sig.map(|s| (AUTH_HEADER, s)).into_iter().collect();
-        raw_request(&peer, "GET", target, &headers).unwrap()
+
+    // The blob's own bytes among piece data a client got: (piece, offset, bytes) frames.
+    let real = |data: &[(u32, u32, Vec<u8>)]| {
+        data.iter()
+            .filter(|(piece, offset, got)| {
+                let at = layout.span(*piece).unwrap().start as usize + *offset as usize;
+                bytes.get(at..at + got.len()) == Some(&got[..])
+            })
+            .map(|d| d.2.len())
+            .sum::<usize>()
     };
-    let leaks = |body: &[u8]| body.windows(64).any(|w| w == &piece[..64]);
+    // What a client gets from the holder, accepting every offer, until it goes quiet.
+    let knock = |pool: &str, secret: &str| -> (bool, Vec<(u32, u32, Vec<u8>)>) {
+        let Ok(mut c) = PeerClient::connect(&peer, "intruder", pool, secret) else {
+            return (false, Vec::new());
+        };
+        let mut got = Vec::new();
+        if c.send(std::slice::from_ref(&join)).is_err() {
+            return (true, got);
+        }
+        while let Some(f) = c.recv(Duration::from_secs(3)) {
+            match f {
+                Frame::Offer { task, piece } => {
+                    let _ = c.send(&[Frame::Accept { task, piece }]);
+                }
+                Frame::Data {
+                    piece,
+                    offset,
+                    bytes,
+                    ..
+                } => got.push((piece, offset, bytes.to_vec())),
+                _ => {}
+            }
+            if got.len() > 4 {
+                break;
+            }
+        }
+        (true, got)
+    };
+    let first = layout.span(0).unwrap();
+    let head = &bytes[first.start as usize..][..64];
+    let leaks = |body: &[u8]| body.windows(64).any(|w| w == head);
 
-    let cases = [
-        ("no signature", None),
-        ("a wrong secret", Some(sign("guess", &path(0), POOL_A, now))),
-        (
-            "a pool this node does not reach",
-            Some(sign("s3cret", &path(0), POOL_B, now)),
-        ),
-        (
-            "a signature for another piece",
-            Some(sign("s3cret", &path(1), POOL_A, now)),
-        ),
-        (
-            "a signature an hour old",
-            Some(sign("s3cret", &path(0), POOL_A, now - 3600)),
-        ),
-    ];
-    for (what, sig) in &cases {
-        let resp = get(&path(0), sig.as_deref());
-        assert!(
-            resp.status == 401 || resp.status == 403,
-            "a request with {what} got {} (expected 401 or 403)",
-            resp.status
-        );
-        assert!(!leaks(&resp.body), "a request with {what} got blob bytes");
-    }
-
-    // The same request, signed for the holder's own pool with the pool secret, is served:
-    // what failed above was the signature, not the request.
-    let sig = sign("s3cret", &path(0), POOL_A, now);
-    let resp = get(&path(0), Some(&sig));
-    assert_eq!(
-        resp.status, 200,
-        "a correctly signed piece request was refused"
-    );
+    // Something that is not the protocol at all: an HTTP request for a piece.
+    let resp = raw_request(&peer, "GET", &format!("/pieces/{}/0", layer.digest), &[]);
     assert!(
-        resp.body == piece,
-        "the piece served is not the blob's first MiB"
+        !resp.as_ref().is_ok_and(|r| leaks(&r.body)),
+        "an HTTP request to the peer port got blob bytes"
+    );
+    let (greeted, got) = knock(POOL_A, "guess");
+    assert!(!greeted, "a handshake with a wrong secret passed");
+    assert_eq!(real(&got), 0, "a peer with a wrong secret got blob bytes");
+    let (_, got) = knock(POOL_B, "s3cret");
+    assert_eq!(
+        real(&got),
+        0,
+        "a peer of a pool this node does not reach got blob bytes"
+    );
+
+    // The same, from the holder's own pool with the pool secret, is served: what failed above
+    // was the secret or the pool, not the request.
+    let (greeted, got) = knock(POOL_A, "s3cret");
+    assert!(greeted, "a handshake with the pool secret failed");
+    assert!(
+        real(&got) > 0,
+        "a peer with the pool secret was pushed none of the blob ({} data frames)",
+        got.len()
     );
 }

@@ -10,7 +10,7 @@ use common::agent::TASKS as AGENT_TASKS;
 use common::agent::{CACHE_HITS, PEER_BYTES, SCHEDULER_ERRORS, SERVED_BYTES, SOURCE_BYTES};
 use common::fixture::REPO;
 use common::p2p::{BedSpec, P2pBed};
-use common::scheduler::{DECISIONS, PEERS, TASKS};
+use common::scheduler::{JOINS, PEERS, TASKS};
 use common::{assert_eventually, Containerd};
 
 const POOL: &str = "pool-a";
@@ -264,7 +264,7 @@ fn evicted_blobs_stop_being_offered_to_peers() {
     bed.pull(a);
     // (Not "the scheduler knows every blob" first: the earliest may already have expired.)
     assert!(
-        bed.scheduler().metric(DECISIONS) > 0.0,
+        bed.scheduler().metric(JOINS) > 0.0,
         "the pull skipped the scheduler"
     );
     assert_eventually(

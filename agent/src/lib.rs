@@ -1,14 +1,15 @@
-//! The node agent: a registry for the node's containerd that gets blob pieces from peers of its
-//! pool (as the scheduler directs) and from the pool mirror for the rest, verifies every piece
-//! against digests the mirror publishes, streams blobs to containerd in order as pieces land,
-//! and serves the pieces it holds to peers that carry the pool secret.
+//! The node agent: a registry for the node's containerd that gets blob pieces pushed by peers
+//! of its pool and, for the pieces the scheduler leases to it (or when P2P cannot help), from
+//! the pool mirror; verifies every piece against digests the mirror publishes, streams blobs to
+//! containerd in order as pieces land, and pushes what it holds to peers that hold the pool
+//! secret. Its decisions are the `swarm` crate's; `p2p` carries them out.
 
+mod download;
 mod error;
 pub mod metrics;
-mod peer;
+pub mod p2p;
 mod registry;
 mod state;
-mod task;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub scheduler_errors: Counter,
     pub tasks: Gauge,
     pub uploads: Gauge,
+    /// Peer connections open.
+    pub peers: Gauge,
+    /// Peers refused at the handshake (wrong pool secret).
+    pub peer_denied: Counter,
     registry: Registry,
 }
 
@@ -50,6 +54,8 @@ impl Metrics {
             scheduler_errors: Counter::default(),
             tasks: Gauge::default(),
             uploads: Gauge::default(),
+            peers: Gauge::default(),
+            peer_denied: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -97,6 +103,12 @@ impl Metrics {
             "uploads",
             "Piece uploads to peers under way",
             m.uploads.clone(),
+        );
+        registry.register("peers", "Peer connections open", m.peers.clone());
+        registry.register(
+            "peer_denied",
+            "Peers refused at the handshake (wrong pool secret)",
+            m.peer_denied.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -3,9 +3,9 @@
 //! go to the mirror as they are; blobs come from the local cache or a download, after the
 //! mirror confirmed this requester may read them.
 
+use crate::download::{Download, TaskSpec};
 use crate::error::{Error, Result};
 use crate::state::AgentState;
-use crate::task::{Task, TaskSpec};
 use actix_web::body::SizedStream;
 use actix_web::http::header::{HeaderValue, ACCEPT, AUTHORIZATION};
 use actix_web::http::{Method, StatusCode};
@@ -200,7 +200,7 @@ async fn blob(
         auth: auth.cloned(),
     };
     let share = share(state, false, span).await?;
-    let task = Task::get_or_start(state, spec)?;
+    let task = Download::get_or_start(state, spec)?;
     let body = share.wrap(task.ingest.stream(span.start, Some(span.end + 1)));
     Ok(respond(
         state,

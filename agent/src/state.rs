@@ -1,11 +1,12 @@
 //! What every handler and download shares, and the server's lifecycle: two listeners (the
-//! registry API for containerd, the peer API), a heartbeat to the scheduler, and cache GC.
+//! registry API for containerd, the peer port), a heartbeat to the scheduler, and cache GC.
 
+use crate::download::Download;
 use crate::metrics::Metrics;
-use crate::task::Task;
-use crate::{peer, registry};
+use crate::p2p::{self, Swarm};
+use crate::registry;
 use actix_web::{web, HttpResponse};
-use nodepool::{AgentConfig, CacheMode, DownloadPattern, PoolSecret};
+use nodepool::{AgentConfig, CacheMode, DownloadPattern};
 use parking_lot::{Mutex, RwLock};
 use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo};
 use scheduler::client::SchedulerClient;
@@ -16,7 +17,6 @@ use std::time::{Duration, SystemTime};
 use storage::body::RateLimit;
 use storage::ingest::Ingests;
 use storage::BlobStore;
-use tokio::sync::Semaphore;
 
 /// How often the agent tells the scheduler it is alive and what it holds, until the scheduler
 /// says otherwise, and at most: the scheduler asks for `peerTTL / 3`, which is honoured when
@@ -39,8 +39,6 @@ pub struct Limits {
 
 pub struct AgentState {
     pub cfg: AgentConfig,
-    /// Signs this node's requests to peers, and checks its peers' (the v1 peer port).
-    pub secret: PoolSecret,
     /// What this node was given: its pool's key and its connections' (or the release secret).
     /// Its pool key signs requests to the scheduler.
     pub keys: nodepool::PoolKeys,
@@ -50,16 +48,15 @@ pub struct AgentState {
     pub http: reqwest::Client,
     pub store: Arc<BlobStore>,
     pub ingests: Arc<Ingests>,
-    pub tasks: Mutex<HashMap<String, Arc<Task>>>,
+    /// Downloads under way, by digest hex.
+    pub downloads: Mutex<HashMap<String, Arc<Download>>>,
+    /// The P2P runtime.
+    pub swarm: Swarm,
     pub scheduler: Option<SchedulerClient>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     /// Sizes of blobs the mirror confirmed (digest hex -> bytes); grants live in the store.
     pub sizes: Mutex<HashMap<String, u64>>,
-    /// Piece transfers in flight across all downloads (`proxyFsParallels`).
-    pub transfers: Arc<Semaphore>,
-    /// Pieces uploaded to peers at once ([`crate::peer::UPLOAD_SLOTS`]).
-    pub upload_slots: Arc<Semaphore>,
     /// Pools whose peers may fetch from us: our own, plus what the scheduler says.
     pub reachable: RwLock<Vec<String>>,
     /// What every blob body to containerd draws from before it reads a chunk.
@@ -72,7 +69,16 @@ impl AgentState {
             id: self.node.clone(),
             pool: self.cfg.pool.clone(),
             addr: self.advertise.clone(),
-            upload_slots: crate::peer::UPLOAD_SLOTS as u32,
+            upload_slots: swarm::Tunables::default().upload_slots,
+        }
+    }
+
+    /// This node as P2P v2 names it to the scheduler.
+    pub fn peer_ref(&self) -> scheduler::api_v2::PeerRef {
+        scheduler::api_v2::PeerRef {
+            id: self.node.clone(),
+            pool: self.cfg.pool.clone(),
+            addr: self.advertise.clone(),
         }
     }
 
@@ -108,6 +114,7 @@ impl AgentState {
 
 pub struct AgentServer {
     state: web::Data<AgentState>,
+    inputs: tokio::sync::mpsc::UnboundedReceiver<p2p::Input>,
     _scratch: Option<Scratch>,
 }
 
@@ -156,19 +163,17 @@ impl AgentServer {
             ),
             _ => None,
         };
-        let secret = cfg.pool_secret();
         let limits = Limits {
             total: RateLimit::new(cfg.ratelimit.0),
             down: RateLimit::new(cfg.download_rate.0),
             up: RateLimit::new(cfg.upload_rate.0),
         };
-        let transfers = Arc::new(Semaphore::new(cfg.proxy_fs_parallels as usize));
         let pool = cfg.pool.clone();
         let keys = cfg.pool_keys();
         let cfg_send_buffers = cfg.send_buffers.0;
+        let (swarm, inputs) = Swarm::channel();
         let state = AgentState {
             cfg,
-            secret,
             keys,
             node,
             advertise,
@@ -176,13 +181,12 @@ impl AgentServer {
             http,
             store: Arc::new(store),
             ingests: Arc::new(Ingests::default()),
-            tasks: Mutex::new(HashMap::new()),
+            downloads: Mutex::new(HashMap::new()),
+            swarm,
             scheduler,
             limits,
             metrics,
             sizes: Mutex::new(HashMap::new()),
-            transfers,
-            upload_slots: Arc::new(Semaphore::new(crate::peer::UPLOAD_SLOTS)),
             reachable: RwLock::new(vec![pool]),
             budget: storage::body::SendBudget::new(cfg_send_buffers),
         };
@@ -195,6 +199,7 @@ impl AgentServer {
         tracing::info!(node = %state.node, pool = %state.cfg.pool, advertise = %state.advertise, cache = %root.display(), "agent ready");
         Ok(AgentServer {
             state: web::Data::new(state),
+            inputs,
             _scratch: scratch,
         })
     }
@@ -223,28 +228,26 @@ impl AgentServer {
                 .route("/v2/{tail:.*}", web::to(registry::api));
         };
         let api_server = serve::start(api, api_routes, api_options)?;
-        peer::bound_send_buffer(&peers, self.state.cfg.peer_send_buffer.0)?;
-        let state = self.state.clone();
-        let peer_routes = move |cfg: &mut web::ServiceConfig| {
-            cfg.app_data(state.clone())
-                .route("/pieces/{digest}/{index}", web::get().to(peer::serve_piece));
-        };
-        let peer_server = serve::start(peers, peer_routes, options())?;
-        let (api_handle, peer_handle) = (api_server.handle(), peer_server.handle());
-        let background = [
-            tokio::spawn(heartbeat_loop(self.state.clone())),
-            tokio::spawn(gc_loop(self.state.clone())),
-        ];
+        p2p::bound_send_buffer(&peers, self.state.cfg.peer_send_buffer.0)?;
+        peers.set_nonblocking(true)?;
+        let peers = tokio::net::TcpListener::from_std(peers)?;
+        let api_handle = api_server.handle();
+        let mut background = p2p::start(
+            self.state.clone().into_inner(),
+            self.inputs,
+            self.state.swarm.clone(),
+            peers,
+        );
+        background.push(tokio::spawn(heartbeat_loop(self.state.clone())));
+        background.push(tokio::spawn(gc_loop(self.state.clone())));
         let result = tokio::select! {
             r = api_server => r,
-            r = peer_server => r,
             _ = shutdown => Ok(()),
         };
         for b in background {
             b.abort();
         }
         api_handle.stop(true).await;
-        peer_handle.stop(true).await;
         result
     }
 }
@@ -364,7 +367,7 @@ fn sweep_dead_memory_dirs(parent: &std::path::Path) {
 }
 
 async fn metrics_text(state: web::Data<AgentState>) -> HttpResponse {
-    state.metrics.tasks.set(state.tasks.lock().len() as i64);
+    state.metrics.tasks.set(state.downloads.lock().len() as i64);
     serve::metrics(state.metrics.render())
 }
 
@@ -376,7 +379,7 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
     };
     let mut every = HEARTBEAT;
     loop {
-        let held = held_tasks(&state.store, state.cfg.blocksize.0);
+        let held = held_tasks(&state.store, &state.cfg);
         let req = HeartbeatRequest {
             peer: state.peer_info(),
             held,
@@ -398,15 +401,18 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
 
 /// What this node can serve peers: every blob it holds whole. Manifests are never shared, and
 /// a 0-byte blob has no pieces to share (the scheduler would refuse the whole heartbeat).
-fn held_tasks(store: &BlobStore, piece_size: u64) -> Vec<HeldTask> {
+fn held_tasks(store: &BlobStore, cfg: &AgentConfig) -> Vec<HeldTask> {
     store
         .list()
         .into_iter()
         .filter(|(_, e)| e.media_type.is_none() && e.size > 0)
-        .map(|(d, e)| HeldTask {
-            digest: d.to_string(),
-            size: e.size,
-            piece_size,
+        .filter_map(|(d, e)| {
+            let layout = cfg.layout_for(e.size).ok()?;
+            Some(HeldTask {
+                digest: d.to_string(),
+                size: e.size,
+                piece_size: layout.piece_size(),
+            })
         })
         .collect()
 }
@@ -503,7 +509,7 @@ mod tests {
         store
             .put_small(&manifest, b"{}", Some("application/json".into()), now)
             .expect("put");
-        let held = held_tasks(&store, 1 << 20);
+        let held = held_tasks(&store, &AgentConfig::default());
         let digests: Vec<&str> = held.iter().map(|h| h.digest.as_str()).collect();
         assert_eq!(digests, [layer.to_string()]);
     }

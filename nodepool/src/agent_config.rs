@@ -3,7 +3,7 @@
 //! Tencent's separate `downloadRate`/`uploadRate` caps.
 
 use crate::config::load_yaml;
-use crate::units::{ByteSize, HumanDuration, Rate};
+use crate::units::{BlockSize, ByteSize, HumanDuration, Rate};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -82,8 +82,8 @@ pub struct AgentConfig {
     pub download_rate: Rate,
     /// Cap on upload to peers alone; 0: only `ratelimit` applies.
     pub upload_rate: Rate,
-    /// Piece size.
-    pub blocksize: ByteSize,
+    /// Piece size: `auto` (from each blob's size), or one size for every blob.
+    pub blocksize: BlockSize,
     pub connect_timeout: HumanDuration,
     /// A piece transfer that receives no data for this long is abandoned and fetched elsewhere.
     pub transfer_timeout: HumanDuration,
@@ -129,7 +129,7 @@ impl Default for AgentConfig {
             ratelimit: Rate(512_000_000),
             download_rate: Rate(0),
             upload_rate: Rate(0),
-            blocksize: ByteSize(4 << 20),
+            blocksize: BlockSize::Auto,
             connect_timeout: HumanDuration(crate::defaults::CONNECT_TIMEOUT),
             transfer_timeout: HumanDuration(Duration::from_secs(15)),
             proxy_fs_parallels: 128,
@@ -163,6 +163,14 @@ fn check_url(key: &'static str, text: &str) -> Result<()> {
 }
 
 impl AgentConfig {
+    /// How a blob of `size` bytes is cut into pieces, by `blocksize`.
+    pub fn layout_for(&self, size: u64) -> Result<crate::PieceLayout, crate::LayoutError> {
+        match self.blocksize {
+            BlockSize::Auto => Ok(crate::PieceLayout::auto(size)),
+            BlockSize::Fixed(piece) => crate::PieceLayout::bounded(size, piece),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         load_yaml(path)
     }
@@ -225,14 +233,13 @@ impl AgentConfig {
         if self.pool.is_empty() || self.pool.len() > 253 {
             return Err(invalid("pool", "a node pool id is needed"));
         }
-        if crate::check_piece_size(self.blocksize.0).is_err() {
-            return Err(invalid(
-                "blocksize",
-                format!(
-                    "{} is not a power of two from 64KiB to 64MiB",
-                    self.blocksize.0
-                ),
-            ));
+        if let BlockSize::Fixed(size) = self.blocksize {
+            if crate::check_piece_size(size).is_err() {
+                return Err(invalid(
+                    "blocksize",
+                    format!("{} is not a power of two from 64KiB to 64MiB (or write auto)", ByteSize(size)),
+                ));
+            }
         }
         for (key, d) in [
             ("connectTimeout", self.connect_timeout.0),
@@ -312,7 +319,7 @@ mod tests {
         assert_eq!(c.upload_rate.0, 2_000_000);
         assert_eq!(c.cache.mode, CacheMode::Memory);
         assert_eq!(c.cache.capacity.0, 8 << 30);
-        assert_eq!(c.blocksize.0, 2 << 20);
+        assert_eq!(c.blocksize, BlockSize::Fixed(2 << 20));
         assert_eq!(c.transfer_timeout.0, Duration::from_secs(15));
         assert_eq!(c.connect_timeout.0, Duration::from_secs(5));
         assert_eq!(c.proxy_fs_parallels, 128);
@@ -322,7 +329,7 @@ mod tests {
         let d = parse("mirror: http://10.0.0.2:5000\ndownloadPattern: source\n").expect("parses");
         assert_eq!(d.cache.mode, CacheMode::Disk);
         assert_eq!(d.cache.capacity.0, 4 << 30);
-        assert_eq!(d.blocksize.0, 4 << 20);
+        assert_eq!(d.blocksize, BlockSize::Auto);
         assert_eq!((d.download_rate.0, d.upload_rate.0), (0, 0));
         assert_eq!(d.ratelimit.0, 512_000_000);
     }

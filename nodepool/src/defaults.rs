@@ -85,7 +85,7 @@ mod tests {
     fn flag_help_names_the_key_and_its_default() {
         assert_eq!(
             flag_help::<AgentConfig>("Piece size", "blocksize"),
-            "Piece size [config: blocksize; default 4MiB]"
+            "Piece size [config: blocksize; default auto]"
         );
         assert_eq!(
             flag_help::<AgentConfig>("The pool mirror's URL", "mirror"),

@@ -24,10 +24,12 @@ pub use config::{MirrorConfig, SchedulerConfig, UpstreamSpec};
 pub use defaults::default_text;
 pub use distributed::DistributedNames;
 pub use keys::PoolKeys;
-pub use layout::{check_piece_size, LayoutError, PieceLayout, MAX_PIECE, MIN_PIECE};
+pub use layout::{
+    auto_piece_size, check_piece_size, LayoutError, PieceLayout, MAX_PIECE, MIN_PIECE,
+};
 pub use pools::{PoolGraph, PoolSpec};
 pub use secret::{unix_now, unix_secs, AuthError, PoolSecret, AUTH_HEADER, MAX_SKEW_SECS};
-pub use units::{ByteSize, HumanDuration, Rate};
+pub use units::{BlockSize, ByteSize, HumanDuration, Rate};
 pub use webhook_config::WebhookConfig;
 
 /// What went wrong reading or validating configuration. The message names the key.

@@ -16,6 +16,15 @@ pub struct ByteSize(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rate(pub u64);
 
+/// `blocksize`: `auto` (a piece size per blob, from its size: `layout::auto_piece_size`) or
+/// one size for every blob (`1MiB`). A bare number is KiB, as the seeds write it (`256`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockSize {
+    #[default]
+    Auto,
+    Fixed(u64),
+}
+
 /// A duration as humantime writes it: `24h`, `15s`, `500ms`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -74,6 +83,35 @@ impl FromStr for Rate {
         let t = s.trim();
         let t = t.strip_suffix("/s").unwrap_or(t);
         parse_size(t).map(Rate)
+    }
+}
+
+impl FromStr for BlockSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(BlockSize::Auto);
+        }
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            let kib: u64 = t.parse().map_err(|_| format!("`{s}` is out of range"))?;
+            return kib
+                .checked_mul(1024)
+                .map(BlockSize::Fixed)
+                .ok_or_else(|| format!("`{s}` is out of range"));
+        }
+        parse_size(t)
+            .map(BlockSize::Fixed)
+            .map_err(|e| format!("{e}, or `auto`"))
+    }
+}
+
+impl fmt::Display for BlockSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockSize::Auto => f.write_str("auto"),
+            BlockSize::Fixed(n) => ByteSize(*n).fmt(f),
+        }
     }
 }
 
@@ -177,10 +215,25 @@ macro_rules! serde_via_str {
 serde_via_str!(ByteSize);
 serde_via_str!(Rate);
 serde_via_str!(HumanDuration);
+serde_via_str!(BlockSize);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_sizes_are_auto_a_size_or_the_seeds_kib() {
+        assert_eq!("auto".parse::<BlockSize>(), Ok(BlockSize::Auto));
+        assert_eq!("1MiB".parse::<BlockSize>(), Ok(BlockSize::Fixed(1 << 20)));
+        assert_eq!("256".parse::<BlockSize>(), Ok(BlockSize::Fixed(256 << 10)));
+        assert!("huge".parse::<BlockSize>().is_err());
+        assert!("99999999999999999999".parse::<BlockSize>().is_err());
+        for b in [BlockSize::Auto, BlockSize::Fixed(256 << 10)] {
+            assert_eq!(b.to_string().parse::<BlockSize>(), Ok(b));
+        }
+        let yaml: BlockSize = serde_yaml::from_str("256").expect("a bare number");
+        assert_eq!(yaml, BlockSize::Fixed(256 << 10));
+    }
 
     #[test]
     fn sizes_parse_as_people_write_them() {

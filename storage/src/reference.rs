@@ -42,6 +42,14 @@ impl Digest {
     pub fn hex(&self) -> &str {
         &self.hex
     }
+
+    /// The 32 bytes of the sha256 (a digest made by `from_sha256` of a shorter slice is
+    /// zero-padded).
+    pub fn sha256(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let _ = hex::decode_to_slice(&self.hex, &mut out);
+        out
+    }
 }
 
 impl fmt::Display for Digest {

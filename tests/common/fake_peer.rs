@@ -1,25 +1,29 @@
-//! A hostile fake peer, for what no real agent does on purpose: stall mid-piece, or answer a
-//! piece with the right length of the wrong bytes. It registers with the real scheduler through
-//! the real `SchedulerClient`, heartbeating as a complete holder of the blobs it is given, so the
-//! scheduler offers it to agents as a parent like any other peer.
+//! A hostile fake peer, for what no real agent does on purpose: stall mid-piece, or push a
+//! piece of the right length and the wrong bytes. It speaks the real peer protocol (the agent's
+//! own handshake and frames) and registers with the real scheduler through the real
+//! `SchedulerClient`, heartbeating as a complete holder of the blobs it is given, so agents are
+//! told of it and connect to it like to any other holder.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use agent::p2p::conn::handshake;
+use agent::p2p::wire::{task_key, Frame, Hello, Join};
+use bytes::{Bytes, BytesMut};
+use nodepool::{PieceLayout, PoolKeys, PoolSecret};
 use scheduler::api::{HeartbeatRequest, HeldTask, PeerInfo};
 use scheduler::SchedulerClient;
+use swarm::PieceSet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::image::BlobRef;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehaviour {
-    /// Sends the response head and a few bytes of the piece, then nothing, keeping the
-    /// connection open.
+    /// Pushes the first bytes of an accepted piece, then nothing, keeping the connection open.
     Stall,
-    /// Sends `200` and exactly the piece's length, of bytes that are not the piece.
+    /// Pushes exactly an accepted piece's length, of bytes that are not the piece.
     Corrupt,
 }
 
@@ -30,7 +34,6 @@ pub struct FakePeerSpec<'a> {
     pub behaviour: Misbehaviour,
     /// Blobs it claims to hold whole.
     pub blobs: Vec<BlobRef>,
-    pub piece_size: u64,
     pub scheduler_url: &'a str,
     pub pool: &'a str,
     pub secret: Option<&'a str>,
@@ -39,7 +42,7 @@ pub struct FakePeerSpec<'a> {
 pub struct FakePeer {
     pub id: String,
     pub addr: String,
-    requests: Arc<AtomicUsize>,
+    pushes: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -47,92 +50,105 @@ pub struct FakePeer {
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 impl FakePeer {
-    /// Binds, serves piece requests badly, and registers with the scheduler; returns once the
-    /// scheduler accepted its first heartbeat (panics with the scheduler's answer otherwise).
+    /// Binds, misbehaves towards every agent that connects, and registers with the scheduler;
+    /// returns once the scheduler accepted its first heartbeat (panics with its answer
+    /// otherwise).
     pub fn start(spec: FakePeerSpec) -> FakePeer {
-        let listener = TcpListener::bind((spec.ip, 0)).expect("binding fake peer");
+        let listener = std::net::TcpListener::bind((spec.ip, 0)).expect("binding fake peer");
+        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener
             .local_addr()
             .expect("fake peer address")
             .to_string();
         let id = format!("hostile-{:?}", spec.behaviour).to_lowercase();
-        let requests = Arc::new(AtomicUsize::new(0));
+        let pushes = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-
-        let blobs: Vec<(String, u64)> = spec
+        let blobs: Vec<(String, PieceLayout)> = spec
             .blobs
             .iter()
-            .map(|b| (b.digest.clone(), b.size))
+            .map(|b| (b.digest.clone(), PieceLayout::auto(b.size)))
             .collect();
-        let (count, halt, behaviour, piece_size) = (
-            requests.clone(),
-            stop.clone(),
-            spec.behaviour,
-            spec.piece_size,
-        );
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if halt.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (count, halt, blobs) = (count.clone(), halt.clone(), blobs.clone());
-                std::thread::spawn(move || {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    answer(stream, behaviour, &blobs, piece_size, &halt);
-                });
-            }
-        });
-
+        let secret = PoolKeys::from_release(PoolSecret::new(spec.secret.unwrap_or("")), spec.pool);
+        let hello = Hello {
+            nonce: [7; 16],
+            node: id.clone(),
+            pool: spec.pool.to_owned(),
+        };
+        let held: Vec<HeldTask> = blobs
+            .iter()
+            .filter(|(_, l)| l.count() > 0)
+            .map(|(d, l)| HeldTask {
+                digest: d.clone(),
+                size: l.size(),
+                piece_size: l.piece_size(),
+            })
+            .collect();
         let peer = PeerInfo {
             id: id.clone(),
             pool: spec.pool.to_owned(),
             addr: addr.clone(),
             upload_slots: 64,
         };
-        let held: Vec<HeldTask> = spec
-            .blobs
-            .iter()
-            .map(|b| HeldTask {
-                digest: b.digest.clone(),
-                size: b.size,
-                piece_size: spec.piece_size,
-            })
-            .collect();
         let client = SchedulerClient::new(
             spec.scheduler_url,
-            nodepool::keys::pool_key(
-                &nodepool::PoolSecret::new(spec.secret.unwrap_or("")),
-                spec.pool,
-            ),
+            secret.own().clone(),
             spec.pool.to_owned(),
             Duration::from_secs(5),
         )
         .expect("scheduler client for the fake peer");
         let (first_tx, first_rx) = mpsc::channel();
-        let halt = stop.clone();
+        let (count, halt, behaviour) = (pushes.clone(), stop.clone(), spec.behaviour);
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
-                .expect("runtime for the fake peer's heartbeats");
-            let req = HeartbeatRequest {
-                peer,
-                held,
-                load: 0,
-            };
-            let mut first = Some(first_tx);
-            while !halt.load(Ordering::Relaxed) {
-                let result = rt.block_on(client.heartbeat(&req));
-                match (first.take(), result) {
-                    (Some(tx), r) => {
-                        let _ = tx.send(r.map(drop).map_err(|e| e.to_string()));
+                .expect("runtime for the fake peer");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let blobs = Arc::new(blobs);
+                let serving = tokio::spawn({
+                    let halt = halt.clone();
+                    async move {
+                        while !halt.load(Ordering::Relaxed) {
+                            let Ok((stream, _)) = listener.accept().await else {
+                                continue;
+                            };
+                            let (blobs, count, hello, secret, halt) = (
+                                blobs.clone(),
+                                count.clone(),
+                                hello.clone(),
+                                secret.clone(),
+                                halt.clone(),
+                            );
+                            tokio::spawn(async move {
+                                let _ = misbehave(
+                                    stream, hello, secret, behaviour, &blobs, &count, &halt,
+                                )
+                                .await;
+                            });
+                        }
                     }
-                    (None, Err(e)) => eprintln!("[fake peer] heartbeat failed: {e}"),
-                    (None, Ok(_)) => {}
+                });
+                let req = HeartbeatRequest {
+                    peer,
+                    held,
+                    load: 0,
+                };
+                let mut first = Some(first_tx);
+                while !halt.load(Ordering::Relaxed) {
+                    let result = client.heartbeat(&req).await;
+                    match (first.take(), result) {
+                        (Some(tx), r) => {
+                            let _ = tx.send(r.map(drop).map_err(|e| e.to_string()));
+                        }
+                        (None, Err(e)) => eprintln!("[fake peer] heartbeat failed: {e}"),
+                        (None, Ok(_)) => {}
+                    }
+                    tokio::time::sleep(HEARTBEAT).await;
                 }
-                std::thread::sleep(HEARTBEAT);
-            }
+                serving.abort();
+            });
         });
         match first_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => {}
@@ -146,14 +162,14 @@ impl FakePeer {
         FakePeer {
             id,
             addr,
-            requests,
+            pushes,
             stop,
         }
     }
 
-    /// Piece requests it received so far.
-    pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::Relaxed)
+    /// Pieces agents accepted from it so far (each one then stalled or was corrupt).
+    pub fn pushes(&self) -> usize {
+        self.pushes.load(Ordering::Relaxed)
     }
 }
 
@@ -161,68 +177,188 @@ impl Drop for FakePeer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so it sees `stop`.
-        let _ = TcpStream::connect(&self.addr);
+        let _ = std::net::TcpStream::connect(&self.addr);
     }
 }
 
-/// Reads one request (`GET /pieces/<digest>/<index>?pieceSize=N`) and misbehaves.
-fn answer(
-    stream: TcpStream,
+/// One agent's connection: the real handshake, a JOIN answering the agent's with every piece
+/// held, then offers of the pieces it lacks, each accepted one stalled or corrupted.
+async fn misbehave(
+    stream: tokio::net::TcpStream,
+    hello: Hello,
+    secret: PoolKeys,
     behaviour: Misbehaviour,
-    blobs: &[(String, u64)],
-    piece_size: u64,
+    blobs: &[(String, PieceLayout)],
+    pushes: &AtomicUsize,
     halt: &AtomicBool,
-) {
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
+) -> std::io::Result<()> {
+    let (greeted, mut buf) = handshake(stream, &hello, &secret, false, Duration::from_secs(5))
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut stream = greeted.stream;
+    let mut offered: Vec<(u64, u32)> = Vec::new();
     loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-            break;
+        if halt.load(Ordering::Relaxed) {
+            return Ok(());
         }
-    }
-    let target = line.split_whitespace().nth(1).unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
-    let mut parts = path.trim_start_matches("/pieces/").splitn(2, '/');
-    let (digest, index) = (
-        parts.next().unwrap_or(""),
-        parts.next().and_then(|i| i.parse::<u64>().ok()),
-    );
-    let len = index.and_then(|index| {
-        let size = blobs.iter().find(|(d, _)| d == digest)?.1;
-        let start = index * piece_size;
-        (start < size).then(|| (size - start).min(piece_size))
-    });
-    let mut stream = stream;
-    let Some(len) = len else {
-        let _ = stream
-            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        return;
-    };
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    );
-    if stream.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    match behaviour {
-        Misbehaviour::Stall => {
-            let _ = stream.write_all(&vec![0x5a; len.min(100) as usize]);
-            let _ = stream.flush();
-            // Hold the connection open, silent, until the requester gives up or the test ends.
-            while !halt.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
+        let frame = loop {
+            if let Some(f) = Frame::decode(&mut buf).map_err(std::io::Error::other)? {
+                break f;
             }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        let mut out = BytesMut::new();
+        match frame {
+            Frame::Join(j) => {
+                let Some((_, layout)) = blobs.iter().find(|(d, _)| {
+                    d.strip_prefix("sha256:")
+                        .is_some_and(|h| hex::encode(j.digest) == h)
+                }) else {
+                    continue;
+                };
+                let key = task_key(&j.digest);
+                Frame::Join(Join {
+                    digest: j.digest,
+                    size: layout.size(),
+                    piece_size: layout.piece_size(),
+                    have: PieceSet::full(layout.count()),
+                    receiving: PieceSet::empty(layout.count()),
+                })
+                .encode(&mut out);
+                // Offer every piece the agent lacks: it takes what nobody else is sending.
+                for piece in (0..layout.count()).filter(|p| !j.have.contains(*p)) {
+                    Frame::Offer { task: key, piece }.encode(&mut out);
+                    offered.push((key, piece));
+                }
+            }
+            Frame::Accept { task, piece } => {
+                let Some((_, layout)) = blobs.iter().find(|(d, _)| blob_key(d) == Some(task))
+                else {
+                    continue;
+                };
+                let Some(span) = layout.span(piece) else {
+                    continue;
+                };
+                pushes.fetch_add(1, Ordering::Relaxed);
+                let len = (span.end - span.start) as usize;
+                match behaviour {
+                    Misbehaviour::Stall => {
+                        Frame::Data {
+                            task,
+                            piece,
+                            offset: 0,
+                            bytes: Bytes::from(vec![0x5a; len.min(100)]),
+                        }
+                        .encode(&mut out);
+                        stream.write_all(&out).await?;
+                        // Silent from now on, connection open, until the agent gives up.
+                        while !halt.load(Ordering::Relaxed) {
+                            if stream.read_buf(&mut buf).await? == 0 {
+                                return Ok(());
+                            }
+                        }
+                        return Ok(());
+                    }
+                    Misbehaviour::Corrupt => {
+                        let mut sent = 0;
+                        while sent < len {
+                            let n = (len - sent).min(agent::p2p::wire::MAX_DATA);
+                            Frame::Data {
+                                task,
+                                piece,
+                                offset: sent as u32,
+                                bytes: Bytes::from(vec![0x5a; n]),
+                            }
+                            .encode(&mut out);
+                            sent += n;
+                        }
+                    }
+                }
+            }
+            // Refusals, notices, leaves: nothing to do.
+            _ => {}
         }
-        Misbehaviour::Corrupt => {
-            let _ = stream.write_all(&vec![0x5a; len as usize]);
-            let _ = stream.flush();
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
         }
+    }
+}
+
+fn blob_key(digest: &str) -> Option<u64> {
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(digest.strip_prefix("sha256:")?, &mut raw).ok()?;
+    Some(task_key(&raw))
+}
+
+/// A raw peer-protocol client, for tests that knock on an agent's peer port.
+pub struct PeerClient {
+    rt: tokio::runtime::Runtime,
+    stream: tokio::net::TcpStream,
+    buf: BytesMut,
+}
+
+impl PeerClient {
+    /// Connects to `addr` and runs the handshake as node `node` of `pool` with `secret`.
+    pub fn connect(
+        addr: &str,
+        node: &str,
+        pool: &str,
+        secret: &str,
+    ) -> std::io::Result<PeerClient> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let hello = Hello {
+            nonce: [9; 16],
+            node: node.to_owned(),
+            pool: pool.to_owned(),
+        };
+        let (greeted, buf) = rt.block_on(async {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            handshake(
+                stream,
+                &hello,
+                &PoolKeys::from_release(PoolSecret::new(secret), pool),
+                true,
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(std::io::Error::other)
+        })?;
+        Ok(PeerClient {
+            rt,
+            stream: greeted.stream,
+            buf,
+        })
+    }
+
+    pub fn send(&mut self, frames: &[Frame]) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        for f in frames {
+            f.encode(&mut out);
+        }
+        self.rt.block_on(self.stream.write_all(&out))
+    }
+
+    /// The next frame, or `None` when the connection ends or nothing comes within `wait`.
+    pub fn recv(&mut self, wait: Duration) -> Option<Frame> {
+        let (stream, buf) = (&mut self.stream, &mut self.buf);
+        self.rt.block_on(async {
+            tokio::time::timeout(wait, async {
+                loop {
+                    if let Ok(Some(f)) = Frame::decode(buf) {
+                        return Some(f);
+                    }
+                    if stream.read_buf(buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten()
+        })
     }
 }

@@ -22,8 +22,6 @@ use super::scheduler::Scheduler;
 
 pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
-/// Piece size every bed's agents use (`--blocksize`), so small images have many pieces.
-pub const PIECE_SIZE: u64 = 1 << 20;
 /// Two layers of 6 MiB and 2 MiB (plus the config): 9 pieces, pulled in seconds.
 pub const SMALL_IMAGE: &[usize] = &[6 * MIB, 2 * MIB];
 
@@ -93,13 +91,13 @@ impl P2pBed {
     }
 
     /// Options for the next agent of `pool`: the next loopback address (127.0.0.2, .3, ...), node
-    /// name `node-N`, its own cache dir, `--blocksize 1MiB` and `extra`.
+    /// name `node-N`, its own cache dir, the defaults (pieces of 64 KiB for the test images)
+    /// and `extra`.
     pub fn agent_opts(&mut self, pool: &str, extra: &[&str]) -> AgentOpts {
         self.started += 1;
         let n = self.started;
         assert!(n < 250, "out of loopback addresses");
-        let mut extra_args = vec!["--blocksize".to_owned(), format!("{PIECE_SIZE}")];
-        extra_args.extend(extra.iter().map(|s| s.to_string()));
+        let extra_args = extra.iter().map(|s| s.to_string()).collect();
         AgentOpts {
             ip: format!("127.0.0.{}", n + 1),
             mirror_url: self.fx.mirror.url().to_owned(),

@@ -10,9 +10,8 @@ use super::{eventually, READY_TIMEOUT};
 
 pub const PEERS: &str = "poolcast_scheduler_peers";
 pub const TASKS: &str = "poolcast_scheduler_tasks";
-pub const DECISIONS: &str = "poolcast_scheduler_decisions_total";
-pub const SOURCE_PIECES: &str = "poolcast_scheduler_source_pieces_total";
-pub const PARENT_REPORTS: &str = "poolcast_scheduler_parent_reports_total";
+pub const JOINS: &str = "poolcast_scheduler_joins_total";
+pub const FRESH_LEASES: &str = "poolcast_scheduler_fresh_leases_total";
 pub const GO_SOURCE: &str = "poolcast_scheduler_go_source_total";
 
 const READY_PREFIX: &str = "poolcast scheduler listening on ";

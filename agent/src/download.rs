@@ -1,0 +1,349 @@
+//! One blob download on this node, as containerd sees it: the file pieces land in, the piece
+//! digests the mirror publishes, and the sequencer that streams the verified prefix to
+//! containerd, hashes the whole blob and commits it to the cache. Where pieces come from (peers,
+//! the mirror) is the swarm's business (`crate::p2p`).
+//!
+//! ```text
+//!   layout loop: mirror /pieces (long-poll) ──digests──> Download ──> swarm (verifies arrivals)
+//!   swarm: piece verified ──mark_done──> Download ──> sequencer: contiguous prefix
+//!          ──> sha256 of the whole ──> Ingest progress (containerd streams) ──> BlobStore::commit
+//! ```
+
+use crate::p2p::Input;
+use crate::state::AgentState;
+use actix_web::web;
+use nodepool::PieceLayout;
+use parking_lot::{Mutex, RwLock};
+use sha2::Digest as _;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
+use storage::pieces::PieceList;
+use storage::reference::Digest;
+use swarm::PieceSet;
+use tokio::sync::watch;
+
+/// Layout requests in a row that may fail before the download does.
+const LAYOUT_RETRIES: u32 = 6;
+
+/// What a download needs to know about the blob and its requester.
+#[derive(Clone)]
+pub struct TaskSpec {
+    pub digest: Digest,
+    pub size: u64,
+    pub ns: Option<String>,
+    pub repo: String,
+    /// containerd's credentials: the mirror checks them on every request made for it.
+    pub auth: Option<actix_web::http::header::HeaderValue>,
+}
+
+impl TaskSpec {
+    /// This blob's `/v2/<name>/<kind>/<digest>` at the mirror.
+    pub fn mirror_url(&self, state: &AgentState, kind: &str, extra: &[(&str, String)]) -> url::Url {
+        state.mirror_url(
+            &format!("/v2/{}/{kind}/{}", self.repo, self.digest),
+            self.ns.as_deref(),
+            extra,
+        )
+    }
+}
+
+pub struct Download {
+    pub spec: TaskSpec,
+    pub layout: PieceLayout,
+    pub ingest: Arc<Ingest>,
+    /// The file pieces are written into; renamed into the cache when the blob is whole.
+    pub file: Arc<File>,
+    /// Piece digests, as far as the mirror has published them.
+    digests: RwLock<Vec<Option<[u8; 32]>>>,
+    /// Pieces verified and written.
+    done: Mutex<PieceSet>,
+    failed: Mutex<Option<String>>,
+    generation: watch::Sender<u64>,
+}
+
+impl Download {
+    /// Starts (or joins) the download of a blob. The caller streams from `download.ingest`.
+    pub fn get_or_start(state: &web::Data<AgentState>, spec: TaskSpec) -> crate::Result<Arc<Self>> {
+        let mut downloads = state.downloads.lock();
+        if let Some(d) = downloads.get(spec.digest.hex()) {
+            return Ok(d.clone());
+        }
+        let store = state.store.clone();
+        let (ingest, writer) = match state
+            .ingests
+            .join_or_start(&spec.digest, || store.temp_file())?
+        {
+            Joined::Started(ingest, writer) => (ingest, writer),
+            Joined::Existing(_) => {
+                return Err(crate::Error::Download {
+                    digest: spec.digest.to_string(),
+                    message: "download registry out of step".into(),
+                })
+            }
+        };
+        let layout = state
+            .cfg
+            .layout_for(spec.size)
+            .map_err(|e| crate::Error::Layout {
+                digest: spec.digest.to_string(),
+                message: e.to_string(),
+            })?;
+        writer.set(Progress::Running {
+            written: 0,
+            size: Some(spec.size),
+        });
+        let count = layout.count() as usize;
+        let download = Arc::new(Download {
+            layout,
+            ingest,
+            file: writer.file.clone(),
+            digests: RwLock::new(vec![None; count]),
+            done: Mutex::new(PieceSet::empty(layout.count())),
+            failed: Mutex::new(None),
+            generation: watch::channel(0).0,
+            spec,
+        });
+        downloads.insert(download.spec.digest.hex().to_string(), download.clone());
+        state.metrics.tasks.set(downloads.len() as i64);
+        drop(downloads);
+        if count > 0 {
+            tokio::spawn(layout_loop(state.clone(), download.clone()));
+            state.swarm.send(Input::Start(download.clone()));
+        }
+        tokio::spawn(sequencer(state.clone(), download.clone(), writer));
+        Ok(download)
+    }
+
+    /// The wire name of the blob.
+    pub fn key(&self) -> u64 {
+        crate::p2p::wire::task_key(&self.spec.digest.sha256())
+    }
+
+    /// The digest the mirror published for a piece, if it has yet.
+    pub fn digest_of(&self, piece: u32) -> Option<[u8; 32]> {
+        self.digests.read().get(piece as usize).copied().flatten()
+    }
+
+    /// A piece arrived and matched its digest.
+    pub fn mark_done(&self, piece: u32) {
+        if self.done.lock().insert(piece) {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    pub fn fail(&self, message: String) {
+        let mut failed = self.failed.lock();
+        if failed.is_none() {
+            tracing::warn!(digest = %self.spec.digest, %message, "download failed");
+            *failed = Some(message);
+        }
+        drop(failed);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.lock().is_some()
+    }
+
+    fn has(&self, piece: u32) -> bool {
+        self.done.lock().contains(piece)
+    }
+
+    /// Pieces verified so far.
+    pub fn held(&self) -> u32 {
+        self.done.lock().count()
+    }
+}
+
+/// Learns piece digests from the mirror, as the mirror gets the blob, and tells the swarm.
+async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
+    let mut from = 0u32;
+    let mut errors = 0;
+    while from < d.layout.count() {
+        if d.failed() {
+            return;
+        }
+        let url = d.spec.mirror_url(
+            &state,
+            "pieces",
+            &[
+                ("pieceSize", d.layout.piece_size().to_string()),
+                ("from", from.to_string()),
+            ],
+        );
+        let mut req = state.http.get(url).timeout(Duration::from_secs(30));
+        if let Some(auth) = &d.spec.auth {
+            req = req.header("Authorization", auth.as_bytes());
+        }
+        match fetch_layout(req, &d).await {
+            Ok(list) => {
+                errors = 0;
+                let mut digests = d.digests.write();
+                for (k, digest) in list.into_iter().enumerate() {
+                    if let Some(slot) = digests.get_mut(from as usize + k) {
+                        *slot = Some(digest);
+                    }
+                }
+                from = digests.iter().take_while(|x| x.is_some()).count() as u32;
+                drop(digests);
+                state.swarm.send(Input::Layout { task: d.key() });
+            }
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(digest = %d.spec.digest, error = %e, errors, "piece layout from the mirror failed");
+                if errors > LAYOUT_RETRIES {
+                    d.fail(e.to_string());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500 * errors as u64)).await;
+            }
+        }
+    }
+}
+
+async fn fetch_layout(req: reqwest::RequestBuilder, d: &Download) -> crate::Result<Vec<[u8; 32]>> {
+    let err = |message: String| crate::Error::Layout {
+        digest: d.spec.digest.to_string(),
+        message,
+    };
+    let resp = req.send().await.map_err(|e| err(format!("request: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(err(format!("mirror answered {}", resp.status())));
+    }
+    let list: PieceList = resp
+        .json()
+        .await
+        .map_err(|e| err(format!("bad piece list: {e}")))?;
+    if list.size != d.spec.size || list.piece_size != d.layout.piece_size() {
+        return Err(err(format!(
+            "piece list for {} bytes in {} pieces, expected {} in {}",
+            list.size,
+            list.piece_size,
+            d.spec.size,
+            d.layout.piece_size()
+        )));
+    }
+    if list.pieces.len() > d.layout.count() as usize {
+        return Err(err(format!(
+            "{} piece digests for {} pieces",
+            list.pieces.len(),
+            d.layout.count()
+        )));
+    }
+    list.pieces
+        .iter()
+        .map(|h| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(h, &mut out).map_err(|e| err(format!("bad piece digest: {e}")))?;
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Feeds `start..end` of the download's file to the whole-blob hash, off the runtime, through
+/// a small buffer: whole-piece buffers made glibc keep tens of MiB in per-thread arenas.
+async fn hash_span(
+    file: Arc<File>,
+    mut hasher: sha2::Sha256,
+    start: u64,
+    end: u64,
+) -> std::io::Result<sha2::Sha256> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], pos)?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        Ok(hasher)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Advances the verified-in-order prefix that containerd streams, hashes the whole blob on the
+/// way, and commits it to the cache once it matches; then tells the swarm.
+async fn sequencer(state: web::Data<AgentState>, d: Arc<Download>, mut writer: IngestWriter) {
+    let mut rx = d.generation.subscribe();
+    let mut hasher = sha2::Sha256::new();
+    let mut prefix = 0u32;
+    let count = d.layout.count();
+    let download = |message: String| crate::Error::Download {
+        digest: d.spec.digest.to_string(),
+        message,
+    };
+    let outcome: crate::Result<()> = loop {
+        rx.borrow_and_update();
+        if let Some(msg) = d.failed.lock().clone() {
+            break Err(download(msg));
+        }
+        while prefix < count && d.has(prefix) {
+            let span = d.layout.span(prefix).unwrap_or(0..0);
+            match hash_span(
+                d.file.clone(),
+                std::mem::take(&mut hasher),
+                span.start,
+                span.end,
+            )
+            .await
+            {
+                Ok(h) => hasher = h,
+                Err(e) => {
+                    d.fail(format!("reading piece {prefix}: {e}"));
+                    break;
+                }
+            }
+            prefix += 1;
+            writer.set(Progress::Running {
+                written: span.end,
+                size: Some(d.spec.size),
+            });
+        }
+        if prefix == count && !d.failed() {
+            let actual = Digest::from_sha256(&std::mem::take(&mut hasher).finalize());
+            if actual != d.spec.digest {
+                state.metrics.digest_mismatches.inc();
+                break Err(crate::Error::BlobMismatch {
+                    expected: d.spec.digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            let Some(temp) = writer.temp.take() else {
+                break Err(download("temp file lost".into()));
+            };
+            if let Err(e) = state
+                .store
+                .commit(&d.spec.digest, temp, None, SystemTime::now())
+            {
+                break Err(e.into());
+            }
+            break Ok(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+    };
+    let ok = outcome.is_ok();
+    match outcome {
+        Ok(()) => {
+            writer.set(Progress::Done { size: d.spec.size });
+            tracing::info!(digest = %d.spec.digest, size = d.spec.size, "blob complete and verified");
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            d.fail(msg.clone());
+            writer.set(Progress::Failed(msg));
+        }
+    }
+    state.downloads.lock().remove(d.spec.digest.hex());
+    if count > 0 {
+        state.swarm.send(Input::Ended {
+            task: d.key(),
+            stored: ok,
+        });
+    }
+    drop(writer);
+}

@@ -1,0 +1,122 @@
+//! Ranges from the mirror: one request per run of pieces, bytes written where they belong as
+//! they come, each piece's hash handed to the actor as its last byte lands.
+
+use super::Input;
+use crate::download::Download;
+use crate::state::AgentState;
+use futures_util::StreamExt;
+use sha2::Digest as _;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Progress is reported at the first bytes of a piece and then every this many bytes.
+const PROGRESS_EVERY: u64 = 128 * 1024;
+
+/// Fetches pieces `first..first + count` of a download from the mirror.
+pub fn range(
+    state: Arc<AgentState>,
+    d: Arc<Download>,
+    first: u32,
+    count: u32,
+    tx: mpsc::UnboundedSender<Input>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let key = d.key();
+        let mut at = first;
+        if let Err(why) = fetch(&state, &d, first, count, &tx, &mut at).await {
+            let _ = tx.send(Input::MirrorFailed {
+                task: key,
+                first,
+                piece: at,
+                why,
+            });
+        }
+    })
+}
+
+async fn fetch(
+    state: &AgentState,
+    d: &Download,
+    first: u32,
+    count: u32,
+    tx: &mpsc::UnboundedSender<Input>,
+    at: &mut u32,
+) -> Result<(), String> {
+    let key = d.key();
+    let last = first + count.max(1) - 1;
+    let (Some(start), Some(end)) = (d.layout.span(first), d.layout.span(last)) else {
+        return Err(format!("pieces {first}..={last} are past the blob"));
+    };
+    let (start, end) = (start.start, end.end);
+    let url = d.spec.mirror_url(state, "blobs", &[]);
+    let mut req = state
+        .http
+        .get(url)
+        .header("Range", format!("bytes={start}-{}", end - 1));
+    if let Some(auth) = &d.spec.auth {
+        req = req.header("Authorization", auth.as_bytes());
+    }
+    let stall = state.cfg.transfer_timeout.0;
+    let stalled = || format!("no data for transferTimeout ({stall:?})");
+    let resp = tokio::time::timeout(stall, req.send())
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| format!("request: {}", nodepool::wire::error_chain(&e)))?;
+    if resp.status() != 206 && !(resp.status() == 200 && start == 0 && end == d.layout.size()) {
+        return Err(format!("mirror answered {}", resp.status()));
+    }
+    let mut body = resp.bytes_stream();
+    let mut pos = start;
+    let mut piece_end = d.layout.span(first).map_or(end, |s| s.end);
+    let mut hasher = sha2::Sha256::new();
+    let mut reported = 0u64;
+    while pos < end {
+        let chunk = tokio::time::timeout(stall, body.next())
+            .await
+            .map_err(|_| stalled())?
+            .ok_or_else(|| format!("body ended at {} of {} bytes", pos - start, end - start))?
+            .map_err(|e| format!("body: {}", nodepool::wire::error_chain(&e)))?;
+        state.limits.total.take(chunk.len()).await;
+        state.limits.down.take(chunk.len()).await;
+        state.metrics.source_bytes.inc_by(chunk.len() as u64);
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            if pos >= end {
+                return Err("more bytes than the range holds".into());
+            }
+            let n = rest.len().min((piece_end - pos) as usize);
+            let (part, tail) = rest.split_at(n);
+            let file = d.file.clone();
+            tokio::task::block_in_place(|| file.write_all_at(part, pos))
+                .map_err(|e| format!("write: {e}"))?;
+            hasher.update(part);
+            pos += n as u64;
+            rest = tail;
+            let piece_start = piece_end - d.layout.span(*at).map_or(0, |s| s.end - s.start);
+            let done = pos - piece_start;
+            if pos == piece_end {
+                let hash: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
+                state.metrics.back_to_source.inc();
+                let _ = tx.send(Input::Arrived {
+                    peer: None,
+                    task: key,
+                    piece: *at,
+                    hash: Ok(hash),
+                });
+                *at += 1;
+                reported = 0;
+                piece_end = d.layout.span(*at).map_or(end, |s| s.end);
+            } else if reported == 0 || done - reported >= PROGRESS_EVERY {
+                reported = done.max(1);
+                let _ = tx.send(Input::Progress {
+                    task: key,
+                    piece: *at,
+                    bytes: done,
+                });
+            }
+        }
+    }
+    Ok(())
+}
