@@ -106,6 +106,7 @@ impl Download {
             generation: watch::channel(0).0,
             spec,
         });
+        tracing::debug!(digest = %download.spec.digest, size = download.spec.size, pieces = count, "download started");
         downloads.insert(download.spec.digest.hex().to_string(), download.clone());
         state.metrics.tasks.set(downloads.len() as i64);
         drop(downloads);

@@ -155,6 +155,7 @@ async fn blob(
         .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
     let range = parse_range(range_text)?;
     let range_text = range_text.unwrap_or("");
+    tracing::debug!(digest = %b.digest, "blob requested");
     let size = check_access(state, &b, auth).await?;
     let builder = |span: Span, size: u64| {
         let status = if span.partial {

@@ -173,7 +173,12 @@ impl AppState {
         let fresh = registry.fresh(msg, clock());
         self.deliver(&mut registry, &mut waiters);
         let fresh = fresh?;
-        let kept = waiters.replace(&fresh.key);
+        // A report alone leaves the peer's waiting request waiting.
+        let kept = if msg.wait {
+            waiters.replace(&fresh.key)
+        } else {
+            None
+        };
         self.metrics.fresh_waiting.set(waiters.waiting() as i64);
         let mut answer = FreshResponse {
             pieces: Vec::new(),

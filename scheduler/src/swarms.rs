@@ -351,7 +351,9 @@ impl Swarms {
             ..FreshOutcome::default()
         };
         for (holder, grant) in grants {
-            if holder == who.holder {
+            // A report alone (no `wait`) answers at once; a grant it frees for its own peer
+            // goes to that peer's waiting request (or is kept for its next one).
+            if holder == who.holder && ask.wait {
                 out.mine = Some(grant);
             } else {
                 out.others.push(Delivery {

@@ -162,9 +162,8 @@ impl Releases {
         if done {
             self.leases.retain(|l| !l.left.is_empty());
         }
-        if !wait {
-            self.cancel(holder);
-        } else if !self.is_waiting(holder) {
+        // A report alone (no `wait`) leaves a request of the holder that is waiting alone.
+        if wait && !self.is_waiting(holder) {
             self.waiting.push(Waiter { holder, since: now });
         }
         self.grant(cfg, now)
@@ -397,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn a_report_leaves_the_holders_waiting_request_waiting() {
+        let c = cfg(1);
+        let mut r = Releases::new(3);
+        r.ask(&c, 1, &[], true, t(0));
+        // Node 1 waits for its next lease, then reports the first done: the report frees the
+        // lease, and the grant goes to node 1's waiting request.
+        assert!(r.ask(&c, 1, &[], true, t(1)).is_empty());
+        let out = r.ask(&c, 1, &[0], false, t(2));
+        assert_eq!(granted(&out), vec![(1, vec![1])]);
+    }
+
+    #[test]
     fn leases_are_runs_of_consecutive_pieces_and_lapsed_runs_come_back_whole() {
         let c = ReleaseConfig {
             in_flight: 2,
@@ -436,6 +447,21 @@ mod tests {
         assert_eq!((c.in_flight, c.run), (2, 1));
         let c = ReleaseConfig::for_pool(0, 0, lease);
         assert!(c.in_flight >= 1 && c.run >= 1);
+    }
+
+    #[test]
+    fn a_node_asking_again_holds_a_second_lease_while_the_first_is_fetched() {
+        let c = ReleaseConfig::for_pool(8, 64 << 10, Duration::from_secs(15));
+        let mut r = Releases::new(1024);
+        let first = granted(&r.ask(&c, 1, &[], true, t(0)));
+        assert_eq!(first.len(), 1);
+        let second = granted(&r.ask(&c, 1, &[], true, t(1)));
+        assert_eq!(
+            second.len(),
+            1,
+            "the next lease waits for the first: {second:?}"
+        );
+        assert!(r.ask(&c, 1, &[], true, t(2)).is_empty(), "two at most");
     }
 
     #[test]

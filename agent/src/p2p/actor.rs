@@ -42,15 +42,17 @@ struct TaskRt {
     named: HashSet<String>,
     /// Mirror ranges under way: first piece -> (the request, its piece count).
     ranges: HashMap<u32, (JoinHandle<()>, u32)>,
-    fresh: Option<JoinHandle<()>>,
+    /// The long-poll for the next lease, and the report of completed leases, under way.
+    poll: Option<JoinHandle<()>>,
+    report: Option<JoinHandle<()>>,
     joiner: Option<JoinHandle<()>>,
     /// The scheduler answered a join: fresh pieces may be asked for (an ask sent before the
     /// scheduler knows the node takes part would be refused).
     joined: bool,
-    pending_ask: Option<schedule::Ask>,
-    /// Completions carried by the ask under way: carried again if it is replaced before it
-    /// answered (completing twice is harmless; never completing would re-lease the piece).
-    unacked: Vec<u32>,
+    /// The decisions want the next lease.
+    wants_lease: bool,
+    /// Completed leases not yet reported.
+    unreported: Vec<u32>,
     /// Arrivals waiting for their digest.
     parked: HashMap<u32, (Option<PeerId>, [u8; 32])>,
     idle_since: Option<Instant>,
@@ -75,7 +77,7 @@ impl TaskRt {
         for (_, (h, _)) in self.ranges.drain() {
             h.abort();
         }
-        for h in [self.fresh.take(), self.joiner.take()]
+        for h in [self.poll.take(), self.report.take(), self.joiner.take()]
             .into_iter()
             .flatten()
         {
@@ -227,17 +229,18 @@ impl Actor {
             Input::Members { task, answer } => self.members(task, answer),
             Input::Fresh { task, answer } => {
                 if let Some(t) = self.tasks.get_mut(&task) {
-                    t.fresh = None;
-                    if answer.is_ok() {
-                        t.unacked.clear();
-                    }
+                    t.poll = None;
                 }
                 match answer {
-                    Ok(f) => self.handle(Event::Fresh {
-                        task,
-                        pieces: f.pieces,
-                        all_released: f.all_released,
-                    }),
+                    Ok(f) => {
+                        let held = self.node.have(task).map_or(0, |h| h.count());
+                        tracing::debug!(task, pieces = ?f.pieces, all_released = f.all_released, held, "fresh pieces leased");
+                        self.handle(Event::Fresh {
+                            task,
+                            pieces: f.pieces,
+                            all_released: f.all_released,
+                        })
+                    }
                     Err(e) => {
                         tracing::debug!(task, error = %e, "scheduler unreachable; pieces come from the mirror");
                         self.state.metrics.scheduler_errors.inc();
@@ -247,6 +250,17 @@ impl Actor {
                         });
                     }
                 }
+            }
+            Input::Reported { task, completed } => {
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.report = None;
+                    // Failed: reported again with the next completion (or the lease lapses).
+                    if let Some(mut again) = completed {
+                        again.append(&mut t.unreported);
+                        t.unreported = again;
+                    }
+                }
+                self.send_report(task);
             }
         }
     }
@@ -269,12 +283,13 @@ impl Actor {
                 members: HashSet::new(),
                 named: HashSet::new(),
                 ranges: HashMap::new(),
-                fresh: None,
+                poll: None,
+                report: None,
                 joiner: p2p
                     .then(|| schedule::join_loop(self.state.clone(), d.clone(), self.tx.clone())),
                 joined: false,
-                pending_ask: None,
-                unacked: Vec::new(),
+                wants_lease: false,
+                unreported: Vec::new(),
                 parked: HashMap::new(),
                 idle_since: None,
             },
@@ -518,11 +533,12 @@ impl Actor {
                 members: HashSet::new(),
                 named: HashSet::new(),
                 ranges: HashMap::new(),
-                fresh: None,
+                poll: None,
+                report: None,
                 joiner: None,
                 joined: true,
-                pending_ask: None,
-                unacked: Vec::new(),
+                wants_lease: false,
+                unreported: Vec::new(),
                 parked: HashMap::new(),
                 idle_since: None,
             });
@@ -567,15 +583,8 @@ impl Actor {
             t.named.insert(member.id.clone());
         }
         t.joined = true;
-        if let Some(ask) = t.pending_ask.take() {
-            t.unacked = ask.completed.clone();
-            t.fresh = Some(schedule::fresh(
-                self.state.clone(),
-                key,
-                ask,
-                self.tx.clone(),
-            ));
-        }
+        self.send_poll(key);
+        self.send_report(key);
         for member in m.members {
             match self.by_name.get(&member.id) {
                 Some(&peer) => self.tell(key, peer),
@@ -623,6 +632,7 @@ impl Actor {
     }
 
     fn verified(&mut self, d: &Download, key: u64, piece: u32, from: From, ok: bool) {
+        tracing::trace!(task = key, piece, ?from, ok, "piece arrived");
         if ok {
             d.mark_done(piece);
             self.handle(Event::Done {
@@ -812,35 +822,49 @@ impl Actor {
         }
     }
 
+    /// Completed leases are reported at once, on their own; a wait for the next lease runs
+    /// beside them and is never cut short (a grant on its way back would be lost).
     fn ask(&mut self, key: u64, completed: Vec<u32>, wait: bool) {
         let Some(t) = self.tasks.get_mut(&key) else {
             return;
         };
-        let mut completed = completed;
-        if let Some(old) = t.fresh.take() {
-            old.abort();
-            completed.append(&mut t.unacked);
-        }
-        let mut ask = schedule::Ask {
-            digest: t.digest.to_string(),
-            completed,
-            wait,
-        };
-        if !t.joined {
-            // Completions not yet reported go along with the ask that replaces this one.
-            if let Some(old) = t.pending_ask.take() {
-                ask.completed.splice(0..0, old.completed);
-            }
-            t.pending_ask = Some(ask);
+        t.unreported.extend(completed);
+        t.wants_lease |= wait;
+        self.send_poll(key);
+        self.send_report(key);
+    }
+
+    fn send_poll(&mut self, key: u64) {
+        let Some(t) = self.tasks.get_mut(&key) else {
             return;
+        };
+        if t.joined && t.wants_lease && t.poll.is_none() {
+            t.wants_lease = false;
+            let digest = t.digest.to_string();
+            t.poll = Some(schedule::poll(
+                self.state.clone(),
+                key,
+                digest,
+                self.tx.clone(),
+            ));
         }
-        t.unacked = ask.completed.clone();
-        t.fresh = Some(schedule::fresh(
-            self.state.clone(),
-            key,
-            ask,
-            self.tx.clone(),
-        ));
+    }
+
+    fn send_report(&mut self, key: u64) {
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return;
+        };
+        if t.joined && t.report.is_none() && !t.unreported.is_empty() {
+            let completed = std::mem::take(&mut t.unreported);
+            let digest = t.digest.to_string();
+            t.report = Some(schedule::report(
+                self.state.clone(),
+                key,
+                digest,
+                completed,
+                self.tx.clone(),
+            ));
+        }
     }
 }
 

@@ -25,7 +25,17 @@ pub fn range(
     tokio::spawn(async move {
         let key = d.key();
         let mut at = first;
-        if let Err(why) = fetch(&state, &d, first, count, &tx, &mut at).await {
+        let began = std::time::Instant::now();
+        let result = fetch(&state, &d, first, count, &tx, &mut at).await;
+        tracing::debug!(
+            task = key,
+            first,
+            count,
+            ms = began.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "mirror range"
+        );
+        if let Err(why) = result {
             let _ = tx.send(Input::MirrorFailed {
                 task: key,
                 first,

@@ -102,9 +102,15 @@ pub enum Input {
         task: u64,
         answer: Result<schedule::Members, String>,
     },
+    /// The answer to the long-poll for a lease.
     Fresh {
         task: u64,
         answer: Result<schedule::Fresh, String>,
+    },
+    /// A report of completed leases was taken (`None`), or failed (the pieces to report again).
+    Reported {
+        task: u64,
+        completed: Option<Vec<u32>>,
     },
 }
 

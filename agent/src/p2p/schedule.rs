@@ -32,13 +32,6 @@ pub struct Fresh {
     pub all_released: bool,
 }
 
-/// An ask for fresh pieces, as the decisions made it.
-pub struct Ask {
-    pub digest: String,
-    pub completed: Vec<u32>,
-    pub wait: bool,
-}
-
 /// Joins the blob's members every `intervalMs` until aborted (the download ended).
 pub fn join_loop(
     state: Arc<AgentState>,
@@ -86,38 +79,61 @@ pub fn join_loop(
     })
 }
 
-/// Reports completed leases and (with `wait`) waits for the next.
-pub fn fresh(
+/// Waits (long-polls) for the next lease. Never cut short by the agent: a grant on its way
+/// back would be lost, and its pieces wait for the lease to lapse.
+pub fn poll(
     state: Arc<AgentState>,
     key: u64,
-    ask: Ask,
+    digest: String,
     tx: mpsc::UnboundedSender<Input>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(client) = state.scheduler.as_ref() else {
-            return;
-        };
-        let req = FreshRequest {
-            peer: state.peer_ref(),
-            digest: ask.digest,
-            completed: ask.completed,
-            wait: ask.wait,
-        };
-        let answer = client
-            .fresh(&req)
-            .await
-            .map(|r| Fresh {
-                pieces: r.pieces,
-                all_released: r.all_released,
-            })
-            .map_err(|e| e.to_string());
-        match answer {
-            Err(e) if !ask.wait => {
-                tracing::debug!(task = key, error = %e, "reporting completed leases failed")
-            }
-            answer => {
-                let _ = tx.send(Input::Fresh { task: key, answer });
-            }
-        }
+        let answer = ask(&state, digest, Vec::new(), true).await;
+        let _ = tx.send(Input::Fresh { task: key, answer });
     })
+}
+
+/// Reports leased pieces completed, without waiting: a lease freed here goes to whoever waits.
+pub fn report(
+    state: Arc<AgentState>,
+    key: u64,
+    digest: String,
+    completed: Vec<u32>,
+    tx: mpsc::UnboundedSender<Input>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let answer = ask(&state, digest, completed.clone(), false).await;
+        if let Err(e) = &answer {
+            tracing::debug!(task = key, error = %e, "reporting completed leases failed");
+        }
+        let _ = tx.send(Input::Reported {
+            task: key,
+            completed: answer.is_err().then_some(completed),
+        });
+    })
+}
+
+async fn ask(
+    state: &AgentState,
+    digest: String,
+    completed: Vec<u32>,
+    wait: bool,
+) -> Result<Fresh, String> {
+    let Some(client) = state.scheduler.as_ref() else {
+        return Err("no scheduler".into());
+    };
+    let req = FreshRequest {
+        peer: state.peer_ref(),
+        digest,
+        completed,
+        wait,
+    };
+    client
+        .fresh(&req)
+        .await
+        .map(|r| Fresh {
+            pieces: r.pieces,
+            all_released: r.all_released,
+        })
+        .map_err(|e| e.to_string())
 }

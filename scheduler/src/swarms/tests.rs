@@ -432,3 +432,16 @@ fn ids_hash_stably() {
     assert_eq!(id_hash(""), 0xcbf2_9ce4_8422_2325);
     assert_ne!(id_hash("n1"), id_hash("n2"));
 }
+
+#[test]
+fn a_member_asking_again_gets_a_second_lease_while_the_first_is_fetched() {
+    let t0 = Instant::now();
+    let mut r = registry(&[], t0);
+    for k in 1..=8 {
+        join(&mut r, &format!("n{k}"), "a", t0);
+    }
+    let first = fresh(&mut r, "n1", &[], t0);
+    assert!(first.as_ref().is_some_and(|p| !p.is_empty()), "{first:?}");
+    let second = fresh(&mut r, "n1", &[], t0 + Duration::from_millis(5));
+    assert!(second.as_ref().is_some_and(|p| !p.is_empty()), "{second:?}");
+}
