@@ -169,7 +169,7 @@ fn scheduler_killed_mid_rollout_degrades_to_source() {
     // Soft state: the restarted scheduler learns the holders from their heartbeats, and a new
     // node's pull gets pieces from them.
     bed.scheduler_mut().restart();
-    // Announces of downloads still finishing re-register peers at once, but only heartbeats
+    // Joins of downloads still finishing re-register peers at once, but only heartbeats
     // (every 5 s) list every blob held: wait until the scheduler knows them all again.
     let blobs = bed.fx.image.blobs().len() as f64;
     assert_eventually(
@@ -191,4 +191,32 @@ fn scheduler_killed_mid_rollout_degrades_to_source() {
         peer_in > 0.0,
         "the new node got nothing from peers: the restarted scheduler did not learn the holders"
     );
+}
+
+#[test]
+fn a_blob_larger_than_the_nodes_cache_is_refused_clearly_and_the_agent_keeps_serving() {
+    let mut bed = P2pBed::start(BedSpec {
+        seed: 45,
+        ..BedSpec::default()
+    });
+    // The image's largest layer is 6 MiB: a 4 MiB cache cannot hold it.
+    let small = bed.add_agent(POOL, &["--capacity", "4MiB"]);
+    let (output, _) = bed.pull_as(small, None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a 6 MiB layer was pulled through a 4 MiB cache"
+    );
+    let log = std::fs::read_to_string(bed.agents[small].log_path()).unwrap_or_default();
+    assert!(
+        log.contains("does not fit the cache") || stderr.contains("does not fit the cache"),
+        "no clear reason for the refusal; skopeo said: {stderr}\nagent log: {log}"
+    );
+    assert!(
+        bed.agents[small].is_running(),
+        "the agent died refusing the blob"
+    );
+    // The same agent still serves a pull that fits, and another node is unaffected.
+    let other = bed.add_agent(POOL, &[]);
+    bed.pull(other);
 }

@@ -93,7 +93,7 @@ fn peer_port_without_the_pool_secret_gets_nothing() {
 
     let layer = bed.fx.image.layers[0].clone();
     let bytes = bed.fx.image.blob_bytes(&layer.digest).to_vec();
-    let layout = PieceLayout::auto(bytes.len() as u64);
+    let layout = PieceLayout::auto(bytes.len() as u64).expect("layout");
     let mut digest = [0u8; 32];
     hex::decode_to_slice(layer.digest.trim_start_matches("sha256:"), &mut digest).unwrap();
     let join = Frame::Join(Join {

@@ -72,6 +72,15 @@ impl Download {
             return Ok(d.clone());
         }
         let store = state.store.clone();
+        // A blob larger than the cache is refused before anything is allocated for it (its
+        // size is what the mirror's HEAD said), and room is made for one that fits.
+        store.make_room(spec.size, SystemTime::now()).map_err(|e| {
+            tracing::warn!(digest = %spec.digest, error = %e, "blob refused");
+            crate::Error::Download {
+                digest: spec.digest.to_string(),
+                message: e.to_string(),
+            }
+        })?;
         let (ingest, writer) = match state
             .ingests
             .join_or_start(&spec.digest, || store.temp_file())?

@@ -166,23 +166,13 @@ impl AgentConfig {
     /// How a blob of `size` bytes is cut into pieces, by `blocksize`.
     pub fn layout_for(&self, size: u64) -> Result<crate::PieceLayout, crate::LayoutError> {
         match self.blocksize {
-            BlockSize::Auto => Ok(crate::PieceLayout::auto(size)),
+            BlockSize::Auto => crate::PieceLayout::auto(size),
             BlockSize::Fixed(piece) => crate::PieceLayout::bounded(size, piece),
         }
     }
 
     pub fn load(path: &Path) -> Result<Self> {
         load_yaml(path)
-    }
-
-    /// What signs this node's requests and checks its peers' on the peer port (v1, until its
-    /// handshake takes [`AgentConfig::pool_keys`]): `secret` when given, else `poolKey`; off
-    /// when both are empty. With only `poolKey`, peers of other pools are not accepted.
-    pub fn pool_secret(&self) -> crate::PoolSecret {
-        match self.secret.is_empty() {
-            true => crate::PoolSecret::new(self.pool_key.as_bytes()),
-            false => crate::PoolSecret::new(self.secret.as_bytes()),
-        }
     }
 
     /// The keys this node holds: all of them from `secret`, or `poolKey` and `pairKeys`.
@@ -237,7 +227,10 @@ impl AgentConfig {
             if crate::check_piece_size(size).is_err() {
                 return Err(invalid(
                     "blocksize",
-                    format!("{} is not a power of two from 64KiB to 64MiB (or write auto)", ByteSize(size)),
+                    format!(
+                        "{} is not a power of two from 64KiB to 64MiB (or write auto)",
+                        ByteSize(size)
+                    ),
                 ));
             }
         }

@@ -76,15 +76,10 @@ impl PieceLayout {
         Self::new(size, piece_size)
     }
 
-    /// The layout with the automatic piece size ([`auto_piece_size`]).
-    pub fn auto(size: u64) -> Self {
-        let piece_size = auto_piece_size(size);
-        let count = size.div_ceil(piece_size) as u32; // at most 2^64 / 2^16
-        PieceLayout {
-            size,
-            piece_size,
-            count,
-        }
+    /// The layout with the automatic piece size ([`auto_piece_size`]); refused, as by
+    /// [`PieceLayout::new`], for a size whose pieces a `u32` cannot number (above 4 PiB).
+    pub fn auto(size: u64) -> Result<Self, LayoutError> {
+        Self::new(size, auto_piece_size(size))
     }
 
     pub fn size(&self) -> u64 {
@@ -141,9 +136,13 @@ mod tests {
         assert_eq!(auto_piece_size(1 << 30), 512 << 10);
         assert_eq!(auto_piece_size(2 << 30), 1 << 20);
         assert_eq!(auto_piece_size(u64::MAX), AUTO_MAX_PIECE);
-        let l = PieceLayout::auto(128 << 20);
+        let l = PieceLayout::auto(128 << 20).expect("layout");
         assert_eq!((l.piece_size(), l.count()), (64 << 10, 2048));
-        assert_eq!(PieceLayout::auto(0).count(), 0);
+        assert_eq!(PieceLayout::auto(0).expect("layout").count(), 0);
+        assert!(matches!(
+            PieceLayout::auto(u64::MAX),
+            Err(LayoutError::TooManyPieces { .. })
+        ));
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl FakePeer {
         let blobs: Vec<(String, PieceLayout)> = spec
             .blobs
             .iter()
-            .map(|b| (b.digest.clone(), PieceLayout::auto(b.size)))
+            .map(|b| (b.digest.clone(), PieceLayout::auto(b.size).expect("layout")))
             .collect();
         let secret = PoolKeys::from_release(PoolSecret::new(spec.secret.unwrap_or("")), spec.pool);
         let hello = Hello {

@@ -63,14 +63,8 @@ pub async fn listen(
         let (state, tx) = (state.clone(), tx.clone());
         tokio::spawn(async move {
             let me = hello(&state);
-            let result = handshake(
-                stream,
-                &me,
-                &state.keys,
-                false,
-                state.cfg.connect_timeout.0,
-            )
-            .await;
+            let result =
+                handshake(stream, &me, &state.keys, false, state.cfg.connect_timeout.0).await;
             drop(slot);
             match result {
                 Ok((greeted, pending)) => {
