@@ -9,6 +9,7 @@
 #   scripts/bench-bed-capacity.sh [NODES] [K] [MBIT | DOWN/UP] [MTU]    # defaults 16 4 50 1500
 #   scripts/bench-bed-capacity.sh 16 4 50/10 1500     # download 50 mbit, upload 10 mbit
 #
+# Every namespace runs TCP ${CONGESTION:-cubic} as the Bed does (CONGESTION=host keeps the machine's).
 # Needs root, iproute2, nginx and curl. Cleans up after itself, also on Ctrl-C.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -50,6 +51,7 @@ for i in $(seq 1 "$N"); do
   ip -n "$ns" link set eth0 mtu "$MTU" up
   ip -n "$P-hub" link set "h$i" mtu "$MTU"
   ip -n "$ns" link set lo up
+  [ "${CONGESTION:-cubic}" = host ] || ip netns exec "$ns" sysctl -qw "net.ipv4.tcp_congestion_control=${CONGESTION:-cubic}"
   tc -n "$ns" qdisc add dev eth0 root tbf rate "${UP}mbit" burst "$(burst "$UP")" latency 50ms
   tc -n "$P-hub" qdisc add dev "h$i" root tbf rate "${DOWN}mbit" burst "$(burst "$DOWN")" latency 50ms
   mkdir -p "$DIR/$i"

@@ -73,10 +73,18 @@ pub struct Bed {
     next_proc: AtomicU32,
     dir: TempDir,
     mtu: u32,
+    congestion: Option<String>,
 }
 
+/// TCP congestion control in every host of a bed unless told otherwise: Linux's own default,
+/// what an edge node runs unless someone chose otherwise. A machine may default to another
+/// (`bbr` on some cloud images); through `tbf`'s short queue BBR v1 retransmits a fifth of its
+/// segments with a dozen flows, which measures the emulation more than the protocol on top.
+pub const DEFAULT_CONGESTION: &str = "cubic";
+
 impl Bed {
-    /// A hub namespace with a bridge, and nothing else yet, links at the usual 1500-byte MTU.
+    /// A hub namespace with a bridge, and nothing else yet, links at the usual 1500-byte MTU,
+    /// TCP [`DEFAULT_CONGESTION`] in every host.
     /// Fails, saying what is missing, when not run as root or when a tool is not installed.
     pub fn new() -> Result<Bed> {
         Bed::with_mtu(1500)
@@ -88,8 +96,25 @@ impl Bed {
     /// hosts that work, not the links, is what runs out first at 1500 bytes
     /// (`scripts/bench-bed-capacity.sh`).
     pub fn with_mtu(mtu: u32) -> Result<Bed> {
+        Bed::with_options(mtu, Some(DEFAULT_CONGESTION))
+    }
+
+    /// Like [`Bed::with_mtu`], every host's TCP congestion control set to `congestion`
+    /// (`None`: the machine's default, as `net.ipv4.tcp_congestion_control` says).
+    pub fn with_options(mtu: u32, congestion: Option<&str>) -> Result<Bed> {
         if !(1280..=65_000).contains(&mtu) {
             bail!("MTU {mtu}: use 1280 to 65000 bytes");
+        }
+        if let Some(cc) = congestion {
+            let available =
+                fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+                    .unwrap_or_default();
+            if !available.split_whitespace().any(|a| a == cc) {
+                bail!(
+                    "TCP congestion control {cc:?} is not available here (available: {})",
+                    available.trim()
+                );
+            }
         }
         require_root()?;
         require_tools(BED_TOOLS)?;
@@ -110,6 +135,7 @@ impl Bed {
             next_proc: AtomicU32::new(0),
             dir,
             mtu,
+            congestion: congestion.map(str::to_owned),
         };
         sh("ip", &["netns", "add", &bed.hub])?;
         sh("ip", &["-n", &bed.hub, "link", "set", "lo", "up"])?;
@@ -154,6 +180,10 @@ impl Bed {
         sh("ip", &["netns", "add", ns])?;
         hosts.push(host.clone());
         sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        if let Some(cc) = &self.congestion {
+            let key = format!("net.ipv4.tcp_congestion_control={cc}");
+            sh("ip", &["netns", "exec", ns, "sysctl", "-qw", &key])?;
+        }
         sh(
             "ip",
             &[

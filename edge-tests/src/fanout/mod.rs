@@ -65,6 +65,10 @@ pub struct Opts {
     /// hosts saturates two cores before the links fill (see scripts/bench-bed-capacity.sh).
     #[arg(long, default_value_t = 9000)]
     pub mtu: u32,
+    /// Every host's TCP congestion control (`host`: the machine's default). Linux's default
+    /// unless told otherwise; see `edge_tests::bed::DEFAULT_CONGESTION`.
+    #[arg(long, default_value = crate::bed::DEFAULT_CONGESTION)]
+    pub congestion: String,
     /// Layers of the image the -image methods pull (sizes 6/21, 5/21, ... of --size for 6).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub layers: u16,
@@ -226,7 +230,14 @@ pub fn run(opts: &Opts) -> Result<()> {
         opts.mirror_rate.unwrap_or(rate),
     );
     let payloads: Vec<Payload> = opts.methods.iter().map(|m| m.payload()).collect();
-    let setup = setup::Setup::build(links, opts.mtu, opts.size, opts.layers, &payloads)?;
+    let setup = setup::Setup::build(
+        links,
+        opts.mtu,
+        (opts.congestion != "host").then_some(opts.congestion.as_str()),
+        opts.size,
+        opts.layers,
+        &payloads,
+    )?;
     let knobs = Knobs::from_opts(opts);
     let mut warm = poolcast::WarmCaches::new();
     let mut outcomes = Vec::new();
@@ -251,10 +262,11 @@ pub fn run(opts: &Opts) -> Result<()> {
     }
 
     println!(
-        "fan-out to {} nodes, {}, MTU {}; {}; BitTorrent pieces {} KiB",
+        "fan-out to {} nodes, {}, MTU {}, TCP {}; {}; BitTorrent pieces {} KiB",
         opts.nodes,
         setup.links.describe(),
         opts.mtu,
+        opts.congestion,
         knobs.describe(),
         (1u64 << opts.bt_piece_log2) >> 10
     );

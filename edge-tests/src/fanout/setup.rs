@@ -48,11 +48,12 @@ impl Setup {
     pub fn build(
         links: Links,
         mtu: u32,
+        congestion: Option<&str>,
         size: u64,
         layers: u16,
         payloads: &[Payload],
     ) -> Result<Setup> {
-        let bed = Bed::with_mtu(mtu)?;
+        let bed = Bed::with_options(mtu, congestion)?;
         let at = |last: u8| Ipv4Addr::new(10, 77, 0, last);
         let origin = bed.add_host_with("origin", at(2), links.mirror_link())?;
         let mirror = bed.add_host_with("mirror", at(3), links.mirror_link())?;
