@@ -25,7 +25,7 @@ impl Node {
     pub(super) fn decide_mirror(&mut self, id: TaskId, now: Duration, out: &mut Vec<Action>) {
         let (source_parallel, assist_parallel) =
             (self.cfg.source_parallel, self.cfg.assist_parallel);
-        let seed = self.seed;
+        let (seed, released) = (self.seed, self.released);
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -65,7 +65,7 @@ impl Node {
                     p += 1;
                 }
             }
-            Mode::P2p if task.all_released => {
+            Mode::P2p if task.all_released && released => {
                 let room = assist_parallel.saturating_sub(busy) as usize;
                 if room > 0 {
                     // The rarest missing pieces nobody is sending here.

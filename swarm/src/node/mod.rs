@@ -296,6 +296,9 @@ pub struct Node {
     dirty: bool,
     /// How fast pushes have been arriving here, bytes per second (a moving average).
     peer_rate: Option<f64>,
+    /// Every p2p download here has all its pieces in the pool: the mirror's uplink is free of
+    /// fresh pieces (for the blobs this node pulls), so it may help the tail.
+    released: bool,
 }
 
 impl Node {
@@ -310,6 +313,7 @@ impl Node {
             incoming: 0,
             dirty: true,
             peer_rate: None,
+            released: false,
         }
     }
 
@@ -479,6 +483,19 @@ impl Node {
 
     /// Everything that follows from the state: mirror fetches, scheduler asks, offers.
     pub fn decide(&mut self, now: Duration, out: &mut Vec<Action>) {
+        // The mirror helps a blob's tail only once no blob pulled here waits on it for fresh
+        // pieces: an image's small layers are all released long before its large ones, and
+        // their help would take the mirror's uplink from fresh pieces the pool has nowhere else.
+        let released = self
+            .tasks
+            .values()
+            .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released);
+        if released && !self.released {
+            for t in self.tasks.values_mut() {
+                t.mirror_dirty = true;
+            }
+        }
+        self.released = released;
         let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in ids {
             self.decide_mirror(id, now, out);

@@ -439,6 +439,43 @@ fn once_everything_is_released_the_mirror_helps_quietly_and_yields_to_a_peer() {
 }
 
 #[test]
+fn the_mirror_helps_no_tail_while_another_blob_here_still_waits_for_fresh_pieces() {
+    const U: TaskId = 8;
+    let mut n = node(4, &[0], Mode::P2p, &[(1, &[0, 1, 2, 3])]);
+    let mut out = Vec::new();
+    n.handle(
+        ms(0),
+        Event::Open {
+            task: U,
+            pieces: 4,
+            piece_len: 1 << 20,
+            have: set(4, &[]),
+            mode: Mode::P2p,
+        },
+        &mut out,
+    );
+    let released = |task| Event::Fresh {
+        task,
+        pieces: vec![],
+        all_released: true,
+    };
+    let a = handle(&mut n, ms(1), released(T));
+    assert!(
+        fetches(&a).is_empty(),
+        "the mirror helped one blob's tail while the other still needs its fresh pieces: {a:?}"
+    );
+    let a = handle(&mut n, ms(2), released(U));
+    let fetched = a
+        .iter()
+        .filter(|x| matches!(x, Action::FetchMirror { task, .. } if *task == T))
+        .count();
+    assert_eq!(
+        fetched, 3,
+        "once both are released, both tails get help: {a:?}"
+    );
+}
+
+#[test]
 fn a_stalled_push_is_refused_and_its_sender_blocked() {
     let mut n = node(2, &[], Mode::P2p, &[(1, &[0, 1])]);
     handle(
