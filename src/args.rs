@@ -162,7 +162,7 @@ pub struct AgentArgs {
         "A piece transfer without data this long goes elsewhere", "transferTimeout"))]
     transfer_timeout: Option<HumanDuration>,
     #[arg(long, env = "POOLCAST_PROXY_FS_PARALLELS", help = help::<AgentConfig>(
-        "Piece transfers in flight at once", "proxyFsParallels"))]
+        "Pieces received from peers at once", "proxyFsParallels"))]
     proxy_fs_parallels: Option<u32>,
 }
 

@@ -87,7 +87,7 @@ pub struct AgentConfig {
     pub connect_timeout: HumanDuration,
     /// A piece transfer that receives no data for this long is abandoned and fetched elsewhere.
     pub transfer_timeout: HumanDuration,
-    /// Piece transfers in flight at once, across all blobs.
+    /// Pieces received from peers at once, across all blobs.
     pub proxy_fs_parallels: u32,
     /// The kernel send buffer of each peer upload (SO_SNDBUF); 0: the kernel's autotuning.
     /// Autotuned buffers grow to megabytes, so an upload slot frees long before its bytes

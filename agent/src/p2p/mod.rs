@@ -132,10 +132,12 @@ impl Swarm {
     }
 }
 
-/// The decisions' settings from the agent's config (`transferTimeout` is the stall limit).
+/// The decisions' settings from the agent's config: `transferTimeout` is the stall limit,
+/// `proxyFsParallels` the pushes accepted at once.
 pub fn tunables(cfg: &nodepool::AgentConfig) -> swarm::Tunables {
     swarm::Tunables {
         stall: cfg.transfer_timeout.0,
+        max_incoming: cfg.proxy_fs_parallels,
         ..swarm::Tunables::default()
     }
 }

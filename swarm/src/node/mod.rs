@@ -116,7 +116,7 @@ impl Default for Tunables {
         Tunables {
             upload_slots: 16,
             lookahead: 2,
-            max_incoming: 64,
+            max_incoming: 128,
             busy_backoff: Duration::from_millis(200),
             source_parallel: 4,
             assist_parallel: 4,
