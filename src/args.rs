@@ -244,7 +244,7 @@ pub struct SchedulerArgs {
         "Drop peers silent this long", "peerTTL"))]
     peer_ttl: Option<HumanDuration>,
     #[arg(long, env = "POOLCAST_SOURCE_ASSIGN_TIMEOUT", help = help::<SchedulerConfig>(
-        "How long a piece assigned to one peer for the mirror stays reserved",
+        "How long a first-holder lease of fresh pieces lasts",
         "sourceAssignTimeout"))]
     source_assign_timeout: Option<HumanDuration>,
 }

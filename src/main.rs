@@ -193,9 +193,13 @@ async fn run(cli: Cli) -> Result<()> {
             let what = || format!("config {}", file.display());
             match component {
                 Component::Mirror => MirrorConfig::load(&file)?.validate().with_context(what)?,
-                Component::Scheduler => SchedulerConfig::load(&file)?
-                    .validate()
-                    .with_context(what)?,
+                Component::Scheduler => {
+                    let config = SchedulerConfig::load(&file)?;
+                    config.validate().with_context(what)?;
+                    for key in config.retired_keys() {
+                        eprintln!("warning: config key `{key}` is no longer used and is ignored");
+                    }
+                }
                 Component::Agent => AgentConfig::load(&file)?.validate().with_context(what)?,
                 Component::Webhook => WebhookConfig::load(&file)?.validate().with_context(what)?,
             }

@@ -1,5 +1,5 @@
 //! The `poolcast` command as a user meets it: bad config stops start-up with one line naming
-//! the key; `poolcast up` starts and says where to point clients.
+//! the key, retired keys only warn; `poolcast up` starts and says where to point clients.
 
 #![allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 
@@ -72,6 +72,37 @@ fn bad_config_value_stops_start_up_with_one_line_naming_the_key() {
         assert!(lines[0].contains(key), "{:?} should name `{key}`", lines[0]);
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[test]
+fn a_scheduler_config_with_keys_of_the_removed_v1_api_starts_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scheduler.yaml");
+    std::fs::write(
+        &path,
+        "maxParents: 16\nannounceInterval: 500ms\nsourcePiecesInFlight: 4\npeerTTL: 20s\n",
+    )
+    .unwrap();
+    let out = poolcast()
+        .args(["config", "check", "--component", "scheduler"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    for key in ["maxParents", "announceInterval", "sourcePiecesInFlight"] {
+        assert!(
+            stderr.contains(&format!("warning: config key `{key}` is no longer used")),
+            "{stderr}"
+        );
+    }
+    let scheduler = common::Scheduler::start(&["--config", &path.display().to_string()]);
+    let log = std::fs::read_to_string(scheduler.log_path()).unwrap();
+    assert!(
+        log.contains("config key `maxParents` is ignored"),
+        "no warning in:\n{log}"
+    );
 }
 
 #[test]

@@ -172,7 +172,7 @@ fn a_zero_byte_blob_completes_at_once_and_its_download_ends() {
     assert_eq!(
         bed.agents[a].metric(SCHEDULER_ERRORS),
         0.0,
-        "the agent announced a blob without pieces, which the scheduler refuses"
+        "the agent joined or listed a blob without pieces, which the scheduler refuses"
     );
 }
 

@@ -8,7 +8,7 @@ use crate::registry;
 use actix_web::{web, HttpResponse};
 use nodepool::{AgentConfig, CacheMode, DownloadPattern};
 use parking_lot::{Mutex, RwLock};
-use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo};
+use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest};
 use scheduler::client::SchedulerClient;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -64,16 +64,7 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn peer_info(&self) -> PeerInfo {
-        PeerInfo {
-            id: self.node.clone(),
-            pool: self.cfg.pool.clone(),
-            addr: self.advertise.clone(),
-            upload_slots: swarm::Tunables::default().upload_slots,
-        }
-    }
-
-    /// This node as P2P v2 names it to the scheduler.
+    /// This node as it names itself to the scheduler.
     pub fn peer_ref(&self) -> scheduler::api_v2::PeerRef {
         scheduler::api_v2::PeerRef {
             id: self.node.clone(),
@@ -381,9 +372,8 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
     loop {
         let held = held_tasks(&state.store, &state.cfg);
         let req = HeartbeatRequest {
-            peer: state.peer_info(),
+            peer: state.peer_ref(),
             held,
-            load: state.metrics.uploads.get().max(0) as u32,
         };
         match client.heartbeat(&req).await {
             Ok(resp) => {

@@ -4,7 +4,7 @@
 //!   origin 10.77.0.2 (docker-registry, image pushed as edge/app:v1)
 //!        ^ upstream
 //!   mirror 10.77.0.3 <── pieces nobody has ── agents n1..nN 10.77.1.1.. <── skopeo (same netns)
-//!                                                  ^ announce / parents
+//!                                                  ^ join, fresh
 //!                                   scheduler 10.77.0.4 (p2p only)
 //! ```
 //!

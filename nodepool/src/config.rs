@@ -6,6 +6,7 @@ use crate::defaults;
 use crate::pools::{PoolGraph, PoolSpec};
 use crate::units::{ByteSize, HumanDuration, Rate};
 use crate::{Error, Result};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::str::FromStr;
@@ -268,24 +269,24 @@ pub struct SchedulerConfig {
     pub edge_node_pools: Vec<PoolSpec>,
     /// Shared secret that signs agents' requests; empty: requests are not checked.
     pub secret: String,
-    /// Peers not heard from (announce or heartbeat) for this long are dropped.
+    /// Peers not heard from (any request) for this long are dropped.
     #[serde(rename = "peerTTL")]
     pub peer_ttl: HumanDuration,
-    /// How long a piece handed to one peer to fetch from the mirror stays reserved for it
-    /// (the agents' `transferTimeout`).
+    /// How long a first-holder lease of fresh pieces lasts before it is handed out again (the
+    /// agents' `transferTimeout`).
     pub source_assign_timeout: HumanDuration,
-    /// Most parents offered in one answer.
-    pub max_parents: u32,
-    /// How often agents are told to announce while downloading.
-    pub announce_interval: HumanDuration,
-    /// Most pieces of one blob a pool fetches from its mirror at once. Few, so that each
-    /// comes fast and peers pass it on while the mirror sends the next; but not one or two:
-    /// each range shares its receiver's downlink with that node's peer transfers, and with
-    /// two the mirror's link ran at about 60% on the fan-out bed (4: about 85%).
-    pub source_pieces_in_flight: u32,
-    /// Most members one P2P v2 join answer names: a node keeps a connection to each, so this
-    /// bounds its connections however large the pool (1 to 1,000).
+    /// Most members one join answer names: a node keeps a connection to each, so this bounds
+    /// its connections however large the pool (1 to 1,000).
     pub max_neighbors: u32,
+    /// Keys only the removed v1 API (per-piece announces and parents) read: accepted, so a
+    /// config written for it still starts, and ignored; [`SchedulerConfig::retired_keys`]
+    /// names them for a warning.
+    #[serde(skip_serializing)]
+    pub max_parents: Option<IgnoredAny>,
+    #[serde(skip_serializing)]
+    pub announce_interval: Option<IgnoredAny>,
+    #[serde(skip_serializing)]
+    pub source_pieces_in_flight: Option<IgnoredAny>,
 }
 
 impl Default for SchedulerConfig {
@@ -296,10 +297,10 @@ impl Default for SchedulerConfig {
             secret: String::new(),
             peer_ttl: HumanDuration(Duration::from_secs(30)),
             source_assign_timeout: HumanDuration(Duration::from_secs(15)),
-            max_parents: 16,
-            announce_interval: HumanDuration(Duration::from_millis(500)),
-            source_pieces_in_flight: 4,
             max_neighbors: 40,
+            max_parents: None,
+            announce_interval: None,
+            source_pieces_in_flight: None,
         }
     }
 }
@@ -307,6 +308,21 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     pub fn load(path: &Path) -> Result<Self> {
         load_yaml(path)
+    }
+
+    /// The retired keys this config sets (see `max_parents`), as written in YAML.
+    pub fn retired_keys(&self) -> Vec<&'static str> {
+        [
+            ("maxParents", self.max_parents.is_some()),
+            ("announceInterval", self.announce_interval.is_some()),
+            (
+                "sourcePiecesInFlight",
+                self.source_pieces_in_flight.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
     }
 
     /// `secret` as what checks agents' requests (off when empty).
@@ -324,7 +340,6 @@ impl SchedulerConfig {
         for (key, d) in [
             ("peerTTL", self.peer_ttl),
             ("sourceAssignTimeout", self.source_assign_timeout),
-            ("announceInterval", self.announce_interval),
         ] {
             if d.0.is_zero() {
                 return Err(Error::Invalid {
@@ -332,18 +347,6 @@ impl SchedulerConfig {
                     message: "must be longer than 0s".into(),
                 });
             }
-        }
-        if !(1..=256).contains(&self.max_parents) {
-            return Err(Error::Invalid {
-                key: "maxParents",
-                message: format!("{} is outside 1..=256", self.max_parents),
-            });
-        }
-        if !(1..=64).contains(&self.source_pieces_in_flight) {
-            return Err(Error::Invalid {
-                key: "sourcePiecesInFlight",
-                message: format!("{} is outside 1..=64", self.source_pieces_in_flight),
-            });
         }
         if !(1..=1000).contains(&self.max_neighbors) {
             return Err(Error::Invalid {
@@ -427,17 +430,16 @@ mod tests {
     #[test]
     fn scheduler_keys_are_read_with_acronyms_kept() {
         let c: SchedulerConfig = parse_yaml(
-            "listen: 127.0.0.1:7000\npeerTTL: 10s\nsourceAssignTimeout: 5s\nmaxParents: 8\n\
-             announceInterval: 250ms\nmaxNeighbors: 12\nsecret: s3\nedgeNodePools:\n  - id: np-1\n    name: shop\n    \
+            "listen: 127.0.0.1:7000\npeerTTL: 10s\nsourceAssignTimeout: 5s\n\
+             maxNeighbors: 12\nsecret: s3\nedgeNodePools:\n  - id: np-1\n    name: shop\n    \
              connectedPools: [np-2]\n  - id: np-2\n",
         )
         .expect("parses");
         assert_eq!(c.peer_ttl.0, Duration::from_secs(10));
         assert_eq!(c.source_assign_timeout.0, Duration::from_secs(5));
-        assert_eq!(c.max_parents, 8);
         assert_eq!(c.max_neighbors, 12);
-        assert_eq!(c.announce_interval.0, Duration::from_millis(250));
         assert_eq!(c.edge_node_pools.len(), 2);
+        assert!(c.retired_keys().is_empty());
         c.validate().expect("valid");
         assert!(c.pool_graph().expect("graph").can_pair("np-2", "np-1"));
         SchedulerConfig::default()
@@ -455,8 +457,6 @@ mod tests {
         };
         assert!(bad("peerTTL: 0s\n").contains("peerTTL"));
         assert!(bad("sourceAssignTimeout: 0s\n").contains("sourceAssignTimeout"));
-        assert!(bad("maxParents: 0\n").contains("maxParents"));
-        assert!(bad("maxParents: 257\n").contains("maxParents"));
         assert!(bad("maxNeighbors: 0\n").contains("maxNeighbors"));
         assert!(bad("maxNeighbors: 1001\n").contains("maxNeighbors"));
         assert!(bad("listen: nowhere\n").contains("listen"));
@@ -464,5 +464,25 @@ mod tests {
         assert!(bad("edgeNodePools: [{id: a}, {id: a}]\n").contains("edgeNodePools"));
         assert!(bad("edgeNodePools: [{id: a, interconnectivity: false}]\n")
             .contains("interconnectivity"));
+    }
+
+    #[test]
+    fn keys_of_the_removed_v1_scheduler_are_accepted_and_named() {
+        let c: SchedulerConfig = parse_yaml(
+            "maxParents: 0\nannounceInterval: never\nsourcePiecesInFlight: [4]\nmaxNeighbors: 12\n",
+        )
+        .expect("a config written for v1 still parses");
+        c.validate()
+            .expect("and is valid: whatever they say is ignored");
+        assert_eq!(c.max_neighbors, 12);
+        assert_eq!(
+            c.retired_keys(),
+            vec!["maxParents", "announceInterval", "sourcePiecesInFlight"]
+        );
+        let yaml = serde_yaml::to_string(&c).expect("serializes");
+        assert!(!yaml.contains("maxParents"), "{yaml}");
+        let err =
+            parse_yaml::<SchedulerConfig>("maxParent: 4\n").expect_err("a typo is not retired");
+        assert!(err.contains("maxParent"), "{err}");
     }
 }

@@ -132,6 +132,6 @@ mod tests {
         assert!(check::<AgentConfig>(doc, "## Agent") >= 15);
         assert!(check::<WebhookConfig>(doc, "## Admission webhook") >= 3);
         let doc = include_str!("../../docs/scheduler.md");
-        assert!(check::<SchedulerConfig>(doc, "## Configuration") >= 5);
+        assert!(check::<SchedulerConfig>(doc, "## Configuration") >= 4);
     }
 }

@@ -215,18 +215,18 @@ mod tests {
     }
 
     fn check(header: &str) -> Result<String, AuthError> {
-        PoolSecret::new(SECRET).verify("POST", "/api/v1/announce", header, NOW)
+        PoolSecret::new(SECRET).verify("POST", "/api/v2/join", header, NOW)
     }
 
     #[test]
     fn signed_header_verifies_and_names_the_pool() {
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW);
+        let h = sign(SECRET, "POST", "/api/v2/join", "np-1", NOW);
         assert!(h.starts_with("v1 np-1 1700000000 "), "{h}");
         assert_eq!(check(&h), Ok("np-1".to_string()));
         // Clock skew inside the window is fine, either way.
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW - 299);
+        let h = sign(SECRET, "POST", "/api/v2/join", "np-1", NOW - 299);
         assert_eq!(check(&h), Ok("np-1".to_string()));
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW + 300);
+        let h = sign(SECRET, "POST", "/api/v2/join", "np-1", NOW + 300);
         assert_eq!(check(&h), Ok("np-1".to_string()));
     }
 
@@ -234,37 +234,37 @@ mod tests {
     fn tampered_method_path_or_pool_fails() {
         let h = sign(SECRET, "POST", "/api/v1/heartbeat", "np-1", NOW);
         assert_eq!(check(&h), Err(AuthError::BadSignature));
-        let h = sign(SECRET, "GET", "/api/v1/announce", "np-1", NOW);
+        let h = sign(SECRET, "GET", "/api/v2/join", "np-1", NOW);
         assert_eq!(check(&h), Err(AuthError::BadSignature));
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW).replace("np-1", "np-2");
+        let h = sign(SECRET, "POST", "/api/v2/join", "np-1", NOW).replace("np-1", "np-2");
         assert_eq!(check(&h), Err(AuthError::BadSignature));
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW)
-            .replace("1700000000", "1700000001");
+        let h =
+            sign(SECRET, "POST", "/api/v2/join", "np-1", NOW).replace("1700000000", "1700000001");
         assert_eq!(check(&h), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn wrong_secret_fails() {
-        let h = sign(b"another secret", "POST", "/api/v1/announce", "np-1", NOW);
+        let h = sign(b"another secret", "POST", "/api/v2/join", "np-1", NOW);
         assert_eq!(check(&h), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn old_or_future_timestamp_fails() {
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW - 301);
+        let h = sign(SECRET, "POST", "/api/v2/join", "np-1", NOW - 301);
         assert!(matches!(
             check(&h),
             Err(AuthError::Skew { skew_secs: 301, .. })
         ));
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW + 3600);
+        let h = sign(SECRET, "POST", "/api/v2/join", "np-1", NOW + 3600);
         assert!(matches!(check(&h), Err(AuthError::Skew { .. })));
-        let h = sign(SECRET, "POST", "/api/v1/announce", "np-1", 0);
+        let h = sign(SECRET, "POST", "/api/v2/join", "np-1", 0);
         assert!(matches!(check(&h), Err(AuthError::Skew { .. })));
     }
 
     #[test]
     fn garbage_headers_are_refused_without_panic() {
-        let good = sign(SECRET, "POST", "/api/v1/announce", "np-1", NOW);
+        let good = sign(SECRET, "POST", "/api/v2/join", "np-1", NOW);
         let tag = good.rsplit(' ').next().unwrap_or_default().to_string();
         let huge = "v1 ".to_string() + &"x".repeat(100_000);
         let cases = [

@@ -266,7 +266,7 @@ mod tests {
         RequestParts {
             method: "POST",
             host: "scheduler:65003",
-            path_and_query: "/api/v1/announce",
+            path_and_query: "/api/v2/join",
             body,
         }
     }

@@ -1,12 +1,11 @@
-//! The scheduler's JSON API, shared by the server and the agents' client, and the bounds every
-//! request is checked against before it touches the registry.
+//! The scheduler's JSON API shared by every request, for the server and the agents' client, and
+//! the bounds every request is checked against before it touches the registry. The requests of
+//! a download are in [`crate::api_v2`]; these two keep a node's membership whole:
 //!
 //! ```text
 //!  agent                                   scheduler
-//!    | POST /api/v1/announce  (a blob being fetched: pieces held, parents that failed)
-//!    |-------------------------------------->| parents, pieces to fetch from the mirror,
-//!    |<--------------------------------------|  or go_source for a pool without P2P
-//!    | POST /api/v1/heartbeat (complete blobs it serves, uploads in progress)
+//!    | POST /api/v1/heartbeat (complete blobs it serves)
+//!    |-------------------------------------->| intervalMs, reachablePools
 //!    | POST /api/v1/leave     (one blob evicted, or the whole peer going away)
 //! ```
 
@@ -18,24 +17,22 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NAME_LEN: usize = 256;
 /// Most complete blobs one heartbeat may list.
 pub const MAX_HELD: usize = 10_000;
-/// Most failed parents reported in one announce.
-pub const MAX_FAILED_PARENTS: usize = 1024;
 /// Most pieces one blob may have (256 GiB at 4 MiB pieces); keeps piece maps bounded.
 pub const MAX_PIECES: u64 = 1 << 16;
 /// Largest request body accepted: a heartbeat listing [`MAX_HELD`] blobs (~105 bytes each)
 /// fits, with room.
 pub const MAX_BODY_BYTES: usize = 2 << 20;
 
+/// A node as requests name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PeerInfo {
+pub struct PeerRef {
     /// The node name.
     pub id: String,
     /// The node pool id.
     pub pool: String,
     /// `host:port` of its peer server.
     pub addr: String,
-    pub upload_slots: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,39 +46,6 @@ pub struct TaskInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AnnounceRequest {
-    pub peer: PeerInfo,
-    pub task: TaskInfo,
-    /// Indices of the pieces the peer holds, verified.
-    pub have: Vec<u32>,
-    /// The peer holds the whole blob, verified.
-    pub done: bool,
-    /// Peer ids that failed or stalled serving this blob: never offered again for it.
-    pub failed_parents: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ParentInfo {
-    pub id: String,
-    pub addr: String,
-    pub have: Vec<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AnnounceResponse {
-    pub parents: Vec<ParentInfo>,
-    /// Pieces this peer should fetch from the mirror: nobody it can reach holds them.
-    pub source_pieces: Vec<u32>,
-    /// Fetch the whole blob from the mirror: this pool does not use P2P.
-    pub go_source: bool,
-    pub reachable_pools: Vec<String>,
-    pub interval_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct HeldTask {
     pub digest: String,
     pub size: u64,
@@ -91,11 +55,9 @@ pub struct HeldTask {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatRequest {
-    pub peer: PeerInfo,
-    /// Complete blobs it can serve.
+    pub peer: PeerRef,
+    /// Complete blobs it can serve: it is a complete member of each, and of no other.
     pub held: Vec<HeldTask>,
-    /// Uploads in progress.
-    pub load: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,8 +122,8 @@ pub fn piece_count(size: u64, piece_size: u64) -> Result<u32> {
     Ok(count)
 }
 
-/// A peer's node name, pool and `host:port`, as v1 and v2 requests carry them.
-pub(crate) fn check_peer(id: &str, pool: &str, addr: &str) -> Result<()> {
+/// A peer's node name, pool and `host:port`.
+fn check_peer(id: &str, pool: &str, addr: &str) -> Result<()> {
     check_name("peer.id", id)?;
     check_name("peer.pool", pool)?;
     check_name("peer.addr", addr)?;
@@ -180,7 +142,7 @@ pub(crate) fn check_peer(id: &str, pool: &str, addr: &str) -> Result<()> {
     Ok(())
 }
 
-impl PeerInfo {
+impl PeerRef {
     pub fn validate(&self) -> Result<()> {
         check_peer(&self.id, &self.pool, &self.addr)
     }
@@ -191,36 +153,6 @@ impl TaskInfo {
     pub fn validate(&self) -> Result<u32> {
         validate_digest(&self.digest)?;
         piece_count(self.size, self.piece_size)
-    }
-}
-
-impl AnnounceRequest {
-    /// Checks everything that does not need the registry; returns the piece count.
-    pub fn validate(&self) -> Result<u32> {
-        self.peer.validate()?;
-        let count = self.task.validate()?;
-        if self.have.len() > count as usize {
-            return Err(Error::invalid(
-                "have",
-                format!("{} entries for {count} pieces", self.have.len()),
-            ));
-        }
-        if let Some(bad) = self.have.iter().find(|&&i| i >= count) {
-            return Err(Error::invalid(
-                "have",
-                format!("piece {bad} is past the last piece ({})", count - 1),
-            ));
-        }
-        if self.failed_parents.len() > MAX_FAILED_PARENTS {
-            return Err(Error::invalid(
-                "failedParents",
-                format!("more than {MAX_FAILED_PARENTS} entries"),
-            ));
-        }
-        for id in &self.failed_parents {
-            check_name("failedParents", id)?;
-        }
-        Ok(count)
     }
 }
 
@@ -260,28 +192,26 @@ mod tests {
 
     #[test]
     fn wire_names_are_camel_case() {
-        let req = AnnounceRequest {
-            peer: PeerInfo {
+        let beat = serde_json::to_string(&HeartbeatRequest {
+            peer: PeerRef {
                 id: "n1".into(),
                 pool: "p".into(),
                 addr: "10.0.0.1:65002".into(),
-                upload_slots: 4,
             },
-            task: TaskInfo {
+            held: vec![HeldTask {
                 digest: DIGEST.into(),
                 size: 10,
                 piece_size: 4,
-            },
-            have: vec![0],
-            done: false,
-            failed_parents: vec![],
-        };
-        let text = serde_json::to_string(&req).unwrap_or_default();
-        for key in ["uploadSlots", "pieceSize", "failedParents"] {
-            assert!(text.contains(key), "{text}");
-        }
-        let resp = serde_json::to_string(&AnnounceResponse::default()).unwrap_or_default();
-        for key in ["sourcePieces", "goSource", "reachablePools", "intervalMs"] {
+            }],
+        })
+        .unwrap_or_default();
+        assert!(beat.contains("pieceSize"), "{beat}");
+        let resp = serde_json::to_string(&HeartbeatResponse {
+            interval_ms: 1,
+            reachable_pools: Vec::new(),
+        })
+        .unwrap_or_default();
+        for key in ["reachablePools", "intervalMs"] {
             assert!(resp.contains(key), "{resp}");
         }
         let leave = serde_json::to_string(&LeaveRequest {
@@ -291,6 +221,10 @@ mod tests {
         })
         .unwrap_or_default();
         assert!(leave.contains("peerId"), "{leave}");
+        // An agent of before v1's removal also sent its upload slots and load.
+        let old =
+            r#"{"peer":{"id":"n","pool":"p","addr":"h:1","uploadSlots":4},"held":[],"load":2}"#;
+        assert!(serde_json::from_str::<HeartbeatRequest>(old).is_ok());
     }
 
     #[test]
@@ -314,11 +248,10 @@ mod tests {
 
     #[test]
     fn peer_addresses_need_a_port() {
-        let mut p = PeerInfo {
+        let mut p = PeerRef {
             id: "n".into(),
             pool: "p".into(),
             addr: "[::1]:65002".into(),
-            upload_slots: 1,
         };
         assert!(p.validate().is_ok());
         for bad in ["host", ":80", "host:0", "host:99999", ""] {

@@ -12,33 +12,16 @@
 //!    |<--------------------------------------| pieces to take from the mirror, allReleased
 //! ```
 //!
-//! v1's heartbeat and leave serve both versions: a heartbeat makes the node a complete member
-//! of every blob it lists, and leave ends its membership.
+//! Heartbeat and leave ([`crate::api`]) keep their `/api/v1` paths: a heartbeat makes the node a
+//! complete member of every blob it lists, and leave ends its membership.
 
-use crate::api::{check_peer, validate_digest, TaskInfo};
+pub use crate::api::PeerRef;
+use crate::api::{validate_digest, TaskInfo};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Most requests held open for fresh pieces of one blob.
 pub const MAX_WAITING_PER_BLOB: usize = 1000;
-
-/// A node as v2 names it: no upload slots, the agent's own decisions weigh its uplink.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerRef {
-    /// The node name.
-    pub id: String,
-    /// The node pool id.
-    pub pool: String,
-    /// `host:port` of its peer server.
-    pub addr: String,
-}
-
-impl PeerRef {
-    pub fn validate(&self) -> Result<()> {
-        check_peer(&self.id, &self.pool, &self.addr)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

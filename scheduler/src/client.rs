@@ -3,9 +3,7 @@
 //! any failure comes back as an [`Error`] the agent answers by going to the mirror, never by
 //! failing a pull.
 
-use crate::api::{
-    AnnounceRequest, AnnounceResponse, HeartbeatRequest, HeartbeatResponse, LeaveRequest,
-};
+use crate::api::{HeartbeatRequest, HeartbeatResponse, LeaveRequest};
 use crate::api_v2::{FreshRequest, FreshResponse, JoinRequest, JoinResponse};
 use crate::error::{Error, Result};
 use crate::server::LONG_POLL;
@@ -60,10 +58,6 @@ impl SchedulerClient {
             pool,
             timeout,
         })
-    }
-
-    pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse> {
-        self.post("/api/v1/announce", req).await?.decode().await
     }
 
     pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse> {
@@ -190,8 +184,8 @@ mod tests {
         )
         .expect("client");
         assert_eq!(
-            c.url("/api/v1/announce").as_str(),
-            "http://127.0.0.1:65003/api/v1/announce"
+            c.url("/api/v2/join").as_str(),
+            "http://127.0.0.1:65003/api/v2/join"
         );
         let c = SchedulerClient::new("http://h:1/sched/", PoolSecret::default(), "p".into(), t)
             .expect("client");

@@ -1,11 +1,8 @@
-//! The P2P scheduler: it knows which peer holds which pieces of which blob, and answers each
-//! agent's announce with parents from pools it may pair with, the few pieces nobody it reaches
-//! holds yet (to fetch from the pool mirror, about once per pool), or "go to source" for pools
-//! served without P2P. Its state is soft: after a restart, agents' heartbeats rebuild it.
-//!
-//! P2P v2 ([`api_v2`]) shrinks that to membership (who takes part in which blob, in pools that
-//! can pair) and first holders (which node takes each fresh piece from the mirror), for agents
-//! that push pieces to each other; v1 stays until the agent speaks v2.
+//! The P2P scheduler: membership (who takes part in which blob, answered with the members of
+//! pools it may pair with, or "go to source" for pools served without P2P) and first holders
+//! (which node takes each fresh piece from the pool mirror, about once per group of pools),
+//! for agents that push pieces to each other ([`api_v2`]). No per-piece tracking. Its state is
+//! soft: after a restart, agents' joins and heartbeats ([`api`]) rebuild it.
 //!
 //! [`PeerRegistry`] holds the state and makes the decisions without HTTP; [`SchedulerServer`]
 //! serves it; [`SchedulerClient`] is what agents use.
@@ -16,12 +13,9 @@ pub mod client;
 pub mod error;
 pub mod metrics;
 mod peers;
-mod pieces;
 pub mod registry;
-mod select;
 mod server;
 mod swarms;
-mod task;
 mod waiters;
 
 pub use client::SchedulerClient;

@@ -11,17 +11,11 @@ pub struct Metrics {
     pub peers: Gauge,
     /// Blobs with at least one live peer.
     pub tasks: Gauge,
-    /// Announces answered.
-    pub decisions: Counter,
-    /// Pieces handed to peers to fetch from the mirror.
-    pub source_pieces: Counter,
-    /// Parents reported as failed (each requester and parent counted once per task).
-    pub parent_reports: Counter,
-    /// Announces answered "go to source" (pools without P2P).
+    /// Joins answered "go to source" (pools without P2P).
     pub go_source: Counter,
     /// Requests refused for a missing or bad signature.
     pub unauthorized: Counter,
-    /// v2 joins answered.
+    /// Joins answered.
     pub joins: Counter,
     /// Pieces leased to first holders (v2 fresh).
     pub fresh_leases: Counter,
@@ -42,9 +36,6 @@ impl Metrics {
         let m = Metrics {
             peers: Gauge::default(),
             tasks: Gauge::default(),
-            decisions: Counter::default(),
-            source_pieces: Counter::default(),
-            parent_reports: Counter::default(),
             go_source: Counter::default(),
             unauthorized: Counter::default(),
             joins: Counter::default(),
@@ -58,20 +49,9 @@ impl Metrics {
             "Blobs with at least one live peer",
             m.tasks.clone(),
         );
-        registry.register("decisions", "Announces answered", m.decisions.clone());
-        registry.register(
-            "source_pieces",
-            "Pieces assigned to peers to fetch from the mirror",
-            m.source_pieces.clone(),
-        );
-        registry.register(
-            "parent_reports",
-            "Parents reported as failed or stalled",
-            m.parent_reports.clone(),
-        );
         registry.register(
             "go_source",
-            "Announces answered with go_source (pool without P2P)",
+            "Joins answered with goSource (pool without P2P)",
             m.go_source.clone(),
         );
         registry.register(
@@ -79,7 +59,7 @@ impl Metrics {
             "Requests refused for a missing or bad signature",
             m.unauthorized.clone(),
         );
-        registry.register("joins", "P2P v2 joins answered", m.joins.clone());
+        registry.register("joins", "Joins answered", m.joins.clone());
         registry.register(
             "fresh_leases",
             "Pieces leased to first holders to take from the mirror (P2P v2)",

@@ -1,51 +1,23 @@
-//! The live peers: a slot table indexed by small keys (what tasks and decisions store), a map
+//! The live peers: a slot table indexed by small keys (what swarms and decisions store), a map
 //! from node name to key, and a queue that finds silent peers without scanning them all.
 
-use crate::task::{PeerKey, PoolKey};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
+
+/// Index of a live peer in the registry's table.
+pub(crate) type PeerKey = u32;
+/// Index of a pool in the registry's table.
+pub(crate) type PoolKey = u32;
 
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub id: String,
     pub pool: PoolKey,
     pub addr: String,
-    pub upload_slots: u32,
-    /// Uploads in progress, from its last heartbeat.
-    pub load: u32,
     pub last_seen: Instant,
     /// Distinguishes this peer from an earlier one that had the same key.
     generation: u64,
-    /// Digests of the tasks it takes part in.
-    pub tasks: HashSet<String>,
-    /// Times it was offered as a parent in the current one-second window.
-    handed: u32,
-    handed_window: u64,
-    /// Times a requester reported it failed or stalled.
-    pub reports: u32,
-}
-
-impl Peer {
-    /// Lower is better: uploads in progress, offers just made and failure reports, relative
-    /// to the upload slots it advertises (0 is read as 1).
-    pub fn score(&self, window: u64) -> u64 {
-        let handed = if self.handed_window == window {
-            self.handed
-        } else {
-            0
-        };
-        let busy = u64::from(self.load) + u64::from(handed) + 4 * u64::from(self.reports);
-        busy * 1024 / u64::from(self.upload_slots.max(1))
-    }
-
-    pub fn note_handed(&mut self, window: u64) {
-        if self.handed_window != window {
-            self.handed_window = window;
-            self.handed = 0;
-        }
-        self.handed = self.handed.saturating_add(1);
-    }
 }
 
 #[derive(Debug, Default)]
@@ -81,28 +53,15 @@ impl Peers {
         self.get(key).map(|p| p.generation)
     }
 
-    /// Adds a peer not yet known by id (`upload_slots` 0 when it did not say: v2).
-    pub fn insert(
-        &mut self,
-        id: &str,
-        addr: &str,
-        upload_slots: u32,
-        pool: PoolKey,
-        now: Instant,
-    ) -> PeerKey {
+    /// Adds a peer not yet known by id.
+    pub fn insert(&mut self, id: &str, addr: &str, pool: PoolKey, now: Instant) -> PeerKey {
         self.next_generation += 1;
         let peer = Peer {
             id: id.to_string(),
             pool,
             addr: addr.to_string(),
-            upload_slots,
-            load: 0,
             last_seen: now,
             generation: self.next_generation,
-            tasks: HashSet::new(),
-            handed: 0,
-            handed_window: 0,
-            reports: 0,
         };
         let key = match self.free.pop() {
             Some(key) => {
@@ -159,8 +118,8 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(30);
         let mut peers = Peers::default();
-        let a = peers.insert("a", "h:1", 4, 0, t0);
-        let b = peers.insert("b", "h:1", 4, 0, t0);
+        let a = peers.insert("a", "h:1", 0, t0);
+        let b = peers.insert("b", "h:1", 0, t0);
         assert!(peers.silent(t0 + Duration::from_secs(29), ttl).is_empty());
         if let Some(p) = peers.get_mut(b) {
             p.last_seen = t0 + Duration::from_secs(20);
@@ -176,28 +135,13 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         let mut peers = Peers::default();
-        let a = peers.insert("a", "h:1", 4, 0, t0);
+        let a = peers.insert("a", "h:1", 0, t0);
         peers.remove(a);
-        let b = peers.insert("b", "h:1", 4, 0, t0 + Duration::from_secs(5));
+        let b = peers.insert("b", "h:1", 0, t0 + Duration::from_secs(5));
         assert_eq!(a, b, "slot reused");
         assert!(peers.silent(t0 + Duration::from_secs(12), ttl).is_empty());
         assert_eq!(peers.silent(t0 + Duration::from_secs(15), ttl), vec![b]);
         assert_eq!(peers.key_of("b"), Some(b));
         assert_eq!(peers.key_of("a"), None);
-    }
-
-    #[test]
-    fn load_offers_and_reports_raise_the_score() {
-        let mut peers = Peers::default();
-        let k = peers.insert("a", "h:1", 4, 0, Instant::now());
-        let Some(p) = peers.get_mut(k) else {
-            panic!("inserted")
-        };
-        assert_eq!(p.score(1), 0);
-        p.note_handed(1);
-        assert!(p.score(1) > 0);
-        assert_eq!(p.score(2), 0, "offers count only in their window");
-        p.load = 4;
-        assert_eq!(p.score(2), 1024);
     }
 }

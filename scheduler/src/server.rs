@@ -1,12 +1,12 @@
-//! The HTTP surface: `/api/v1/{announce,heartbeat,leave}` and `/api/v2/{join,fresh}` (signed
-//! v2 with the key of the sender's pool, `nodepool::signed`), `/healthz` and `/metrics`, and
+//! The HTTP surface: `/api/v2/{join,fresh}` and `/api/v1/{heartbeat,leave}` (signed v2 with the
+//! key of the sender's pool, `nodepool::signed`), `/healthz` and `/metrics`, and
 //! the sweep that drops silent peers, lapsed members and lapsed leases when nobody is asking.
 //!
 //! A request is checked in order of cost: the header's form and time, then the body (at most
 //! [`MAX_BODY_BYTES`]), then the MAC with the named pool's key (derived from the release
 //! secret), then its nonce against the replay cache, and only then is the JSON parsed.
 
-use crate::api::{AnnounceRequest, HeartbeatRequest, LeaveRequest, MAX_BODY_BYTES};
+use crate::api::{HeartbeatRequest, LeaveRequest, MAX_BODY_BYTES};
 use crate::api_v2::{FreshRequest, FreshResponse, JoinRequest, MAX_WAITING_PER_BLOB};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -51,8 +51,9 @@ const MAX_CONNECTIONS: usize = 8192;
 /// An agent that takes no data for this long is cut (its answers are a few KiB).
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Nonces remembered: at 20,000 signed requests a second (1,000 agents announcing fast) the
-/// cache still spans six seconds, for about 10 MiB.
+/// Nonces remembered: at 20,000 signed requests a second (1,000 agents each joining and asking
+/// for fresh pieces of several blobs at once) the cache still spans six seconds, for about
+/// 10 MiB.
 const REPLAY_CACHE: usize = 1 << 17;
 
 impl AppState {
@@ -277,6 +278,13 @@ impl SchedulerServer {
                  any host that reaches this port can register peers"
             );
         }
+        for key in config.retired_keys() {
+            tracing::warn!(
+                key,
+                "config key `{key}` is ignored: only the removed v1 API (per-piece announces) \
+                 read it; remove it from the config"
+            );
+        }
         Ok(SchedulerServer {
             state: web::Data::new(AppState::new(config, metrics)?),
         })
@@ -297,7 +305,6 @@ impl SchedulerServer {
         let routes = move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(state.clone())
                 .route("/metrics", web::get().to(metrics_text))
-                .service(api_resource("/api/v1/announce", announce))
                 .service(api_resource("/api/v1/heartbeat", heartbeat))
                 .service(api_resource("/api/v1/leave", leave))
                 .service(api_resource("/api/v2/join", join))
@@ -363,22 +370,6 @@ async fn read_body(body: web::Payload) -> Result<web::Bytes> {
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| Error::BodyInvalid(e.to_string().chars().take(200).collect()))
-}
-
-#[tracing::instrument(skip_all, fields(peer, digest))]
-async fn announce(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse> {
-    let (signed, bytes) = state.authenticate(&req, body).await?;
-    let msg: AnnounceRequest = parse_json(&bytes)?;
-    tracing::Span::current()
-        .record("peer", msg.peer.id.as_str())
-        .record("digest", msg.task.digest.as_str());
-    state.check_pool(signed.as_deref(), &msg.peer.pool)?;
-    let answer = state.with_registry(|r| r.announce(&msg, clock()))?;
-    Ok(HttpResponse::Ok().json(answer))
 }
 
 #[tracing::instrument(skip_all, fields(peer))]
@@ -457,30 +448,10 @@ async fn fresh(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{PeerInfo, TaskInfo};
-    use crate::api_v2::PeerRef;
+    use crate::api::{PeerRef, TaskInfo};
     use nodepool::HumanDuration;
 
     const DIGEST: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
-
-    fn announce_from(id: &str) -> AnnounceRequest {
-        AnnounceRequest {
-            peer: PeerInfo {
-                id: id.into(),
-                pool: "np-1".into(),
-                addr: "127.0.0.1:65002".into(),
-                upload_slots: 4,
-            },
-            task: TaskInfo {
-                digest: DIGEST.into(),
-                size: 8 << 20,
-                piece_size: 4 << 20,
-            },
-            have: vec![0],
-            done: false,
-            failed_parents: vec![],
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn sweep_drops_silent_peers_and_their_tasks() {
@@ -490,14 +461,14 @@ mod tests {
         };
         let state =
             web::Data::new(AppState::new(&config, Arc::new(Metrics::new())).expect("state"));
+        let join = join_from("n1");
         state
-            .registry
-            .lock()
-            .announce(&announce_from("n1"), clock())
-            .expect("announce");
+            .with_registry(|r| r.join(&join, clock()))
+            .expect("join");
         let sweeper = tokio::spawn(sweep_loop(state.clone()));
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(state.registry.lock().peer_count(), 1);
+        assert_eq!(state.registry.lock().task_count(), 1);
         tokio::time::sleep(Duration::from_secs(7)).await;
         assert_eq!(state.registry.lock().peer_count(), 0);
         assert_eq!(state.registry.lock().task_count(), 0);
@@ -514,22 +485,27 @@ mod tests {
         }
     }
 
+    /// A join of a blob of 256 pieces.
+    fn join_from(id: &str) -> JoinRequest {
+        JoinRequest {
+            peer: v2_peer(id),
+            task: TaskInfo {
+                digest: DIGEST.into(),
+                size: 256 << 20,
+                piece_size: 1 << 20,
+            },
+            held: 0,
+            done: false,
+        }
+    }
+
     /// `members` nodes joined to a blob of 256 pieces.
     fn joined(members: usize) -> web::Data<AppState> {
         let config = SchedulerConfig::default();
         let state =
             web::Data::new(AppState::new(&config, Arc::new(Metrics::new())).expect("state"));
         for i in 0..members {
-            let join = JoinRequest {
-                peer: v2_peer(&format!("n{i:04}")),
-                task: TaskInfo {
-                    digest: DIGEST.into(),
-                    size: 256 << 20,
-                    piece_size: 1 << 20,
-                },
-                held: 0,
-                done: false,
-            };
+            let join = join_from(&format!("n{i:04}"));
             state
                 .with_registry(|r| r.join(&join, clock()))
                 .expect("join");

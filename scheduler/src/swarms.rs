@@ -14,8 +14,8 @@
 //! hands each to the request that waits for it.
 
 use crate::error::{Error, Result};
+use crate::peers::{PeerKey, PoolKey};
 use crate::registry::{MAX_TASKS, MAX_TASKS_PER_PEER};
-use crate::task::{PeerKey, PoolKey};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use swarm::{Grant, Holder, ReleaseConfig, Releases};

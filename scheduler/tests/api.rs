@@ -1,14 +1,14 @@
-//! The scheduler over HTTP, bound to 127.0.0.1:0 and driven with the real client.
+//! The scheduler over HTTP, bound to 127.0.0.1:0 and driven with the real client: heartbeat and
+//! leave, signatures, bounds and bad input. Join and fresh are in `api_v2.rs`.
 
 mod common;
 
-use common::{a_b_and_edge, config, status_of, Running, SECRET};
+use common::{config, status_of, Running, SECRET};
 use nodepool::keys::pool_key;
 use nodepool::signed::{self, unix_millis_now, RequestParts};
-use nodepool::{unix_now as now_unix, PoolSecret, SchedulerConfig, AUTH_HEADER};
-use scheduler::api::{
-    AnnounceRequest, HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo,
-};
+use nodepool::{unix_now as now_unix, PoolSecret, AUTH_HEADER};
+use scheduler::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerRef, TaskInfo};
+use scheduler::api_v2::JoinRequest;
 use scheduler::{Error, SchedulerClient};
 use std::time::Duration;
 
@@ -16,26 +16,24 @@ const DIGEST: &str = "sha256:222222222222222222222222222222222222222222222222222
 const PIECE: u64 = 4 << 20;
 const SIZE: u64 = 6 * PIECE;
 
-fn peer(id: &str, pool: &str) -> PeerInfo {
-    PeerInfo {
+fn peer(id: &str, pool: &str) -> PeerRef {
+    PeerRef {
         id: id.into(),
         pool: pool.into(),
         addr: "127.0.0.1:65002".into(),
-        upload_slots: 4,
     }
 }
 
-fn ask(id: &str, pool: &str, have: &[u32]) -> AnnounceRequest {
-    AnnounceRequest {
+fn join_req(id: &str, pool: &str) -> JoinRequest {
+    JoinRequest {
         peer: peer(id, pool),
         task: TaskInfo {
             digest: DIGEST.into(),
             size: SIZE,
             piece_size: PIECE,
         },
-        have: have.to_vec(),
+        held: 0,
         done: false,
-        failed_parents: vec![],
     }
 }
 
@@ -47,63 +45,47 @@ fn beat(id: &str, pool: &str) -> HeartbeatRequest {
             size: SIZE,
             piece_size: PIECE,
         }],
-        load: 0,
     }
 }
 
+/// The members `id` of pool `np-1` is told of when it joins [`DIGEST`], with whether each
+/// holds it whole.
+async fn members(c: &SchedulerClient, id: &str) -> Vec<(String, bool)> {
+    let answer = c.join(&join_req(id, "np-1")).await.expect("join");
+    answer.members.into_iter().map(|m| (m.id, m.done)).collect()
+}
+
 #[actix_web::test]
-async fn announce_over_http_hands_out_parents_and_source_pieces() {
-    let s = Running::start(SchedulerConfig {
-        source_pieces_in_flight: 2,
-        ..config(SECRET, vec![])
-    })
-    .await;
+async fn heartbeats_make_holders_members_and_leave_ends_it() {
+    let s = Running::start(config(SECRET, vec![])).await;
     let c = s.client(SECRET, "np-1");
-    let first = c.announce(&ask("n1", "np-1", &[])).await.expect("announce");
-    // The pool fetches `sourcePiecesInFlight` (here 2) pieces from its mirror at a time.
-    assert_eq!(first.source_pieces, vec![0, 1]);
-    assert_eq!(first.interval_ms, 500);
-    assert_eq!(first.reachable_pools, vec!["np-1"]);
-    let second = c.announce(&ask("n2", "np-1", &[])).await.expect("announce");
-    assert!(second.source_pieces.is_empty());
-    // n1 has them: the pool's budget opens again, and as peers take turns at the mirror the
-    // next pieces go to n2, not to n1 again.
-    let again = c
-        .announce(&ask("n1", "np-1", &[0, 1]))
-        .await
-        .expect("announce");
-    assert!(again.source_pieces.is_empty());
-    let second = c.announce(&ask("n2", "np-1", &[])).await.expect("announce");
-    assert_eq!(second.source_pieces, vec![2, 3]);
-    let third = c.announce(&ask("n3", "np-1", &[])).await.expect("announce");
-    assert_eq!(third.parents.len(), 1);
-    assert_eq!(third.parents[0].id, "n1");
-    assert_eq!(third.parents[0].have, vec![0, 1]);
+    let answer = c.heartbeat(&beat("h1", "np-1")).await.expect("heartbeat");
+    assert_eq!(answer.interval_ms, 10_000, "peerTTL / 3");
+    assert_eq!(answer.reachable_pools, vec!["np-1"]);
+    assert_eq!(members(&c, "r1").await, vec![("h1".to_owned(), true)]);
     c.leave(&LeaveRequest {
-        peer_id: "n1".into(),
+        peer_id: "h1".into(),
+        pool: "np-1".into(),
+        digest: Some(DIGEST.into()),
+    })
+    .await
+    .expect("leave");
+    assert!(members(&c, "r2").await.iter().all(|(id, _)| id != "h1"));
+    c.leave(&LeaveRequest {
+        peer_id: "h1".into(),
         pool: "np-1".into(),
         digest: None,
     })
     .await
     .expect("leave");
-    // n1 left with its pieces: 0 and 1 are unheld again, and n3's turn comes once n2 has
-    // its pieces.
-    c.announce(&ask("n2", "np-1", &[2, 3]))
-        .await
-        .expect("announce");
-    let fourth = c.announce(&ask("n3", "np-1", &[])).await.expect("announce");
-    assert_eq!(fourth.parents.len(), 1);
-    assert_eq!(fourth.parents[0].id, "n2");
-    assert_eq!(fourth.source_pieces, vec![0, 1]);
 
     let text = s.metrics_text().await;
     for name in [
         "poolcast_scheduler_peers 2",
         "poolcast_scheduler_tasks 1",
-        "poolcast_scheduler_decisions_total 7",
-        "poolcast_scheduler_source_pieces_total 6",
-        "poolcast_scheduler_parent_reports_total 0",
+        "poolcast_scheduler_joins_total 2",
         "poolcast_scheduler_go_source_total 0",
+        "poolcast_scheduler_unauthorized_total 0",
     ] {
         assert!(text.contains(name), "{name} missing in:\n{text}");
     }
@@ -116,28 +98,11 @@ async fn announce_over_http_hands_out_parents_and_source_pieces() {
 }
 
 #[actix_web::test]
-async fn pools_are_kept_apart_over_http() {
-    let s = Running::start(config("", a_b_and_edge())).await;
-    let c = s.client("", "unused when no secret is set");
-    c.heartbeat(&beat("b1", "b")).await.expect("heartbeat");
-    c.heartbeat(&beat("c1", "c")).await.expect("heartbeat");
-    let a = c.announce(&ask("a1", "a", &[])).await.expect("announce");
-    assert_eq!(
-        a.parents.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
-        vec!["b1"]
-    );
-    let edge = c.announce(&ask("e1", "edge", &[])).await.expect("announce");
-    assert!(edge.go_source && edge.parents.is_empty() && edge.source_pieces.is_empty());
-    assert_eq!(s.metrics.go_source.get(), 1);
-    s.stop().await;
-}
-
-#[actix_web::test]
 async fn unsigned_or_badly_signed_requests_get_401() {
     let s = Running::start(config(SECRET, vec![])).await;
     let http = reqwest::Client::new();
-    let url = format!("{}/api/v1/announce", s.url);
-    let body = serde_json::to_vec(&ask("n1", "np-1", &[])).expect("json");
+    let url = format!("{}/api/v2/join", s.url);
+    let body = serde_json::to_vec(&join_req("n1", "np-1")).expect("json");
 
     let unsigned = http
         .post(&url)
@@ -155,7 +120,7 @@ async fn unsigned_or_badly_signed_requests_get_401() {
     let np1 = pool_key(&PoolSecret::new(SECRET), "np-1");
     let np2 = pool_key(&PoolSecret::new(SECRET), "np-2");
     let now = unix_millis_now();
-    let path = "/api/v1/announce";
+    let path = "/api/v2/join";
     let bad_headers = [
         "garbage".to_string(),
         format!("v1 np-1 {} {}", now_unix(), "0".repeat(64)),
@@ -214,47 +179,33 @@ async fn unsigned_or_badly_signed_requests_get_401() {
 
     let wrong_secret = s.client("another secret", "np-1");
     let err = wrong_secret
-        .announce(&ask("n1", "np-1", &[]))
+        .heartbeat(&beat("n1", "np-1"))
         .await
         .expect_err("refused");
     assert_eq!(status_of(err), 401);
     // Signed for one pool, speaking for a peer of another.
     let other_pool = s.client(SECRET, "np-2");
     let err = other_pool
-        .announce(&ask("n1", "np-1", &[]))
+        .heartbeat(&beat("n1", "np-1"))
         .await
         .expect_err("refused");
     assert_eq!(status_of(err), 401);
     let err = other_pool
-        .heartbeat(&beat("n1", "np-1"))
+        .leave(&LeaveRequest {
+            peer_id: "n1".into(),
+            pool: "np-1".into(),
+            digest: None,
+        })
         .await
         .expect_err("refused");
     assert_eq!(status_of(err), 401);
 
     let good = s.client(SECRET, "np-1");
-    good.announce(&ask("n1", "np-1", &[]))
+    good.heartbeat(&beat("n2", "np-1"))
         .await
         .expect("signed request accepted");
     assert_eq!(s.metrics.unauthorized.get(), 14);
-    assert_eq!(s.metrics.decisions.get(), 2);
-    s.stop().await;
-}
-
-#[actix_web::test]
-async fn inconsistent_task_size_is_rejected() {
-    let s = Running::start(config(SECRET, vec![])).await;
-    let c = s.client(SECRET, "np-1");
-    c.announce(&ask("n1", "np-1", &[])).await.expect("announce");
-    let mut other = ask("n2", "np-1", &[]);
-    other.task.size += 1;
-    let err = c.announce(&other).await.expect_err("conflict");
-    match err {
-        Error::Status { status, message } => {
-            assert_eq!(status, 409);
-            assert!(message.contains(DIGEST), "{message}");
-        }
-        other => panic!("expected 409, got {other}"),
-    }
+    assert_eq!(s.metrics.joins.get(), 1, "only the one good join");
     s.stop().await;
 }
 
@@ -264,7 +215,7 @@ async fn hostile_input_gets_4xx_not_panic() {
     let http = reqwest::Client::new();
     let key = pool_key(&PoolSecret::new(SECRET), "np-1");
     let signed = |path: &str, body: &[u8]| s.sign(&key, "np-1", path, body, unix_millis_now());
-    let good = serde_json::to_value(ask("n1", "np-1", &[])).expect("json");
+    let good = serde_json::to_value(join_req("n1", "np-1")).expect("json");
     let with = |key: &str, value: serde_json::Value| {
         let mut v = good.clone();
         v[key] = value;
@@ -282,12 +233,12 @@ async fn hostile_input_gets_4xx_not_panic() {
         ("missing fields", b"{\"peer\":{}}".to_vec()),
         ("deep nesting", "[".repeat(100_000).into_bytes()),
         ("huge body", vec![b' '; 3 << 20]),
-        ("negative piece", with("have", serde_json::json!([-1]))),
-        ("piece past the end", with("have", serde_json::json!([6]))),
+        ("negative count", with("held", serde_json::json!(-1))),
         (
-            "too many pieces",
-            with("have", serde_json::json!(vec![0; 7])),
+            "more pieces held than the blob has",
+            with("held", serde_json::json!(7)),
         ),
+        ("a list for a count", with("held", serde_json::json!([0]))),
         (
             "string for a number",
             task_with("size", serde_json::json!("big")),
@@ -308,15 +259,16 @@ async fn hostile_input_gets_4xx_not_panic() {
             v["peer"]["id"] = serde_json::json!("x".repeat(10_000));
             v.to_string().into_bytes()
         }),
-        (
-            "failed parents flood",
-            with("failedParents", serde_json::json!(vec!["p"; 5000])),
-        ),
+        ("address without a port", {
+            let mut v = good.clone();
+            v["peer"]["addr"] = serde_json::json!("10.0.0.1");
+            v.to_string().into_bytes()
+        }),
     ];
     for (what, body) in bodies {
         let resp = http
-            .post(format!("{}/api/v1/announce", s.url))
-            .header(AUTH_HEADER, signed("/api/v1/announce", &body))
+            .post(format!("{}/api/v2/join", s.url))
+            .header(AUTH_HEADER, signed("/api/v2/join", &body))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -358,11 +310,21 @@ async fn hostile_input_gets_4xx_not_panic() {
         .expect("send");
     assert_eq!(resp.status(), 200);
     let get = http
-        .get(format!("{}/api/v1/announce", s.url))
+        .get(format!("{}/api/v2/join", s.url))
         .send()
         .await
         .expect("send");
     assert_eq!(get.status(), 405);
+    // v1's per-piece announce is gone.
+    let body = b"{}";
+    let announce = http
+        .post(format!("{}/api/v1/announce", s.url))
+        .header(AUTH_HEADER, signed("/api/v1/announce", body))
+        .body(&body[..])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(announce.status(), 404);
     let unknown = http
         .get(format!("{}/v2/", s.url))
         .send()
@@ -370,7 +332,7 @@ async fn hostile_input_gets_4xx_not_panic() {
         .expect("send");
     assert_eq!(unknown.status(), 404);
 
-    assert_eq!(s.metrics.decisions.get(), 0);
+    assert_eq!(s.metrics.joins.get(), 0);
     let health = reqwest::get(format!("{}/healthz", s.url))
         .await
         .expect("still up");
@@ -383,19 +345,17 @@ async fn heartbeat_restores_holders_after_restart() {
     let first = Running::start(config(SECRET, vec![])).await;
     let c = first.client(SECRET, "np-1");
     c.heartbeat(&beat("h1", "np-1")).await.expect("heartbeat");
-    let before = c.announce(&ask("r1", "np-1", &[])).await.expect("announce");
-    assert_eq!(before.parents.len(), 1);
+    assert_eq!(members(&c, "r1").await, vec![("h1".to_owned(), true)]);
     first.stop().await;
 
     let second = Running::start(config(SECRET, vec![])).await;
     let c = second.client(SECRET, "np-1");
-    let lost = c.announce(&ask("r1", "np-1", &[])).await.expect("announce");
-    assert!(lost.parents.is_empty(), "a new scheduler knows nobody");
+    assert!(
+        members(&c, "r1").await.is_empty(),
+        "a new scheduler knows nobody"
+    );
     c.heartbeat(&beat("h1", "np-1")).await.expect("heartbeat");
-    let after = c.announce(&ask("r1", "np-1", &[])).await.expect("announce");
-    assert_eq!(after.parents.len(), 1);
-    assert_eq!(after.parents[0].id, "h1");
-    assert_eq!(after.parents[0].have, (0..6).collect::<Vec<u32>>());
+    assert_eq!(members(&c, "r1").await, vec![("h1".to_owned(), true)]);
     second.stop().await;
 }
 
@@ -413,7 +373,7 @@ async fn unreachable_scheduler_is_an_error_not_a_hang() {
     )
     .expect("client");
     let err = c
-        .announce(&ask("n1", "np-1", &[]))
+        .heartbeat(&beat("n1", "np-1"))
         .await
         .expect_err("nobody listens");
     assert!(matches!(err, Error::Unreachable { .. }), "{err}");

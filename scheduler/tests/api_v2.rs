@@ -4,8 +4,8 @@ mod common;
 
 use common::{a_b_and_edge, config, status_of, Running, SECRET};
 use nodepool::{PoolSecret, AUTH_HEADER};
-use scheduler::api::{HeartbeatRequest, HeldTask, PeerInfo, TaskInfo};
-use scheduler::api_v2::{FreshRequest, FreshResponse, JoinRequest, PeerRef};
+use scheduler::api::{HeartbeatRequest, HeldTask, PeerRef, TaskInfo};
+use scheduler::api_v2::{FreshRequest, FreshResponse, JoinRequest};
 use scheduler::{Error, Metrics, SchedulerClient};
 use std::time::{Duration, Instant};
 
@@ -158,18 +158,16 @@ async fn join_names_members_of_pools_that_pair_and_warm_holders() {
     let s = Running::start(config("", a_b_and_edge())).await;
     let c = s.client("", "unused when no secret is set");
     c.heartbeat(&HeartbeatRequest {
-        peer: PeerInfo {
+        peer: PeerRef {
             id: "warm".into(),
             pool: "b".into(),
             addr: "10.0.1.1:65002".into(),
-            upload_slots: 4,
         },
         held: vec![HeldTask {
             digest: DIGEST.into(),
             size: SIZE,
             piece_size: PIECE,
         }],
-        load: 0,
     })
     .await
     .expect("heartbeat");

@@ -12,7 +12,7 @@ use agent::p2p::conn::handshake;
 use agent::p2p::wire::{task_key, Frame, Hello, Join};
 use bytes::{Bytes, BytesMut};
 use nodepool::{PieceLayout, PoolKeys, PoolSecret};
-use scheduler::api::{HeartbeatRequest, HeldTask, PeerInfo};
+use scheduler::api::{HeartbeatRequest, HeldTask, PeerRef};
 use scheduler::SchedulerClient;
 use swarm::PieceSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,11 +83,10 @@ impl FakePeer {
                 piece_size: l.piece_size(),
             })
             .collect();
-        let peer = PeerInfo {
+        let peer = PeerRef {
             id: id.clone(),
             pool: spec.pool.to_owned(),
             addr: addr.clone(),
-            upload_slots: 64,
         };
         let client = SchedulerClient::new(
             spec.scheduler_url,
@@ -130,11 +129,7 @@ impl FakePeer {
                         }
                     }
                 });
-                let req = HeartbeatRequest {
-                    peer,
-                    held,
-                    load: 0,
-                };
+                let req = HeartbeatRequest { peer, held };
                 let mut first = Some(first_tx);
                 while !halt.load(Ordering::Relaxed) {
                     let result = client.heartbeat(&req).await;

@@ -4,7 +4,7 @@
 //! ```text
 //!   TestImage --push--> Registry <--upstream-- Mirror <--pieces nobody has-- Agent 127.0.0.2
 //!                                                 ^                            ^  pieces
-//!                                   Scheduler <---+---- announce/heartbeat --- Agent 127.0.0.3 ...
+//!                                   Scheduler <---+---- join/fresh/heartbeat - Agent 127.0.0.3 ...
 //!   skopeo --pull--> Agent i
 //! ```
 

@@ -75,7 +75,7 @@ impl Scheduler {
             listen.to_owned(),
         ];
         args.extend(self.args.iter().cloned());
-        let log = self.dir.path().join("scheduler.log");
+        let log = self.log_path();
         let (process, urls) = Component::try_start("scheduler", &args, &[READY_PREFIX], &log)?;
         let url = urls.into_iter().next().unwrap_or_default();
         anyhow::ensure!(
@@ -85,6 +85,11 @@ impl Scheduler {
         self.process = Some(process);
         self.url = url;
         Ok(())
+    }
+
+    /// Its log; restarts append to it.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("scheduler.log")
     }
 
     /// `http://127.0.0.1:PORT`; the same after `restart()`.
@@ -129,7 +134,7 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            print_log("scheduler", &self.dir.path().join("scheduler.log"));
+            print_log("scheduler", &self.log_path());
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The P2P v2 requests on the registry: `join` and `fresh` over [`crate::swarms::Swarms`],
-//! sharing v1's peers (one TTL, one pool table), and the sweep of lapsed members and leases.
+//! heartbeats' held blobs, and the sweep of lapsed members and leases.
 //! Grants that end other requests' waits collect in the registry's outbox; the server takes
 //! them after every call ([`PeerRegistry::take_deliveries`]) and hands each to its request.
 
@@ -7,8 +7,8 @@ use super::PeerRegistry;
 use crate::api::{piece_count, HeldTask};
 use crate::api_v2::{FreshRequest, JoinRequest, JoinResponse, MemberInfo};
 use crate::error::{Error, Result};
+use crate::peers::{PeerKey, PoolKey};
 use crate::swarms::{id_hash, Ask, BlobShape, Delivery, GroupKey, GroupRef, Who};
-use crate::task::{PeerKey, PoolKey};
 use std::time::{Duration, Instant};
 use swarm::{Grant, Holder};
 
@@ -44,7 +44,7 @@ pub struct Fresh {
 const MAX_JOIN_INTERVAL: Duration = Duration::from_secs(5);
 
 impl PeerRegistry {
-    /// `now` on v2's clock (leases and membership), which starts with the registry.
+    /// `now` on the clock of leases and membership, which starts with the registry.
     pub(super) fn since(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.epoch)
     }
@@ -90,7 +90,7 @@ impl PeerRegistry {
         let pieces = req.validate()?;
         self.expire(now);
         let pool = self.pools.resolve(&req.peer.pool)?;
-        let key = self.touch(&req.peer.id, &req.peer.addr, None, pool, now)?;
+        let key = self.touch(&req.peer.id, &req.peer.addr, pool, now)?;
         self.metrics.joins.inc();
         let Some(reach) = self.pools.reach(pool) else {
             return Err(Error::Capacity("pool vanished"));

@@ -1,8 +1,8 @@
 //! P2P v2 decisions, driven through the registry with explicit times.
 
 use super::*;
-use crate::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerInfo, TaskInfo};
-use crate::api_v2::{FreshRequest, JoinRequest, JoinResponse, PeerRef};
+use crate::api::{HeartbeatRequest, HeldTask, LeaveRequest, PeerRef, TaskInfo};
+use crate::api_v2::{FreshRequest, JoinRequest, JoinResponse};
 use crate::metrics::Metrics;
 use crate::registry::tests::pool;
 use crate::registry::{PeerRegistry, RegistryConfig};
@@ -31,9 +31,6 @@ fn registry_metrics(
     let config = RegistryConfig {
         peer_ttl: secs(30),
         source_assign_timeout: secs(15),
-        max_parents: 16,
-        announce_interval: Duration::from_millis(500),
-        source_in_flight: 4,
         max_neighbors,
     };
     let graph = PoolGraph::new(pools).expect("valid pools");
@@ -224,18 +221,12 @@ fn heartbeats_make_warm_holders_members_until_they_stop_listing_the_blob() {
     let t0 = Instant::now();
     let mut r = registry(&[], t0);
     let mut beat = HeartbeatRequest {
-        peer: PeerInfo {
-            id: "warm".into(),
-            pool: "a".into(),
-            addr: "warm.local:65002".into(),
-            upload_slots: 4,
-        },
+        peer: peer("warm", "a"),
         held: vec![HeldTask {
             digest: DIGEST.into(),
             size: SIZE,
             piece_size: PIECE,
         }],
-        load: 0,
     };
     r.heartbeat(&beat, t0).expect("heartbeat");
     let resp = join(&mut r, "d0", "a", t0);
@@ -368,14 +359,8 @@ fn a_member_that_stops_joining_lapses_though_its_peer_lives() {
     join(&mut r, "n2", "a", t0);
     // n1 still heartbeats (no blobs held), but no longer joins.
     let beat = HeartbeatRequest {
-        peer: PeerInfo {
-            id: "n1".into(),
-            pool: "a".into(),
-            addr: "n1.local:65002".into(),
-            upload_slots: 4,
-        },
+        peer: peer("n1", "a"),
         held: Vec::new(),
-        load: 0,
     };
     r.heartbeat(&beat, t0 + secs(20)).expect("heartbeat");
     join(&mut r, "n2", "a", t0 + secs(20));

@@ -1,4 +1,4 @@
-//! A real scheduler bound to 127.0.0.1:0, for the API tests of v1 and v2.
+//! A real scheduler bound to 127.0.0.1:0, for the API tests.
 
 #![allow(dead_code)] // each test file uses its own part
 
