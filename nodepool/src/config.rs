@@ -286,6 +286,10 @@ pub struct SchedulerConfig {
     /// Most members one P2P v2 join answer names: a node keeps a connection to each, so this
     /// bounds its connections however large the pool (1 to 1,000).
     pub max_neighbors: u32,
+    /// Serve the read-only dashboard at `/` and its JSON under `/api/`. Off by default: it
+    /// shows node names and addresses and the images being preheated to anyone who reaches
+    /// the port.
+    pub dashboard: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -300,6 +304,7 @@ impl Default for SchedulerConfig {
             announce_interval: HumanDuration(Duration::from_millis(500)),
             source_pieces_in_flight: 4,
             max_neighbors: 40,
+            dashboard: false,
         }
     }
 }

@@ -13,10 +13,13 @@
 pub mod api;
 pub mod api_v2;
 pub mod client;
+mod dashboard;
 pub mod error;
 pub mod metrics;
+pub mod nodes;
 mod peers;
 mod pieces;
+pub mod preheat;
 pub mod registry;
 mod select;
 mod server;

@@ -530,4 +530,5 @@ impl PeerRegistry {
 
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod status;
 mod v2;
