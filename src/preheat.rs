@@ -34,6 +34,10 @@ pub struct PreheatArgs {
     /// `--pool` derived from it.
     #[arg(long, env = "POOLCAST_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// The key of `--pool` itself (what the chart gives the pool's agents), instead of
+    /// --secret: it can act for that pool only.
+    #[arg(long, env = "POOLCAST_POOL_KEY", hide_env_values = true, conflicts_with = "secret")]
+    pool_key: Option<String>,
     /// The node pool whose nodes pull (with --scheduler).
     #[arg(long, env = "POOLCAST_POOL")]
     pool: Option<String>,
@@ -47,6 +51,10 @@ pub struct PreheatArgs {
     /// base64(user:pass)}}}`).
     #[arg(long, env = "REGISTRY_AUTH_FILE")]
     auth_file: Option<PathBuf>,
+    /// While the scheduler knows no live node of the pool (agents still starting after an
+    /// install), keep asking for this long (e.g. 2m); default: fail at once.
+    #[arg(long, default_value = "0s")]
+    wait_for_nodes: nodepool::HumanDuration,
 }
 
 /// How often a job's progress is read.
@@ -92,8 +100,9 @@ pub async fn run(args: PreheatArgs) -> Result<()> {
                 platform: args.platform.clone(),
                 credentials: credentials.clone(),
             };
-            match pull_on_nodes(url, args.secret.as_deref(), &pool, &req, &warmed, terminal).await
-            {
+            let key = pool_key(&args, &pool);
+            let wait = args.wait_for_nodes.0;
+            match pull_on_nodes(url, key, &pool, &req, &warmed, wait, terminal).await {
                 Ok(job) => failures.extend(job_failures(&job)),
                 Err(e) => failures.push(format!("scheduler {url}: {e:#}")),
             }
@@ -150,21 +159,27 @@ async fn warm_mirror(
 /// Creates the scheduler's job and follows it to the end.
 async fn pull_on_nodes(
     url: &str,
-    secret: Option<&str>,
+    key: nodepool::PoolSecret,
     pool: &str,
     req: &PreheatRequest,
     warmed: &[Resolved],
+    wait_for_nodes: Duration,
     terminal: bool,
 ) -> Result<JobView> {
-    let release = nodepool::PoolSecret::new(secret.unwrap_or("").as_bytes());
-    let key = if release.is_off() {
-        release
-    } else {
-        nodepool::keys::pool_key(&release, pool)
-    };
     let client = scheduler::SchedulerClient::new(url, key, pool.to_string(), POLL * 20)?;
     let started = Instant::now();
-    let mut job = client.preheat(req).await.context("creating the preheat job")?;
+    let mut job = loop {
+        match client.preheat(req).await {
+            Ok(job) => break job,
+            // Refused because no node is up yet: agents may still be starting.
+            Err(scheduler::Error::Status { status: 400, message })
+                if message.contains("no live node") && started.elapsed() < wait_for_nodes =>
+            {
+                tokio::time::sleep(POLL * 4).await;
+            }
+            Err(e) => return Err(e).context("creating the preheat job"),
+        }
+    };
     let total: u64 = warmed.iter().map(Resolved::bytes).sum::<u64>() * job.nodes.len() as u64;
     let progress = bar(
         total,
@@ -202,6 +217,19 @@ async fn pull_on_nodes(
         println!("{}: FAILED: {}", node.id, node.error.as_deref().unwrap_or(""));
     }
     Ok(job)
+}
+
+/// What signs the pool's requests: the pool key as given, or derived from the release secret.
+fn pool_key(args: &PreheatArgs, pool: &str) -> nodepool::PoolSecret {
+    if let Some(key) = &args.pool_key {
+        return nodepool::PoolSecret::new(key.as_bytes());
+    }
+    let release = nodepool::PoolSecret::new(args.secret.as_deref().unwrap_or("").as_bytes());
+    if release.is_off() {
+        release
+    } else {
+        nodepool::keys::pool_key(&release, pool)
+    }
 }
 
 fn job_failures(job: &JobView) -> Vec<String> {
