@@ -36,7 +36,12 @@ pub struct PreheatArgs {
     secret: Option<String>,
     /// The key of `--pool` itself (what the chart gives the pool's agents), instead of
     /// --secret: it can act for that pool only.
-    #[arg(long, env = "POOLCAST_POOL_KEY", hide_env_values = true, conflicts_with = "secret")]
+    #[arg(
+        long,
+        env = "POOLCAST_POOL_KEY",
+        hide_env_values = true,
+        conflicts_with = "secret"
+    )]
     pool_key: Option<String>,
     /// The node pool whose nodes pull (with --scheduler).
     #[arg(long, env = "POOLCAST_POOL")]
@@ -172,9 +177,10 @@ async fn pull_on_nodes(
         match client.preheat(req).await {
             Ok(job) => break job,
             // Refused because no node is up yet: agents may still be starting.
-            Err(scheduler::Error::Status { status: 400, message })
-                if message.contains("no live node") && started.elapsed() < wait_for_nodes =>
-            {
+            Err(scheduler::Error::Status {
+                status: 400,
+                message,
+            }) if message.contains("no live node") && started.elapsed() < wait_for_nodes => {
                 tokio::time::sleep(POLL * 4).await;
             }
             Err(e) => return Err(e).context("creating the preheat job"),
@@ -214,7 +220,11 @@ async fn pull_on_nodes(
         }
     }
     for node in job.nodes.iter().filter(|n| n.error.is_some()) {
-        println!("{}: FAILED: {}", node.id, node.error.as_deref().unwrap_or(""));
+        println!(
+            "{}: FAILED: {}",
+            node.id,
+            node.error.as_deref().unwrap_or("")
+        );
     }
     Ok(job)
 }

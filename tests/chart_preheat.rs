@@ -66,7 +66,10 @@ fn each_pool_gets_a_preheat_job_after_install_and_upgrade_against_its_own_mirror
             secret.contains(&format!("-pool-{pool}-")),
             "the pool's key, not the release secret: {secret}"
         );
-        assert_eq!(str_of(&pod["volumes"][0]["secret"]["secretName"]), "regcred");
+        assert_eq!(
+            str_of(&pod["volumes"][0]["secret"]["secretName"]),
+            "regcred"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("preheat.yaml");

@@ -25,7 +25,12 @@ const DOWNLOADING: &str = "sha256:0000000000000000000000000000000000000000000000
 /// stdout. Virtual time lets the page's fetches finish before the DOM is read.
 fn chromium(url: &str, args: &[&str], profile: &Path) -> String {
     let out = Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("--virtual-time-budget=8000")
         .args(args)
@@ -164,10 +169,16 @@ fn dashboard_shows_pools_nodes_transfers_bytes_and_preheat_jobs_in_a_browser() {
     assert!(!dom.contains("do-not-show-this-password"));
 
     let pool_a = element(&dom, "data-pool", "pool-a", "</tr>");
-    assert!(pool_a.contains("shop-1") && pool_a.contains("pool-b"), "{pool_a}");
+    assert!(
+        pool_a.contains("shop-1") && pool_a.contains("pool-b"),
+        "{pool_a}"
+    );
     let up = element(&dom, "data-node", bed.agents[a[0]].node(), "</tr>");
     assert!(up.contains(">up<"), "{up}");
-    assert!(up.contains(bed.agents[a[0]].peer_host()), "shows the address: {up}");
+    assert!(
+        up.contains(bed.agents[a[0]].peer_host()),
+        "shows the address: {up}"
+    );
     assert!(up.contains("MiB (3 blobs)"), "shows cache use: {up}");
     let down = element(&dom, "data-node", bed.agents[gone].node(), "</tr>");
     assert!(down.contains(">down<"), "{down}");
@@ -185,11 +196,17 @@ fn dashboard_shows_pools_nodes_transfers_bytes_and_preheat_jobs_in_a_browser() {
     let offload = element(&dom, "id", "offload", "</div>");
     assert!(offload.contains('%'), "offload ratio shown: {offload}");
     let job = element(&dom, "data-state", "done", "</div>");
-    assert!(job.contains("pool-b") && job.contains("pool/app:v1"), "{job}");
+    assert!(
+        job.contains("pool-b") && job.contains("pool/app:v1"),
+        "{job}"
+    );
 
     // The screenshots docs/ keeps: the desktop size the issue names, and a phone.
     let keep = std::env::var_os("POOLCAST_DASHBOARD_SCREENSHOTS");
-    for (name, size) in [("dashboard.png", "1280,800"), ("dashboard-phone.png", "412,915")] {
+    for (name, size) in [
+        ("dashboard.png", "1280,800"),
+        ("dashboard-phone.png", "412,915"),
+    ] {
         let dir = keep.as_ref().map_or(profile.clone(), Into::into);
         let path = dir.join(name);
         chromium(

@@ -83,12 +83,20 @@ fn preheat_warms_the_mirror_once_and_every_node_of_the_pool_for_the_first_pull()
         "the nodes passed pieces to each other (P2P): {}",
         bed.per_agent(&pool_a, PEER_BYTES)
     );
-    assert_eq!(received(&bed, other), 0.0, "another pool's node pulled nothing");
+    assert_eq!(
+        received(&bed, other),
+        0.0,
+        "another pool's node pulled nothing"
+    );
 
     // The rollout's first pull on a preheated node moves no blob byte.
     let before = received(&bed, pool_a[1]);
     let (pulled, dir) = bed.pull_as(pool_a[1], Some((USER, PASS)));
-    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
     verify_pulled(&dir, &bed.fx.image).unwrap();
     assert_eq!(
         received(&bed, pool_a[1]),
@@ -122,11 +130,19 @@ fn preheat_warms_nothing_for_a_user_upstream_refuses() {
         let out = preheat(&args);
         let said = text(&out);
         assert!(!out.status.success(), "{said}");
-        assert!(said.contains("credentials refused"), "names the refusal: {said}");
+        assert!(
+            said.contains("credentials refused"),
+            "names the refusal: {said}"
+        );
     }
     assert_eq!(bed.fx.upstream_bytes(), 0, "the mirror fetched no blob");
     for &i in &agents {
-        assert_eq!(received(&bed, i), 0.0, "{} pulled nothing", bed.agents[i].node());
+        assert_eq!(
+            received(&bed, i),
+            0.0,
+            "{} pulled nothing",
+            bed.agents[i].node()
+        );
     }
 }
 
@@ -164,11 +180,17 @@ fn preheat_exits_non_zero_naming_an_unknown_tag_an_unreachable_node_and_a_wrong_
     let missing = format!("{}/pool/app:no-such-tag", bed.fx.registry.host());
     let (ok, said) = run(&missing, SECRET);
     assert!(!ok, "{said}");
-    assert!(said.contains("no-such-tag") && said.contains("unknown tag"), "{said}");
+    assert!(
+        said.contains("no-such-tag") && said.contains("unknown tag"),
+        "{said}"
+    );
 
     let (ok, said) = run(&full_ref(&bed), "a-wrong-secret");
     assert!(!ok, "{said}");
-    assert!(said.contains("unauthorized"), "names the refused signature: {said}");
+    assert!(
+        said.contains("unauthorized"),
+        "names the refused signature: {said}"
+    );
 
     // A node that went away after registering: the scheduler still lists it.
     let gone = agents[1];
@@ -176,7 +198,10 @@ fn preheat_exits_non_zero_naming_an_unknown_tag_an_unreachable_node_and_a_wrong_
     let (ok, said) = run(&full_ref(&bed), SECRET);
     assert!(!ok, "{said}");
     let node = bed.agents[gone].node().to_owned();
-    assert!(said.contains(&format!("node {node}")), "names the node: {said}");
+    assert!(
+        said.contains(&format!("node {node}")),
+        "names the node: {said}"
+    );
     assert!(
         said.contains("pulled by 1 of 2 nodes"),
         "the other node still pulled: {said}"

@@ -170,13 +170,10 @@ impl SchedulerClient {
                 .body(body)
         };
         req = req.timeout(timeout).header(AUTH_HEADER, signature);
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::Unreachable {
-                url: url.to_string(),
-                message: nodepool::wire::error_chain(&e),
-            })?;
+        let resp = req.send().await.map_err(|e| Error::Unreachable {
+            url: url.to_string(),
+            message: nodepool::wire::error_chain(&e),
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Reply { url, resp });

@@ -101,7 +101,11 @@ impl NodeBook {
             pool: beat.peer.pool.clone(),
             addr: beat.peer.addr.clone(),
             registry: note.registry,
-            cache_bytes: beat.held.iter().map(|h| h.size).fold(0, u64::saturating_add),
+            cache_bytes: beat
+                .held
+                .iter()
+                .map(|h| h.size)
+                .fold(0, u64::saturating_add),
             blobs: beat.held.len(),
             bytes_from_peers: note.bytes_from_peers,
             bytes_from_mirror: note.bytes_from_mirror,

@@ -528,7 +528,7 @@ impl PeerRegistry {
     }
 }
 
+pub mod status;
 #[cfg(test)]
 pub(crate) mod tests;
-pub mod status;
 mod v2;

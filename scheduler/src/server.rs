@@ -312,7 +312,10 @@ impl SchedulerServer {
                 .service(api_resource("/api/v1/leave", leave))
                 .service(api_resource("/api/v2/join", join))
                 .service(api_resource("/api/v2/fresh", fresh))
-                .service(api_resource("/api/v2/preheat", crate::preheat::http::create))
+                .service(api_resource(
+                    "/api/v2/preheat",
+                    crate::preheat::http::create,
+                ))
                 .route(
                     "/api/v2/preheat/{id}",
                     web::get().to(crate::preheat::http::status),

@@ -30,9 +30,11 @@ pub fn auth_file(bed: &P2pBed, user: &str, pass: &str) -> PathBuf {
 /// Waits until the scheduler has heard from `n` agents (their heartbeats carry the registry
 /// ports preheat uses).
 pub fn wait_for_nodes(bed: &P2pBed, n: usize) {
-    assert_eventually(READY_TIMEOUT, &format!("the scheduler knows {n} nodes"), || {
-        bed.scheduler().metric(PEERS) as usize == n
-    });
+    assert_eventually(
+        READY_TIMEOUT,
+        &format!("the scheduler knows {n} nodes"),
+        || bed.scheduler().metric(PEERS) as usize == n,
+    );
 }
 
 /// Runs `poolcast preheat ARGS...` to the end (stdout is not a terminal: one line per image).

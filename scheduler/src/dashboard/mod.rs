@@ -25,16 +25,19 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, on: bool) {
     if !on {
         return;
     }
-    cfg.route("/", web::get().to(|| file(INDEX, "text/html; charset=utf-8")))
-        .route(
-            "/dashboard.js",
-            web::get().to(|| file(SCRIPT, "text/javascript; charset=utf-8")),
-        )
-        .route(
-            "/dashboard.css",
-            web::get().to(|| file(STYLE, "text/css; charset=utf-8")),
-        )
-        .route("/api/status", web::get().to(status));
+    cfg.route(
+        "/",
+        web::get().to(|| file(INDEX, "text/html; charset=utf-8")),
+    )
+    .route(
+        "/dashboard.js",
+        web::get().to(|| file(SCRIPT, "text/javascript; charset=utf-8")),
+    )
+    .route(
+        "/dashboard.css",
+        web::get().to(|| file(STYLE, "text/css; charset=utf-8")),
+    )
+    .route("/api/status", web::get().to(status));
 }
 
 async fn file(body: &'static str, kind: &'static str) -> HttpResponse {
@@ -104,7 +107,11 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
         .map(|p| {
             let status = PoolStatus {
                 id: p.id.clone(),
-                name: if p.name.is_empty() { p.id.clone() } else { p.name.clone() },
+                name: if p.name.is_empty() {
+                    p.id.clone()
+                } else {
+                    p.name.clone()
+                },
                 p2p: p.inter_connectivity,
                 connected_pools: p.connected_pools.clone(),
                 nodes: 0,

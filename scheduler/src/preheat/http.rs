@@ -34,7 +34,12 @@ pub(crate) async fn status(
 ) -> Result<HttpResponse> {
     let (signed, _) = state.authenticate(&req, body).await?;
     let id = path.into_inner();
-    let unknown = || Error::NotFound(format!("preheat job {}", id.chars().take(64).collect::<String>()));
+    let unknown = || {
+        Error::NotFound(format!(
+            "preheat job {}",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
     let view = state.jobs.lock().get(&id).ok_or_else(unknown)?;
     if signed.as_deref().is_some_and(|p| p != view.pool) {
         // Another pool's job is as good as absent.

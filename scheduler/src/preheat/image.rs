@@ -67,8 +67,9 @@ impl ImageRef {
         let name_ok = !repository.is_empty()
             && repository.split('/').all(|c| {
                 !c.is_empty()
-                    && c.chars()
-                        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+                    && c.chars().all(|ch| {
+                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)
+                    })
             });
         if !name_ok {
             return Err(bad("the repository name is not a valid OCI name"));
@@ -102,14 +103,24 @@ impl ImageRef {
 
 impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sep = if self.reference.starts_with("sha256:") { '@' } else { ':' };
-        write!(f, "{}/{}{sep}{}", self.registry, self.repository, self.reference)
+        let sep = if self.reference.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
+        write!(
+            f,
+            "{}/{}{sep}{}",
+            self.registry, self.repository, self.reference
+        )
     }
 }
 
 pub fn is_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -144,7 +155,10 @@ pub struct Resolved {
 
 impl Resolved {
     pub fn bytes(&self) -> u64 {
-        self.blobs.iter().map(|b| b.size).fold(0, u64::saturating_add)
+        self.blobs
+            .iter()
+            .map(|b| b.size)
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -388,10 +402,7 @@ impl RegistryClient {
             if chosen.is_empty() {
                 return Err(Error::ImageRef {
                     image: image.to_string(),
-                    message: format!(
-                        "no manifest for platform {}",
-                        platform.unwrap_or("(any)")
-                    ),
+                    message: format!("no manifest for platform {}", platform.unwrap_or("(any)")),
                 });
             }
             for d in chosen {
@@ -532,7 +543,14 @@ mod tests {
 
     #[test]
     fn malformed_references_are_refused_with_the_reason() {
-        for bad in ["", "a b", "UPPER/x", "h.io/x@sha256:12", "h.io/x:bad tag", "h.io/"] {
+        for bad in [
+            "",
+            "a b",
+            "UPPER/x",
+            "h.io/x@sha256:12",
+            "h.io/x:bad tag",
+            "h.io/",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }

@@ -17,8 +17,8 @@
 //! the upstream registry decides, per repository, what may be warmed; they live in the job's
 //! task only while it runs and are never shown.
 
-pub mod image;
 pub(crate) mod http;
+pub mod image;
 mod run;
 
 use crate::error::{Error, Result};
@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-
 
 /// Most images in one job.
 pub const MAX_IMAGES: usize = 100;
@@ -51,7 +50,9 @@ impl std::str::FromStr for NodeCount {
         }
         match s.parse::<u32>() {
             Ok(n) if n > 0 => Ok(NodeCount::Some(n)),
-            _ => Err(format!("`{s}`: expected `all` or a number of nodes above 0")),
+            _ => Err(format!(
+                "`{s}`: expected `all` or a number of nodes above 0"
+            )),
         }
     }
 }

@@ -152,7 +152,8 @@ async fn pull(
     let limit = Arc::new(tokio::sync::Semaphore::new(NODES_AT_ONCE));
     let mut tasks = Vec::new();
     for (index, target) in targets.iter().cloned().enumerate() {
-        let (job, http, resolved, limit) = (job.clone(), http.clone(), resolved.clone(), limit.clone());
+        let (job, http, resolved, limit) =
+            (job.clone(), http.clone(), resolved.clone(), limit.clone());
         let credentials = req.credentials.clone();
         tasks.push(tokio::spawn(async move {
             let Ok(_slot) = limit.acquire_owned().await else {
@@ -191,13 +192,14 @@ async fn resolve(
         let mut last = None;
         for t in targets {
             let creds = req.credentials.get(&image.registry).cloned();
-            let mut client = match RegistryClient::new(http.clone(), &format!("http://{}", t.registry), creds) {
-                Ok(c) => c,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
+            let mut client =
+                match RegistryClient::new(http.clone(), &format!("http://{}", t.registry), creds) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                };
             match client.resolve(image, req.platform.as_deref()).await {
                 Ok(r) => {
                     last = None;

@@ -35,7 +35,11 @@ impl Swarms {
                     .map(|(&key, m)| MemberView {
                         key,
                         pool: m.pool,
-                        held: if m.done { b.pieces } else { m.held.min(b.pieces) },
+                        held: if m.done {
+                            b.pieces
+                        } else {
+                            m.held.min(b.pieces)
+                        },
                         done: m.done,
                     })
                     .collect(),
