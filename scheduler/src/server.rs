@@ -312,14 +312,7 @@ impl SchedulerServer {
                 .service(api_resource("/api/v1/leave", leave))
                 .service(api_resource("/api/v2/join", join))
                 .service(api_resource("/api/v2/fresh", fresh))
-                .service(api_resource(
-                    "/api/v2/preheat",
-                    crate::preheat::http::create,
-                ))
-                .route(
-                    "/api/v2/preheat/{id}",
-                    web::get().to(crate::preheat::http::status),
-                )
+                .configure(crate::preheat::http::routes)
                 .configure(|c| crate::dashboard::routes(c, state.dashboard))
                 .default_service(web::to(not_found));
         };
@@ -336,7 +329,7 @@ impl SchedulerServer {
 }
 
 /// A POST endpoint; other methods get a JSON 405.
-fn api_resource<F, Args>(path: &str, handler: F) -> actix_web::Resource
+pub(crate) fn api_resource<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,

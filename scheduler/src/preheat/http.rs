@@ -4,8 +4,13 @@
 
 use super::{run, PreheatRequest};
 use crate::error::{Error, Result};
-use crate::server::{clock, AppState};
+use crate::server::{api_resource, clock, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(api_resource("/api/v2/preheat", create))
+        .route("/api/v2/preheat/{id}", web::get().to(status));
+}
 
 pub(crate) async fn create(
     req: HttpRequest,
