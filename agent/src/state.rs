@@ -239,7 +239,10 @@ impl AgentServer {
             self.state.swarm.clone(),
             peers,
         );
-        background.push(tokio::spawn(heartbeat_loop(self.state.clone(), registry_addr)));
+        background.push(tokio::spawn(heartbeat_loop(
+            self.state.clone(),
+            registry_addr,
+        )));
         background.push(tokio::spawn(gc_loop(self.state.clone())));
         let result = tokio::select! {
             r = api_server => r,
