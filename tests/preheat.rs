@@ -207,3 +207,33 @@ fn preheat_exits_non_zero_naming_an_unknown_tag_an_unreachable_node_and_a_wrong_
         "the other node still pulled: {said}"
     );
 }
+
+#[test]
+fn on_a_terminal_preheat_shows_bytes_rate_and_eta_per_image() {
+    // `script` (util-linux, in every Debian) gives preheat a terminal and records what it drew.
+    common::require_tool("script");
+    let bed = P2pBed::start(BedSpec {
+        seed: 64,
+        layers: &[24 << 20],
+        scheduler: false,
+        ..BedSpec::default()
+    });
+    let image = full_ref(&bed);
+    let command = format!(
+        "{} preheat {image} --mirror {}",
+        env!("CARGO_BIN_EXE_poolcast"),
+        bed.fx.mirror.url()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{drawn}");
+    assert!(
+        drawn.contains(&format!("mirror {image}")) && drawn.contains("ETA"),
+        "a progress bar per image: {drawn}"
+    );
+    assert!(drawn.contains("MiB"), "bytes done of total: {drawn}");
+}
