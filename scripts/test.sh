@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command. Installs the real parts the integration tests drive (the CNCF registry,
-# skopeo, containerd, htpasswd, the benchmark tools, for the chart tests Helm and
+# skopeo, containerd, htpasswd, the benchmark tools, headless Chromium, for the chart tests Helm and
 # kubernetes-validate, and for the Alibaba Cloud stand-in the vendor's Python SDK) when they
 # are missing, then runs every test in the workspace. Extra arguments go to `cargo nextest run`.
 #
@@ -21,6 +21,8 @@ tools=(
   "nginx:nginx"
   "wrk:wrk"
   "curl:curl"
+  # the scheduler's dashboard, loaded in a real browser (tests/dashboard.rs)
+  "chromium:chromium"
   # edge-tests: network namespaces, shaped links, packet loss, and BitTorrent for the benchmark
   "ip:iproute2"
   "tc:iproute2"

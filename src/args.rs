@@ -247,6 +247,10 @@ pub struct SchedulerArgs {
         "How long a first-holder lease of fresh pieces lasts",
         "sourceAssignTimeout"))]
     source_assign_timeout: Option<HumanDuration>,
+    /// Serve the read-only dashboard at `/` (config: `dashboard: true`); off by default, as it
+    /// shows node addresses and preheated image names to anyone who reaches the port.
+    #[arg(long, env = "POOLCAST_DASHBOARD")]
+    dashboard: bool,
 }
 
 impl SchedulerArgs {
@@ -259,6 +263,7 @@ impl SchedulerArgs {
         set!(c.secret, self.secret);
         set!(c.peer_ttl, self.peer_ttl);
         set!(c.source_assign_timeout, self.source_assign_timeout);
+        c.dashboard |= self.dashboard;
         c.validate()?;
         Ok(c)
     }

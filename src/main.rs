@@ -6,6 +6,7 @@
 mod acr;
 mod args;
 mod hosts;
+mod preheat;
 
 use anyhow::{Context, Result};
 use args::{AgentArgs, MirrorArgs, SchedulerArgs, WebhookArgs};
@@ -49,6 +50,9 @@ enum Command {
     /// ACR Enterprise Edition instances: what the components resolve instance ids to.
     #[command(subcommand)]
     Acr(acr::AcrCommand),
+    /// Warm a pool before a rollout: the mirror fetches every blob of each image and, with
+    /// --scheduler, the pool's nodes pull them through their agents (P2P included).
+    Preheat(preheat::PreheatArgs),
     /// Work with config files without running anything.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -122,6 +126,7 @@ type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Preheat(args) => preheat::run(args).await,
         Command::Mirror(args) => {
             let config = args.into_config()?;
             let listener = bind(&config.listen, "mirror")?;

@@ -7,6 +7,7 @@
 mod download;
 mod error;
 pub mod metrics;
+mod note;
 pub mod p2p;
 mod registry;
 mod state;

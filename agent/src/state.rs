@@ -218,6 +218,7 @@ impl AgentServer {
                 .route("/v2", web::to(registry::api))
                 .route("/v2/{tail:.*}", web::to(registry::api));
         };
+        let registry_addr = crate::note::registry_addr(&api, &self.state.advertise);
         let api_server = serve::start(api, api_routes, api_options)?;
         p2p::bound_send_buffer(&peers, self.state.cfg.peer_send_buffer.0)?;
         peers.set_nonblocking(true)?;
@@ -229,7 +230,10 @@ impl AgentServer {
             self.state.swarm.clone(),
             peers,
         );
-        background.push(tokio::spawn(heartbeat_loop(self.state.clone())));
+        background.push(tokio::spawn(heartbeat_loop(
+            self.state.clone(),
+            registry_addr,
+        )));
         background.push(tokio::spawn(gc_loop(self.state.clone())));
         let result = tokio::select! {
             r = api_server => r,
@@ -364,7 +368,7 @@ async fn metrics_text(state: web::Data<AgentState>) -> HttpResponse {
 
 /// Keeps this node registered with everything it holds, so a restarted scheduler learns it
 /// again and peers can keep fetching complete blobs from us.
-async fn heartbeat_loop(state: web::Data<AgentState>) {
+async fn heartbeat_loop(state: web::Data<AgentState>, registry_addr: Option<String>) {
     let Some(client) = state.scheduler.as_ref() else {
         return;
     };
@@ -375,7 +379,8 @@ async fn heartbeat_loop(state: web::Data<AgentState>) {
             peer: state.peer_ref(),
             held,
         };
-        match client.heartbeat(&req).await {
+        let note = crate::note::node_note(&state, registry_addr.as_ref());
+        match client.heartbeat_noted(&req, &note).await {
             Ok(resp) => {
                 every = heartbeat_interval(resp.interval_ms);
                 state.set_reachable(resp.reachable_pools);

@@ -287,6 +287,10 @@ pub struct SchedulerConfig {
     pub announce_interval: Option<IgnoredAny>,
     #[serde(skip_serializing)]
     pub source_pieces_in_flight: Option<IgnoredAny>,
+    /// Serve the read-only dashboard at `/` and its JSON under `/api/`. Off by default: it
+    /// shows node names and addresses and the images being preheated to anyone who reaches
+    /// the port.
+    pub dashboard: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -301,6 +305,7 @@ impl Default for SchedulerConfig {
             max_parents: None,
             announce_interval: None,
             source_pieces_in_flight: None,
+            dashboard: false,
         }
     }
 }

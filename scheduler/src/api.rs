@@ -76,7 +76,7 @@ pub struct LeaveRequest {
     pub digest: Option<String>,
 }
 
-fn check_name(what: &'static str, value: &str) -> Result<()> {
+pub(crate) fn check_name(what: &'static str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
         return Err(Error::invalid(
             what,

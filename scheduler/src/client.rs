@@ -6,6 +6,8 @@
 use crate::api::{HeartbeatRequest, HeartbeatResponse, LeaveRequest};
 use crate::api_v2::{FreshRequest, FreshResponse, JoinRequest, JoinResponse};
 use crate::error::{Error, Result};
+use crate::nodes::{NodeNote, NotedHeartbeat};
+use crate::preheat::{JobView, PreheatRequest};
 use crate::server::LONG_POLL;
 use nodepool::{PoolSecret, AUTH_HEADER};
 use reqwest::Url;
@@ -64,6 +66,31 @@ impl SchedulerClient {
         self.post("/api/v1/heartbeat", req).await?.decode().await
     }
 
+    /// A heartbeat with what this node says about itself (registry port, bytes by source);
+    /// schedulers that predate the note ignore it.
+    pub async fn heartbeat_noted(
+        &self,
+        req: &HeartbeatRequest,
+        note: &NodeNote,
+    ) -> Result<HeartbeatResponse> {
+        let body = NotedHeartbeat { beat: req, note };
+        self.post("/api/v1/heartbeat", &body).await?.decode().await
+    }
+
+    /// Creates a preheat job for this client's pool (`req.pool` must be it).
+    pub async fn preheat(&self, req: &PreheatRequest) -> Result<JobView> {
+        self.post("/api/v2/preheat", req).await?.decode().await
+    }
+
+    /// A preheat job's progress.
+    pub async fn preheat_status(&self, id: &str) -> Result<JobView> {
+        let path = format!("/api/v2/preheat/{id}");
+        self.send("GET", &path, Vec::new(), self.timeout)
+            .await?
+            .decode()
+            .await
+    }
+
     pub async fn leave(&self, req: &LeaveRequest) -> Result<()> {
         self.post("/api/v1/leave", req).await.map(drop)
     }
@@ -105,30 +132,42 @@ impl SchedulerClient {
         body: &T,
         timeout: Duration,
     ) -> Result<Reply> {
-        let url = self.url(path);
         let body = serde_json::to_vec(body).map_err(|e| Error::Client(e.to_string()))?;
+        self.send("POST", path, body, timeout).await
+    }
+
+    /// Sends a signed request; a non-2xx answer becomes [`Error::Status`] with the server's
+    /// message.
+    async fn send(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Reply> {
+        let url = self.url(path);
         // As hyper writes it: the port only when the URL names one.
         let host = &url[url::Position::BeforeHost..url::Position::AfterPort];
         let parts = nodepool::signed::RequestParts {
-            method: "POST",
+            method,
             host,
             path_and_query: url.path(),
             body: &body,
         };
         let signature = nodepool::signed::sign_now(&self.secret, &parts, &self.pool);
-        let resp = self
-            .http
-            .post(url.clone())
-            .timeout(timeout)
-            .header(AUTH_HEADER, signature)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Error::Unreachable {
-                url: url.to_string(),
-                message: nodepool::wire::error_chain(&e),
-            })?;
+        let mut req = if method == "GET" {
+            self.http.get(url.clone())
+        } else {
+            self.http
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+        };
+        req = req.timeout(timeout).header(AUTH_HEADER, signature);
+        let resp = req.send().await.map_err(|e| Error::Unreachable {
+            url: url.to_string(),
+            message: nodepool::wire::error_chain(&e),
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Reply { url, resp });

@@ -48,6 +48,14 @@ pub enum Error {
     Status { status: u16, message: String },
     #[error("scheduler {url} sent an unreadable answer: {message}")]
     Decode { url: String, message: String },
+    #[error("image `{image}`: {message}")]
+    ImageRef { image: String, message: String },
+    #[error("{image}: unknown tag or digest (the registry has no such manifest)")]
+    ManifestUnknown { image: String },
+    #[error("{url}: credentials refused ({status}); preheat warms only what its user may pull")]
+    Refused { url: String, status: u16 },
+    #[error("{url}: {message}")]
+    Fetch { url: String, message: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,7 +72,9 @@ impl Error {
 
     fn code(&self) -> &'static str {
         match self {
-            Error::Invalid { .. } | Error::BodyInvalid(_) => "INVALID_REQUEST",
+            Error::Invalid { .. } | Error::BodyInvalid(_) | Error::ImageRef { .. } => {
+                "INVALID_REQUEST"
+            }
             Error::DigestInvalid(_) => "DIGEST_INVALID",
             Error::BodyTooLarge(_) => "SIZE_INVALID",
             Error::Unauthorized(_) => "UNAUTHORIZED",
@@ -81,9 +91,10 @@ impl Error {
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         match self {
-            Error::Invalid { .. } | Error::DigestInvalid(_) | Error::BodyInvalid(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::Invalid { .. }
+            | Error::DigestInvalid(_)
+            | Error::BodyInvalid(_)
+            | Error::ImageRef { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::TaskConflict { .. } => StatusCode::CONFLICT,
@@ -96,6 +107,9 @@ impl ResponseError for Error {
             | Error::Unreachable { .. }
             | Error::Status { .. }
             | Error::Decode { .. }
+            | Error::ManifestUnknown { .. }
+            | Error::Refused { .. }
+            | Error::Fetch { .. }
             | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -10,9 +10,12 @@
 pub mod api;
 pub mod api_v2;
 pub mod client;
+mod dashboard;
 pub mod error;
 pub mod metrics;
+pub mod nodes;
 mod peers;
+pub mod preheat;
 pub mod registry;
 mod server;
 mod swarms;

@@ -36,6 +36,14 @@ impl Peers {
         self.by_id.len()
     }
 
+    /// Every live peer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (PeerKey, &Peer)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| p.as_ref().map(|p| (k as PeerKey, p)))
+    }
+
     pub fn key_of(&self, id: &str) -> Option<PeerKey> {
         self.by_id.get(id).copied()
     }

@@ -279,6 +279,7 @@ impl PeerRegistry {
     }
 }
 
+pub mod status;
 #[cfg(test)]
 pub(crate) mod tests;
 mod v2;

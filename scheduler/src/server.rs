@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The time decisions use: tokio's clock, so tests with paused time drive TTLs.
-fn clock() -> Instant {
+pub(crate) fn clock() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -43,6 +43,12 @@ pub struct AppState {
     sweep_every: Duration,
     /// How long a grant whose request went away is kept for the peer's next request.
     keep_grants: Duration,
+    /// What agents report beyond decisions (registry port, cache use, bytes by source).
+    pub nodes: Mutex<crate::nodes::NodeBook>,
+    pub jobs: Mutex<crate::preheat::Jobs>,
+    /// The dashboard at `/` and its JSON under `/api/` (off unless `dashboard: true`).
+    pub dashboard: bool,
+    pub pools: Vec<nodepool::PoolSpec>,
 }
 
 /// Open connections served: two per agent of a 1,000-node group of pools, four times over.
@@ -69,6 +75,10 @@ impl AppState {
             sweep_every: (config.peer_ttl.0 / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(5)),
             keep_grants: config.source_assign_timeout.0,
+            nodes: Mutex::default(),
+            jobs: Mutex::default(),
+            dashboard: config.dashboard,
+            pools: config.edge_node_pools.clone(),
         })
     }
 
@@ -91,7 +101,7 @@ impl AppState {
 
     /// Reads the body (at most [`MAX_BODY_BYTES`]) and, when a secret is set, checks the
     /// request's signature; returns the pool it was signed for, and the body.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         req: &HttpRequest,
         body: web::Payload,
@@ -137,7 +147,7 @@ impl AppState {
     }
 
     /// A signed request may only speak for peers of the pool it was signed for.
-    fn check_pool(&self, signed: Option<&str>, claimed: &str) -> Result<()> {
+    pub(crate) fn check_pool(&self, signed: Option<&str>, claimed: &str) -> Result<()> {
         match signed {
             Some(pool) if pool != claimed => {
                 self.metrics.unauthorized.inc();
@@ -309,6 +319,8 @@ impl SchedulerServer {
                 .service(api_resource("/api/v1/leave", leave))
                 .service(api_resource("/api/v2/join", join))
                 .service(api_resource("/api/v2/fresh", fresh))
+                .configure(crate::preheat::http::routes)
+                .configure(|c| crate::dashboard::routes(c, state.dashboard))
                 .default_service(web::to(not_found));
         };
         let options = serve::Options {
@@ -324,7 +336,7 @@ impl SchedulerServer {
 }
 
 /// A POST endpoint; other methods get a JSON 405.
-fn api_resource<F, Args>(path: &str, handler: F) -> actix_web::Resource
+pub(crate) fn api_resource<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,
@@ -383,6 +395,8 @@ async fn heartbeat(
     tracing::Span::current().record("peer", msg.peer.id.as_str());
     state.check_pool(signed.as_deref(), &msg.peer.pool)?;
     let answer = state.with_registry(|r| r.heartbeat(&msg, clock()))?;
+    let note = crate::nodes::NodeNote::from_body(&bytes);
+    state.nodes.lock().heard(&msg, note, clock());
     Ok(HttpResponse::Ok().json(answer))
 }
 

@@ -454,5 +454,6 @@ impl Swarms {
     }
 }
 
+mod status;
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,7 @@ pub mod image;
 pub mod metrics;
 pub mod mirror;
 pub mod p2p;
+pub mod preheat;
 pub mod proc_stats;
 pub mod process;
 pub mod registry;
