@@ -5,6 +5,7 @@
 
 mod acr;
 mod args;
+mod crio;
 mod hosts;
 
 use anyhow::{Context, Result};
@@ -42,8 +43,9 @@ enum Command {
     /// Try poolcast on one machine: mirror, scheduler and agent in one process on loopback,
     /// cached under ./poolcast-cache, Docker Hub as upstream unless told otherwise.
     Up(UpArgs),
-    /// Point the node's containerd at the agent: write or remove `hosts.toml` files in its
-    /// `config_path` (the chart's agent DaemonSet runs this).
+    /// Point the node's runtime at the agent: write or remove containerd's `hosts.toml` files
+    /// in its `config_path` or CRI-O's registries.conf.d drop-in (the chart's agent DaemonSet
+    /// runs this).
     #[command(subcommand)]
     Hosts(hosts::HostsCommand),
     /// ACR Enterprise Edition instances: what the components resolve instance ids to.
