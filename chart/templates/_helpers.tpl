@@ -332,3 +332,22 @@ with neither, the ECS metadata server's role. The node's region label, when the 
 k8s.aliyun.com/eci-ram-role-name: {{ . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The agent pods' mounts of the node's runtime configuration: containerd's config_path, CRI-O's
+registries.conf.d unless runtime is containerd, and with detect (the hosts containers, not the
+agent) the host's /run, read only, where runtime auto looks for the runtimes' sockets.
+*/}}
+{{- define "poolcast.runtimeMounts" -}}
+- name: containerd-config-path
+  mountPath: /host/containerd-config-path
+{{- if ne .runtime "containerd" }}
+- name: crio-registries
+  mountPath: /host/registries.conf.d
+{{- end }}
+{{- if and .detect (eq .runtime "auto") }}
+- name: host-run
+  mountPath: /host/run
+  readOnly: true
+{{- end }}
+{{- end }}
