@@ -351,3 +351,15 @@ agent) the host's /run, read only, where runtime auto looks for the runtimes' so
   readOnly: true
 {{- end }}
 {{- end }}
+
+{{/*
+Prometheus scrape annotations of a pod template (metrics.scrapeAnnotations): the component's
+/metrics on port .port.
+*/}}
+{{- define "poolcast.scrapeAnnotations" -}}
+{{- if .ctx.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | int | toString | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
