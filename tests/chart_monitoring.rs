@@ -283,3 +283,47 @@ fn monitors_render_only_when_asked_and_select_what_the_chart_runs() {
     std::fs::write(&path, core.join("\n---")).unwrap();
     assert_strictly_valid(&[path]);
 }
+
+#[test]
+fn an_otlp_endpoint_reaches_every_component_and_none_goes_by_default() {
+    let url = "http://otel-collector.monitoring:4318";
+    let with = objects(
+        &render(&[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            &format!("tracing.otlp.endpoint={url}"),
+        ])
+        .unwrap(),
+    );
+    let mut seen = Vec::new();
+    for w in with
+        .iter()
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "DaemonSet")
+    {
+        let containers = w["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap();
+        let main = containers
+            .iter()
+            .find(|c| c["name"] != "hosts-watch")
+            .unwrap();
+        let args = strings(&main["args"]);
+        assert_eq!(args[args.len() - 2..], ["--otlp-endpoint", url], "{args:?}");
+        seen.push(args[0].clone());
+    }
+    seen.sort();
+    assert_eq!(seen, ["agent", "mirror", "scheduler", "webhook"]);
+    assert!(!render(&["--set", "edgeNodePool.id=a"])
+        .unwrap()
+        .contains("--otlp-endpoint"));
+    assert_rejected(
+        &[
+            "--set",
+            "edgeNodePool.id=a",
+            "--set",
+            "tracing.otlp.endpoint=otel:4318",
+        ],
+        "tracing.otlp.endpoint",
+    );
+}

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod p2p;
 mod registry;
 mod state;
+pub mod trace;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;

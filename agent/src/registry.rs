@@ -115,7 +115,7 @@ async fn relay(
     } else {
         reqwest::Method::GET
     };
-    let mut out = state.http.request(method, url.clone());
+    let mut out = crate::trace::traced(state.http.request(method, url.clone()));
     if let Some(v) = req.headers().get("authorization") {
         out = out.header("authorization", v.as_bytes());
     }
@@ -297,7 +297,7 @@ async fn check_access(
         b.ns.as_deref(),
         &[],
     );
-    let mut head = state.http.head(url.clone());
+    let mut head = crate::trace::traced(state.http.head(url.clone()));
     if let Some(a) = auth {
         head = head.header("authorization", a);
     }

@@ -363,3 +363,12 @@ prometheus.io/port: {{ .port | int | toString | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
+
+{{/*
+`--otlp-endpoint URL` appended to a component's args list when tracing.otlp.endpoint is set.
+*/}}
+{{- define "poolcast.otlpArgs" -}}
+{{- with .Values.tracing.otlp.endpoint -}}
+, "--otlp-endpoint", {{ . | toJson }}
+{{- end -}}
+{{- end }}
