@@ -10,24 +10,30 @@ pub fn traced(mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     req
 }
 
-/// A span for fetching piece `index` of `digest` from one source (`peer`, `mirror`, `origin`),
-/// to enter (or `.instrument()` the fetch with) around that source's transfer; requests sent
-/// inside it through [`traced`] become its children. Disabled (no cost) when tracing is off.
+/// The span of one transfer of pieces `first..first + count` of download `task` from one
+/// source (`peer`, `mirror`, `origin`; `peer` names the peer), a child of `parent` (the span
+/// current when the download began, under the runtime's request): wrap the transfer in it
+/// (`.instrument(...)`) and send its requests through [`traced`], so they join the pull's
+/// trace. Disabled, at no cost, when tracing is off.
 pub fn piece_span(
+    parent: &tracing::Span,
     source: &'static str,
-    digest: &str,
-    index: u64,
+    task: &str,
+    first: u32,
+    count: u32,
     peer: Option<&str>,
 ) -> tracing::Span {
     if !serve::trace::enabled() {
         return tracing::Span::none();
     }
     tracing::info_span!(
-        "piece",
+        parent: parent,
+        "pieces",
         otel.kind = "client",
         piece.source = source,
-        piece.index = index,
-        blob.digest = digest,
+        piece.first = first,
+        piece.count = count,
+        task = task,
         peer.address = peer.unwrap_or(""),
     )
 }
