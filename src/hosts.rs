@@ -36,6 +36,9 @@
 //!     [host."http://127.0.0.1:65001"]
 //! ```
 //!
+//! With `--runtime crio` (or `auto` on a CRI-O node) the same registries go into CRI-O's
+//! registries.conf.d drop-in instead (`crio`).
+//!
 //! A `hosts.toml` that poolcast did not write (no marker line) is left alone, on write and on
 //! remove: the operator's own registry setup wins.
 
@@ -45,7 +48,7 @@ use nodepool::UpstreamSpec;
 use std::path::{Path, PathBuf};
 
 /// First line of every file poolcast writes; only such files are replaced or removed.
-const MARKER: &str = "# Written by poolcast hosts; removed by `poolcast hosts remove`.";
+pub(crate) const MARKER: &str = "# Written by poolcast hosts; removed by `poolcast hosts remove`.";
 
 /// The folder containerd reads for a registry that has none of its own.
 const DEFAULT_HOST: &str = "_default";
@@ -79,8 +82,8 @@ impl std::str::FromStr for RegistryCa {
 
 #[derive(Subcommand)]
 pub enum HostsCommand {
-    /// Write `<config-path>/<registry>/hosts.toml` for each registry: the agent first, the
-    /// registry itself as fallback.
+    /// Write `<config-path>/<registry>/hosts.toml` for each registry (with `--runtime crio`,
+    /// `<registries-conf-dir>/poolcast.conf`): the agent first, the registry itself as fallback.
     Write(HostsArgs),
     /// Remove the files `write` wrote (and their folders when empty).
     Remove(HostsArgs),
@@ -133,6 +136,8 @@ pub struct HostsArgs {
     cas: Vec<RegistryCa>,
     #[command(flatten)]
     acr: crate::acr::HostsAcrArgs,
+    #[command(flatten)]
+    runtime: crate::crio::RuntimeArgs,
     /// `write` only: keep running, resolving the `--acr-instance`s again every
     /// `--acr-refresh-interval`, writing the files of new domains and removing those of
     /// domains gone (the chart's agent pods run this beside the agent).
@@ -233,6 +238,13 @@ pub async fn run(command: HostsCommand) -> Result<()> {
 fn write_all(args: &HostsArgs, acr: &[UpstreamSpec]) -> Result<()> {
     let mut args = args.clone();
     args.registries.extend(acr.iter().cloned());
+    let (containerd, crio) = args.runtime.detect();
+    if crio {
+        write_crio(&args)?;
+    }
+    if !containerd {
+        return Ok(());
+    }
     let files = args.files()?;
     // Every CA is read before anything is written: a bad one leaves containerd as it was.
     let mut pems = Vec::new();
@@ -269,6 +281,14 @@ fn remove_all(args: &HostsArgs, acr: &[UpstreamSpec], all: bool) -> Result<()> {
         args.cas.clear();
     }
     args.registries.extend(acr.iter().cloned());
+    let (containerd, crio) = args.runtime.to_remove();
+    // CRI-O's one drop-in names every registry: `write_all` rewrites it when some are gone.
+    if crio && all && crate::crio::remove(&args.runtime.drop_in())? {
+        println!("removed {}", args.runtime.drop_in().display());
+    }
+    if !containerd {
+        return Ok(());
+    }
     for (path, r) in args.files()? {
         if let Some(r) = r {
             args.ca_of(&r.ns)?;
@@ -276,6 +296,53 @@ fn remove_all(args: &HostsArgs, acr: &[UpstreamSpec], all: bool) -> Result<()> {
         if remove(&path)? {
             println!("removed {}", path.display());
         }
+    }
+    Ok(())
+}
+
+/// CRI-O's drop-in for the registries of `args` (and their distributed names with
+/// `--distributed`), in the agent's naming of registries in paths.
+fn write_crio(args: &HostsArgs) -> Result<()> {
+    let port = args
+        .agent
+        .port_or_known_default()
+        .context("--agent URL has no port")?;
+    let names = nodepool::DistributedNames::new(&args.distributed_suffix, port)
+        .map_err(|e| anyhow::anyhow!("--distributed-suffix: {e}"))?;
+    let mut entries: Vec<_> = args
+        .registries
+        .iter()
+        .map(|r| crate::crio::Entry {
+            prefix: r.ns.clone(),
+            registry: r,
+        })
+        .collect();
+    if args.distributed {
+        for r in &args.registries {
+            let prefix = names.distributed(&r.ns).with_context(|| {
+                format!("registry `{}` cannot be given a distributed name", r.ns)
+            })?;
+            entries.push(crate::crio::Entry {
+                prefix,
+                registry: r,
+            });
+        }
+    }
+    if args.default_mirror {
+        eprintln!("poolcast hosts: CRI-O has no entry for every registry; --default is for containerd only");
+    }
+    if !args.cas.is_empty() {
+        eprintln!("poolcast hosts: --ca is for containerd only; CRI-O reads /etc/containers/certs.d/HOST/*.crt");
+    }
+    let path = args.runtime.drop_in();
+    let text = crate::crio::drop_in_text(&entries, &args.agent, &names)?;
+    if crate::crio::write(&path, &text)? {
+        println!("wrote {}", path.display());
+    } else {
+        eprintln!(
+            "poolcast hosts: left {} alone: not written by poolcast",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -308,7 +375,7 @@ fn hosts_toml(registry: Option<&UpstreamSpec>, agent: &url::Url, ca: bool) -> St
     )
 }
 
-fn ours(path: &Path) -> Result<Option<bool>> {
+pub(crate) fn ours(path: &Path) -> Result<Option<bool>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text.starts_with(MARKER))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -444,6 +511,7 @@ mod tests {
             default_mirror: false,
             cas: Vec::new(),
             acr: Default::default(),
+            runtime: Default::default(),
             watch: false,
         };
         run_now(HostsCommand::Write(args())).unwrap();
@@ -479,6 +547,7 @@ mod tests {
             default_mirror: true,
             cas: Vec::new(),
             acr: Default::default(),
+            runtime: Default::default(),
             watch: false,
         };
         run_now(HostsCommand::Write(args(Vec::new()))).unwrap();
@@ -519,6 +588,7 @@ mod tests {
             default_mirror: false,
             cas: cas.iter().map(|c| c.parse().unwrap()).collect(),
             acr: Default::default(),
+            runtime: Default::default(),
             watch: false,
         };
         let ca_arg = format!("harbor.example:8443={}", ca_file.display());
@@ -581,6 +651,7 @@ mod tests {
             default_mirror: false,
             cas: vec![ca.parse().unwrap()],
             acr: Default::default(),
+            runtime: Default::default(),
             watch: false,
         };
         let cases = [

@@ -5,8 +5,10 @@
 
 mod acr;
 mod args;
+mod crio;
 mod hosts;
 mod preheat;
+mod telemetry;
 
 use anyhow::{Context, Result};
 use args::{AgentArgs, MirrorArgs, SchedulerArgs, WebhookArgs};
@@ -27,6 +29,10 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Export traces over OTLP/HTTP to this collector (`http://otel-collector:4318`); W3C
+    /// `traceparent` links agent, mirror and upstream spans into one trace. Off when unset.
+    #[arg(long, global = true, env = "POOLCAST_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<url::Url>,
 }
 
 #[derive(Subcommand)]
@@ -43,8 +49,9 @@ enum Command {
     /// Try poolcast on one machine: mirror, scheduler and agent in one process on loopback,
     /// cached under ./poolcast-cache, Docker Hub as upstream unless told otherwise.
     Up(UpArgs),
-    /// Point the node's containerd at the agent: write or remove `hosts.toml` files in its
-    /// `config_path` (the chart's agent DaemonSet runs this).
+    /// Point the node's runtime at the agent: write or remove containerd's `hosts.toml` files
+    /// in its `config_path` or CRI-O's registries.conf.d drop-in (the chart's agent DaemonSet
+    /// runs this).
     #[command(subcommand)]
     Hosts(hosts::HostsCommand),
     /// ACR Enterprise Edition instances: what the components resolve instance ids to.
@@ -101,21 +108,25 @@ struct UpArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POOLCAST_LOG")
-                // Clients such as skopeo first try TLS on a plain-HTTP port; actix logs each such
-                // probe as an error. POOLCAST_LOG overrides this default.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("info,actix_http::h1::dispatcher=off")
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let service = match &cli.command {
+        Command::Mirror(_) => "poolcast-mirror",
+        Command::Scheduler(_) => "poolcast-scheduler",
+        Command::Agent(_) => "poolcast-agent",
+        Command::Webhook(_) => "poolcast-webhook",
+        _ => "poolcast",
+    };
+    let telemetry = match telemetry::init(cli.otlp_endpoint.as_ref(), service) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("poolcast: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let result = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
         .and_then(|rt| rt.block_on(run(cli)));
+    telemetry.shutdown();
     if let Err(e) = result {
         eprintln!("poolcast: {e:#}");
         std::process::exit(1);

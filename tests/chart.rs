@@ -86,6 +86,10 @@ fn matrix() -> Vec<Case> {
         ..cases[0]
     });
     cases.push(Case {
+        extra: &["--set", "runtime=crio"],
+        ..cases[0]
+    });
+    cases.push(Case {
         extra: &[
             "--set-json",
             r#"registryInstances="cri-a=test-registry-vpc.cn-hangzhou.cr.aliyuncs.com,shop""#,
@@ -162,8 +166,8 @@ fn every_rendered_config_file_is_accepted_by_poolcast() {
         let objs = objects(&case.render());
         for cm in objs.iter().filter(|o| o["kind"] == "ConfigMap") {
             let component = str_of(&cm["metadata"]["labels"]["app.kubernetes.io/component"]);
-            if component == "upstream-ca" {
-                continue; // PEM files, not a component's config
+            if component == "upstream-ca" || component == "grafana-dashboard" {
+                continue; // PEM files or the dashboard, not a component's config
             }
             for (file, text) in cm["data"].as_mapping().unwrap() {
                 let path = dir.path().join(str_of(file));
@@ -181,11 +185,11 @@ fn every_rendered_config_file_is_accepted_by_poolcast() {
             }
         }
     }
-    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 3 more one-pool
-    // p2p ones; and the webhook's in each of the 35.
+    // 16 p2p cases (scheduler + agent and mirror per pool), 16 source ones, 4 more one-pool
+    // p2p ones; and the webhook's in each of the 36.
     assert_eq!(
         checked,
-        8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + 3 * (1 + 2) + 35
+        8 * (1 + 2) + 8 * (1 + 6) + 8 * 2 + 8 * 6 + 4 * (1 + 2) + 36
     );
 }
 

@@ -11,6 +11,7 @@ mod note;
 pub mod p2p;
 mod registry;
 mod state;
+pub mod trace;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;

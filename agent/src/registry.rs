@@ -50,6 +50,20 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
         return relay(&state, &req, "/v2/", ns.as_deref()).await;
     }
     let (repo, kind, reference) = split_path(tail)?;
+    // CRI-O cannot send `?ns=`: its mirror location (`poolcast hosts --runtime crio`) puts the
+    // registry's distributed name first in the path instead.
+    let (ns, repo) = match ns {
+        Some(ns) => (Some(ns), repo),
+        None => match state
+            .cfg
+            .distributed_names()
+            .ok()
+            .and_then(|n| n.split_repo(repo))
+        {
+            Some((ns, repo)) => (Some(ns), repo),
+            None => (None, repo),
+        },
+    };
     validate_name(repo)?;
     match kind {
         "manifests" => {
@@ -101,7 +115,7 @@ async fn relay(
     } else {
         reqwest::Method::GET
     };
-    let mut out = state.http.request(method, url.clone());
+    let mut out = crate::trace::traced(state.http.request(method, url.clone()));
     if let Some(v) = req.headers().get("authorization") {
         out = out.header("authorization", v.as_bytes());
     }
@@ -283,7 +297,7 @@ async fn check_access(
         b.ns.as_deref(),
         &[],
     );
-    let mut head = state.http.head(url.clone());
+    let mut head = crate::trace::traced(state.http.head(url.clone()));
     if let Some(a) = auth {
         head = head.header("authorization", a);
     }

@@ -332,3 +332,43 @@ with neither, the ECS metadata server's role. The node's region label, when the 
 k8s.aliyun.com/eci-ram-role-name: {{ . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The agent pods' mounts of the node's runtime configuration: containerd's config_path, CRI-O's
+registries.conf.d unless runtime is containerd, and with detect (the hosts containers, not the
+agent) the host's /run, read only, where runtime auto looks for the runtimes' sockets.
+*/}}
+{{- define "poolcast.runtimeMounts" -}}
+- name: containerd-config-path
+  mountPath: /host/containerd-config-path
+{{- if ne .runtime "containerd" }}
+- name: crio-registries
+  mountPath: /host/registries.conf.d
+{{- end }}
+{{- if and .detect (eq .runtime "auto") }}
+- name: host-run
+  mountPath: /host/run
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Prometheus scrape annotations of a pod template (metrics.scrapeAnnotations): the component's
+/metrics on port .port.
+*/}}
+{{- define "poolcast.scrapeAnnotations" -}}
+{{- if .ctx.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | int | toString | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{/*
+`--otlp-endpoint URL` appended to a component's args list when tracing.otlp.endpoint is set.
+*/}}
+{{- define "poolcast.otlpArgs" -}}
+{{- with .Values.tracing.otlp.endpoint -}}
+, "--otlp-endpoint", {{ . | toJson }}
+{{- end -}}
+{{- end }}

@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use storage::body::{file_stream, metered, parse_range, span, RangeSpec, Share, Span, CHUNK};
 use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
 use storage::reference::Digest;
+use tracing::Instrument;
 
 /// Joiners retry when the ingest they joined was refused for its starter's credentials.
 const ATTEMPTS: usize = 3;
@@ -58,7 +59,11 @@ pub async fn locate(
             Joined::Started(ingest, writer) => {
                 let auth = ctx.auth.cloned();
                 let job = (ctx.up.ns.clone(), ctx.repo.to_string());
-                tokio::spawn(fetch(state.clone(), probe.clone(), auth, writer, job));
+                // The fetch outlives this request (single-flight), but belongs to its trace.
+                tokio::spawn(
+                    fetch(state.clone(), probe.clone(), auth, writer, job)
+                        .instrument(tracing::Span::current()),
+                );
                 // The starter's own upstream answer is its access check. Counted only once
                 // upstream said yes: /metrics must not tell anyone what is cached.
                 ingest.started().await?;

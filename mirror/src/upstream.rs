@@ -10,6 +10,7 @@ use reqwest::{Method, Response, StatusCode};
 use std::time::Duration;
 use storage::reference::Digest;
 use storage::request::read_limited;
+use tracing::Instrument;
 use url::Url;
 
 const MAX_REDIRECTS: usize = 5;
@@ -207,6 +208,27 @@ impl UpstreamClient {
     /// Sends a request, following redirects where `redirect` allows. `Authorization` goes
     /// only to the origin of `url`.
     pub async fn send(&self, method: Method, url: Url, opts: RequestOpts<'_>) -> Result<Response> {
+        if !serve::trace::enabled() {
+            return self.send_traced(method, url, opts).await;
+        }
+        let span = tracing::info_span!(
+            "upstream",
+            otel.kind = "client",
+            http.request.method = %method,
+            server.address = url.host_str().unwrap_or(""),
+            url.path = url.path(),
+        );
+        self.send_traced(method, url, opts).instrument(span).await
+    }
+
+    /// `send`, with the current span's `traceparent` to the origin (not to redirect targets,
+    /// which may be presigned).
+    async fn send_traced(
+        &self,
+        method: Method,
+        url: Url,
+        opts: RequestOpts<'_>,
+    ) -> Result<Response> {
         let origin = url.origin();
         let mut upstream = None;
         let mut route = crate::redirect::Route::Direct;
@@ -220,6 +242,13 @@ impl UpstreamClient {
                 let mut value = header_value(auth, "Authorization")?;
                 value.set_sensitive(true);
                 headers.insert(AUTHORIZATION, value);
+            }
+            if current.origin() == origin {
+                for (name, value) in serve::trace::headers() {
+                    if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                        headers.insert(name, value);
+                    }
+                }
             }
             let http = match route {
                 crate::redirect::Route::Direct => &self.http,

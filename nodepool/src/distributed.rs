@@ -16,6 +16,10 @@
 //! directions need only the suffix, never a list of registries, and a name maps back only if it
 //! maps forth to the same name, so a registry host that merely looks like a distributed name is
 //! never taken for one.
+//!
+//! CRI-O cannot pass `?ns=`, so its mirror location names the registry as the first component
+//! of the repository path instead: the distributed name without its port, which is always a
+//! valid path component (`127.0.0.1:65001/docker.io.distributed.local/library/alpine`).
 
 /// The suffix of distributed names of registries that are not ACR instances.
 pub const DEFAULT_SUFFIX: &str = "distributed.local";
@@ -97,6 +101,26 @@ impl DistributedNames {
             }
             _ => Some(base.to_string()),
         }
+    }
+}
+
+impl DistributedNames {
+    /// The path component that names `registry` in a CRI-O mirror location: its distributed
+    /// name without the port.
+    pub fn path_component(&self, registry: &str) -> Option<String> {
+        let name = self.distributed(registry)?;
+        let (host, _port) = name.rsplit_once(':')?;
+        Some(host.to_string())
+    }
+
+    /// A repository whose first component is a distributed name, split into the registry it
+    /// stands for and the repository on that registry; `None` for any other repository.
+    pub fn split_repo<'a>(&self, repo: &'a str) -> Option<(String, &'a str)> {
+        let (first, rest) = repo.split_once('/')?;
+        if first.contains(':') || rest.is_empty() {
+            return None;
+        }
+        Some((self.registry(first)?, rest))
     }
 }
 
@@ -273,5 +297,29 @@ mod tests {
             assert!(DistributedNames::new(suffix, 65001).is_err(), "{suffix}");
         }
         assert!(DistributedNames::new("distributed.local", 0).is_err());
+    }
+
+    #[test]
+    fn a_repository_path_names_its_registry_by_distributed_name_for_crio() {
+        let n = names();
+        for registry in [
+            "docker.io",
+            "10.0.0.5:5000",
+            "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
+        ] {
+            let first = n.path_component(registry).expect("renamed");
+            assert!(!first.contains(':'), "{first}");
+            let repo = format!("{first}/library/alpine");
+            assert_eq!(
+                n.split_repo(&repo),
+                Some((registry.to_string(), "library/alpine")),
+                "{repo}"
+            );
+        }
+        // Ordinary repositories, including ones whose first component has dots, are left alone.
+        assert_eq!(n.split_repo("library/alpine"), None);
+        assert_eq!(n.split_repo("my.org/app"), None);
+        assert_eq!(n.split_repo("docker.io.distributed.local"), None);
+        assert_eq!(n.split_repo("docker.io.distributed.local:65001/app"), None);
     }
 }

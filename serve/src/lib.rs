@@ -4,6 +4,7 @@
 //! Each server says only which routes it has; [`Options`] bound its connections (see `limits`).
 
 mod limits;
+pub mod trace;
 
 pub use limits::client_certificate;
 
@@ -41,6 +42,7 @@ where
     }
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(trace::span_requests))
             .wrap(actix_web::middleware::from_fn(limits::refuse_over_cap))
             .route("/healthz", web::get().to(healthz))
             .configure(routes.clone())
