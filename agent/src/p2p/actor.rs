@@ -59,6 +59,35 @@ struct TaskRt {
 }
 
 impl TaskRt {
+    /// A blob's runtime record with nothing under way yet: a download (`joiner`: its
+    /// scheduler join loop, in p2p mode), or a held blob served to peers (`download: None`).
+    fn new(
+        digest: Digest,
+        layout: nodepool::PieceLayout,
+        file: Arc<File>,
+        download: Option<Arc<Download>>,
+        joiner: Option<JoinHandle<()>>,
+    ) -> TaskRt {
+        TaskRt {
+            joined: download.is_none(),
+            digest,
+            layout,
+            file,
+            download,
+            told: HashSet::new(),
+            members: HashSet::new(),
+            named: HashSet::new(),
+            ranges: HashMap::new(),
+            poll: None,
+            report: None,
+            joiner,
+            wants_lease: false,
+            unreported: Vec::new(),
+            parked: HashMap::new(),
+            idle_since: None,
+        }
+    }
+
     fn join_frame(&self, node: &Node, key: u64) -> Frame {
         let pieces = self.layout.count();
         Frame::Join(Join {
@@ -274,25 +303,13 @@ impl Actor {
         let pieces = d.layout.count();
         self.tasks.insert(
             key,
-            TaskRt {
-                digest: d.spec.digest.clone(),
-                layout: d.layout,
-                file: d.file.clone(),
-                download: Some(d.clone()),
-                told: HashSet::new(),
-                members: HashSet::new(),
-                named: HashSet::new(),
-                ranges: HashMap::new(),
-                poll: None,
-                report: None,
-                joiner: p2p
-                    .then(|| schedule::join_loop(self.state.clone(), d.clone(), self.tx.clone())),
-                joined: false,
-                wants_lease: false,
-                unreported: Vec::new(),
-                parked: HashMap::new(),
-                idle_since: None,
-            },
+            TaskRt::new(
+                d.spec.digest.clone(),
+                d.layout,
+                d.file.clone(),
+                Some(d.clone()),
+                p2p.then(|| schedule::join_loop(self.state.clone(), d.clone(), self.tx.clone())),
+            ),
         );
         self.handle(Event::Open {
             task: key,
@@ -524,24 +541,7 @@ impl Actor {
         };
         if let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(key) {
             let pieces = h.layout.count();
-            slot.insert(TaskRt {
-                digest: h.digest,
-                layout: h.layout,
-                file: h.file,
-                download: None,
-                told: HashSet::new(),
-                members: HashSet::new(),
-                named: HashSet::new(),
-                ranges: HashMap::new(),
-                poll: None,
-                report: None,
-                joiner: None,
-                joined: true,
-                wants_lease: false,
-                unreported: Vec::new(),
-                parked: HashMap::new(),
-                idle_since: None,
-            });
+            slot.insert(TaskRt::new(h.digest, h.layout, h.file, None, None));
             self.handle(Event::Open {
                 task: key,
                 pieces,
