@@ -65,7 +65,7 @@ fi
 alicloud_sdk=("alibabacloud-tea-openapi==0.4.6" "alibabacloud-cr20181201==2.2.5" "alibabacloud-credentials==1.0.12")
 if ! python3 -c 'import alibabacloud_tea_openapi, alibabacloud_cr20181201, alibabacloud_credentials' 2>/dev/null; then
   echo "test.sh: the Alibaba Cloud Python SDK is missing; installing it with pip" >&2
-  python3 -m pip install --quiet "${alibabacloud_sdk[@]}" </dev/null
+  python3 -m pip install --quiet "${alicloud_sdk[@]}" </dev/null
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
