@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
 
 /// Tools the bed itself needs; clients (skopeo, aria2c, ...) are checked by who uses them.
@@ -117,6 +117,9 @@ impl Bed {
             }
         }
         require_root()?;
+        if let Some(cc) = congestion {
+            allow_congestion(cc)?;
+        }
         require_tools(BED_TOOLS)?;
         sweep_stale_beds();
         let prefix = format!(
@@ -512,6 +515,28 @@ fn sh(program: &str, args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    Ok(())
+}
+
+/// A network namespace may only select an algorithm the host allows
+/// (`net.ipv4.tcp_allowed_congestion_control`, one list for every namespace); a machine may
+/// offer `cubic` without allowing it (`reno bbr` on some cloud images), and then every host's
+/// `sysctl` fails with "Operation not permitted". Root adds `cc` to the list, keeping the rest.
+fn allow_congestion(cc: &str) -> Result<()> {
+    const ALLOWED: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+    let allowed = fs::read_to_string(ALLOWED).unwrap_or_default();
+    if allowed.split_whitespace().any(|a| a == cc) {
+        return Ok(());
+    }
+    let list = format!("{} {cc}", allowed.trim());
+    fs::write(ALLOWED, list.trim()).map_err(|e| {
+        anyhow!(
+            "TCP congestion control {cc:?} is available but not allowed in network namespaces \
+             ({ALLOWED}: {}), and adding it failed: {e}",
+            allowed.trim()
+        )
+    })?;
+    eprintln!("edge-tests: allowed TCP congestion control {cc} in network namespaces ({ALLOWED})");
     Ok(())
 }
 
