@@ -6,12 +6,16 @@
 //! and a peer, the mirror or the scheduler that race was lost every few seconds under load (six
 //! pieces of one 16-node fan-out, each of which made its receiver drop a healthy parent). Every
 //! poolcast server keeps idle connections [`SERVER_KEEP_ALIVE`], every poolcast client gives
-//! them up after [`CLIENT_POOL_IDLE`], well before.
+//! them up after [`CLIENT_POOL_IDLE`], well before. The same holds for a connection that has not
+//! sent its first request yet: Go's transport (skopeo, containerd) parks a dial that lost a race
+//! in its idle pool, and actix's 5 s answered it `408`, which a request written at that moment
+//! took as its answer. Servers give it [`SERVER_KEEP_ALIVE`] too, longer than the 90 s Go keeps
+//! an idle connection; the connection cap, not a short timer, bounds what idle clients hold.
 
 use std::time::Duration;
 
 /// How long poolcast's servers keep an idle keep-alive connection open.
-pub const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(75);
+pub const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(120);
 /// How long poolcast's clients keep an idle pooled connection: less than [`SERVER_KEEP_ALIVE`].
 pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(30);
 

@@ -58,6 +58,7 @@ where
     };
     Ok(server
         .keep_alive(nodepool::wire::SERVER_KEEP_ALIVE)
+        .client_request_timeout(nodepool::wire::SERVER_KEEP_ALIVE)
         .disable_signals()
         .shutdown_timeout(options.shutdown_secs)
         .run())
@@ -213,6 +214,40 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(served, "a freed slot was never reused");
+        handle.stop(false).await;
+        let _ = running.await;
+    }
+
+    /// A client that opens a connection it then does not use at once (Go's transport parks a
+    /// dial that lost a race in its idle pool) must be served when it does use it. actix's own
+    /// 5 s answered such a connection `408` and closed it, and a request written as the `408`
+    /// arrived failed: a skopeo pull over a lossy link did (CI, 2026-12-02).
+    #[tokio::test]
+    async fn a_connection_left_unused_for_a_while_is_served_when_used() {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let routes = |cfg: &mut web::ServiceConfig| {
+            cfg.route("/work", web::get().to(|| async { "done" }));
+        };
+        let server = start(listener, routes, Options::default()).expect("start");
+        let handle = server.handle();
+        let running = tokio::spawn(server);
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            std::thread::sleep(std::time::Duration::from_secs(6));
+            s.write_all(b"GET /work HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).expect("read");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await
+        .expect("client");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"),
+            "{answer}"
+        );
         handle.stop(false).await;
         let _ = running.await;
     }
