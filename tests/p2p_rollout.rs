@@ -29,12 +29,19 @@ fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
     let served = bed.fx.served_bytes() as f64;
     let from_mirror = bed.sum(&agents, SOURCE_BYTES);
     let peer_in = bed.peer_bytes(&agents, "in");
+    let pieces = f64::from(bed.image_pieces());
+    let leased = bed.mirror_pieces(&agents, "lease");
+    let assisted = bed.mirror_pieces(&agents, "assist");
+    let rescued = bed.mirror_pieces(&agents, "rescue");
     let slowest = durations.iter().max().unwrap();
     eprintln!(
-        "p2p rollout, 6 agents, one cold image of {copy} bytes ({:?} + config), 1 MiB pieces:\n  \
+        "p2p rollout, 6 agents, one cold image of {copy} bytes ({:?} + config), {pieces} pieces \
+         at the default blocksize:\n  \
          mirror upstream bytes: {upstream} ({:.2} copies)\n  \
          mirror served bytes (blobs + manifests): {served} ({:.2} copies)\n  \
          agents' bytes from the mirror: {from_mirror} ({:.2} copies)\n  \
+         agents' pieces from the mirror: leased {leased} ({:.2} copies), tail help {assisted}, \
+         rescue {rescued}\n  \
          agents' peer bytes in: {peer_in} ({:.2} copies)\n  \
          slowest pull: {slowest:.1?}\n  per agent: {}",
         bed.fx
@@ -46,6 +53,7 @@ fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
         upstream as f64 / copy,
         served / copy,
         from_mirror / copy,
+        leased / pieces,
         peer_in / copy,
         bed.per_agent(&agents, PEER_BYTES),
     );
@@ -55,12 +63,20 @@ fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
         "the mirror should fetch each blob from upstream exactly once"
     );
     assert!(peer_in > 0.0, "no bytes moved peer to peer");
-    // Measured at 1.00 copies in four runs out of four (each piece leaves the mirror once);
-    // the margin covers a reservation that lapses on a loaded machine and is fetched again.
+    // Each fresh piece leaves the mirror once: measured 1.00 copies; the margin covers a lease
+    // that lapses on a loaded machine and is handed to another node.
+    assert!(
+        leased >= pieces && leased <= 1.5 * pieces,
+        "the agents fetched {leased} leased pieces of {pieces} ({:.2} copies; measured 1.00)",
+        leased / pieces
+    );
+    // Beyond that the mirror only helps the tail, with an uplink that is idle once every piece
+    // is in the pool, and backs off when peers overtake its help: 1.03 to 1.12 copies served
+    // in all (2026-12-03; 1.20 to 1.74 before the back-off). Source mode would send 6.
     assert!(
         served <= 1.5 * copy,
-        "the mirror served {:.2} copies of the image to a pool of 6 (measured 1.00; source mode \
-         would be 6)",
+        "the mirror served {:.2} copies of the image to a pool of 6 (measured 1.03 to 1.12; \
+         source mode would be 6)",
         served / copy
     );
 }

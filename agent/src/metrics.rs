@@ -12,6 +12,11 @@ pub struct Direction {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     /// Piece bytes to and from peers: `direction="in|out"`.
     pub peer_bytes: Family<Direction, Counter>,
@@ -19,6 +24,8 @@ pub struct Metrics {
     pub source_bytes: Counter,
     /// Pieces fetched from the mirror because no peer could help.
     pub back_to_source: Counter,
+    /// The same pieces by why: `reason="lease|assist|rescue|source"` (see `swarm::MirrorWhy`).
+    pub mirror_pieces: Family<Reason, Counter>,
     /// Bytes sent to containerd.
     pub served_bytes: Counter,
     pub cache_hits: Counter,
@@ -47,6 +54,7 @@ impl Metrics {
             peer_bytes: Family::default(),
             source_bytes: Counter::default(),
             back_to_source: Counter::default(),
+            mirror_pieces: Family::default(),
             served_bytes: Counter::default(),
             cache_hits: Counter::default(),
             piece_failures: Counter::default(),
@@ -72,6 +80,13 @@ impl Metrics {
             "back_to_source",
             "Pieces fetched from the mirror",
             m.back_to_source.clone(),
+        );
+        registry.register(
+            "mirror_pieces",
+            "Pieces fetched from the mirror, by reason: lease (fresh pieces leased to this node), \
+             assist (tail help once every piece is in the pool), rescue (no progress from peers), \
+             source (source mode)",
+            m.mirror_pieces.clone(),
         );
         registry.register(
             "served_bytes",
@@ -123,6 +138,11 @@ impl Metrics {
         self.peer_bytes
             .get_or_create(&Direction { direction: "out" })
             .clone()
+    }
+
+    /// Counts one piece fetched from the mirror for `reason`.
+    pub fn mirror_piece(&self, reason: &'static str) {
+        self.mirror_pieces.get_or_create(&Reason { reason }).inc();
     }
 
     pub fn render(&self) -> String {

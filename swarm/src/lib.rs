@@ -15,7 +15,9 @@ pub mod node;
 pub mod pieces;
 pub mod release;
 
-pub use node::{Action, Event, From, Mode, Node, Notice, PeerId, Refusal, TaskId, Tunables};
+pub use node::{
+    Action, Event, From, MirrorWhy, Mode, Node, Notice, PeerId, Refusal, TaskId, Tunables,
+};
 pub use pieces::PieceSet;
 pub use release::{Grant, Holder, ReleaseConfig, Releases};
 

@@ -11,6 +11,7 @@ use super::process::{print_log, Component};
 pub const PEER_BYTES: &str = "poolcast_agent_peer_bytes_total";
 pub const SOURCE_BYTES: &str = "poolcast_agent_source_bytes_total";
 pub const BACK_TO_SOURCE: &str = "poolcast_agent_back_to_source_total";
+pub const MIRROR_PIECES: &str = "poolcast_agent_mirror_pieces_total";
 pub const SERVED_BYTES: &str = "poolcast_agent_served_bytes_total";
 pub const CACHE_HITS: &str = "poolcast_agent_cache_hits_total";
 pub const PIECE_FAILURES: &str = "poolcast_agent_piece_failures_total";
@@ -177,6 +178,11 @@ impl Agent {
     /// The sum of every sample of `name`; 0 when it has none yet.
     pub fn metric(&self, name: &str) -> f64 {
         sum_metric(&self.metrics_text(), name)
+    }
+
+    /// `poolcast_agent_mirror_pieces_total{reason="lease"|"assist"|"rescue"|"source"}`.
+    pub fn mirror_pieces(&self, reason: &str) -> f64 {
+        sum_labeled(&self.metrics_text(), MIRROR_PIECES, "reason", reason)
     }
 
     /// `poolcast_agent_peer_bytes_total{direction="in"|"out"}`.

@@ -196,6 +196,27 @@ impl P2pBed {
         agents.iter().map(|&i| self.agents[i].metric(name)).sum()
     }
 
+    /// `poolcast_agent_mirror_pieces_total{reason}` summed over `agents`.
+    pub fn mirror_pieces(&self, agents: &[usize], reason: &str) -> f64 {
+        agents
+            .iter()
+            .map(|&i| self.agents[i].mirror_pieces(reason))
+            .sum()
+    }
+
+    /// Pieces of every blob of the image (config and layers) at the agents' default layout.
+    pub fn image_pieces(&self) -> u32 {
+        let image = &self.fx.image;
+        std::iter::once(&image.config)
+            .chain(&image.layers)
+            .map(|b| {
+                nodepool::layout::PieceLayout::auto(b.size)
+                    .expect("layout")
+                    .count()
+            })
+            .sum()
+    }
+
     /// `poolcast_agent_peer_bytes_total{direction}` summed over `agents`.
     pub fn peer_bytes(&self, agents: &[usize], direction: &str) -> f64 {
         agents

@@ -738,7 +738,12 @@ impl Actor {
                     piece,
                     notice,
                 } => self.notify(task, piece, notice),
-                Action::FetchMirror { task, first, count } => self.fetch(task, first, count),
+                Action::FetchMirror {
+                    task,
+                    first,
+                    count,
+                    why,
+                } => self.fetch(task, first, count, why),
                 Action::CancelMirror { task, first } => {
                     let range = self
                         .tasks
@@ -746,6 +751,11 @@ impl Actor {
                         .and_then(|t| t.ranges.remove(&first));
                     if let Some((h, _)) = range {
                         h.abort();
+                        tracing::debug!(
+                            task,
+                            piece = first,
+                            "mirror help given up: a peer sends it"
+                        );
                     }
                 }
                 Action::AskFresh {
@@ -809,14 +819,14 @@ impl Actor {
         }
     }
 
-    fn fetch(&mut self, key: u64, first: u32, count: u32) {
+    fn fetch(&mut self, key: u64, first: u32, count: u32, why: swarm::MirrorWhy) {
         let Some(t) = self.tasks.get_mut(&key) else {
             return;
         };
         let Some(d) = t.download.clone() else {
             return;
         };
-        let handle = fetch::range(self.state.clone(), d, first, count, self.tx.clone());
+        let handle = fetch::range(self.state.clone(), d, first, count, why, self.tx.clone());
         if let Some((old, _)) = t.ranges.insert(first, (handle, count)) {
             old.abort();
         }

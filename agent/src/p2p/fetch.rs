@@ -20,17 +20,19 @@ pub fn range(
     d: Arc<Download>,
     first: u32,
     count: u32,
+    why: swarm::MirrorWhy,
     tx: mpsc::UnboundedSender<Input>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let key = d.key();
         let mut at = first;
         let began = std::time::Instant::now();
-        let result = fetch(&state, &d, first, count, &tx, &mut at).await;
+        let result = fetch(&state, &d, first, count, why, &tx, &mut at).await;
         tracing::debug!(
             task = key,
             first,
             count,
+            why = why.label(),
             ms = began.elapsed().as_millis() as u64,
             ok = result.is_ok(),
             "mirror range"
@@ -51,6 +53,7 @@ async fn fetch(
     d: &Download,
     first: u32,
     count: u32,
+    why: swarm::MirrorWhy,
     tx: &mpsc::UnboundedSender<Input>,
     at: &mut u32,
 ) -> Result<(), String> {
@@ -109,6 +112,7 @@ async fn fetch(
             if pos == piece_end {
                 let hash: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
                 state.metrics.back_to_source.inc();
+                state.metrics.mirror_piece(why.label());
                 let _ = tx.send(Input::Arrived {
                     peer: None,
                     task: key,

@@ -2,7 +2,7 @@
 //! once every piece is in the pool, and asks to the scheduler.
 
 use super::task::{State, Transfer};
-use super::{Action, Mode, Node, Notice, TaskId};
+use super::{Action, MirrorWhy, Mode, Node, Notice, TaskId};
 use crate::mix;
 use std::time::Duration;
 
@@ -29,7 +29,11 @@ impl Node {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
-        if !task.wants() || now < task.mirror_retry_at || !std::mem::take(&mut task.mirror_dirty) {
+        let help_due = task.assist_waiting && now >= task.assist_at;
+        if !task.wants()
+            || now < task.mirror_retry_at
+            || !(std::mem::take(&mut task.mirror_dirty) || help_due)
+        {
             return;
         }
         // Leased pieces first: the pool waits on them. Consecutive ones go in one range.
@@ -65,8 +69,15 @@ impl Node {
                     p += 1;
                 }
             }
+            // A peer just overtook a help range: peers are sending this tail, wait a piece's
+            // time before asking the mirror again (each range given up costs the mirror's
+            // uplink what it had already sent).
+            Mode::P2p if task.all_released && released && now < task.assist_at => {
+                task.assist_waiting = true;
+            }
             Mode::P2p if task.all_released && released => {
-                let room = assist_parallel.saturating_sub(busy) as usize;
+                task.assist_waiting = false;
+                let room = assist_parallel.min(task.assist_window).saturating_sub(busy) as usize;
                 if room > 0 {
                     // The rarest missing pieces nobody is sending here.
                     let mut best: Vec<(u32, u64, u32)> = (0..task.pieces())
@@ -79,9 +90,14 @@ impl Node {
             }
             Mode::P2p => {}
         }
-        // Ranges past the leased ones in p2p mode help the tail.
+        // Ranges past the leased ones help the tail (p2p mode) or are source mode's.
         for (k, (first, end)) in runs.into_iter().enumerate() {
-            self.fetch(id, first, end, p2p && k >= leased, now, out);
+            let why = match (k < leased, p2p) {
+                (true, _) => MirrorWhy::Lease,
+                (false, true) => MirrorWhy::Assist,
+                (false, false) => MirrorWhy::Source,
+            };
+            self.fetch(id, first, end, why, now, out);
         }
     }
 
@@ -92,10 +108,11 @@ impl Node {
         id: TaskId,
         first: u32,
         end: u32,
-        assist: bool,
+        why: MirrorWhy,
         now: Duration,
         out: &mut Vec<Action>,
     ) {
+        let assist = why == MirrorWhy::Assist;
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -117,6 +134,7 @@ impl Node {
             task: id,
             first,
             count: end - first,
+            why,
         });
     }
 
@@ -148,7 +166,7 @@ impl Node {
         task.last_progress = now;
         let piece = (0..task.pieces()).find(|&p| task.state[p as usize] == State::Missing);
         if let Some(piece) = piece {
-            self.fetch(id, piece, piece + 1, false, now, out);
+            self.fetch(id, piece, piece + 1, MirrorWhy::Rescue, now, out);
         }
     }
 }

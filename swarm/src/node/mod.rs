@@ -23,8 +23,11 @@
 //!
 //! **The mirror.** In `p2p` mode a node takes from the mirror only the runs of pieces the
 //! scheduler leased to it ([`crate::release`]: each piece leaves the mirror once) until every
-//! piece is in the pool; from then on the mirror's idle uplink helps the tail, one rarest
-//! missing piece per node at a time. In `source` mode (no scheduler, `goSource`, or the
+//! piece is in the pool; from then on the mirror's idle uplink helps the tail with the rarest
+//! missing pieces, one range per piece: one at first, one more for each that arrives, half as
+//! many (and a pause of one piece's push time) when a peer overtakes one, at most
+//! `assist_parallel`. Where peers are as fast as the mirror, help stays at one piece at a time
+//! and the mirror sends little beyond its one copy; where uplinks are thin, it grows. In `source` mode (no scheduler, `goSource`, or the
 //! scheduler failing) the lowest missing pieces come from the mirror, a few at a time.
 
 mod mirror;
@@ -59,6 +62,31 @@ pub enum From {
 }
 
 /// Why a receiver refused an offer, or stopped taking a push.
+/// Why a node takes pieces from the mirror.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MirrorWhy {
+    /// Fresh pieces the scheduler leased to this node: each leaves the mirror once.
+    Lease,
+    /// Every piece is in the pool and the mirror's uplink is free: help with the tail.
+    Assist,
+    /// No piece for `stall` in p2p mode: one piece so a quiet pool still moves.
+    Rescue,
+    /// Source mode: no P2P for this blob.
+    Source,
+}
+
+impl MirrorWhy {
+    /// The metric label: `lease`, `assist`, `rescue`, `source`.
+    pub fn label(self) -> &'static str {
+        match self {
+            MirrorWhy::Lease => "lease",
+            MirrorWhy::Assist => "assist",
+            MirrorWhy::Rescue => "rescue",
+            MirrorWhy::Source => "source",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// It holds the piece.
@@ -266,6 +294,7 @@ pub enum Action {
         task: TaskId,
         first: u32,
         count: u32,
+        why: MirrorWhy,
     },
     /// Stop a mirror range (a peer is sending its piece instead).
     CancelMirror { task: TaskId, first: u32 },
@@ -364,11 +393,13 @@ impl Node {
             .flat_map(|t| {
                 let rescue = t.rescuable().then_some(t.last_progress + stall);
                 let retry = (t.mirror_failures > 0).then_some(t.mirror_retry_at);
+                let help = t.assist_waiting.then_some(t.assist_at);
                 t.transfers
                     .values()
                     .map(move |t| t.last + stall)
                     .chain(rescue)
                     .chain(retry)
+                    .chain(help)
             })
             .min()
     }

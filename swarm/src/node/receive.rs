@@ -117,6 +117,8 @@ impl Node {
                     task.runs
                         .retain(|&(first, end)| !(first..end).contains(&piece));
                     task.mirror_dirty = true;
+                    task.assist_at = now + overtaken_pause(task.piece_len, self.peer_rate);
+                    task.assist_window = (task.assist_window / 2).max(1);
                     out.push(Action::CancelMirror {
                         task: id,
                         first: piece,
@@ -214,6 +216,9 @@ impl Node {
         }
         if from == From::Mirror {
             task.mirror_failures = 0;
+            if task.state[piece as usize] == State::Assist {
+                task.assist_window = (task.assist_window + 1).min(self.cfg.assist_parallel);
+            }
         }
         if let From::Peer(p) = from {
             if let Some(p) = self.peers.get_mut(&p) {
@@ -332,6 +337,15 @@ impl Node {
             self.end_incoming(id, piece, out);
         }
     }
+}
+
+/// How long tail help waits after a peer overtook one of its ranges: the time a push of one
+/// piece has been taking (50 ms before any was measured), within 5 to 500 ms.
+fn overtaken_pause(piece_len: u64, peer_rate: Option<f64>) -> Duration {
+    let secs = peer_rate
+        .filter(|r| *r > 0.0)
+        .map_or(0.05, |r| piece_len as f64 / r);
+    Duration::from_secs_f64(secs.clamp(0.005, 0.5))
 }
 
 /// Whether a peer should deliver a piece sooner than the mirror transfer helping with it: the

@@ -123,6 +123,13 @@ pub(super) struct Task {
     /// After a mirror failure, no mirror transfer starts before this.
     pub mirror_retry_at: Duration,
     pub last_progress: Duration,
+    /// After a peer overtook a tail-help range, no new one starts before this.
+    pub assist_at: Duration,
+    /// Tail help waits for `assist_at`.
+    pub assist_waiting: bool,
+    /// Help ranges allowed at once: one more for each that completed, half as many after a
+    /// peer overtook one (within 1 and `assist_parallel`).
+    pub assist_window: u32,
     pub failed: bool,
     /// Something changed that may start a mirror transfer.
     pub mirror_dirty: bool,
@@ -150,6 +157,9 @@ impl Task {
             mirror_failures: 0,
             mirror_retry_at: Duration::ZERO,
             last_progress: now,
+            assist_at: Duration::ZERO,
+            assist_waiting: false,
+            assist_window: 1,
             failed: false,
             mirror_dirty: true,
         }

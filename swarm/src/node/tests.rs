@@ -313,6 +313,17 @@ fn a_busy_peer_is_left_alone_for_the_back_off() {
     assert_eq!(offers(&out), vec![(2, 0)]);
 }
 
+/// Why each mirror range of `actions` was started, in order.
+fn whys(actions: &[Action]) -> Vec<MirrorWhy> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::FetchMirror { why, .. } => Some(*why),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn leased_pieces_are_fetched_as_ranges_and_reported_when_done() {
     let mut n = node(8, &[], Mode::P2p, &[]);
@@ -332,6 +343,7 @@ fn leased_pieces_are_fetched_as_ranges_and_reported_when_done() {
         },
     );
     assert_eq!(fetches(&a), vec![(2, 3), (6, 1)]);
+    assert_eq!(whys(&a), vec![MirrorWhy::Lease; 2]);
     // Asked again at once, to have the next lease ready.
     assert!(
         a.iter()
@@ -367,6 +379,7 @@ fn source_mode_takes_the_lowest_missing_pieces_a_few_at_a_time() {
     let mut n = node(10, &[0, 2], Mode::Source, &[]);
     let a = decide(&mut n, ms(0));
     assert_eq!(fetches(&a), vec![(1, 1), (3, 1), (4, 1), (5, 1)]);
+    assert_eq!(whys(&a), vec![MirrorWhy::Source; 4]);
     assert!(
         !a.iter().any(|x| matches!(x, Action::AskFresh { .. })),
         "{a:?}"
@@ -395,12 +408,8 @@ fn once_everything_is_released_the_mirror_helps_quietly_and_yields_to_a_peer() {
             all_released: true,
         },
     );
-    let f = fetches(&a);
-    assert_eq!(
-        f.len(),
-        3,
-        "every missing piece, up to assistParallel: {a:?}"
-    );
+    assert_eq!(fetches(&a).len(), 1, "one help range to begin with: {a:?}");
+    assert_eq!(whys(&a), vec![MirrorWhy::Assist]);
     assert!(
         !a.iter().any(|x| matches!(
             x,
@@ -411,6 +420,18 @@ fn once_everything_is_released_the_mirror_helps_quietly_and_yields_to_a_peer() {
         )),
         "help from the mirror is not announced: {a:?}"
     );
+    // It arrives: the mirror is worth asking, two at once now.
+    let a = handle(
+        &mut n,
+        ms(2),
+        Event::Done {
+            task: T,
+            piece: fetches(&a)[0].0,
+            from: From::Mirror,
+        },
+    );
+    let f = fetches(&a);
+    assert_eq!(f.len(), 2, "{a:?}");
     // A peer offers one of them: taken, and the mirror range given up.
     let a = handle(
         &mut n,
@@ -470,7 +491,7 @@ fn the_mirror_helps_no_tail_while_another_blob_here_still_waits_for_fresh_pieces
         .filter(|x| matches!(x, Action::FetchMirror { task, .. } if *task == T))
         .count();
     assert_eq!(
-        fetched, 3,
+        fetched, 1,
         "once both are released, both tails get help: {a:?}"
     );
 }
@@ -869,4 +890,65 @@ fn a_peer_gets_no_more_accepted_at_once_than_a_lane_carries() {
         }),
         "{a:?}"
     );
+}
+
+#[test]
+fn a_p2p_download_that_gets_nothing_for_stall_takes_one_piece_from_the_mirror() {
+    let stall = Tunables::default().stall;
+    let mut n = node(4, &[1], Mode::P2p, &[(1, &[0, 1, 2, 3])]);
+    let a = decide(&mut n, ms(0));
+    assert!(fetches(&a).is_empty(), "{a:?}");
+    let mut out = Vec::new();
+    n.tick(stall - ms(1), &mut out);
+    assert!(fetches(&out).is_empty(), "rescued before stall: {out:?}");
+    let mut out = Vec::new();
+    n.tick(stall, &mut out);
+    assert_eq!(fetches(&out), vec![(0, 1)], "{out:?}");
+    assert_eq!(whys(&out), vec![MirrorWhy::Rescue]);
+}
+
+#[test]
+fn after_a_peer_overtakes_the_mirrors_help_the_next_help_waits_a_piece_time() {
+    let mut n = node(8, &[0], Mode::P2p, &[(1, &[0, 1, 2, 3, 4, 5, 6, 7])]);
+    let a = handle(
+        &mut n,
+        ms(0),
+        Event::Fresh {
+            task: T,
+            pieces: vec![],
+            all_released: true,
+        },
+    );
+    let f = fetches(&a);
+    assert_eq!(f.len(), 1, "{a:?}");
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: f[0].0,
+        },
+    );
+    assert!(
+        a.contains(&Action::CancelMirror {
+            task: T,
+            first: f[0].0
+        }),
+        "{a:?}"
+    );
+    assert!(
+        fetches(&a).is_empty(),
+        "a help range replaced at once, to be overtaken again: {a:?}"
+    );
+    // No push measured yet: 50 ms.
+    let wake = n.next_wakeup().expect("a wake-up for the help");
+    assert_eq!(wake, ms(51));
+    let mut out = Vec::new();
+    n.tick(ms(50), &mut out);
+    assert!(fetches(&out).is_empty(), "{out:?}");
+    let mut out = Vec::new();
+    n.tick(wake, &mut out);
+    assert_eq!(fetches(&out).len(), 1, "{out:?}");
+    assert_eq!(whys(&out), vec![MirrorWhy::Assist]);
 }
