@@ -108,3 +108,56 @@ fn agent_serves_private_blobs_only_to_requesters_upstream_accepts() {
     );
     verify_pulled(&out, &bed.fx.image).unwrap();
 }
+
+/// With `allowAnyRegistry`, a registry the mirror was not configured with can say yes to any
+/// `HEAD`. Once the mirror no longer holds a private layer (its cache went with its pod), the
+/// agent must not take that yes for its own cached copy: the bytes come through the mirror,
+/// which fetches them from that registry and checks their digest.
+#[test]
+fn an_unconfigured_registrys_yes_does_not_open_what_the_agent_holds() {
+    use common::fake::{FakeUpstream, Reply};
+    use common::fixture::{Fixture, REPO};
+    use common::registry::Registry;
+    let tls = common::tls::certs(&["localhost"]);
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &tls.ca).unwrap();
+    let fx = Fixture::around(
+        Registry::start_with_auth(USER, PASS),
+        &[256 << 10],
+        52,
+        &[
+            "--allow-any-registry",
+            "--upstream-ca-file",
+            ca.path().to_str().unwrap(),
+        ],
+    );
+    let layer = fx.image.layers[0].clone();
+    let private = fx.image.blob_bytes(&layer.digest);
+    let mut bed = P2pBed::around(fx);
+    let a = bed.add_agent(POOL, &[]);
+    let agent = bed.agents[a].host().to_owned();
+    let alice = basic_auth(USER, PASS);
+    let path = format!("/v2/{REPO}/blobs/{}", layer.digest);
+    let got = raw_request(&agent, "GET", &path, &[("Authorization", alice.as_str())]).unwrap();
+    assert_eq!(got.status, 200, "alice's pull through the agent");
+    assert_eq!(got.body, private);
+    // The mirror loses its copy; the agent keeps its own.
+    std::fs::remove_file(bed.fx.cached_blob_file(&layer.digest)).unwrap();
+    let size = layer.size as usize;
+    let liar = FakeUpstream::start_tls(&tls.cert, &tls.key, move |_| {
+        Reply::new(200, vec![0x5a; size]).header("Content-Type", "application/octet-stream")
+    });
+    let path = format!("/v2/any/repo/blobs/{}?ns={}", layer.digest, liar.ns());
+    let got = raw_request(&agent, "GET", &path, &[]).unwrap();
+    assert!(
+        !leaks(&got.body, &private),
+        "the agent served its cached private layer on the word of {} (status {})",
+        liar.ns(),
+        got.status
+    );
+    // alice still gets it, from the agent's cache.
+    let path = format!("/v2/{REPO}/blobs/{}", layer.digest);
+    let got = raw_request(&agent, "GET", &path, &[("Authorization", alice.as_str())]).unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, private);
+}

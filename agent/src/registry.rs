@@ -170,7 +170,10 @@ async fn blob(
     let range = parse_range(range_text)?;
     let range_text = range_text.unwrap_or("");
     tracing::debug!(digest = %b.digest, "blob requested");
-    let size = check_access(state, &b, auth).await?;
+    let (size, proven) = check_access(state, &b, auth).await?;
+    if !proven && !b.head {
+        return relay_blob(state, req, &b, auth).await;
+    }
     let builder = |span: Span, size: u64| {
         let status = if span.partial {
             StatusCode::PARTIAL_CONTENT
@@ -187,11 +190,16 @@ async fn blob(
         }
         r
     };
-    if let Some((file, entry)) = state
-        .store
-        .open_verified(&b.digest, SystemTime::now())
-        .await?
-    {
+    let held = match proven {
+        true => {
+            state
+                .store
+                .open_verified(&b.digest, SystemTime::now())
+                .await?
+        }
+        false => None,
+    };
+    if let Some((file, entry)) = held {
         // After the access check: a refused request must not keep a blob from eviction.
         state.store.touch(&b.digest, &entry, SystemTime::now())?;
         state.metrics.cache_hits.inc();
@@ -224,6 +232,59 @@ async fn blob(
         false,
         body,
     ))
+}
+
+/// A blob the mirror let this requester read on the word of a registry it cannot vouch for
+/// (see [`storage::access::UNPROVEN_HEADER`]): streamed through the mirror, which fetches it
+/// from that registry and checks its digest, never served from this node's cache or its peers.
+async fn relay_blob(
+    state: &web::Data<AgentState>,
+    req: &HttpRequest,
+    b: &BlobRequest,
+    auth: Option<&HeaderValue>,
+) -> Result<HttpResponse> {
+    let url = state.mirror_url(
+        &format!("/v2/{}/blobs/{}", b.repo, b.digest),
+        b.ns.as_deref(),
+        &[],
+    );
+    let mut out = crate::trace::traced(state.http.get(url.clone()));
+    if let Some(a) = auth {
+        out = out.header("authorization", a.as_bytes());
+    }
+    if let Some(r) = req.headers().get("range") {
+        out = out.header("range", r.as_bytes());
+    }
+    let resp = out.send().await.map_err(|e| unreachable(&url, e))?;
+    let mut builder = HttpResponse::build(
+        StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+    );
+    copy_headers(&mut builder, resp.headers());
+    if !resp.status().is_success() {
+        let body = read_limited(resp, MAX_MANIFEST).await?;
+        return Ok(builder.body(body));
+    }
+    builder.insert_header(("Accept-Ranges", "bytes"));
+    let len = resp.content_length();
+    let limits = state.clone();
+    let from_mirror = futures_util::StreamExt::then(resp.bytes_stream(), move |chunk| {
+        let limits = limits.clone();
+        async move {
+            let limits = &limits.limits;
+            let chunk =
+                chunk.map_err(|e| storage::Error::Transfer(format!("from the mirror: {e}")))?;
+            // Limited where it comes in, like every download.
+            limits.total.take(chunk.len()).await;
+            limits.down.take(chunk.len()).await;
+            Ok(chunk)
+        }
+    });
+    let unlimited = std::sync::Arc::new(RateLimit::new(0));
+    let body = metered(from_mirror, unlimited, state.metrics.served_bytes.clone());
+    Ok(match len {
+        Some(n) => builder.body(SizedStream::new(n, body)),
+        None => builder.streaming(body),
+    })
 }
 
 /// The response's share of `sendBuffers` (none for a HEAD), waiting up to `sendTimeout`.
@@ -271,7 +332,7 @@ async fn check_access(
     state: &AgentState,
     b: &BlobRequest,
     auth: Option<&HeaderValue>,
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
     let object = b.digest.to_string();
     let access = Access {
         ns: b.ns.as_deref().unwrap_or(""),
@@ -290,7 +351,7 @@ async fn check_access(
         .map(|e| e.size);
     let size = held.or_else(|| state.sizes.lock().get(b.digest.hex()).copied());
     if let Some(size) = size.filter(|_| granted_within(state.cfg.auth_cache_ttl.0)) {
-        return Ok(size);
+        return Ok((size, true));
     }
     let url = state.mirror_url(
         &format!("/v2/{}/blobs/{}", b.repo, b.digest),
@@ -312,6 +373,12 @@ async fn check_access(
                     url: url.to_string(),
                     message: "no Content-Length on HEAD".into(),
                 })?;
+            let proven = !resp
+                .headers()
+                .contains_key(storage::access::UNPROVEN_HEADER);
+            if !proven {
+                return Ok((size, false));
+            }
             if let Err(e) = state.store.grant(&access, auth, now) {
                 tracing::warn!(error = %e, "could not record access");
             }
@@ -320,7 +387,7 @@ async fn check_access(
                 sizes.clear();
             }
             sizes.insert(b.digest.hex().to_string(), size);
-            Ok(size)
+            Ok((size, true))
         }
         Ok(resp) => {
             let reply = UpstreamReply {
@@ -338,7 +405,7 @@ async fn check_access(
         Err(e) => match held {
             Some(size) if granted_within(state.cfg.cache_ttl.0) => {
                 tracing::warn!(digest = %b.digest, error = %e, "mirror unreachable; serving a held blob to a requester it served before");
-                Ok(size)
+                Ok((size, true))
             }
             _ => Err(unreachable(&url, e)),
         },

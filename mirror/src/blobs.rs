@@ -302,9 +302,16 @@ async fn head_upstream(
         .into());
     }
     let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
-    Ok(Some(
-        blob_headers(HttpResponse::Ok(), digest).body(SizedStream::new(len, empty)),
-    ))
+    let mut builder = blob_headers(HttpResponse::Ok(), digest);
+    let object = digest.to_string();
+    let proven = ctx.up.configured
+        || state
+            .store
+            .possesses(&ctx.up.ns, &object, SystemTime::now(), state.cache_ttl);
+    if !proven {
+        builder.insert_header((storage::access::UNPROVEN_HEADER, "1"));
+    }
+    Ok(Some(builder.body(SizedStream::new(len, empty))))
 }
 
 /// The one upstream fetch of a blob: write at offset, hash, announce progress, verify,

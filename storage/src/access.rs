@@ -13,6 +13,12 @@ use nodepool::unix_secs as unix;
 use sha2::Digest as _;
 use std::time::{Duration, SystemTime};
 
+/// On a mirror's answer to a blob `HEAD`: the registry named in `?ns=` is not one the mirror
+/// was configured with and has not served these bytes, so its yes is only its word. The agent
+/// then serves nothing it or its peers hold; the bytes come through the mirror, which fetches
+/// them from that registry and checks their digest (proof by possession).
+pub const UNPROVEN_HEADER: &str = "poolcast-unproven";
+
 /// What a requester asks to read: `object` of `repo` at the registry `ns`.
 #[derive(Debug, Clone, Copy)]
 pub struct Access<'a> {

@@ -90,6 +90,17 @@ impl P2pBed {
         }
     }
 
+    /// Agents in `source` mode (no scheduler) around a mirror the caller built.
+    pub fn around(fx: Fixture) -> P2pBed {
+        P2pBed {
+            agents: Vec::new(),
+            scheduler: None,
+            fx,
+            secret: None,
+            started: 0,
+        }
+    }
+
     /// Options for the next agent of `pool`: the next loopback address (127.0.0.2, .3, ...), node
     /// name `node-N`, its own cache dir, the defaults (pieces of 64 KiB for the test images)
     /// and `extra`.
