@@ -57,7 +57,7 @@ pub async fn get(
                     .await?;
                 state.store.touch(&digest, &entry, now)?;
                 state.metrics.cache_hits.inc();
-                return Ok(respond(state, ctx, data, &media_type, &digest));
+                return respond(state, ctx, data, &media_type, &digest).await;
             }
             let fetched = fetch(state, ctx, &digest.to_string(), accept).await?;
             state.metrics.cache_misses.inc();
@@ -70,13 +70,14 @@ pub async fn get(
                 });
             }
             keep(state, &fetched, now)?;
-            Ok(respond(
+            respond(
                 state,
                 ctx,
                 fetched.data,
                 &fetched.media_type,
                 &fetched.digest,
-            ))
+            )
+            .await
         }
         Reference::Tag(tag) => by_tag(state, ctx, &tag, accept, now).await,
     }
@@ -111,7 +112,7 @@ async fn by_tag(
         if fresh && state.access_known(ctx, &tag_object(tag), state.auth_ttl) {
             state.store.touch(digest, blob, now)?;
             state.metrics.cache_hits.inc();
-            return Ok(respond(state, ctx, data.clone(), &entry.media_type, digest));
+            return respond(state, ctx, data.clone(), &entry.media_type, digest).await;
         }
     }
     match fetch(state, ctx, tag, accept).await {
@@ -131,13 +132,14 @@ async fn by_tag(
                 checked: unix(now),
             };
             state.store.put_tag(&key, &entry)?;
-            Ok(respond(
+            respond(
                 state,
                 ctx,
                 fetched.data,
                 &fetched.media_type,
                 &fetched.digest,
-            ))
+            )
+            .await
         }
         Err(e) if upstream_down(&e) => {
             let Some((entry, digest, data, _)) = cached else {
@@ -148,7 +150,7 @@ async fn by_tag(
             }
             tracing::warn!(repo = ctx.repo, tag, error = %e, "upstream unavailable; serving cached manifest");
             state.metrics.stale_served.inc();
-            Ok(respond(state, ctx, data, &entry.media_type, &digest))
+            respond(state, ctx, data, &entry.media_type, &digest).await
         }
         Err(e) => Err(e),
     }
@@ -227,20 +229,29 @@ fn keep(state: &AppState, fetched: &Fetched, now: SystemTime) -> Result<()> {
     Ok(())
 }
 
-fn respond(
+/// A manifest answer. Its body draws on `sendBuffers` like a blob's (waiting up to
+/// `sendTimeout`): up to 4 MiB each, many slow readers must not add up past the budget.
+async fn respond(
     state: &AppState,
     ctx: &Ctx<'_>,
     data: Vec<u8>,
     media_type: &str,
     digest: &Digest,
-) -> HttpResponse {
-    if !ctx.head {
-        state.metrics.served_bytes.inc_by(data.len() as u64);
-    }
-    HttpResponse::Ok()
+) -> Result<HttpResponse> {
+    let mut builder = HttpResponse::Ok();
+    builder
         .content_type(media_type.to_string())
-        .insert_header(("Docker-Content-Digest", digest.to_string()))
-        .body(data)
+        .insert_header(("Docker-Content-Digest", digest.to_string()));
+    if ctx.head {
+        return Ok(builder.body(data));
+    }
+    let len = data.len() as u64;
+    let share = state.budget.share(Some(len), state.send_timeout).await?;
+    state.metrics.served_bytes.inc_by(len);
+    let body = share.wrap(futures_util::stream::once(futures_util::future::ready(
+        storage::Result::Ok(bytes::Bytes::from(data)),
+    )));
+    Ok(builder.body(actix_web::body::SizedStream::new(len, body)))
 }
 
 /// Whether a client's `Accept` admits a media type (no header: anything goes).
