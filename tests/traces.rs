@@ -1,7 +1,9 @@
 //! Traces over OTLP: a real agent and mirror, both given `--otlp-endpoint`, export their spans
 //! to a small OTLP/HTTP receiver in this test (the protobuf `ExportTraceServiceRequest` a
 //! collector takes on `/v1/traces`), and a pull through the agent makes traces in which the
-//! mirror's spans are children of the agent's, the mirror's upstream fetch among them.
+//! mirror's spans are children of the agent's, the mirror's upstream fetch among them. Through
+//! P2P agents, each piece source is a `pieces` span in the pull's trace: a mirror range (its
+//! request to the mirror below it) or a piece from a peer.
 //!
 //! ```text
 //!   skopeo --> agent --traceparent--> mirror --traceparent--> registry
@@ -16,7 +18,7 @@ mod common;
 use common::agent::{Agent, AgentOpts};
 use common::fixture::{Fixture, REPO, TAG};
 use common::p2p::SMALL_IMAGE;
-use common::{assert_eventually, skopeo_pull, verify_pulled};
+use common::{assert_eventually, skopeo_pull, verify_pulled, Scheduler};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
@@ -33,6 +35,17 @@ struct Span {
     trace_id: Vec<u8>,
     span_id: Vec<u8>,
     parent: Vec<u8>,
+    /// Attributes, their values as text.
+    attrs: Vec<(String, String)>,
+}
+
+impl Span {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// An OTLP/HTTP receiver: answers each POST with an empty success and keeps its spans.
@@ -105,12 +118,27 @@ fn serve(conn: TcpStream, kept: &Mutex<Vec<Span>>) {
                 .unwrap_or_default();
             for ss in rs.scope_spans {
                 for s in ss.spans {
+                    let attrs = s
+                        .attributes
+                        .iter()
+                        .filter_map(|a| {
+                            let text = match a.value.as_ref()?.value.as_ref()? {
+                                Value::StringValue(v) => v.clone(),
+                                Value::IntValue(v) => v.to_string(),
+                                Value::BoolValue(v) => v.to_string(),
+                                Value::DoubleValue(v) => v.to_string(),
+                                _ => return None,
+                            };
+                            Some((a.key.clone(), text))
+                        })
+                        .collect();
                     spans.push(Span {
                         service: service.clone(),
                         name: s.name,
                         trace_id: s.trace_id,
                         span_id: s.span_id,
                         parent: s.parent_span_id,
+                        attrs,
                     });
                 }
             }
@@ -181,4 +209,116 @@ fn a_pull_through_the_agent_is_one_trace_across_agent_mirror_and_upstream() {
     assert_eq!(roots.len(), 1, "{in_trace:#?}");
     assert_eq!(roots[0].service, "poolcast-agent");
     assert_eq!(roots[0].name, "request");
+}
+
+const AGENT: &str = "poolcast-agent";
+const MIRROR: &str = "poolcast-mirror";
+
+/// The span `s`'s parent is, among `spans`.
+fn parent_of<'a>(spans: &'a [Span], s: &Span) -> Option<&'a Span> {
+    spans
+        .iter()
+        .find(|p| p.span_id == s.parent && p.trace_id == s.trace_id)
+}
+
+/// `s` is a `pieces` span of `source` whose parent is an agent's `request` span that is its
+/// trace's root: the pull's trace.
+fn in_a_pull(spans: &[Span], s: &Span, source: &str) -> bool {
+    s.service == AGENT
+        && s.name == "pieces"
+        && s.attr("piece.source") == Some(source)
+        && parent_of(spans, s)
+            .is_some_and(|p| p.service == AGENT && p.name == "request" && p.parent.is_empty())
+}
+
+#[test]
+fn a_p2p_pull_has_a_span_per_piece_source_in_the_pull_trace() {
+    let receiver = Receiver::start();
+    let otlp = ["--otlp-endpoint", receiver.url.as_str()];
+    let fx = Fixture::new(SMALL_IMAGE, 82, &otlp);
+    let scheduler = Scheduler::start(&[]);
+    let agent = |n: usize| {
+        Agent::start(AgentOpts {
+            ip: format!("127.0.0.{}", n + 1),
+            mirror_url: fx.mirror.url().to_owned(),
+            scheduler_url: Some(scheduler.url().to_owned()),
+            node: format!("node-{n}"),
+            pool: "pool-a".into(),
+            secret: None,
+            cache_dir: fx.fresh_dir(&format!("node-{n}-cache")),
+            extra_args: otlp.iter().map(|s| s.to_string()).collect(),
+        })
+    };
+    let pull = |a: &Agent| {
+        let out = fx.fresh_dir(&format!("pull-{}", a.node()));
+        let source = format!("{}/{REPO}:{TAG}", a.host());
+        let output = skopeo_pull(&source, &out, None).unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        verify_pulled(&out, &fx.image).unwrap();
+    };
+    // The first agent's pieces come from the mirror; the second's, mostly from the first.
+    let first = agent(1);
+    pull(&first);
+    let second = agent(2);
+    pull(&second);
+    assert!(
+        second.peer_bytes("in") > 0.0,
+        "the second pull took nothing from the first agent: no peer pieces to trace"
+    );
+
+    // A mirror range in a pull's trace, with the mirror's request for it below it (the range
+    // GET carried the range span's traceparent).
+    let mirror_range = |spans: &[Span]| {
+        spans.iter().any(|r| {
+            in_a_pull(spans, r, "mirror")
+                && r.attr("digest").is_some_and(|d| d.starts_with("sha256:"))
+                && r.attr("piece.reason").is_some_and(|w| !w.is_empty())
+                && r.attr("piece.outcome") == Some("ok")
+                && spans.iter().any(|m| {
+                    m.service == MIRROR
+                        && m.name == "request"
+                        && m.parent == r.span_id
+                        && m.trace_id == r.trace_id
+                })
+        })
+    };
+    // A piece from the first agent, in the second's pull's trace.
+    let peer_piece = |spans: &[Span]| {
+        spans.iter().any(|p| {
+            in_a_pull(spans, p, "peer")
+                && p.attr("peer.name") == Some("node-1")
+                && p.attr("piece.outcome") == Some("received")
+        })
+    };
+    // The piece digests' long-poll carries the pull's traceparent too.
+    let layout = |spans: &[Span]| {
+        spans.iter().any(|m| {
+            m.service == MIRROR
+                && m.name == "request"
+                && m.attr("url.path").is_some_and(|p| p.contains("/pieces/"))
+                && parent_of(spans, m).is_some_and(|a| a.service == AGENT && a.name == "request")
+        })
+    };
+    assert_eventually(
+        Duration::from_secs(30),
+        "a mirror range, a peer piece and the piece digests' request in pulls' traces",
+        || {
+            let spans = receiver.spans();
+            mirror_range(&spans) && peer_piece(&spans) && layout(&spans)
+        },
+    );
+    // No mirror request of the pulls makes a trace of its own: each is below an agent span.
+    let spans = receiver.spans();
+    let orphans: Vec<&Span> = spans
+        .iter()
+        .filter(|m| m.service == MIRROR && m.name == "request" && m.parent.is_empty())
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "mirror requests outside a pull's trace: {orphans:#?}"
+    );
 }

@@ -24,6 +24,7 @@ use storage::pieces::PieceList;
 use storage::reference::Digest;
 use swarm::PieceSet;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Layout requests in a row that may fail before the download does.
 const LAYOUT_RETRIES: u32 = 6;
@@ -56,6 +57,10 @@ pub struct Download {
     pub ingest: Arc<Ingest>,
     /// The file pieces are written into; renamed into the cache when the blob is whole.
     pub file: Arc<File>,
+    /// The span of the request that started the download (its pull's trace): the parent of
+    /// each piece source's span (`crate::trace::piece_span`) and of the piece-digest requests.
+    /// Disabled when tracing is off.
+    pub span: tracing::Span,
     /// Piece digests, as far as the mirror has published them.
     digests: RwLock<Vec<Option<[u8; 32]>>>,
     /// Pieces verified and written.
@@ -113,6 +118,11 @@ impl Download {
             done: Mutex::new(PieceSet::empty(layout.count())),
             failed: Mutex::new(None),
             generation: watch::channel(0).0,
+            span: if serve::trace::enabled() {
+                tracing::Span::current()
+            } else {
+                tracing::Span::none()
+            },
             spec,
         });
         tracing::debug!(digest = %download.spec.digest, size = download.spec.size, pieces = count, "download started");
@@ -120,7 +130,8 @@ impl Download {
         state.metrics.tasks.set(downloads.len() as i64);
         drop(downloads);
         if count > 0 {
-            tokio::spawn(layout_loop(state.clone(), download.clone()));
+            let span = download.span.clone();
+            tokio::spawn(layout_loop(state.clone(), download.clone()).instrument(span));
             state.swarm.send(Input::Start(download.clone()));
         }
         tokio::spawn(sequencer(state.clone(), download.clone(), writer));
@@ -168,7 +179,8 @@ impl Download {
     }
 }
 
-/// Learns piece digests from the mirror, as the mirror gets the blob, and tells the swarm.
+/// Learns piece digests from the mirror, as the mirror gets the blob, and tells the swarm. Runs
+/// in the download's span, so its requests carry the pull's `traceparent`.
 async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
     let mut from = 0u32;
     let mut errors = 0;
@@ -184,7 +196,7 @@ async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
                 ("from", from.to_string()),
             ],
         );
-        let mut req = state.http.get(url).timeout(Duration::from_secs(30));
+        let mut req = crate::trace::traced(state.http.get(url)).timeout(Duration::from_secs(30));
         if let Some(auth) = &d.spec.auth {
             req = req.header("Authorization", auth.as_bytes());
         }

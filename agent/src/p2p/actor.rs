@@ -481,7 +481,7 @@ impl Actor {
                 });
             }
             Frame::Withdraw { task, piece } => {
-                self.sinks.close((peer, task, piece));
+                self.sinks.close((peer, task, piece), "withdrawn");
                 self.handle(Event::Withdrawn { peer, task, piece });
             }
             Frame::Hello(_) | Frame::Auth(_) | Frame::Data { .. } => {
@@ -709,12 +709,25 @@ impl Actor {
                 }
                 Action::Accept { peer, task, piece } => {
                     if let Some(t) = self.tasks.get(&task) {
-                        if let Some(span) = t.layout.span(piece) {
+                        if let Some(bytes) = t.layout.span(piece) {
+                            // The piece's span, in the pull's trace, until the piece ends.
+                            let traced = crate::trace::piece_span(
+                                t.download
+                                    .as_ref()
+                                    .map_or(&tracing::Span::none(), |d| &d.span),
+                                crate::trace::Source::Peer {
+                                    node: self.peers.get(&peer).map_or("", |p| p.node.as_str()),
+                                },
+                                &t.digest,
+                                piece,
+                                1,
+                            );
                             self.sinks.open(
                                 (peer, task, piece),
                                 t.file.clone(),
-                                span.start,
-                                span.end - span.start,
+                                bytes.start,
+                                bytes.end - bytes.start,
+                                traced,
                             );
                         }
                     }
@@ -726,7 +739,7 @@ impl Actor {
                     piece,
                     why,
                 } => {
-                    self.sinks.close((peer, task, piece));
+                    self.sinks.close((peer, task, piece), "refused");
                     self.send(peer, Frame::Refuse { task, piece, why });
                 }
                 Action::Withdraw { peer, task, piece } => {

@@ -61,6 +61,21 @@ pub struct Sink {
     hasher: sha2::Sha256,
     /// Given up: no byte more may reach the file (another transfer may own the piece now).
     closed: bool,
+    /// The piece's `pieces` span (`piece.source=peer`, `crate::trace::piece_span`), from the
+    /// ACCEPT to the piece's end; disabled when tracing is off.
+    span: tracing::Span,
+}
+
+impl Sink {
+    /// No byte more reaches the file; the piece's span ends with `outcome` (once).
+    fn end(&mut self, outcome: &'static str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        crate::trace::end(&self.span, self.written, outcome);
+        self.span = tracing::Span::none();
+    }
 }
 
 type SinkKey = (PeerId, u64, u32);
@@ -72,7 +87,9 @@ type SinkKey = (PeerId, u64, u32);
 pub struct Sinks(parking_lot::Mutex<HashMap<SinkKey, Arc<parking_lot::Mutex<Sink>>>>);
 
 impl Sinks {
-    pub fn open(&self, key: SinkKey, file: Arc<File>, start: u64, len: u64) {
+    /// Accepts piece `key` into `len` bytes of `file` from `start`; `span` is the piece's span,
+    /// ended when the piece is whole, fails or is closed.
+    pub fn open(&self, key: SinkKey, file: Arc<File>, start: u64, len: u64, span: tracing::Span) {
         let sink = Sink {
             file,
             start,
@@ -80,6 +97,7 @@ impl Sinks {
             written: 0,
             hasher: sha2::Sha256::new(),
             closed: false,
+            span,
         };
         // One writer per piece: any other transfer of it still open (given up, its sender not
         // yet told) is closed first, so no stale byte lands in the piece's place.
@@ -95,14 +113,15 @@ impl Sinks {
             stale
         };
         for old in stale {
-            old.lock().closed = true;
+            old.lock().end("superseded");
         }
     }
 
-    pub fn close(&self, key: SinkKey) {
+    /// Gives up piece `key` (`why`, for its span: `withdrawn` by the peer, `refused` here).
+    pub fn close(&self, key: SinkKey, why: &'static str) {
         let old = self.0.lock().remove(&key);
         if let Some(old) = old {
-            old.lock().closed = true;
+            old.lock().end(why);
         }
     }
 
@@ -114,7 +133,7 @@ impl Sinks {
             keys.into_iter().filter_map(|k| map.remove(&k)).collect()
         };
         for s in &gone {
-            s.lock().closed = true;
+            s.lock().end("peer gone");
         }
         gone.len()
     }
@@ -338,7 +357,13 @@ fn take_data(
     let written = sink.written;
     match result {
         Some(hash) => {
-            sink.closed = true;
+            match &hash {
+                Ok(_) => sink.end("received"),
+                Err(e) => {
+                    sink.span.record("error.message", e.as_str());
+                    sink.end("failed");
+                }
+            }
             drop(sink);
             sinks.0.lock().remove(&key);
             let _ = actor.send(Input::Arrived {

@@ -1,15 +1,19 @@
 //! Ranges from the mirror: one request per run of pieces, bytes written where they belong as
-//! they come, each piece's hash handed to the actor as its last byte lands.
+//! they come, each piece's hash handed to the actor as its last byte lands. Each range is a
+//! `pieces` span (`piece.source=mirror`) under the download's, and its request carries that
+//! span's `traceparent`, so the mirror's (and its upstream's) spans join the pull's trace.
 
 use super::Input;
 use crate::download::Download;
 use crate::state::AgentState;
+use crate::trace::{self, Source};
 use futures_util::StreamExt;
 use sha2::Digest as _;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Progress is reported at the first bytes of a piece and then every this many bytes.
 const PROGRESS_EVERY: u64 = 128 * 1024;
@@ -23,11 +27,29 @@ pub fn range(
     why: swarm::MirrorWhy,
     tx: mpsc::UnboundedSender<Input>,
 ) -> JoinHandle<()> {
+    let span = trace::piece_span(
+        &d.span,
+        Source::Mirror {
+            reason: why.label(),
+        },
+        &d.spec.digest,
+        first,
+        count,
+    );
     tokio::spawn(async move {
         let key = d.key();
-        let mut at = first;
+        let within = span.clone();
+        // Ends the span however the range ends, a cancel (the task aborted) included.
+        let mut reached = Reached {
+            piece: first,
+            bytes: 0,
+            outcome: "cancelled",
+            span,
+        };
         let began = std::time::Instant::now();
-        let result = fetch(&state, &d, first, count, why, &tx, &mut at).await;
+        let result = fetch(&state, &d, first, count, why, &tx, &mut reached)
+            .instrument(within)
+            .await;
         tracing::debug!(
             task = key,
             first,
@@ -37,15 +59,34 @@ pub fn range(
             ok = result.is_ok(),
             "mirror range"
         );
-        if let Err(why) = result {
-            let _ = tx.send(Input::MirrorFailed {
-                task: key,
-                first,
-                piece: at,
-                why,
-            });
+        match result {
+            Ok(()) => reached.outcome = "ok",
+            Err(why) => {
+                reached.outcome = "failed";
+                reached.span.record("error.message", why.as_str());
+                let _ = tx.send(Input::MirrorFailed {
+                    task: key,
+                    first,
+                    piece: reached.piece,
+                    why,
+                });
+            }
         }
     })
+}
+
+/// How far a range got: the piece it is at, the bytes written, and (for its span) how it ended.
+struct Reached {
+    piece: u32,
+    bytes: u64,
+    outcome: &'static str,
+    span: tracing::Span,
+}
+
+impl Drop for Reached {
+    fn drop(&mut self) {
+        trace::end(&self.span, self.bytes, self.outcome);
+    }
 }
 
 async fn fetch(
@@ -55,7 +96,7 @@ async fn fetch(
     count: u32,
     why: swarm::MirrorWhy,
     tx: &mpsc::UnboundedSender<Input>,
-    at: &mut u32,
+    reached: &mut Reached,
 ) -> Result<(), String> {
     let key = d.key();
     let last = first + count.max(1) - 1;
@@ -64,10 +105,8 @@ async fn fetch(
     };
     let (start, end) = (start.start, end.end);
     let url = d.spec.mirror_url(state, "blobs", &[]);
-    let mut req = state
-        .http
-        .get(url)
-        .header("Range", format!("bytes={start}-{}", end - 1));
+    let mut req =
+        trace::traced(state.http.get(url)).header("Range", format!("bytes={start}-{}", end - 1));
     if let Some(auth) = &d.spec.auth {
         req = req.header("Authorization", auth.as_bytes());
     }
@@ -106,8 +145,10 @@ async fn fetch(
                 .map_err(|e| format!("write: {e}"))?;
             hasher.update(part);
             pos += n as u64;
+            reached.bytes += n as u64;
             rest = tail;
-            let piece_start = piece_end - d.layout.span(*at).map_or(0, |s| s.end - s.start);
+            let piece_start =
+                piece_end - d.layout.span(reached.piece).map_or(0, |s| s.end - s.start);
             let done = pos - piece_start;
             if pos == piece_end {
                 let hash: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
@@ -116,17 +157,17 @@ async fn fetch(
                 let _ = tx.send(Input::Arrived {
                     peer: None,
                     task: key,
-                    piece: *at,
+                    piece: reached.piece,
                     hash: Ok(hash),
                 });
-                *at += 1;
+                reached.piece += 1;
                 reported = 0;
-                piece_end = d.layout.span(*at).map_or(end, |s| s.end);
+                piece_end = d.layout.span(reached.piece).map_or(end, |s| s.end);
             } else if reported == 0 || done - reported >= PROGRESS_EVERY {
                 reported = done.max(1);
                 let _ = tx.send(Input::Progress {
                     task: key,
-                    piece: *at,
+                    piece: reached.piece,
                     bytes: done,
                 });
             }
