@@ -161,6 +161,9 @@ pub struct AgentArgs {
     #[arg(long, env = "POOLCAST_TRANSFER_TIMEOUT", help = help::<AgentConfig>(
         "A piece transfer without data this long goes elsewhere", "transferTimeout"))]
     transfer_timeout: Option<HumanDuration>,
+    #[arg(long, env = "POOLCAST_DOWNLOAD_TIMEOUT", help = help::<AgentConfig>(
+        "The longest one blob download may take", "downloadTimeout"))]
+    download_timeout: Option<HumanDuration>,
     #[arg(long, env = "POOLCAST_PROXY_FS_PARALLELS", help = help::<AgentConfig>(
         "Pieces received from peers at once", "proxyFsParallels"))]
     proxy_fs_parallels: Option<u32>,
@@ -223,6 +226,7 @@ impl AgentArgs {
         set!(c.blocksize, self.blocksize);
         set!(c.connect_timeout, self.connect_timeout);
         set!(c.transfer_timeout, self.transfer_timeout);
+        set!(c.download_timeout, self.download_timeout);
         set!(c.proxy_fs_parallels, self.proxy_fs_parallels);
         c.validate()?;
         Ok(c)

@@ -220,3 +220,51 @@ fn a_blob_larger_than_the_nodes_cache_is_refused_clearly_and_the_agent_keeps_ser
     let other = bed.add_agent(POOL, &[]);
     bed.pull(other);
 }
+
+/// A download that keeps trickling never trips `transferTimeout`; `downloadTimeout` ends it:
+/// the request fails, nothing of it is kept, and the next request starts afresh.
+#[test]
+fn a_download_past_download_timeout_fails_and_the_next_request_starts_afresh() {
+    let mut bed = P2pBed::start(BedSpec {
+        layers: &[2 << 20],
+        seed: 48,
+        scheduler: false,
+        ..BedSpec::default()
+    });
+    // 2 MiB at 256 KiB/s takes 8 s; the download may take 2.
+    let a = bed.add_agent(
+        POOL,
+        &["--download-rate", "256KiB", "--download-timeout", "2s"],
+    );
+    let layer = bed.fx.image.layers[0].clone();
+    let host = bed.agents[a].host().to_owned();
+    let path = format!("/v2/{}/blobs/{}", common::fixture::REPO, layer.digest);
+    let started = std::time::Instant::now();
+    let got = common::raw_request(&host, "GET", &path, &[]);
+    let took = started.elapsed();
+    let whole = got
+        .as_ref()
+        .is_ok_and(|r| r.status == 200 && r.body.len() as u64 == layer.size);
+    assert!(!whole, "a download past downloadTimeout was served whole");
+    assert!(
+        took < Duration::from_secs(6),
+        "the request ran {took:?}, past downloadTimeout (2 s)"
+    );
+    assert_eventually(
+        Duration::from_secs(10),
+        "the failed download is gone",
+        || bed.agents[a].metric(common::agent::TASKS) == 0.0,
+    );
+    let log = std::fs::read_to_string(bed.agents[a].log_path()).unwrap();
+    assert!(
+        log.contains("downloadTimeout"),
+        "the agent's log does not say why the download ended"
+    );
+    // Nothing was kept: the next request downloads again.
+    let before = bed.agents[a].metric(SOURCE_BYTES);
+    let _ = common::raw_request(&host, "GET", &path, &[]);
+    assert!(
+        bed.agents[a].metric(SOURCE_BYTES) > before,
+        "the next request did not download again"
+    );
+}

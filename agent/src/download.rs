@@ -299,10 +299,17 @@ async fn sequencer(state: web::Data<AgentState>, d: Arc<Download>, mut writer: I
         digest: d.spec.digest.to_string(),
         message,
     };
+    let deadline = tokio::time::Instant::now() + state.cfg.download_timeout.0;
     let outcome: crate::Result<()> = loop {
         rx.borrow_and_update();
         if let Some(msg) = d.failed.lock().clone() {
             break Err(download(msg));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Err(download(format!(
+                "not done within downloadTimeout ({})",
+                state.cfg.download_timeout
+            )));
         }
         while prefix < count && d.has(prefix) {
             let span = d.layout.span(prefix).unwrap_or(0..0);
@@ -346,7 +353,8 @@ async fn sequencer(state: web::Data<AgentState>, d: Arc<Download>, mut writer: I
             }
             break Ok(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        let _ = tokio::time::timeout_at(wake, rx.changed()).await;
     };
     let ok = outcome.is_ok();
     match outcome {

@@ -87,6 +87,9 @@ pub struct AgentConfig {
     pub connect_timeout: HumanDuration,
     /// A piece transfer that receives no data for this long is abandoned and fetched elsewhere.
     pub transfer_timeout: HumanDuration,
+    /// The longest one blob download may take, however its pieces keep trickling in; a download
+    /// still running then fails, nothing of it is kept, and the next request starts afresh.
+    pub download_timeout: HumanDuration,
     /// Pieces received from peers at once, across all blobs.
     pub proxy_fs_parallels: u32,
     /// The kernel send buffer of each peer upload (SO_SNDBUF); 0: the kernel's autotuning.
@@ -132,6 +135,7 @@ impl Default for AgentConfig {
             blocksize: BlockSize::Auto,
             connect_timeout: HumanDuration(crate::defaults::CONNECT_TIMEOUT),
             transfer_timeout: HumanDuration(Duration::from_secs(15)),
+            download_timeout: HumanDuration(Duration::from_secs(3600)),
             proxy_fs_parallels: 128,
             peer_send_buffer: ByteSize(256 << 10),
             auth_cache_ttl: HumanDuration(crate::defaults::AUTH_CACHE_TTL),
@@ -237,6 +241,7 @@ impl AgentConfig {
         for (key, d) in [
             ("connectTimeout", self.connect_timeout.0),
             ("transferTimeout", self.transfer_timeout.0),
+            ("downloadTimeout", self.download_timeout.0),
             ("cacheTTL", self.cache_ttl.0),
             ("sendTimeout", self.send_timeout.0),
         ] {
