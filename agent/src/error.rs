@@ -31,33 +31,11 @@ pub enum Error {
     /// The mirror's piece digests for a blob could not be had, or did not fit the blob.
     #[error("piece layout of {digest} from the mirror: {message}")]
     Layout { digest: String, message: String },
-    #[error("piece {index} of {digest}: {message}")]
-    Piece {
-        digest: String,
-        index: u32,
-        message: String,
-    },
-    /// The request got no answer at all (refused, reset, or a pooled connection the other end
-    /// had closed): the parent is paused, and given up only after several in a row
-    /// (`NO_ANSWER_LIMIT` in task.rs).
-    #[error("piece {index} of {digest}: no answer: {message}")]
-    NoAnswer {
-        digest: String,
-        index: u32,
-        message: String,
-    },
-    #[error("peer request refused: {0}")]
-    PeerDenied(String),
-    #[error("{0} not held here")]
-    NotHeld(String),
     #[error("download of {digest} failed: {message}")]
     Download { digest: String, message: String },
     /// Every piece matched, yet the whole blob did not: the mirror's piece digests were wrong.
     #[error("blob is {actual}, expected {expected}")]
     BlobMismatch { expected: String, actual: String },
-    /// Every upload slot is taken: ask another holder, or again shortly.
-    #[error("busy: {0}")]
-    Busy(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,9 +46,6 @@ impl ResponseError for Error {
             Error::Storage(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY)
             }
-            Error::PeerDenied(_) => StatusCode::UNAUTHORIZED,
-            Error::NotHeld(_) => StatusCode::NOT_FOUND,
-            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -81,15 +56,9 @@ impl ResponseError for Error {
                 let reply = e.reply();
                 return serve::json_error(reply.status, reply.headers, reply.body);
             }
-            Error::PeerDenied(_) => "DENIED",
-            Error::NotHeld(_) => "BLOB_UNKNOWN",
-            Error::Busy(_) => "UNAVAILABLE",
             _ => "UNKNOWN",
         };
-        let mut reply = OciReply::new(self.status_code().as_u16(), code, &self.to_string());
-        if let Error::Busy(_) = self {
-            reply.headers.push(("Retry-After", "1".into()));
-        }
+        let reply = OciReply::new(self.status_code().as_u16(), code, &self.to_string());
         serve::json_error(reply.status, reply.headers, reply.body)
     }
 }

@@ -169,12 +169,8 @@ impl Chain {
             ));
             sources.push(Source::AccessKey);
         }
-        let session = var("ALIBABA_CLOUD_ROLE_SESSION_NAME").unwrap_or_else(|| {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            format!("poolcast-{now}")
-        });
+        let session = var("ALIBABA_CLOUD_ROLE_SESSION_NAME")
+            .unwrap_or_else(|| format!("poolcast-{}", nodepool::unix_now()));
         if let (Some(role_arn), Some(provider_arn), Some(token_file)) = (
             var("ALIBABA_CLOUD_ROLE_ARN"),
             var("ALIBABA_CLOUD_OIDC_PROVIDER_ARN"),
