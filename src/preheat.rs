@@ -103,7 +103,7 @@ pub async fn run(args: PreheatArgs) -> Result<()> {
                 images: warmed.iter().map(|r| r.image.to_string()).collect(),
                 nodes: args.nodes,
                 platform: args.platform.clone(),
-                credentials: credentials.clone(),
+                credentials: credentials_for(&credentials, warmed.iter().map(|r| &r.image)),
             };
             let key = pool_key(&args, &pool);
             let wait = args.wait_for_nodes.0;
@@ -311,6 +311,19 @@ fn parse_auth_file(text: &[u8]) -> Result<BTreeMap<String, Credentials>> {
     Ok(out)
 }
 
+/// The credentials of the registries `images` name (as `?ns=` does), and no others: the job
+/// carries them to the scheduler and to every node, so the rest of the auth file stays here.
+fn credentials_for<'a>(
+    all: &BTreeMap<String, Credentials>,
+    images: impl IntoIterator<Item = &'a ImageRef>,
+) -> BTreeMap<String, Credentials> {
+    images
+        .into_iter()
+        .filter_map(|i| all.get_key_value(&i.registry))
+        .map(|(host, creds)| (host.clone(), creds.clone()))
+        .collect()
+}
+
 fn registry_host(key: &str) -> String {
     let host = key
         .trim_start_matches("https://")
@@ -343,5 +356,43 @@ mod tests {
         assert!(!creds.contains_key("token-only.example.com"));
         assert!(parse_auth_file(b"{\"auths\": {\"h\": {\"auth\": \"!!\"}}}").is_err());
         assert!(parse_auth_file(b"not json").is_err());
+    }
+
+    #[test]
+    fn only_the_credentials_of_the_images_registries_go_to_the_scheduler() {
+        let file = br#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "dTE6cDE="},
+            "127.0.0.1:5000": {"auth": "dXNlcjpwYTpzcw=="},
+            "harbor.example.com": {"username": "u3", "password": "p3"},
+            "other.example.com": {"username": "u4", "password": "p4"}
+        }}"#;
+        let all = parse_auth_file(file).expect("parsed");
+        let images: Vec<ImageRef> = [
+            "127.0.0.1:5000/pool/app:v1",
+            "nginx:1.27",
+            "127.0.0.1:5000/pool/other@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "quay.io/nobody/creds:v1",
+        ]
+        .iter()
+        .map(|i| ImageRef::parse(i).expect("image"))
+        .collect();
+        let sent = credentials_for(&all, &images);
+        assert_eq!(
+            sent.keys().collect::<Vec<_>>(),
+            ["127.0.0.1:5000", "docker.io"],
+            "each named registry once; harbor's and other's stay out; quay.io has none"
+        );
+        assert_eq!(sent["127.0.0.1:5000"], all["127.0.0.1:5000"]);
+        assert_eq!(sent["docker.io"].username, "u1");
+        let request = PreheatRequest {
+            pool: "pool-a".into(),
+            images: images.iter().map(ToString::to_string).collect(),
+            nodes: NodeCount::All,
+            platform: None,
+            credentials: sent,
+        };
+        let body = serde_json::to_string(&request).expect("json");
+        assert!(!body.contains("u3") && !body.contains("p4"), "{body}");
+        assert!(credentials_for(&all, &[]).is_empty());
     }
 }
