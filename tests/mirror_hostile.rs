@@ -361,3 +361,46 @@ fn capacity_holds_when_a_blob_lands_and_a_blob_larger_than_it_is_refused() {
     assert!(!file(&blobs[2].0).exists());
     mirror.stop_and_assert_no_panic();
 }
+
+/// An upstream that claims a blob nearly as large as the cache and then sends a few bytes must
+/// not empty the cache: room is made for the bytes that arrive, not for the length claimed.
+#[test]
+fn a_claimed_length_that_never_arrives_evicts_nothing() {
+    let kept = vec![1u8; 600 * 1024];
+    let kept_digest = format!("sha256:{}", sha256_hex(&kept));
+    let liar_digest = format!("sha256:{}", sha256_hex(b"never sent"));
+    let (served, liar) = (kept.clone(), liar_digest.clone());
+    let fake = FakeUpstream::start(move |req| {
+        if req.path.ends_with(&liar) {
+            // 900 KiB claimed, 16 bytes sent, then the connection closes.
+            Reply::new(200, vec![7u8; 16]).claiming(900 * 1024)
+        } else {
+            Reply::new(200, served.clone())
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let mut mirror = mirror_with(&fake, cache.path(), &["--capacity", "1MiB"]);
+    let file = |d: &str| cache.path().join("blobs/sha256").join(&d[7..]);
+    let get = |d: &str| {
+        client()
+            .get(format!("{}/v2/team/app/blobs/{d}", mirror.url()))
+            .send()
+            .and_then(|r| r.bytes())
+            .map(|b| b.len())
+    };
+    assert_eq!(get(&kept_digest).unwrap(), kept.len());
+    common::assert_eventually(
+        std::time::Duration::from_secs(5),
+        "the first blob is cached",
+        || file(&kept_digest).exists(),
+    );
+    let got = get(&liar_digest).unwrap_or(0);
+    assert!(got < 900 * 1024, "the liar's blob was served whole");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        file(&kept_digest).exists(),
+        "a claimed length that never arrived evicted a cached blob"
+    );
+    assert!(!file(&liar_digest).exists());
+    mirror.stop_and_assert_no_panic();
+}

@@ -338,9 +338,12 @@ async fn fetch(
     }
     state.record_access(&ns, &repo, &digest.to_string(), auth.as_ref());
     let size = resp.content_length();
-    // `capacity` holds before a byte is written: room is made now, and a blob that cannot
-    // fit is refused whole.
-    if let Err(e) = state.store.make_room(size.unwrap_or(0), SystemTime::now()) {
+    // A blob that cannot fit is refused whole, before a byte is written. Room is made as bytes
+    // arrive, not for the length upstream claims: a registry that claims a huge blob and sends
+    // nothing must not empty the cache.
+    let capacity = state.store.capacity();
+    if let Some(size) = size.filter(|&s| capacity > 0 && s > capacity) {
+        let e = storage::Error::TooLarge { size, capacity };
         tracing::warn!(%digest, error = %e, "blob not fetched");
         return writer.set(Progress::Failed(e.to_string()));
     }
@@ -391,6 +394,9 @@ async fn copy_verified(
             Some(item) => item,
             None => {
                 if !buf.is_empty() {
+                    state
+                        .store
+                        .make_room(written + buf.len() as u64, SystemTime::now())?;
                     written = flush(writer, &mut buf, &mut hasher, written, size).await?;
                 }
                 stream.next().await
@@ -416,10 +422,16 @@ async fn copy_verified(
             });
         }
         if buf.len() >= CHUNK {
+            state
+                .store
+                .make_room(written + buf.len() as u64, SystemTime::now())?;
             written = flush(writer, &mut buf, &mut hasher, written, size).await?;
         }
     }
     if !buf.is_empty() {
+        state
+            .store
+            .make_room(written + buf.len() as u64, SystemTime::now())?;
         written = flush(writer, &mut buf, &mut hasher, written, size).await?;
     }
     if let Some(expected) = size.filter(|s| *s != written) {
