@@ -160,7 +160,8 @@ mod tests {
 
     // Expected values computed with the official Python SDK's helpers
     // (alibabacloud_tea_openapi.utils.Utils.get_authorization and get_rpcsignature, 0.4.6)
-    // on the same inputs; tests/acr_standin.rs checks live requests against them too.
+    // on the same inputs; tests/acr.rs checks live requests against them too (the stand-in
+    // in tests/alicloud verifies each signature with that SDK).
     #[test]
     fn acs3_matches_the_official_sdk() {
         let query = map(&[("InstanceId", "cri-abc123"), ("ModuleName", "Registry")]);
