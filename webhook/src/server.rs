@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 /// Largest AdmissionReview read (the API server's own request limit is 3 MiB).
 const MAX_BODY: usize = 8 << 20;
+/// Open connections served; more are answered `503` and closed.
+const MAX_CONNECTIONS: usize = 1024;
 
 pub struct AppState {
     pub mutator: Mutator,
@@ -89,6 +91,9 @@ impl WebhookServer {
         let options = serve::Options {
             shutdown_secs: 5,
             tls: self.tls,
+            // The API server holds a few connections; a crowd is someone else.
+            max_connections: MAX_CONNECTIONS,
+            send_timeout: Some(nodepool::defaults::SEND_TIMEOUT),
             ..serve::Options::default()
         };
         serve::until(serve::start(listener, routes, options)?, shutdown).await
