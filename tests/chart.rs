@@ -59,7 +59,7 @@ impl Case {
 
 /// p2p/source x one/three pools x nodeSelectorEnable x hostPath set/empty x disk/memory, with
 /// containerd wiring; plus one case without it, one with ACR instances and `_default`, and one
-/// with a registry's private CA.
+/// with a registry's private CA and the scheduler's dashboard.
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
     for pattern in ["p2p", "source"] {
@@ -106,6 +106,8 @@ fn matrix() -> Vec<Case> {
         extra: &[
             "--set-json",
             r#"registries=[{"host":"docker.io"},{"host":"harbor.example.com","ca":"-----BEGIN CERTIFICATE-----\nMIIBharbor\n-----END CERTIFICATE-----\n"}]"#,
+            "--set",
+            "scheduler.dashboard=true",
         ],
         ..cases[0]
     });
@@ -407,6 +409,50 @@ fn p2p_mode_deploys_one_scheduler_that_knows_every_chosen_pool() {
             )
         );
     }
+}
+
+#[test]
+fn the_scheduler_serves_its_dashboard_only_when_asked() {
+    let pools = pools_json(1);
+    let args_with = |extra: &[&str]| {
+        let mut args = vec!["--set-json", pools.as_str()];
+        args.extend_from_slice(extra);
+        let objs = objects(&render(&args).unwrap());
+        let scheduler = of_kind(&objs, "Deployment", "scheduler")[0];
+        strings(&scheduler["spec"]["template"]["spec"]["containers"][0]["args"])
+    };
+    let off = args_with(&[]);
+    assert_eq!(
+        off[..3],
+        ["scheduler", "--config", "/etc/poolcast/scheduler.yaml"]
+    );
+    assert!(
+        !off.iter().any(|a| a == "--dashboard"),
+        "off by default: {off:?}"
+    );
+    let explicit_off = args_with(&["--set", "scheduler.dashboard=false"]);
+    assert_eq!(explicit_off, off);
+    let on = args_with(&[
+        "--set",
+        "scheduler.dashboard=true",
+        "--set",
+        "tracing.otlp.endpoint=http://otel:4318",
+    ]);
+    assert_eq!(
+        on,
+        [
+            "scheduler",
+            "--config",
+            "/etc/poolcast/scheduler.yaml",
+            "--dashboard",
+            "--otlp-endpoint",
+            "http://otel:4318"
+        ]
+    );
+    // The flag is the binary's.
+    let help = run(Command::new(env!("CARGO_BIN_EXE_poolcast")).args(["scheduler", "--help"]));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--dashboard"));
+    assert_rejected(&["--set", "scheduler.dashboard=yes"], "dashboard");
 }
 
 #[test]
