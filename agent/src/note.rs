@@ -1,6 +1,7 @@
 //! What this node tells the scheduler about itself beyond decisions, in its heartbeat: where
-//! its registry port is (preheat asks it for blobs there) and where its bytes came from (the
-//! dashboard's offload ratio).
+//! its registry port is (preheat asks it for blobs there), where its bytes came from (the
+//! dashboard's offload ratio) and which pool mirror it fetches from (the dashboard reads that
+//! mirror's `/metrics` for bytes from origin).
 
 use crate::metrics::Direction;
 use crate::state::AgentState;
@@ -27,6 +28,8 @@ pub(crate) fn node_note(state: &AgentState, registry: Option<&String>) -> NodeNo
             .get_or_create(&Direction { direction: "in" })
             .get(),
         bytes_from_mirror: state.metrics.source_bytes.get(),
+        // Scheme, host and port only: never a path or credentials.
+        mirror: Some(state.mirror.origin().ascii_serialization()),
     }
 }
 

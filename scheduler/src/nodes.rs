@@ -1,6 +1,7 @@
 //! What agents say about themselves beyond what decisions need, for preheat and the
-//! dashboard: where their registry port is, how much they cache, and where their bytes came
-//! from. It rides in the heartbeat body as extra fields ([`NodeNote`]), which schedulers that
+//! dashboard: where their registry port is, how much they cache, where their bytes came
+//! from, and which pool mirror they fetch from (whose `/metrics` the dashboard reads for bytes
+//! from origin). It rides in the heartbeat body as extra fields ([`NodeNote`]), which schedulers that
 //! predate it ignore, and agents that predate it leave out.
 //!
 //! The book outlives the registry's peers: a node the registry dropped for silence stays
@@ -28,11 +29,17 @@ pub struct NodeNote {
     pub bytes_from_peers: u64,
     /// Blob bytes taken from the mirror since the agent started.
     pub bytes_from_mirror: u64,
+    /// `http(s)://host[:port]` of the pool mirror the agent fetches from; the dashboard reads
+    /// its `/metrics` for the bytes it fetched from origin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 impl NodeNote {
-    /// The note in a heartbeat body; a missing or malformed one reads as empty, and a registry
-    /// address that is not a plain `host:port` is dropped (preheat sends credentials there).
+    /// The note in a heartbeat body; a missing or malformed one reads as empty, a registry
+    /// address that is not a plain `host:port` is dropped (preheat sends credentials there),
+    /// and so is a mirror that is not a plain `http(s)://host[:port]` (the scheduler reads
+    /// `/metrics` there); a mirror is kept in its normal form (`http://m:80/` is `http://m`).
     pub fn from_body(body: &[u8]) -> NodeNote {
         let mut note: NodeNote = serde_json::from_slice(body).unwrap_or_default();
         if let Some(addr) = &note.registry {
@@ -40,8 +47,25 @@ impl NodeNote {
                 note.registry = None;
             }
         }
+        note.mirror = note.mirror.as_deref().and_then(mirror_base);
         note
     }
+}
+
+/// `http(s)://host[:port]` of a mirror URL without credentials, path, query or fragment.
+fn mirror_base(text: &str) -> Option<String> {
+    if text.is_empty() || text.len() > MAX_NAME_LEN {
+        return None;
+    }
+    let url = url::Url::parse(text).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    plain.then(|| url.origin().ascii_serialization())
 }
 
 /// A heartbeat as an agent that reports a [`NodeNote`] sends it.
@@ -80,6 +104,8 @@ pub struct NodeRecord {
     pub blobs: usize,
     pub bytes_from_peers: u64,
     pub bytes_from_mirror: u64,
+    /// The pool mirror it fetches from (`http(s)://host[:port]`).
+    pub mirror: Option<String>,
     pub last_seen: Instant,
 }
 
@@ -109,6 +135,7 @@ impl NodeBook {
             blobs: beat.held.len(),
             bytes_from_peers: note.bytes_from_peers,
             bytes_from_mirror: note.bytes_from_mirror,
+            mirror: note.mirror,
             last_seen: now,
         };
         self.nodes.insert(beat.peer.id.clone(), record);
@@ -154,6 +181,7 @@ mod tests {
             registry: Some("10.0.0.1:65001".into()),
             bytes_from_peers: 7,
             bytes_from_mirror: 9,
+            mirror: Some("http://mirror-np-1.poolcast.svc:5000".into()),
         };
         let body = serde_json::to_vec(&NotedHeartbeat {
             beat: &beat(),
@@ -165,6 +193,39 @@ mod tests {
         assert_eq!(NodeNote::from_body(&body), note);
         let old = serde_json::to_vec(&beat()).expect("json");
         assert_eq!(NodeNote::from_body(&old), NodeNote::default());
+    }
+
+    #[test]
+    fn mirrors_other_than_plain_http_urls_are_dropped_and_kept_in_normal_form() {
+        for bad in [
+            "",
+            "mirror:5000",
+            "ftp://mirror:5000",
+            "http://u:p@mirror:5000",
+            "http://mirror:5000/v2",
+            "http://mirror:5000/?q",
+            "http://mirror:5000/#f",
+            "http://:5000",
+        ] {
+            let body = serde_json::json!({ "mirror": bad }).to_string();
+            assert_eq!(NodeNote::from_body(body.as_bytes()).mirror, None, "{bad}");
+        }
+        let long = format!("http://{}.example:5000", "m".repeat(MAX_NAME_LEN));
+        let body = serde_json::json!({ "mirror": long }).to_string();
+        assert_eq!(NodeNote::from_body(body.as_bytes()).mirror, None);
+        for (given, kept) in [
+            ("http://10.0.0.9:5000", "http://10.0.0.9:5000"),
+            ("http://mirror.ns.svc:5000/", "http://mirror.ns.svc:5000"),
+            ("HTTP://Mirror:80/", "http://mirror"),
+            ("https://[::1]:8443", "https://[::1]:8443"),
+        ] {
+            let body = serde_json::json!({ "mirror": given }).to_string();
+            assert_eq!(
+                NodeNote::from_body(body.as_bytes()).mirror.as_deref(),
+                Some(kept),
+                "{given}"
+            );
+        }
     }
 
     #[test]

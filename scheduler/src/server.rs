@@ -48,6 +48,9 @@ pub struct AppState {
     pub jobs: Mutex<crate::preheat::Jobs>,
     /// The dashboard at `/` and its JSON under `/api/` (off unless `dashboard: true`).
     pub dashboard: bool,
+    /// What the pools' mirrors last said they fetched from origin (read only while the
+    /// dashboard is on, by a task of its own).
+    pub(crate) mirror_readings: Mutex<crate::dashboard::origin::Readings>,
     pub pools: Vec<nodepool::PoolSpec>,
 }
 
@@ -78,6 +81,7 @@ impl AppState {
             nodes: Mutex::default(),
             jobs: Mutex::default(),
             dashboard: config.dashboard,
+            mirror_readings: Mutex::default(),
             pools: config.edge_node_pools.clone(),
         })
     }
@@ -311,6 +315,10 @@ impl SchedulerServer {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let sweep = tokio::spawn(sweep_loop(self.state.clone()));
+        let origin = self
+            .state
+            .dashboard
+            .then(|| tokio::spawn(crate::dashboard::origin::read_loop(self.state.clone())));
         let state = self.state.clone();
         let routes = move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(state.clone())
@@ -331,6 +339,9 @@ impl SchedulerServer {
         };
         let result = serve::until(serve::start(listener, routes, options)?, shutdown).await;
         sweep.abort();
+        if let Some(origin) = origin {
+            origin.abort();
+        }
         result
     }
 }

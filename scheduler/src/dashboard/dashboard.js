@@ -50,10 +50,23 @@ function list(id, items) {
   box.replaceChildren(...(items.length ? items : [el("p", { class: "muted empty" }, "none")]));
 }
 
+// A pool's bytes from origin: what its mirrors fetched, "unknown" (with why, on hover) when one
+// could not be read, "–" when no node named its mirror.
+function originCell(p, mirrors) {
+  const why = p.mirrors.map((url) => {
+    const m = mirrors.get(url);
+    return url + ": " + (m && m.upstreamBytes !== null ? bytes(m.upstreamBytes) : "unknown (" + ((m && m.error) || "not read yet") + ")");
+  }).join("\n");
+  const text = p.originBytes !== null ? bytes(p.originBytes) : (p.mirrors.length ? "unknown" : "–");
+  return el("td", { class: "origin" + (text === "unknown" ? " unknown" : ""), title: why || "no node named its mirror" }, text);
+}
+
 function drawPools(s) {
+  const mirrors = new Map(s.mirrors.map((m) => [m.url, m]));
   fill("pools", s.pools.map((p) => el("tr", { "data-pool": p.id },
     el("td", {}, p.id), el("td", {}, p.name), el("td", {}, p.p2p ? "yes" : "no (mirror only)"),
-    el("td", {}, p.connectedPools.join(", ") || "–"), el("td", {}, p.up + " / " + p.nodes))));
+    el("td", {}, p.connectedPools.join(", ") || "–"), el("td", {}, p.up + " / " + p.nodes),
+    originCell(p, mirrors))));
 }
 
 function drawNodes(s) {
@@ -107,6 +120,15 @@ function drawSummary(s) {
   document.getElementById("offload").textContent = ratio === null ? "–" : (ratio * 100).toFixed(1) + "%";
   document.getElementById("bytes-peers").textContent = bytes(s.bytes.peers);
   document.getElementById("bytes-mirror").textContent = bytes(s.bytes.mirror);
+  const origin = document.getElementById("bytes-origin");
+  const unknown = s.mirrors.filter((m) => m.upstreamBytes === null);
+  if (!s.mirrors.length) origin.textContent = "–";
+  else if (s.bytes.origin === null) origin.textContent = "unknown";
+  else origin.textContent = bytes(s.bytes.origin) + (unknown.length ? " + " + unknown.length + " unknown" : "");
+  origin.className = unknown.length ? "unknown" : "";
+  origin.title = s.mirrors.length
+    ? s.mirrors.length + " mirror(s), each counted once" + unknown.map((m) => "\n" + m.url + ": " + m.error).join("")
+    : "no node named its mirror";
   const moved = s.bytes.peers + s.bytes.mirror;
   const [p, m] = document.querySelectorAll("#bytes-bar span");
   p.style.width = (moved ? (100 * s.bytes.peers) / moved : 0) + "%";

@@ -6,7 +6,11 @@
 //! Everything comes from what the scheduler already knows: live peers and their last
 //! heartbeat (cache use is the bytes of the complete blobs a node lists), the blobs being
 //! spread with each node's pieces, the bytes agents report taking from peers and from the
-//! mirror, and preheat jobs.
+//! mirror, and preheat jobs. Bytes from origin are the one thing it asks for: the mirrors
+//! agents name are read every few seconds while the page is on ([`origin`]), and the JSON
+//! shows the last reading.
+
+pub(crate) mod origin;
 
 use crate::preheat::JobView;
 use crate::registry::status::{PeerView, TransferView};
@@ -14,7 +18,7 @@ use crate::server::{clock, AppState};
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("dashboard.js");
@@ -56,6 +60,11 @@ struct PoolStatus {
     connected_pools: Vec<String>,
     nodes: usize,
     up: usize,
+    /// The mirrors its nodes fetch from (one, normally).
+    mirrors: Vec<String>,
+    /// What those mirrors fetched from origin; `None`: unknown (no node named a mirror, or one
+    /// of them could not be read).
+    origin_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -72,6 +81,8 @@ struct NodeStatus {
     blobs: usize,
     bytes_from_peers: u64,
     bytes_from_mirror: u64,
+    /// The pool mirror it fetches from; `None` from agents that predate saying so.
+    mirror: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -79,8 +90,25 @@ struct NodeStatus {
 struct Bytes {
     peers: u64,
     mirror: u64,
+    /// Blob bytes the mirrors fetched from upstream registries, summed over the mirrors read
+    /// (each once, however many pools share it); `None` when none could be.
+    origin: Option<u64>,
+    /// Mirrors named by nodes whose upstream bytes are unknown (not in `origin`).
+    origin_unknown: usize,
     /// Share of the nodes' blob bytes that came from peers; `None` before any byte moved.
     offload_ratio: Option<f64>,
+}
+
+/// A mirror some node fetches from, as last read.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MirrorStatus {
+    url: String,
+    pools: Vec<String>,
+    /// Its `poolcast_mirror_upstream_bytes_total`; `None`: unknown, `error` says why.
+    upstream_bytes: Option<u64>,
+    error: Option<String>,
+    read_ago_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -91,6 +119,7 @@ struct Status {
     nodes: Vec<NodeStatus>,
     transfers: Vec<TransferView>,
     bytes: Bytes,
+    mirrors: Vec<MirrorStatus>,
     jobs: Vec<JobView>,
 }
 
@@ -116,6 +145,8 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
                 connected_pools: p.connected_pools.clone(),
                 nodes: 0,
                 up: 0,
+                mirrors: Vec::new(),
+                origin_bytes: None,
             };
             (p.id.clone(), status)
         })
@@ -128,10 +159,34 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
             connected_pools: Vec::new(),
             nodes: 0,
             up: 0,
+            mirrors: Vec::new(),
+            origin_bytes: None,
         });
         pool.nodes += 1;
         pool.up += usize::from(n.up);
     }
+    let mirrors = mirrors(&state, &nodes, now);
+    for m in &mirrors {
+        for p in &m.pools {
+            if let Some(pool) = pools.get_mut(p) {
+                pool.mirrors.push(m.url.clone());
+            }
+        }
+    }
+    let read: BTreeMap<&str, Option<u64>> = mirrors
+        .iter()
+        .map(|m| (m.url.as_str(), m.upstream_bytes))
+        .collect();
+    for pool in pools.values_mut() {
+        pool.origin_bytes = pool
+            .mirrors
+            .iter()
+            .map(|m| read.get(m.as_str()).copied().flatten())
+            .try_fold(0u64, |sum, b| b.map(|b| sum.saturating_add(b)))
+            .filter(|_| !pool.mirrors.is_empty());
+    }
+    let known: Vec<u64> = mirrors.iter().filter_map(|m| m.upstream_bytes).collect();
+    let origin = (!known.is_empty()).then(|| known.iter().fold(0u64, |a, b| a.saturating_add(*b)));
     let peers_bytes: u64 = nodes.iter().map(|n| n.bytes_from_peers).sum();
     let mirror_bytes: u64 = nodes.iter().map(|n| n.bytes_from_mirror).sum();
     let moved = peers_bytes + mirror_bytes;
@@ -143,8 +198,14 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
         bytes: Bytes {
             peers: peers_bytes,
             mirror: mirror_bytes,
+            origin,
+            origin_unknown: mirrors
+                .iter()
+                .filter(|m| m.upstream_bytes.is_none())
+                .count(),
             offload_ratio: (moved > 0).then(|| peers_bytes as f64 / moved as f64),
         },
+        mirrors,
         jobs: state.jobs.lock().views(),
     };
     HttpResponse::Ok()
@@ -168,6 +229,7 @@ fn nodes(state: &AppState, peers: Vec<PeerView>, now: std::time::Instant) -> Vec
                 blobs: rec.map_or(0, |r| r.blobs),
                 bytes_from_peers: rec.map_or(0, |r| r.bytes_from_peers),
                 bytes_from_mirror: rec.map_or(0, |r| r.bytes_from_mirror),
+                mirror: rec.and_then(|r| r.mirror.clone()),
                 id: p.id,
                 pool: p.pool,
                 addr: p.addr,
@@ -187,8 +249,40 @@ fn nodes(state: &AppState, peers: Vec<PeerView>, now: std::time::Instant) -> Vec
             blobs: r.blobs,
             bytes_from_peers: r.bytes_from_peers,
             bytes_from_mirror: r.bytes_from_mirror,
+            mirror: r.mirror.clone(),
         });
     }
     out.sort_by(|a, b| (&a.pool, &a.id).cmp(&(&b.pool, &b.id)));
     out
+}
+
+/// Every mirror a listed node names, with its pools and last reading; one not read (named
+/// since the last round, or past [`origin::MAX_MIRRORS`]) is unknown.
+fn mirrors(state: &AppState, nodes: &[NodeStatus], now: std::time::Instant) -> Vec<MirrorStatus> {
+    let mut pools: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for n in nodes {
+        if let Some(m) = &n.mirror {
+            pools.entry(m).or_default().insert(&n.pool);
+        }
+    }
+    let readings = state.mirror_readings.lock();
+    pools
+        .into_iter()
+        .map(|(url, pools)| {
+            let reading = readings.get(url);
+            let (upstream_bytes, error) = match reading.map(|r| &r.bytes) {
+                Some(Ok(b)) => (Some(*b), None),
+                Some(Err(e)) => (None, Some(e.clone())),
+                None => (None, Some("not read yet".to_string())),
+            };
+            MirrorStatus {
+                url: url.to_string(),
+                pools: pools.into_iter().map(String::from).collect(),
+                upstream_bytes,
+                error,
+                read_ago_ms: reading
+                    .map(|r| now.saturating_duration_since(r.at).as_millis() as u64),
+            }
+        })
+        .collect()
 }
