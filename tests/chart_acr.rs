@@ -54,10 +54,19 @@ fn containers(objs: &[Value]) -> Vec<(String, &Value)> {
 }
 
 #[test]
-fn the_seeds_values_files_as_printed_render_validate_strictly_and_configure_poolcast() {
+fn the_seeds_values_files_as_printed_lint_render_validate_strictly_and_configure_poolcast() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     for name in SEEDS {
+        let lint = run(Command::new(helm())
+            .args(["lint", "--strict", "-n", NS, "-f", &seed(name)])
+            .arg(root().join("chart")));
+        assert!(
+            lint.status.success(),
+            "{name}: helm lint --strict: {}{}",
+            String::from_utf8_lossy(&lint.stdout),
+            String::from_utf8_lossy(&lint.stderr)
+        );
         let text = render_seed(name, &[]);
         let path = dir.path().join(name);
         std::fs::write(&path, &text).unwrap();
@@ -249,9 +258,18 @@ fn notes_name_the_oidc_subjects_to_trust_and_ask_pods_get_their_ram_role() {
             "serviceAccount.name=ack-acr-acceleration-p2p-sa",
             "--set",
             "webhook.serviceAccountName=ack-acr-acceleration-p2p-job-sa",
+            // The seeds' cache knobs poolcast has no use for: accepted, and NOTES says so.
+            "--set",
+            "p2p.v2.cache.optionBlockSize=67108864",
+            "--set",
+            "p2p.v2.cache.aio=true",
         ]));
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("p2p.v2.cache.optionBlockSize and p2p.v2.cache.aio are accepted and ignored"),
+        "{text}"
+    );
     for sub in [
         "ack-acr-acceleration-p2p-sa",
         "ack-acr-acceleration-p2p-job-sa",
