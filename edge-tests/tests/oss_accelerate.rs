@@ -47,7 +47,7 @@ fn setup() -> Setup {
     .unwrap();
     start_registry(&bed, &origin, &bed.fresh_dir("registry")).unwrap();
     let image = TestImage::build(&bed.fresh_dir("image"), &[96 * 1024], 71).unwrap();
-    for repo in ["edge/app:1", "edge/app-v4:1"] {
+    for repo in ["edge/app:1", "edge/app-v4:1", "edge/app-again:1"] {
         push(&image, &bed, &origin, repo).unwrap();
     }
     let front_log = bed.dir().join("front-hosts.txt");
@@ -164,8 +164,9 @@ fn accelerated_mirrors_fetch_oss_blobs_from_oss_accelerate_and_others_from_the_o
     );
 
     let off = s.start_mirror(5002, false);
-    // A new repository for a new log line: the same blob under a second name.
-    let hosts = s.fetch(&off, "edge/app-v4");
+    // A new repository for a new log line: the same blob under another name, signed V1 as
+    // the first, so only the setting keeps it on the region's host.
+    let hosts = s.fetch(&off, "edge/app-again");
     assert_eq!(hosts, [format!("{REGION_HOST}:{FRONT_PORT}")], "without it");
 }
 
