@@ -157,6 +157,17 @@ struct BlobRequest {
     head: bool,
 }
 
+impl BlobRequest {
+    /// The same blob at the mirror, under the same registry.
+    fn mirror_url(&self, state: &AgentState) -> url::Url {
+        state.mirror_url(
+            &format!("/v2/{}/blobs/{}", self.repo, self.digest),
+            self.ns.as_deref(),
+            &[],
+        )
+    }
+}
+
 async fn blob(
     state: &web::Data<AgentState>,
     req: &HttpRequest,
@@ -243,11 +254,7 @@ async fn relay_blob(
     b: &BlobRequest,
     auth: Option<&HeaderValue>,
 ) -> Result<HttpResponse> {
-    let url = state.mirror_url(
-        &format!("/v2/{}/blobs/{}", b.repo, b.digest),
-        b.ns.as_deref(),
-        &[],
-    );
+    let url = b.mirror_url(state);
     let mut out = crate::trace::traced(state.http.get(url.clone()));
     if let Some(a) = auth {
         out = out.header("authorization", a.as_bytes());
@@ -353,11 +360,7 @@ async fn check_access(
     if let Some(size) = size.filter(|_| granted_within(state.cfg.auth_cache_ttl.0)) {
         return Ok((size, true));
     }
-    let url = state.mirror_url(
-        &format!("/v2/{}/blobs/{}", b.repo, b.digest),
-        b.ns.as_deref(),
-        &[],
-    );
+    let url = b.mirror_url(state);
     let mut head = crate::trace::traced(state.http.head(url.clone()));
     if let Some(a) = auth {
         head = head.header("authorization", a);
