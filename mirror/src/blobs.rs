@@ -96,14 +96,19 @@ pub async fn locate(
 /// and they must match. Otherwise anyone could run a registry that says yes to every `HEAD`
 /// and read whatever the pool cached from private registries. The proof is remembered for
 /// `cacheTTL`; configured upstreams need none.
+/// Whether the registry named in `?ns=` may be taken at its word for `object`: a configured
+/// upstream, or one that served these bytes within `cacheTTL`.
+fn proven(state: &AppState, ctx: &Ctx<'_>, object: &str, now: SystemTime) -> bool {
+    ctx.up.configured
+        || state
+            .store
+            .possesses(&ctx.up.ns, object, now, state.cache_ttl)
+}
+
 async fn prove(state: &AppState, ctx: &Ctx<'_>, digest: &Digest, size: Option<u64>) -> Result<()> {
     let object = digest.to_string();
     let now = SystemTime::now();
-    if ctx.up.configured
-        || state
-            .store
-            .possesses(&ctx.up.ns, &object, now, state.cache_ttl)
-    {
+    if proven(state, ctx, &object, now) {
         return Ok(());
     }
     state.metrics.upstream_requests.inc();
@@ -303,12 +308,7 @@ async fn head_upstream(
     }
     let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
     let mut builder = blob_headers(HttpResponse::Ok(), digest);
-    let object = digest.to_string();
-    let proven = ctx.up.configured
-        || state
-            .store
-            .possesses(&ctx.up.ns, &object, SystemTime::now(), state.cache_ttl);
-    if !proven {
+    if !proven(state, ctx, &digest.to_string(), SystemTime::now()) {
         builder.insert_header((storage::access::UNPROVEN_HEADER, "1"));
     }
     Ok(Some(builder.body(SizedStream::new(len, empty))))
@@ -394,10 +394,7 @@ async fn copy_verified(
             Some(item) => item,
             None => {
                 if !buf.is_empty() {
-                    state
-                        .store
-                        .make_room(written + buf.len() as u64, SystemTime::now())?;
-                    written = flush(writer, &mut buf, &mut hasher, written, size).await?;
+                    written = flush(state, writer, &mut buf, &mut hasher, written, size).await?;
                 }
                 stream.next().await
             }
@@ -422,17 +419,11 @@ async fn copy_verified(
             });
         }
         if buf.len() >= CHUNK {
-            state
-                .store
-                .make_room(written + buf.len() as u64, SystemTime::now())?;
-            written = flush(writer, &mut buf, &mut hasher, written, size).await?;
+            written = flush(state, writer, &mut buf, &mut hasher, written, size).await?;
         }
     }
     if !buf.is_empty() {
-        state
-            .store
-            .make_room(written + buf.len() as u64, SystemTime::now())?;
-        written = flush(writer, &mut buf, &mut hasher, written, size).await?;
+        written = flush(state, writer, &mut buf, &mut hasher, written, size).await?;
     }
     if let Some(expected) = size.filter(|s| *s != written) {
         return Err(Error::SizeMismatch {
@@ -451,13 +442,19 @@ async fn copy_verified(
     Ok(written)
 }
 
+/// Writes `buf` at `offset`, making room in the cache for it first (room follows the bytes
+/// that arrive, not the length upstream claims).
 async fn flush(
+    state: &AppState,
     writer: &IngestWriter,
     buf: &mut BytesMut,
     hasher: &mut Option<sha2::Sha256>,
     offset: u64,
     size: Option<u64>,
 ) -> Result<u64> {
+    state
+        .store
+        .make_room(offset + buf.len() as u64, SystemTime::now())?;
     let data = buf.split().freeze();
     let file = writer.file.clone();
     let mut h = hasher.take().unwrap_or_default();
