@@ -106,6 +106,11 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
     let size = s.size(payload)?;
     let timeout = s.pull_timeout(size);
     let (origin0, mirror0) = (s.tx_bytes(&s.origin)?, s.tx_bytes(&s.mirror)?);
+    let tcp0 = s.tcp_segments(&s.mirror)?;
+    let samplers = [
+        ("mirror", Sampler::start(&s.mirror)),
+        ("origin", Sampler::start(&s.origin)),
+    ];
     let start = super::now();
     let pulls: Vec<_> = s
         .nodes
@@ -135,6 +140,12 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_dir_all(&out);
     }
+    diagnose(s, label, tcp0);
+    for (host, sampler) in samplers {
+        if let Some(sampler) = sampler {
+            sampler.report(label, host, s.links.mirror.bytes_per_sec());
+        }
+    }
     Ok(Outcome {
         label: label.to_owned(),
         payload,
@@ -142,6 +153,86 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
         origin_sent: s.tx_bytes(&s.origin)? - origin0,
         source_sent: s.tx_bytes(&s.mirror)? - mirror0,
     })
+}
+
+/// Prints to stderr what tells a slow run's cause: the mirror's TCP segments sent and
+/// retransmitted during it, and the pieces the agents took from the mirror, by why.
+fn diagnose(s: &Setup, label: &str, tcp0: (u64, u64)) {
+    if let Ok(tcp) = s.tcp_segments(&s.mirror) {
+        let (out, retrans) = (tcp.0 - tcp0.0, tcp.1 - tcp0.1);
+        eprintln!(
+            "fanout: {label}: mirror TCP segments sent {out}, retransmitted {retrans} ({:.1} %)",
+            100.0 * retrans as f64 / out.max(1) as f64
+        );
+    }
+    let mut by_why: std::collections::BTreeMap<String, f64> = Default::default();
+    for node in &s.nodes {
+        let url = format!("http://{}:{AGENT_PORT}/metrics", node.ip);
+        let Ok(text) = s.bed.http_get(node, &url) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("poolcast_agent_blobs_started_ahead_total ") {
+                *by_why.entry("(blobs started ahead)".into()).or_default() +=
+                    n.trim().parse().unwrap_or(0.0);
+            }
+            let Some(rest) = line.strip_prefix("poolcast_agent_mirror_pieces_total{reason=\"")
+            else {
+                continue;
+            };
+            if let Some((why, value)) = rest.split_once("\"} ") {
+                *by_why.entry(why.to_owned()).or_default() += value.parse().unwrap_or(0.0);
+            }
+        }
+    }
+    if !by_why.is_empty() {
+        let parts: Vec<String> = by_why.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!(
+            "fanout: {label}: pieces from the mirror: {}",
+            parts.join(", ")
+        );
+    }
+}
+
+/// A host's `eth0` sent bytes every half second, read by a shell loop in its namespace:
+/// how busy its uplink was over the run (the bound needs it busy from start to end).
+struct Sampler(std::process::Child);
+
+const SAMPLE_EVERY: f64 = 0.5;
+
+impl Sampler {
+    fn start(host: &Host) -> Option<Sampler> {
+        let script = format!(
+            "while :; do cat /sys/class/net/eth0/statistics/tx_bytes; sleep {SAMPLE_EVERY}; done"
+        );
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &host.ns, "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+            .map(Sampler)
+    }
+
+    /// Prints the uplink's use per second, as a fraction of its rate.
+    fn report(mut self, label: &str, host: &str, rate: f64) {
+        let _ = self.0.kill();
+        let Ok(out) = self.0.wait_with_output() else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let bytes: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let per = (1.0 / SAMPLE_EVERY) as usize;
+        let used: Vec<String> = bytes
+            .windows(per + 1)
+            .step_by(per)
+            .map(|w| format!("{:.2}", (w[per] - w[0]) / rate))
+            .collect();
+        eprintln!(
+            "fanout: {label}: {host} uplink use per second: {}",
+            used.join(" ")
+        );
+    }
 }
 
 /// The command a node runs: curl of the blob by digest, or skopeo of the image by tag, both

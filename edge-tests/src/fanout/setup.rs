@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use super::links::Links;
 use crate::bed::{Bed, Host};
@@ -128,6 +128,27 @@ impl Setup {
             .bed
             .run_ok(host, "cat", &["/sys/class/net/eth0/statistics/tx_bytes"])?;
         out.trim().parse().context("tx_bytes")
+    }
+
+    /// TCP segments `host` has sent and retransmitted (`/proc/net/snmp` of its namespace).
+    pub fn tcp_segments(&self, host: &Host) -> Result<(u64, u64)> {
+        let snmp = self.bed.run_ok(host, "cat", &["/proc/net/snmp"])?;
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+            return Err(anyhow!("no Tcp lines in /proc/net/snmp"));
+        };
+        let field = |name: &str| -> Result<u64> {
+            let i = names
+                .split_whitespace()
+                .position(|n| n == name)
+                .ok_or_else(|| anyhow!("no {name} in /proc/net/snmp"))?;
+            values
+                .split_whitespace()
+                .nth(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("{name}: no number"))
+        };
+        Ok((field("OutSegs")?, field("RetransSegs")?))
     }
 
     /// How long any one node's pull may take: source mode sends every node a whole copy over
