@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Bytes sent to containerd.
     pub served_bytes: Counter,
     pub cache_hits: Counter,
+    /// Blobs of an image started before its client asked (`crate::ahead`).
+    pub started_ahead: Counter,
     pub piece_failures: Counter,
     pub digest_mismatches: Counter,
     pub scheduler_errors: Counter,
@@ -57,6 +59,7 @@ impl Metrics {
             mirror_pieces: Family::default(),
             served_bytes: Counter::default(),
             cache_hits: Counter::default(),
+            started_ahead: Counter::default(),
             piece_failures: Counter::default(),
             digest_mismatches: Counter::default(),
             scheduler_errors: Counter::default(),
@@ -92,6 +95,12 @@ impl Metrics {
             "served_bytes",
             "Bytes sent to containerd",
             m.served_bytes.clone(),
+        );
+        registry.register(
+            "blobs_started_ahead",
+            "Blobs of an image started before the client asked for them, as it pulls the image \
+             blob by blob",
+            m.started_ahead.clone(),
         );
         registry.register(
             "cache_hits",

@@ -16,6 +16,7 @@ use storage::body::{file_stream, metered, parse_range, span, RateLimit, Share, S
 use storage::reference::{split_path, validate_name, Digest, Reference};
 use storage::request::{joined_accept, preflight, read_limited};
 use storage::{Access, UpstreamReply};
+use tracing::Instrument;
 
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// Headers passed back from the mirror as they are.
@@ -47,7 +48,7 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
     });
     let tail = req.match_info().get("tail").unwrap_or("");
     if tail.is_empty() {
-        return relay(&state, &req, "/v2/", ns.as_deref()).await;
+        return Ok(relay(&state, &req, "/v2/", ns.as_deref()).await?.0);
     }
     let (repo, kind, reference) = split_path(tail)?;
     // CRI-O cannot send `?ns=`: its mirror location (`poolcast hosts --runtime crio`) puts the
@@ -68,13 +69,22 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
     match kind {
         "manifests" => {
             Reference::parse(reference)?;
-            relay(
+            let (r, body) = relay(
                 &state,
                 &req,
                 &format!("/v2/{repo}/manifests/{reference}"),
                 ns.as_deref(),
             )
-            .await
+            .await?;
+            if let Some(body) = body.filter(|_| r.status() == StatusCode::OK) {
+                let auth = req.headers().get(AUTHORIZATION);
+                let now = std::time::Instant::now();
+                state
+                    .ahead
+                    .lock()
+                    .manifest(ns.as_deref(), repo, auth, &body, now);
+            }
+            Ok(r)
         }
         "blobs" => {
             let digest = Digest::parse(reference)?;
@@ -102,13 +112,13 @@ fn unreachable(url: &url::Url, e: reqwest::Error) -> Error {
 }
 
 /// Passes a request to the mirror with containerd's `Authorization` and `Accept`, and its
-/// answer back.
+/// answer back (with its body, for a GET).
 async fn relay(
     state: &AgentState,
     req: &HttpRequest,
     path: &str,
     ns: Option<&str>,
-) -> Result<HttpResponse> {
+) -> Result<(HttpResponse, Option<Bytes>)> {
     let url = state.mirror_url(path, ns, &[]);
     let method = if req.method() == Method::HEAD {
         reqwest::Method::HEAD
@@ -133,10 +143,13 @@ async fn relay(
             .get("content-length")
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let empty = futures_util::stream::empty::<storage::Result<Bytes>>();
-        return Ok(builder.body(SizedStream::new(len.unwrap_or(0), empty)));
+        return Ok((
+            builder.body(SizedStream::new(len.unwrap_or(0), empty)),
+            None,
+        ));
     }
-    let body = read_limited(resp, MAX_MANIFEST).await?;
-    Ok(builder.body(body))
+    let body = Bytes::from(read_limited(resp, MAX_MANIFEST).await?);
+    Ok((builder.body(body.clone()), Some(body)))
 }
 
 fn copy_headers(builder: &mut HttpResponseBuilder, headers: &reqwest::header::HeaderMap) {
@@ -185,6 +198,12 @@ async fn blob(
     if !proven && !b.head {
         return relay_blob(state, req, &b, auth).await;
     }
+    if !b.head {
+        state
+            .ahead
+            .lock()
+            .requested(b.ns.as_deref(), &b.repo, &b.digest);
+    }
     let builder = |span: Span, size: u64| {
         let status = if span.partial {
             StatusCode::PARTIAL_CONTENT
@@ -218,6 +237,9 @@ async fn blob(
         let r = builder(span, entry.size);
         let share = share(state, b.head, span).await?;
         let body = share.wrap(file_stream(file, span.start, span.end + 1));
+        if !b.head {
+            state.swarm.send(crate::p2p::Input::WorkAhead);
+        }
         return Ok(respond(state, r, (span, entry.size), b.head, body));
     }
     let span = span(range, size, range_text)?;
@@ -235,6 +257,8 @@ async fn blob(
     };
     let share = share(state, false, span).await?;
     let task = Download::get_or_start(state, spec)?;
+    // After the download's start: the swarm sees it before it looks at working ahead.
+    state.swarm.send(crate::p2p::Input::WorkAhead);
     let body = share.wrap(task.ingest.stream(span.start, Some(span.end + 1)));
     Ok(respond(
         state,
@@ -243,6 +267,58 @@ async fn blob(
         false,
         body,
     ))
+}
+
+/// Starts the download of a blob no client asked for yet, as [`crate::ahead`] chose it: after
+/// the mirror's access check with the credentials the client sent for the image's manifest,
+/// unless it is held or downloading already. Failures are only logged: the client's own
+/// request, if it comes, starts afresh.
+pub async fn work_ahead(state: std::sync::Arc<AgentState>, next: crate::ahead::Next) {
+    let span = next.trace.ahead_span(&next.digest.to_string());
+    work_ahead_in(web::Data::from(state), next)
+        .instrument(span)
+        .await
+}
+
+async fn work_ahead_in(state: web::Data<AgentState>, next: crate::ahead::Next) {
+    let now = SystemTime::now();
+    let held = state
+        .store
+        .entry(&next.digest, now)
+        .ok()
+        .flatten()
+        .is_some();
+    if held || state.downloads.lock().contains_key(next.digest.hex()) {
+        return;
+    }
+    let b = BlobRequest {
+        ns: next.ns,
+        repo: next.repo,
+        digest: next.digest,
+        head: false,
+    };
+    match check_access(&state, &b, next.auth.as_ref()).await {
+        Ok((size, true)) => {
+            let spec = TaskSpec {
+                digest: b.digest.clone(),
+                size,
+                ns: b.ns,
+                repo: b.repo,
+                auth: next.auth,
+            };
+            match Download::get_or_start(&state, spec) {
+                Ok(_) => {
+                    state.metrics.started_ahead.inc();
+                }
+                Err(e) => {
+                    tracing::debug!(digest = %b.digest, error = %e, "blob not started ahead");
+                }
+            }
+        }
+        // Served only through the mirror, when asked for (see `relay_blob`).
+        Ok((_, false)) => {}
+        Err(e) => tracing::debug!(digest = %b.digest, error = %e, "blob not started ahead"),
+    }
 }
 
 /// A blob the mirror let this requester read on the word of a registry it cannot vouch for

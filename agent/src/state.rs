@@ -61,6 +61,8 @@ pub struct AgentState {
     pub reachable: RwLock<Vec<String>>,
     /// What every blob body to containerd draws from before it reads a chunk.
     pub budget: storage::body::SendBudget,
+    /// The blobs of image manifests relayed lately, to start the next ahead of the client.
+    pub ahead: Mutex<crate::ahead::Ahead>,
 }
 
 impl AgentState {
@@ -180,6 +182,7 @@ impl AgentServer {
             sizes: Mutex::new(HashMap::new()),
             reachable: RwLock::new(vec![pool]),
             budget: storage::body::SendBudget::new(cfg_send_buffers),
+            ahead: Mutex::default(),
         };
         if state.keys.is_off() {
             tracing::warn!(

@@ -118,6 +118,10 @@ pub struct FreshResponse {
     pub pieces: Vec<u32>,
     /// Every piece is in the pool: stop asking; the mirror may now help with any piece.
     pub all_released: bool,
+    /// Every piece is in the pool or leased to a first holder: the requester may start its
+    /// next blob. (Absent from older schedulers.)
+    #[serde(default)]
+    pub all_leased: bool,
 }
 
 impl From<swarm::Grant> for FreshResponse {
@@ -125,6 +129,7 @@ impl From<swarm::Grant> for FreshResponse {
         FreshResponse {
             pieces: g.pieces,
             all_released: g.all_released,
+            all_leased: g.all_leased,
         }
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct FreshOutcome {
     /// Grants for other waiting requests.
     pub others: Vec<Delivery>,
     pub all_released: bool,
+    /// Every piece released or leased (see `swarm::Releases::all_leased`).
+    pub all_leased: bool,
 }
 
 #[derive(Debug)]
@@ -348,6 +350,7 @@ impl Swarms {
         let all_released = g.releases.all_released();
         let mut out = FreshOutcome {
             all_released,
+            all_leased: g.releases.all_leased(),
             ..FreshOutcome::default()
         };
         for (holder, grant) in grants {

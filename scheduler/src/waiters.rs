@@ -37,6 +37,7 @@ pub(crate) struct Waiters {
 fn merge(into: &mut FreshResponse, more: FreshResponse) {
     into.pieces.extend(more.pieces);
     into.all_released |= more.all_released;
+    into.all_leased |= more.all_leased;
 }
 
 impl Waiters {
@@ -161,6 +162,7 @@ mod tests {
             grant: Grant {
                 pieces,
                 all_released: false,
+                all_leased: false,
             },
         }
     }

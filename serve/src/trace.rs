@@ -64,6 +64,32 @@ pub fn headers() -> Vec<(&'static str, String)> {
     pairs.0
 }
 
+/// Where work that outlives a request joins that request's trace: taken from the current span
+/// while the request runs ([`Parent::current`]), a span under it made later
+/// ([`Parent::span`]). Holds no span open. Empty when tracing is off.
+#[derive(Clone, Default)]
+pub struct Parent(Option<opentelemetry::Context>);
+
+impl Parent {
+    pub fn current() -> Parent {
+        if !enabled() {
+            return Parent(None);
+        }
+        Parent(Some(tracing::Span::current().context()))
+    }
+
+    /// An `ahead` span (work started for a client before it asked) under this parent;
+    /// disabled when tracing is off.
+    pub fn ahead_span(&self, digest: &str) -> tracing::Span {
+        let Some(cx) = &self.0 else {
+            return tracing::Span::none();
+        };
+        let span = tracing::info_span!("ahead", otel.kind = "internal", digest = digest);
+        let _ = span.set_parent(cx.clone());
+        span
+    }
+}
+
 /// Middleware: a `request` span per request (with tracing on), its parent the caller's
 /// `traceparent`, covering the handler.
 pub(crate) async fn span_requests(

@@ -41,15 +41,21 @@ pub struct ReleaseConfig {
 pub const LEASED_BYTES: u64 = 4 << 20;
 /// Most leases out at once per blob and pool.
 pub const MAX_IN_FLIGHT: u32 = 64;
+/// Runs are cut as if at least this many leases were out: the first node to reach a blob
+/// (one started ahead of its client, `agent::ahead`) gets runs no longer than in a pool of
+/// eight, not all of [`LEASED_BYTES`], which its downlink alone would take seconds to carry.
+const RUN_FLOOR_IN_FLIGHT: u64 = 16;
 
 impl ReleaseConfig {
     /// The leases for a pool of `members` nodes taking a blob in `piece_size` pieces: two per
     /// node (the next asked for while the first is fetched), at most [`MAX_IN_FLIGHT`], and
-    /// runs long enough that [`LEASED_BYTES`] are out in all. Measured in the simulator and
-    /// on the fan-out bed (docs/benchmarks.md).
+    /// runs long enough that [`LEASED_BYTES`] are out in all (with 8 nodes or more; fewer
+    /// members get the runs of 8). Measured in the simulator and on the fan-out bed
+    /// (docs/benchmarks.md).
     pub fn for_pool(members: usize, piece_size: u64, lease: Duration) -> ReleaseConfig {
         let in_flight = (members.saturating_mul(2)).clamp(2, MAX_IN_FLIGHT as usize) as u32;
-        let run = (LEASED_BYTES / (u64::from(in_flight) * piece_size.max(1))).max(1);
+        let cut = u64::from(in_flight).max(RUN_FLOOR_IN_FLIGHT);
+        let run = (LEASED_BYTES / (cut * piece_size.max(1))).max(1);
         ReleaseConfig {
             in_flight,
             run: run.min(u64::from(u32::MAX)) as u32,
@@ -72,6 +78,9 @@ pub struct Grant {
     pub pieces: Vec<u32>,
     /// Every piece is in the pool: stop asking; the mirror may now help with any piece.
     pub all_released: bool,
+    /// Every piece has gone to a first holder (none waits for one): what the mirror sends of
+    /// this blob from now on is already leased, so a node may start its next blob.
+    pub all_leased: bool,
 }
 
 /// A run of pieces leased to one node, until each is completed (by it or anyone).
@@ -122,6 +131,12 @@ impl Releases {
 
     pub fn all_released(&self) -> bool {
         self.released.is_full()
+    }
+
+    /// Every piece is released or leased to a first holder now (a lease that lapses takes
+    /// this back).
+    pub fn all_leased(&self) -> bool {
+        self.next >= self.pieces() && self.again.is_empty()
     }
 
     /// Leases held now.
@@ -232,6 +247,7 @@ impl Releases {
                     Grant {
                         pieces: Vec::new(),
                         all_released: true,
+                        all_leased: true,
                     },
                 ));
             }
@@ -264,6 +280,7 @@ impl Releases {
                 Grant {
                     pieces,
                     all_released: false,
+                    all_leased: self.all_leased(),
                 },
             ));
         }
@@ -368,6 +385,22 @@ mod tests {
     }
 
     #[test]
+    fn the_grant_of_the_last_unleased_piece_says_all_are_leased_until_a_lease_lapses() {
+        let c = cfg(2);
+        let mut r = Releases::new(3);
+        let first = r.ask(&c, 1, &[], true, t(0));
+        assert!(!first[0].1.all_leased);
+        r.ask(&c, 2, &[], true, t(1));
+        let last = r.ask(&c, 1, &[0], true, t(2));
+        assert_eq!(granted(&last), vec![(1, vec![2])]);
+        assert!(last[0].1.all_leased && !last[0].1.all_released);
+        assert!(r.all_leased());
+        // Holder 2's lease of piece 1 lapses: piece 1 waits for a first holder again.
+        r.expire(&c, t(1) + c.lease);
+        assert!(!r.all_leased());
+    }
+
+    #[test]
     fn an_empty_blob_is_released_at_once() {
         let c = cfg(4);
         let mut r = Releases::new(0);
@@ -378,7 +411,8 @@ mod tests {
                 1,
                 Grant {
                     pieces: vec![],
-                    all_released: true
+                    all_released: true,
+                    all_leased: true,
                 }
             )]
         );
@@ -445,6 +479,12 @@ mod tests {
         assert_eq!((c.in_flight, c.run), (MAX_IN_FLIGHT, 1));
         let c = ReleaseConfig::for_pool(1, 4 << 20, lease);
         assert_eq!((c.in_flight, c.run), (2, 1));
+        let c = ReleaseConfig::for_pool(1, 64 << 10, lease);
+        assert_eq!(
+            (c.in_flight, c.run),
+            (2, 4),
+            "a lone first member: runs of a pool of 8"
+        );
         let c = ReleaseConfig::for_pool(0, 0, lease);
         assert!(c.in_flight >= 1 && c.run >= 1);
     }

@@ -134,6 +134,10 @@ pub(super) struct Actor {
     next_peer: PeerId,
     epoch: Instant,
     out: Vec<Action>,
+    /// Every piece this node pulls was leased when last looked at (`Node::all_leased`).
+    all_leased: bool,
+    /// A client asked for a blob since the last look at working ahead.
+    ahead_due: bool,
 }
 
 /// Starts the actor and the peer listener; returns the handle downloads use.
@@ -157,6 +161,8 @@ pub fn start(
         next_peer: 1,
         epoch: Instant::now(),
         out: Vec::new(),
+        all_leased: false,
+        ahead_due: false,
         state: state.clone(),
     };
     vec![
@@ -200,6 +206,25 @@ impl Actor {
             let now = self.now();
             self.node.decide(now, &mut self.out);
             self.execute();
+            self.work_ahead();
+        }
+    }
+
+    /// Once every piece of what this node pulls is leased to a first holder (the mirror's
+    /// uplink has nothing fresh of it left to hand out), or when a client asks for a blob
+    /// while that holds, starts the next blob of an image the client is pulling blob by blob
+    /// (`crate::ahead`), so the origin's and the mirror's links move on to it at once.
+    fn work_ahead(&mut self) {
+        let leased = self.node.all_leased();
+        let due = std::mem::take(&mut self.ahead_due) || (leased && !self.all_leased);
+        self.all_leased = leased;
+        if !(leased && due) {
+            return;
+        }
+        let next = self.state.ahead.lock().next(Instant::now());
+        if let Some(next) = next {
+            tracing::debug!(digest = %next.digest, repo = next.repo, "blob started ahead of the client");
+            tokio::spawn(crate::registry::work_ahead(self.state.clone(), next));
         }
     }
 
@@ -263,11 +288,12 @@ impl Actor {
                 match answer {
                     Ok(f) => {
                         let held = self.node.have(task).map_or(0, |h| h.count());
-                        tracing::debug!(task, pieces = ?f.pieces, all_released = f.all_released, held, "fresh pieces leased");
+                        tracing::debug!(task, pieces = ?f.pieces, all_released = f.all_released, all_leased = f.all_leased, held, "fresh pieces leased");
                         self.handle(Event::Fresh {
                             task,
                             pieces: f.pieces,
                             all_released: f.all_released,
+                            all_leased: f.all_leased,
                         })
                     }
                     Err(e) => {
@@ -280,6 +306,7 @@ impl Actor {
                     }
                 }
             }
+            Input::WorkAhead => self.ahead_due = true,
             Input::Reported { task, completed } => {
                 if let Some(t) = self.tasks.get_mut(&task) {
                     t.report = None;

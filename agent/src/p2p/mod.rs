@@ -112,6 +112,9 @@ pub enum Input {
         task: u64,
         completed: Option<Vec<u32>>,
     },
+    /// A client asked for a blob: the next blob of its image may be started ahead
+    /// (`crate::ahead`) once every piece this node pulls is released.
+    WorkAhead,
 }
 
 /// The agent's handle on the actor.

@@ -30,6 +30,7 @@ pub struct Members {
 pub struct Fresh {
     pub pieces: Vec<u32>,
     pub all_released: bool,
+    pub all_leased: bool,
 }
 
 /// Joins the blob's members every `intervalMs` until aborted (the download ended).
@@ -134,6 +135,7 @@ async fn ask(
         .map(|r| Fresh {
             pieces: r.pieces,
             all_released: r.all_released,
+            all_leased: r.all_leased,
         })
         .map_err(|e| e.to_string())
 }

@@ -322,6 +322,7 @@ impl Sim<'_> {
                             task: TASK,
                             pieces: grant.pieces,
                             all_released: grant.all_released,
+                            all_leased: grant.all_leased,
                         };
                         self.send(self.spec.sched_latency, Msg::Node(holder as usize, ev));
                     }

@@ -37,6 +37,7 @@ pub struct Fresh {
     pub key: WaitKey,
     pub grant: Option<Grant>,
     pub all_released: bool,
+    pub all_leased: bool,
 }
 
 /// The longest interval between joins, so a node with few neighbours learns of newcomers
@@ -185,6 +186,7 @@ impl PeerRegistry {
             },
             grant: out.mine,
             all_released: out.all_released,
+            all_leased: out.all_leased,
         })
     }
 

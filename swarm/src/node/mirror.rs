@@ -7,14 +7,22 @@ use crate::mix;
 use std::time::Duration;
 
 impl Node {
-    /// The scheduler's answer: leased pieces to fetch, or that every piece is in the pool.
-    pub(super) fn fresh(&mut self, id: TaskId, pieces: Vec<u32>, all_released: bool) {
+    /// The scheduler's answer: leased pieces to fetch, or that every piece is in the pool (or
+    /// leased).
+    pub(super) fn fresh(
+        &mut self,
+        id: TaskId,
+        pieces: Vec<u32>,
+        all_released: bool,
+        all_leased: bool,
+    ) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
         task.asking = false;
         task.mirror_dirty = true;
         task.all_released |= all_released;
+        task.all_leased |= all_leased || all_released;
         for piece in pieces {
             if piece < task.pieces() && task.leased.insert(piece) {
                 task.leases.push_back(piece);

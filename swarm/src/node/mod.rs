@@ -177,6 +177,9 @@ pub enum Event {
         task: TaskId,
         pieces: Vec<u32>,
         all_released: bool,
+        /// Every piece is released or leased to a first holder (see
+        /// [`crate::Releases::all_leased`]).
+        all_leased: bool,
     },
     /// A peer takes part in a blob and holds, or is receiving, these pieces.
     Joined {
@@ -375,6 +378,23 @@ impl Node {
             .map_or_else(|| PieceSet::empty(0), Task::receiving)
     }
 
+    /// Every blob this node pulls in p2p mode has all its pieces in the pool: the mirror's
+    /// uplink has nothing fresh left to send for them. (True with nothing pulled.)
+    pub fn released(&self) -> bool {
+        self.tasks
+            .values()
+            .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released)
+    }
+
+    /// Every blob this node pulls in p2p mode has had all its pieces leased to first holders
+    /// (or released): the mirror's uplink has no fresh piece of them left to hand out, and
+    /// a node that knows its client's next blob may start it (the agent's `ahead`).
+    pub fn all_leased(&self) -> bool {
+        self.tasks
+            .values()
+            .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released || t.all_leased)
+    }
+
     /// Peers this node is uploading to (or has offered to).
     pub fn uploading(&self) -> u32 {
         self.uploading
@@ -429,7 +449,8 @@ impl Node {
                 task,
                 pieces,
                 all_released,
-            } => self.fresh(task, pieces, all_released),
+                all_leased,
+            } => self.fresh(task, pieces, all_released, all_leased),
             Event::Joined {
                 peer,
                 task,
@@ -517,10 +538,7 @@ impl Node {
         // The mirror helps a blob's tail only once no blob pulled here waits on it for fresh
         // pieces: an image's small layers are all released long before its large ones, and
         // their help would take the mirror's uplink from fresh pieces the pool has nowhere else.
-        let released = self
-            .tasks
-            .values()
-            .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released);
+        let released = self.released();
         if released && !self.released {
             for t in self.tasks.values_mut() {
                 t.mirror_dirty = true;

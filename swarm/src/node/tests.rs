@@ -340,6 +340,7 @@ fn leased_pieces_are_fetched_as_ranges_and_reported_when_done() {
             task: T,
             pieces: vec![2, 3, 4, 6],
             all_released: false,
+            all_leased: false,
         },
     );
     assert_eq!(fetches(&a), vec![(2, 3), (6, 1)]);
@@ -406,6 +407,7 @@ fn once_everything_is_released_the_mirror_helps_quietly_and_yields_to_a_peer() {
             task: T,
             pieces: vec![],
             all_released: true,
+            all_leased: true,
         },
     );
     assert_eq!(fetches(&a).len(), 1, "one help range to begin with: {a:?}");
@@ -479,6 +481,7 @@ fn the_mirror_helps_no_tail_while_another_blob_here_still_waits_for_fresh_pieces
         task,
         pieces: vec![],
         all_released: true,
+        all_leased: true,
     };
     let a = handle(&mut n, ms(1), released(T));
     assert!(
@@ -813,6 +816,7 @@ fn a_leased_piece_a_peer_failed_to_deliver_goes_back_to_the_mirror() {
             task: T,
             pieces: vec![2, 3],
             all_released: false,
+            all_leased: false,
         },
     );
     assert_eq!(
@@ -917,6 +921,7 @@ fn after_a_peer_overtakes_the_mirrors_help_the_next_help_waits_a_piece_time() {
             task: T,
             pieces: vec![],
             all_released: true,
+            all_leased: true,
         },
     );
     let f = fetches(&a);
@@ -951,4 +956,41 @@ fn after_a_peer_overtakes_the_mirrors_help_the_next_help_waits_a_piece_time() {
     n.tick(wake, &mut out);
     assert_eq!(fetches(&out).len(), 1, "{out:?}");
     assert_eq!(whys(&out), vec![MirrorWhy::Assist]);
+}
+
+#[test]
+fn a_node_is_all_leased_once_every_blob_it_pulls_is_leased_or_released() {
+    const U: TaskId = 8;
+    let mut n = node(4, &[], Mode::P2p, &[(1, &[])]);
+    let mut out = Vec::new();
+    n.handle(
+        ms(0),
+        Event::Open {
+            task: U,
+            pieces: 4,
+            piece_len: 1 << 20,
+            have: set(4, &[]),
+            mode: Mode::P2p,
+        },
+        &mut out,
+    );
+    assert!(!n.all_leased());
+    let fresh = |task, all_released, all_leased| Event::Fresh {
+        task,
+        pieces: vec![],
+        all_released,
+        all_leased,
+    };
+    handle(&mut n, ms(1), fresh(T, false, true));
+    assert!(!n.all_leased(), "blob U still waits for first holders");
+    assert!(!n.released(), "leased is not released: no tail help yet");
+    handle(&mut n, ms(2), fresh(U, true, true));
+    assert!(n.all_leased());
+    assert!(
+        !n.released(),
+        "T's leased pieces are still on their way from the mirror"
+    );
+    // Once T is released too, the mirror may help both tails.
+    handle(&mut n, ms(3), fresh(T, true, true));
+    assert!(n.released());
 }
