@@ -79,10 +79,12 @@ fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
     );
     // Beyond that the mirror only helps the tail, with an uplink that is idle once every piece
     // is in the pool, and backs off when peers overtake its help: 1.03 to 1.12 copies served
-    // in all (2026-12-03; 1.20 to 1.74 before the back-off). Source mode would send 6.
+    // in all (2026-12-03; 1.20 to 1.74 before the back-off), 1.27 to 1.29 since agents work
+    // ahead of skopeo (the layers' tails now end together, and on loopback the mirror is as
+    // fast as any peer; on shaped links it sends 1.06). Source mode would send 6.
     assert!(
         served <= 1.5 * copy,
-        "the mirror served {:.2} copies of the image to a pool of 6 (measured 1.03 to 1.12; \
+        "the mirror served {:.2} copies of the image to a pool of 6 (measured 1.27 to 1.29; \
          source mode would be 6)",
         served / copy
     );
