@@ -476,15 +476,23 @@ fn hosts_files_follow_the_instances_and_are_removed_without_an_api_call() {
     envs.push(("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"));
     let (mut watcher, _) =
         Component::try_start_env("hosts", &watch_args, &envs, &["wrote "], &log).unwrap();
-    common::assert_eventually(Duration::from_secs(20), "files of both domains", || {
-        file(VPC_DOMAIN).exists() && file(NET_DOMAIN).exists() && file("docker.io").exists()
-    });
+    // The watcher writes the files one after another: wait for the last of them too.
+    let distributed = "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001";
+    common::assert_eventually(
+        Duration::from_secs(20),
+        "files of both domains and the distributed name",
+        || {
+            file(VPC_DOMAIN).exists()
+                && file(NET_DOMAIN).exists()
+                && file("docker.io").exists()
+                && file(distributed).exists()
+        },
+    );
     let text = std::fs::read_to_string(file(NET_DOMAIN)).unwrap();
     assert!(
         text.contains(&format!("server = \"https://{VPC_DOMAIN}\"")),
         "fetched through the linked domain: {text}"
     );
-    assert!(file("test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001").exists());
 
     s.control(json!({"instances": {"cri-a": {"vpcDomains": ["new-registry-vpc.cn-hangzhou.cr.aliyuncs.com"], "linkedVpcs": [["vpc-linked", "RUNNING"]], "internetDomains": []}}}));
     common::assert_eventually(
