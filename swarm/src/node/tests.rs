@@ -46,6 +46,22 @@ fn node(pieces: u32, have: &[u32], mode: Mode, members: &[(PeerId, &[u32])]) -> 
     n
 }
 
+/// Opens a second blob of `pieces` pieces, none held, in p2p mode.
+fn open_empty(n: &mut Node, task: TaskId, pieces: u32) {
+    let mut out = Vec::new();
+    n.handle(
+        ms(0),
+        Event::Open {
+            task,
+            pieces,
+            piece_len: 1 << 20,
+            have: set(pieces, &[]),
+            mode: Mode::P2p,
+        },
+        &mut out,
+    );
+}
+
 fn decide(n: &mut Node, now: Duration) -> Vec<Action> {
     let mut out = Vec::new();
     n.decide(now, &mut out);
@@ -465,18 +481,7 @@ fn once_everything_is_released_the_mirror_helps_quietly_and_yields_to_a_peer() {
 fn the_mirror_helps_no_tail_while_another_blob_here_still_waits_for_fresh_pieces() {
     const U: TaskId = 8;
     let mut n = node(4, &[0], Mode::P2p, &[(1, &[0, 1, 2, 3])]);
-    let mut out = Vec::new();
-    n.handle(
-        ms(0),
-        Event::Open {
-            task: U,
-            pieces: 4,
-            piece_len: 1 << 20,
-            have: set(4, &[]),
-            mode: Mode::P2p,
-        },
-        &mut out,
-    );
+    open_empty(&mut n, U, 4);
     let released = |task| Event::Fresh {
         task,
         pieces: vec![],
@@ -962,18 +967,7 @@ fn after_a_peer_overtakes_the_mirrors_help_the_next_help_waits_a_piece_time() {
 fn a_node_is_all_leased_once_every_blob_it_pulls_is_leased_or_released() {
     const U: TaskId = 8;
     let mut n = node(4, &[], Mode::P2p, &[(1, &[])]);
-    let mut out = Vec::new();
-    n.handle(
-        ms(0),
-        Event::Open {
-            task: U,
-            pieces: 4,
-            piece_len: 1 << 20,
-            have: set(4, &[]),
-            mode: Mode::P2p,
-        },
-        &mut out,
-    );
+    open_empty(&mut n, U, 4);
     assert!(!n.all_leased());
     let fresh = |task, all_released, all_leased| Event::Fresh {
         task,
