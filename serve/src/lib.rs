@@ -149,13 +149,24 @@ mod tests {
         assert_eq!(teapot.headers()["content-type"], "application/json");
         let _ = stop.send(());
         running.await.expect("join").expect("server ran");
-        assert!(
-            http.get(format!("http://{addr}/healthz"))
-                .send()
-                .await
-                .is_err(),
-            "still answering after shutdown"
-        );
+        // The workers' threads drop their connections (and the listener) a moment after the
+        // stop resolves; a new connection each try, so a pooled keep-alive one cannot answer.
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let answer = fresh.get(format!("http://{addr}/healthz")).send().await;
+            if answer.is_err() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still answering 5 s after shutdown"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]
