@@ -4,7 +4,6 @@
 //! containerd in order as pieces land, and pushes what it holds to peers that hold the pool
 //! secret. Its decisions are the `swarm` crate's; `p2p` carries them out.
 
-mod ahead;
 mod download;
 mod error;
 pub mod metrics;

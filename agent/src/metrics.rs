@@ -29,7 +29,7 @@ pub struct Metrics {
     /// Bytes sent to containerd.
     pub served_bytes: Counter,
     pub cache_hits: Counter,
-    /// Blobs of an image started before its client asked (`crate::ahead`).
+    /// Blobs of an image started before its client asked (`storage::ahead`).
     pub started_ahead: Counter,
     pub piece_failures: Counter,
     pub digest_mismatches: Counter,

@@ -77,12 +77,15 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
             )
             .await?;
             if let Some(body) = body.filter(|_| r.status() == StatusCode::OK) {
-                let auth = req.headers().get(AUTHORIZATION);
+                let ctx = AheadCtx {
+                    auth: req.headers().get(AUTHORIZATION).cloned(),
+                    trace: serve::trace::Parent::current(),
+                };
                 let now = std::time::Instant::now();
                 state
                     .ahead
                     .lock()
-                    .manifest(ns.as_deref(), repo, auth, &body, now);
+                    .manifest(ns.as_deref(), repo, &body, ctx, now);
             }
             Ok(r)
         }
@@ -202,7 +205,9 @@ async fn blob(
         state
             .ahead
             .lock()
-            .requested(b.ns.as_deref(), &b.repo, &b.digest);
+            .requested(b.ns.as_deref(), &b.repo, &b.digest, |ctx| {
+                ctx.trace = serve::trace::Parent::current();
+            });
     }
     let builder = |span: Span, size: u64| {
         let status = if span.partial {
@@ -269,18 +274,28 @@ async fn blob(
     ))
 }
 
-/// Starts the download of a blob no client asked for yet, as [`crate::ahead`] chose it: after
-/// the mirror's access check with the credentials the client sent for the image's manifest,
-/// unless it is held or downloading already. Failures are only logged: the client's own
-/// request, if it comes, starts afresh.
-pub async fn work_ahead(state: std::sync::Arc<AgentState>, next: crate::ahead::Next) {
-    let span = next.trace.ahead_span(&next.digest.to_string());
+/// What the agent keeps of an image's client for the blobs it starts ahead of it
+/// ([`storage::ahead`]).
+#[derive(Clone)]
+pub struct AheadCtx {
+    /// The credentials the client sent with the manifest.
+    pub auth: Option<HeaderValue>,
+    /// The trace of the client's latest request for the image: the blob's work joins it.
+    pub trace: serve::trace::Parent,
+}
+
+/// Starts the download of a blob no client asked for yet, as [`storage::ahead`] chose it:
+/// after the mirror's access check with the credentials the client sent for the image's
+/// manifest, unless it is held or downloading already. Failures are only logged: the
+/// client's own request, if it comes, starts afresh.
+pub async fn work_ahead(state: std::sync::Arc<AgentState>, next: storage::ahead::Next<AheadCtx>) {
+    let span = next.ctx.trace.ahead_span(&next.digest.to_string());
     work_ahead_in(web::Data::from(state), next)
         .instrument(span)
         .await
 }
 
-async fn work_ahead_in(state: web::Data<AgentState>, next: crate::ahead::Next) {
+async fn work_ahead_in(state: web::Data<AgentState>, next: storage::ahead::Next<AheadCtx>) {
     let now = SystemTime::now();
     let held = state
         .store
@@ -297,14 +312,15 @@ async fn work_ahead_in(state: web::Data<AgentState>, next: crate::ahead::Next) {
         digest: next.digest,
         head: false,
     };
-    match check_access(&state, &b, next.auth.as_ref()).await {
+    let auth = next.ctx.auth;
+    match check_access(&state, &b, auth.as_ref()).await {
         Ok((size, true)) => {
             let spec = TaskSpec {
                 digest: b.digest.clone(),
                 size,
                 ns: b.ns,
                 repo: b.repo,
-                auth: next.auth,
+                auth,
             };
             match Download::get_or_start(&state, spec) {
                 Ok(_) => {

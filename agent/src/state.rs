@@ -62,7 +62,7 @@ pub struct AgentState {
     /// What every blob body to containerd draws from before it reads a chunk.
     pub budget: storage::body::SendBudget,
     /// The blobs of image manifests relayed lately, to start the next ahead of the client.
-    pub ahead: Mutex<crate::ahead::Ahead>,
+    pub ahead: Mutex<storage::ahead::Ahead<crate::registry::AheadCtx>>,
 }
 
 impl AgentState {
@@ -182,7 +182,7 @@ impl AgentServer {
             sizes: Mutex::new(HashMap::new()),
             reachable: RwLock::new(vec![pool]),
             budget: storage::body::SendBudget::new(cfg_send_buffers),
-            ahead: Mutex::default(),
+            ahead: Mutex::new(storage::ahead::Ahead::for_client()),
         };
         if state.keys.is_off() {
             tracing::warn!(

@@ -4,6 +4,7 @@
 //! type, and the checks every registry request gets first. No HTTP server lives here.
 
 pub mod access;
+pub mod ahead;
 pub mod body;
 pub mod error;
 pub mod ingest;

@@ -42,7 +42,7 @@ pub const LEASED_BYTES: u64 = 4 << 20;
 /// Most leases out at once per blob and pool.
 pub const MAX_IN_FLIGHT: u32 = 64;
 /// Runs are cut as if at least this many leases were out: the first node to reach a blob
-/// (one started ahead of its client, `agent::ahead`) gets runs no longer than in a pool of
+/// (one started ahead of its client, `storage::ahead`) gets runs no longer than in a pool of
 /// eight, not all of [`LEASED_BYTES`], which its downlink alone would take seconds to carry.
 const RUN_FLOOR_IN_FLIGHT: u64 = 16;
 

@@ -14,7 +14,7 @@ pub const BACK_TO_SOURCE: &str = "poolcast_agent_back_to_source_total";
 pub const MIRROR_PIECES: &str = "poolcast_agent_mirror_pieces_total";
 pub const SERVED_BYTES: &str = "poolcast_agent_served_bytes_total";
 pub const CACHE_HITS: &str = "poolcast_agent_cache_hits_total";
-/// Blobs the agent started before its client asked (`agent::ahead`).
+/// Blobs the agent started before its client asked (`storage::ahead`).
 pub const STARTED_AHEAD: &str = "poolcast_agent_blobs_started_ahead_total";
 pub const PIECE_FAILURES: &str = "poolcast_agent_piece_failures_total";
 pub const DIGEST_MISMATCHES: &str = "poolcast_agent_digest_mismatches_total";

@@ -213,7 +213,7 @@ impl Actor {
     /// Once every piece of what this node pulls is leased to a first holder (the mirror's
     /// uplink has nothing fresh of it left to hand out), or when a client asks for a blob
     /// while that holds, starts the next blob of an image the client is pulling blob by blob
-    /// (`crate::ahead`), so the origin's and the mirror's links move on to it at once.
+    /// (`storage::ahead`), so the origin's and the mirror's links move on to it at once.
     fn work_ahead(&mut self) {
         let leased = self.node.all_leased();
         let due = std::mem::take(&mut self.ahead_due) || (leased && !self.all_leased);

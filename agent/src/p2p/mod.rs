@@ -113,7 +113,7 @@ pub enum Input {
         completed: Option<Vec<u32>>,
     },
     /// A client asked for a blob: the next blob of its image may be started ahead
-    /// (`crate::ahead`) once every piece this node pulls is released.
+    /// (`storage::ahead`) once every piece this node pulls is released.
     WorkAhead,
 }
 
