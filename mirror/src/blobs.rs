@@ -60,9 +60,15 @@ pub async fn locate(
                 let auth = ctx.auth.cloned();
                 let job = (ctx.up.ns.clone(), ctx.repo.to_string());
                 // The fetch outlives this request (single-flight), but belongs to its trace.
+                let fetched = fetch(state.clone(), probe.clone(), auth, writer, job);
+                let after = state.clone();
                 tokio::spawn(
-                    fetch(state.clone(), probe.clone(), auth, writer, job)
-                        .instrument(tracing::Span::current()),
+                    async move {
+                        fetched.await;
+                        // The writer is gone: upstream may be idle now.
+                        crate::ahead::fetch_next(&after);
+                    }
+                    .instrument(tracing::Span::current()),
                 );
                 // The starter's own upstream answer is its access check. Counted only once
                 // upstream said yes: /metrics must not tell anyone what is cached.
@@ -170,6 +176,9 @@ pub async fn get(
                 .ok_or_else(|| Error::transfer(format!("{digest}: fetch did not start")))?,
         },
     };
+    if !ctx.head {
+        state.ahead.requested(state, ctx, &digest);
+    }
     match source {
         Source::Cached(file, entry) => {
             let span = span(range, entry.size, range_text)?;

@@ -6,6 +6,7 @@
 //! `storage` crate's, shared with the node agent; this crate keeps the HTTP server, the
 //! upstream client and OSS transfer acceleration.
 
+mod ahead;
 mod blobs;
 pub mod error;
 pub mod manifests;

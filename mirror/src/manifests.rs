@@ -245,6 +245,7 @@ async fn respond(
     if ctx.head {
         return Ok(builder.body(data));
     }
+    state.ahead.manifest(ctx, &data);
     let len = data.len() as u64;
     let share = state.budget.share(Some(len), state.send_timeout).await?;
     state.metrics.served_bytes.inc_by(len);

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// OSS redirects fetched from their own host although `ossInternetAccelerate` is on: V4
     /// presigned URLs sign the host, so a rewritten one would be refused.
     pub oss_unaccelerated: Counter,
+    /// Blobs fetched from upstream before a member asked for them (`crate::ahead`).
+    pub fetched_ahead: Counter,
     pub cache_bytes: Gauge,
     pub ingests: Gauge,
     registry: Registry,
@@ -43,6 +45,7 @@ impl Metrics {
             evictions: Counter::default(),
             stale_served: Counter::default(),
             oss_unaccelerated: Counter::default(),
+            fetched_ahead: Counter::default(),
             cache_bytes: Gauge::default(),
             ingests: Gauge::default(),
             registry: Registry::default(),
@@ -71,6 +74,11 @@ impl Metrics {
             "upstream_requests",
             "Requests sent to upstream registries",
             m.upstream_requests.clone(),
+        );
+        registry.register(
+            "blobs_fetched_ahead",
+            "Blobs of an image fetched from upstream before a pool member asked for them",
+            m.fetched_ahead.clone(),
         );
         registry.register(
             "digest_mismatches",

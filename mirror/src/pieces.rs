@@ -79,7 +79,9 @@ pub async fn get(
         ))
     })?;
     let from = param(req, "from")?.unwrap_or(0);
-    let list = match locate(state, ctx, &digest, true).await? {
+    let source = locate(state, ctx, &digest, true).await?;
+    state.ahead.requested(state, ctx, &digest);
+    let list = match source {
         Some(Source::Cached(file, entry)) => {
             let all = memoized(state, &digest, file, layout(entry.size, piece_size)?).await?;
             let first = (from as usize).min(all.len());

@@ -40,6 +40,8 @@ pub struct AppState {
     pub auth_ttl: Duration,
     pub manifest_ttl: Duration,
     pub pieces: crate::pieces::PieceMemo,
+    /// The images the pool pulls, to fetch the next blob before it is asked for.
+    pub ahead: crate::ahead::Ahead,
     /// What every blob body draws from before it reads a chunk (`sendBuffers`: by default 85
     /// whole blobs, or more ranges, at once, however many connections are open and however
     /// they read).
@@ -214,6 +216,7 @@ impl MirrorServer {
             auth_ttl: config.auth_cache_ttl.0,
             manifest_ttl: config.manifest_ttl.0,
             pieces: Default::default(),
+            ahead: Default::default(),
             budget: SendBudget::new(config.send_buffers.0),
             max_connections: config.max_connections as usize,
             send_timeout: config.send_timeout.0,
