@@ -157,11 +157,13 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
 
 /// Prints to stderr what tells a slow run's cause: the mirror's TCP segments sent and
 /// retransmitted during it, and the pieces the agents took from the mirror, by why.
-fn diagnose(s: &Setup, label: &str, tcp0: (u64, u64)) {
+fn diagnose(s: &Setup, label: &str, tcp0: super::setup::TcpCounts) {
     if let Ok(tcp) = s.tcp_segments(&s.mirror) {
-        let (out, retrans) = (tcp.0 - tcp0.0, tcp.1 - tcp0.1);
+        let out = tcp.sent - tcp0.sent;
+        let retrans = tcp.retransmitted - tcp0.retransmitted;
+        let accepted = tcp.accepted - tcp0.accepted;
         eprintln!(
-            "fanout: {label}: mirror TCP segments sent {out}, retransmitted {retrans} ({:.1} %)",
+            "fanout: {label}: mirror TCP segments sent {out}, retransmitted {retrans} ({:.1} %); connections accepted {accepted}",
             100.0 * retrans as f64 / out.max(1) as f64
         );
     }

@@ -130,8 +130,9 @@ impl Setup {
         out.trim().parse().context("tx_bytes")
     }
 
-    /// TCP segments `host` has sent and retransmitted (`/proc/net/snmp` of its namespace).
-    pub fn tcp_segments(&self, host: &Host) -> Result<(u64, u64)> {
+    /// TCP segments `host` has sent and retransmitted, and connections it accepted
+    /// (`/proc/net/snmp` of its namespace).
+    pub fn tcp_segments(&self, host: &Host) -> Result<TcpCounts> {
         let snmp = self.bed.run_ok(host, "cat", &["/proc/net/snmp"])?;
         let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
         let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
@@ -148,7 +149,11 @@ impl Setup {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| anyhow!("{name}: no number"))
         };
-        Ok((field("OutSegs")?, field("RetransSegs")?))
+        Ok(TcpCounts {
+            sent: field("OutSegs")?,
+            retransmitted: field("RetransSegs")?,
+            accepted: field("PassiveOpens")?,
+        })
     }
 
     /// How long any one node's pull may take: source mode sends every node a whole copy over
@@ -198,4 +203,13 @@ mod tests {
         assert_eq!(layer_sizes(1000, 1), [1000]);
         assert_eq!(layer_sizes(7, 3).iter().sum::<usize>(), 7);
     }
+}
+
+/// A host's TCP counters since its namespace was made.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpCounts {
+    pub sent: u64,
+    pub retransmitted: u64,
+    /// Connections accepted (`PassiveOpens`).
+    pub accepted: u64,
 }
