@@ -106,11 +106,12 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
     let size = s.size(payload)?;
     let timeout = s.pull_timeout(size);
     let (origin0, mirror0) = (s.tx_bytes(&s.origin)?, s.tx_bytes(&s.mirror)?);
-    let tcp0 = s.tcp_segments(&s.mirror)?;
+    let tcp0 = (s.tcp_segments(&s.mirror)?, s.tcp_segments(&s.origin)?);
     let samplers = [
         ("mirror", Sampler::start(&s.mirror)),
         ("origin", Sampler::start(&s.origin)),
     ];
+    let cpu = CpuSampler::start();
     let start = super::now();
     let pulls: Vec<_> = s
         .nodes
@@ -146,6 +147,9 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
             sampler.report(label, host, s.links.mirror.bytes_per_sec());
         }
     }
+    if let Some(cpu) = cpu {
+        cpu.report(label);
+    }
     Ok(Outcome {
         label: label.to_owned(),
         payload,
@@ -155,17 +159,42 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
     })
 }
 
-/// Prints to stderr what tells a slow run's cause: the mirror's TCP segments sent and
-/// retransmitted during it, and the pieces the agents took from the mirror, by why.
-fn diagnose(s: &Setup, label: &str, tcp0: super::setup::TcpCounts) {
-    if let Ok(tcp) = s.tcp_segments(&s.mirror) {
-        let out = tcp.sent - tcp0.sent;
-        let retrans = tcp.retransmitted - tcp0.retransmitted;
-        let accepted = tcp.accepted - tcp0.accepted;
-        eprintln!(
-            "fanout: {label}: mirror TCP segments sent {out}, retransmitted {retrans} ({:.1} %); connections accepted {accepted}",
-            100.0 * retrans as f64 / out.max(1) as f64
-        );
+/// Prints to stderr what tells a slow run's cause: the mirror's and the origin's TCP segments
+/// sent and retransmitted during it, what the mirror took from upstream (bytes, and blobs
+/// fetched ahead), and the pieces the agents took from the mirror, by why.
+fn diagnose(s: &Setup, label: &str, tcp0: (super::setup::TcpCounts, super::setup::TcpCounts)) {
+    for (name, host, before) in [("mirror", &s.mirror, tcp0.0), ("origin", &s.origin, tcp0.1)] {
+        if let Ok(tcp) = s.tcp_segments(host) {
+            let out = tcp.sent - before.sent;
+            let retrans = tcp.retransmitted - before.retransmitted;
+            let accepted = tcp.accepted - before.accepted;
+            eprintln!(
+                "fanout: {label}: {name} TCP segments sent {out}, retransmitted {retrans} ({:.1} %); connections accepted {accepted}",
+                100.0 * retrans as f64 / out.max(1) as f64
+            );
+        }
+    }
+    // The mirror started with this run: its counters are the run's.
+    if let Some(node) = s.nodes.first() {
+        let url = format!("http://{}:{MIRROR_PORT}/metrics", s.mirror.ip);
+        if let Ok(text) = s.bed.http_get(node, &url) {
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(name)?
+                            .strip_prefix(' ')?
+                            .trim()
+                            .parse::<f64>()
+                            .ok()
+                    })
+                    .unwrap_or(0.0)
+            };
+            eprintln!(
+                "fanout: {label}: mirror took {:.1} MiB from upstream, {} blobs fetched ahead",
+                value("poolcast_mirror_upstream_bytes_total") / (1024.0 * 1024.0),
+                value("poolcast_mirror_blobs_fetched_ahead_total")
+            );
+        }
     }
     let mut by_why: std::collections::BTreeMap<String, f64> = Default::default();
     for node in &s.nodes {
@@ -233,6 +262,60 @@ impl Sampler {
         eprintln!(
             "fanout: {label}: {host} uplink use per second: {}",
             used.join(" ")
+        );
+    }
+}
+
+/// The machine's `cpu` line of `/proc/stat` every half second (the same in every namespace):
+/// whether a slow second waited for the two cores rather than the links, and how much of
+/// them the hypervisor took (steal).
+struct CpuSampler(std::process::Child);
+
+impl CpuSampler {
+    fn start() -> Option<CpuSampler> {
+        let script = format!("while :; do head -n 1 /proc/stat; sleep {SAMPLE_EVERY}; done");
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+            .map(CpuSampler)
+    }
+
+    /// Prints, per second, the share of all cores busy and (in brackets) stolen.
+    fn report(mut self, label: &str) {
+        let _ = self.0.kill();
+        let Ok(out) = self.0.wait_with_output() else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<Vec<f64>> = text
+            .lines()
+            .filter(|l| l.starts_with("cpu "))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .filter(|v: &Vec<f64>| v.len() >= 8)
+            .collect();
+        let per = (1.0 / SAMPLE_EVERY) as usize;
+        let shares: Vec<String> = lines
+            .windows(per + 1)
+            .step_by(per)
+            .map(|w| {
+                let d: Vec<f64> = (0..8).map(|k| w[per][k] - w[0][k]).collect();
+                let total: f64 = d.iter().sum::<f64>().max(1.0);
+                // user nice system idle iowait irq softirq steal
+                let busy = 1.0 - (d[3] + d[4]) / total;
+                format!("{busy:.2}({:.2})", d[7] / total)
+            })
+            .collect();
+        eprintln!(
+            "fanout: {label}: CPU busy per second, all cores (stolen): {}",
+            shares.join(" ")
         );
     }
 }
