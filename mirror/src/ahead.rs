@@ -52,12 +52,17 @@ impl Ahead {
             .manifest(Some(&ctx.up.ns), ctx.repo, body, fetcher, now);
     }
 
-    /// A member asked for a blob (its bytes or its pieces), and was let through.
+    /// A member asked for a blob (its bytes or its pieces), and was let through. Every range
+    /// and piece-list request lands here; only a blob asked for the first time can change
+    /// what is next.
     pub fn requested(&self, state: &web::Data<AppState>, ctx: &Ctx<'_>, digest: &Digest) {
-        self.0
+        let first = self
+            .0
             .lock()
             .requested(Some(&ctx.up.ns), ctx.repo, digest, |_| {});
-        fetch_next(state);
+        if first {
+            fetch_next(state);
+        }
     }
 }
 

@@ -162,25 +162,28 @@ impl<C: Clone> Ahead<C> {
     }
 
     /// A blob was asked for (a GET, not a HEAD); `touch` sees the record of each image it
-    /// belongs to (the agent keeps the trace of the client's latest request there).
+    /// belongs to (the agent keeps the trace of the client's latest request there). Whether
+    /// it was asked for the first time: only then can [`Ahead::next`] answer differently.
     pub fn requested(
         &mut self,
         ns: Option<&str>,
         repo: &str,
         digest: &Digest,
         mut touch: impl FnMut(&mut C),
-    ) {
+    ) -> bool {
+        let mut first = false;
         for image in &mut self.images {
             if image.ns.as_deref() != ns || image.repo != repo {
                 continue;
             }
             for (k, blob) in image.blobs.iter().enumerate() {
                 if blob == digest {
-                    image.requested[k] = true;
+                    first |= !std::mem::replace(&mut image.requested[k], true);
                     touch(&mut image.ctx);
                 }
             }
         }
+        first
     }
 
     /// The next blob to start ahead, if any: newest image first, while the blobs asked for
@@ -345,7 +348,11 @@ mod tests {
             "first",
             now,
         );
-        m.requested(Some("reg"), "app", &digest(1), |_| {});
+        assert!(m.requested(Some("reg"), "app", &digest(1), |_| {}));
+        assert!(
+            !m.requested(Some("reg"), "app", &digest(1), |_| {}),
+            "asked for again: nothing new"
+        );
         // A second member gets the manifest: the pool's record is kept, its credentials too.
         m.manifest(
             Some("reg"),
