@@ -377,6 +377,31 @@ impl Bed {
         Ok(())
     }
 
+    /// `tc -s qdisc show` of `host`'s port in the hub: the queue that shapes its download.
+    pub fn download_qdisc(&self, host: &Host) -> Result<String> {
+        let out = Command::new("tc")
+            .args([
+                "-n",
+                &self.hub,
+                "-s",
+                "qdisc",
+                "show",
+                "dev",
+                &host.hub_port,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running tc")?;
+        if !out.status.success() {
+            bail!(
+                "`tc -s qdisc show dev {}` failed: {}",
+                host.hub_port,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Adds a counting rule: bytes `host` receives from `source` (an address or CIDR).
     pub fn count_from(&self, host: &Host, source: &str) -> Result<()> {
         self.run_ok(host, "iptables", &["-A", "INPUT", "-s", source])?;

@@ -107,6 +107,8 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
     let timeout = s.pull_timeout(size);
     let (origin0, mirror0) = (s.tx_bytes(&s.origin)?, s.tx_bytes(&s.mirror)?);
     let tcp0 = (s.tcp_segments(&s.mirror)?, s.tcp_segments(&s.origin)?);
+    let down_drops0 = s.download_drops()?;
+    let mirror_log0 = std::fs::metadata(bed.log_path("mirror")).map_or(0, |m| m.len());
     let samplers = [
         ("mirror", Sampler::start(&s.mirror)),
         ("origin", Sampler::start(&s.origin)),
@@ -127,9 +129,14 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
             }))
         })
         .collect::<Result<_>>()?;
+    // Every pull ends before any copy is checked: hashing a finished node's copy would take
+    // the cores from the nodes still pulling.
+    let mut ended = Vec::new();
+    for pull in pulls {
+        ended.push(pull.join().map_err(|_| anyhow!("pull thread panicked"))?);
+    }
     let mut times = Vec::new();
-    for (pull, node) in pulls.into_iter().zip(&s.nodes) {
-        let (r, done, out) = pull.join().map_err(|_| anyhow!("pull thread panicked"))?;
+    for ((r, done, out), node) in ended.into_iter().zip(&s.nodes) {
         match check(s, payload, r, &out) {
             Ok(()) => times.push(done - start),
             Err(e) => eprintln!(
@@ -141,7 +148,13 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_dir_all(&out);
     }
-    diagnose(s, label, tcp0);
+    diagnose(s, label, size, tcp0, mirror_log0);
+    if let Ok(drops) = s.download_drops() {
+        eprintln!(
+            "fanout: {label}: the nodes' download queues dropped {} packets",
+            drops - down_drops0
+        );
+    }
     for (host, sampler) in samplers {
         if let Some(sampler) = sampler {
             sampler.report(label, host, s.links.mirror.bytes_per_sec());
@@ -162,15 +175,27 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
 /// Prints to stderr what tells a slow run's cause: the mirror's and the origin's TCP segments
 /// sent and retransmitted during it, what the mirror took from upstream (bytes, and blobs
 /// fetched ahead), and the pieces the agents took from the mirror, by why.
-fn diagnose(s: &Setup, label: &str, tcp0: (super::setup::TcpCounts, super::setup::TcpCounts)) {
+fn diagnose(
+    s: &Setup,
+    label: &str,
+    size: u64,
+    tcp0: (super::setup::TcpCounts, super::setup::TcpCounts),
+    mirror_log0: u64,
+) {
     for (name, host, before) in [("mirror", &s.mirror, tcp0.0), ("origin", &s.origin, tcp0.1)] {
         if let Ok(tcp) = s.tcp_segments(host) {
             let out = tcp.sent - before.sent;
             let retrans = tcp.retransmitted - before.retransmitted;
             let accepted = tcp.accepted - before.accepted;
             eprintln!(
-                "fanout: {label}: {name} TCP segments sent {out}, retransmitted {retrans} ({:.1} %); connections accepted {accepted}",
-                100.0 * retrans as f64 / out.max(1) as f64
+                "fanout: {label}: {name} TCP segments sent {out}, retransmitted {retrans} ({:.1} %; \
+                 needless by duplicate SACKs {}, tail loss probes {}, timeouts {}); \
+                 eth0 queue dropped {}; connections accepted {accepted}",
+                100.0 * retrans as f64 / out.max(1) as f64,
+                tcp.dsack_received - before.dsack_received,
+                tcp.loss_probes - before.loss_probes,
+                tcp.timeouts - before.timeouts,
+                tcp.queue_drops - before.queue_drops,
             );
         }
     }
@@ -189,11 +214,16 @@ fn diagnose(s: &Setup, label: &str, tcp0: (super::setup::TcpCounts, super::setup
                     })
                     .unwrap_or(0.0)
             };
+            let upstream = value("poolcast_mirror_upstream_bytes_total");
             eprintln!(
-                "fanout: {label}: mirror took {:.1} MiB from upstream, {} blobs fetched ahead",
-                value("poolcast_mirror_upstream_bytes_total") / (1024.0 * 1024.0),
+                "fanout: {label}: mirror took {:.1} MiB from upstream, handed {:.1} MiB to its clients' sockets, {} blobs fetched ahead",
+                upstream / (1024.0 * 1024.0),
+                value("poolcast_mirror_served_bytes_total") / (1024.0 * 1024.0),
                 value("poolcast_mirror_blobs_fetched_ahead_total")
             );
+            if upstream > size as f64 + 1024.0 * 1024.0 {
+                mirror_warnings(s, label, mirror_log0);
+            }
         }
     }
     let mut by_why: std::collections::BTreeMap<String, f64> = Default::default();
@@ -222,6 +252,26 @@ fn diagnose(s: &Setup, label: &str, tcp0: (super::setup::TcpCounts, super::setup
             "fanout: {label}: pieces from the mirror: {}",
             parts.join(", ")
         );
+    }
+}
+
+/// The mirror took more than the payload from upstream, which it must not: prints the
+/// warnings and errors in its log (a failed ingest that was started again is the first
+/// suspect), so a rare run says why while it is still on screen.
+fn mirror_warnings(s: &Setup, label: &str, from: u64) {
+    let log = std::fs::read(s.bed.log_path("mirror")).unwrap_or_default();
+    let start = usize::try_from(from).unwrap_or(usize::MAX).min(log.len());
+    let log = String::from_utf8_lossy(&log[start..]);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    eprintln!(
+        "fanout: {label}: the mirror took more than one copy from upstream; its log's {} warnings and errors during the run (last 40):",
+        lines.len()
+    );
+    for line in lines.iter().skip(lines.len().saturating_sub(40)) {
+        eprintln!("  {line}");
     }
 }
 

@@ -130,30 +130,43 @@ impl Setup {
         out.trim().parse().context("tx_bytes")
     }
 
-    /// TCP segments `host` has sent and retransmitted, and connections it accepted
-    /// (`/proc/net/snmp` of its namespace).
+    /// TCP segments `host` has sent and retransmitted, connections it accepted
+    /// (`/proc/net/snmp` of its namespace), what told it a retransmission was needless or
+    /// why it sent one (`TcpExt` of `/proc/net/netstat`), and the packets its `eth0` queue
+    /// dropped (`tc -s qdisc`).
     pub fn tcp_segments(&self, host: &Host) -> Result<TcpCounts> {
         let snmp = self.bed.run_ok(host, "cat", &["/proc/net/snmp"])?;
-        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-        let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-            return Err(anyhow!("no Tcp lines in /proc/net/snmp"));
+        let netstat = self.bed.run_ok(host, "cat", &["/proc/net/netstat"])?;
+        let tcp = proc_fields(&snmp, "Tcp:")?;
+        let ext = proc_fields(&netstat, "TcpExt:")?;
+        let field = |table: &[(String, u64)], name: &str| -> Result<u64> {
+            table
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| anyhow!("no {name} in /proc/net"))
         };
-        let field = |name: &str| -> Result<u64> {
-            let i = names
-                .split_whitespace()
-                .position(|n| n == name)
-                .ok_or_else(|| anyhow!("no {name} in /proc/net/snmp"))?;
-            values
-                .split_whitespace()
-                .nth(i)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow!("{name}: no number"))
-        };
+        let qdisc = self
+            .bed
+            .run_ok(host, "tc", &["-s", "qdisc", "show", "dev", "eth0"])?;
         Ok(TcpCounts {
-            sent: field("OutSegs")?,
-            retransmitted: field("RetransSegs")?,
-            accepted: field("PassiveOpens")?,
+            sent: field(&tcp, "OutSegs")?,
+            retransmitted: field(&tcp, "RetransSegs")?,
+            accepted: field(&tcp, "PassiveOpens")?,
+            dsack_received: field(&ext, "TCPDSACKRecv")?,
+            loss_probes: field(&ext, "TCPLossProbes")?,
+            timeouts: field(&ext, "TCPTimeouts")?,
+            queue_drops: qdisc_drops(&qdisc),
         })
+    }
+
+    /// Packets dropped by the queues that shape the nodes' downloads, all nodes together.
+    pub fn download_drops(&self) -> Result<u64> {
+        let mut drops = 0;
+        for node in &self.nodes {
+            drops += qdisc_drops(&self.bed.download_qdisc(node)?);
+        }
+        Ok(drops)
     }
 
     /// How long any one node's pull may take: source mode sends every node a whole copy over
@@ -203,6 +216,25 @@ mod tests {
         assert_eq!(layer_sizes(1000, 1), [1000]);
         assert_eq!(layer_sizes(7, 3).iter().sum::<usize>(), 7);
     }
+
+    #[test]
+    fn proc_tables_and_qdisc_drops_parse() -> Result<()> {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm OutSegs RetransSegs\nTcp: 1 500 7\n";
+        let tcp = proc_fields(snmp, "Tcp:")?;
+        assert_eq!(
+            tcp,
+            [
+                ("RtoAlgorithm".into(), 1),
+                ("OutSegs".into(), 500),
+                ("RetransSegs".into(), 7)
+            ]
+        );
+        assert!(proc_fields(snmp, "TcpExt:").is_err());
+        let tc = "qdisc tbf 1: root refcnt 2 rate 25Mbit burst 16Kb lat 50ms\n Sent 123 bytes 4 pkt (dropped 17, overlimits 9 requeues 0)\nqdisc pfifo 10: parent 1:1\n Sent 1 bytes 1 pkt (dropped 3, overlimits 0 requeues 0)\n";
+        assert_eq!(qdisc_drops(tc), 20);
+        assert_eq!(qdisc_drops("qdisc noqueue 0: root"), 0);
+        Ok(())
+    }
 }
 
 /// A host's TCP counters since its namespace was made.
@@ -212,4 +244,40 @@ pub struct TcpCounts {
     pub retransmitted: u64,
     /// Connections accepted (`PassiveOpens`).
     pub accepted: u64,
+    /// Duplicate SACKs received: a peer got a segment twice, so a retransmission was needless.
+    pub dsack_received: u64,
+    /// Tail loss probes sent (a retransmission of a flow's last segment when no ACK came).
+    pub loss_probes: u64,
+    /// Retransmission timeouts.
+    pub timeouts: u64,
+    /// Packets the `eth0` queue dropped (the shaper's queue was full).
+    pub queue_drops: u64,
+}
+
+/// The `name value` pairs of a `/proc/net/snmp` or `/proc/net/netstat` table: a line of names
+/// and a line of values, both starting with `prefix`.
+fn proc_fields(text: &str, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Err(anyhow!("no {prefix} lines"));
+    };
+    Ok(names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(n, v)| Some((n.to_owned(), v.parse().ok()?)))
+        .collect())
+}
+
+/// The packets dropped by every qdisc `tc -s qdisc show` lists (`dropped N,`).
+fn qdisc_drops(text: &str) -> u64 {
+    text.split("dropped ")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
