@@ -40,7 +40,7 @@ pub struct ReleaseConfig {
 /// between leases, and no more is out than the pool can take in as it arrives. What is leased
 /// and not yet in is what every node lacks when the mirror sends its last byte, so less is a
 /// shorter tail: 2 MiB measured better than 4 MiB in the simulator (8 to 16 nodes, equal and
-/// 50/10 links) and on the fan-out bed (docs/benchmarks.md, "Shorter leases"); 1 MiB was no
+/// 50/10 links) and on the fan-out bed (docs/benchmarks.md, "Where the mirror's extra bytes go, and shorter leases"); 1 MiB was no
 /// better on the bed and costs twice the scheduler's and the mirror's requests.
 pub const LEASED_BYTES: u64 = 2 << 20;
 /// Most leases out at once per blob and pool.

@@ -173,8 +173,10 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
 }
 
 /// Prints to stderr what tells a slow run's cause: the mirror's and the origin's TCP segments
-/// sent and retransmitted during it, what the mirror took from upstream (bytes, and blobs
-/// fetched ahead), and the pieces the agents took from the mirror, by why.
+/// sent and retransmitted during it (and why), what their `eth0` queue dropped, what the
+/// mirror took from upstream and handed to its sockets (bytes, and blobs fetched ahead; its
+/// log's warnings when it took more than `size`), and the pieces the agents took from the
+/// mirror, by why.
 fn diagnose(
     s: &Setup,
     label: &str,
