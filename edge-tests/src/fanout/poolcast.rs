@@ -277,33 +277,52 @@ fn mirror_warnings(s: &Setup, label: &str, from: u64) {
     }
 }
 
-/// A host's `eth0` sent bytes every half second, read by a shell loop in its namespace:
-/// how busy its uplink was over the run (the bound needs it busy from start to end).
-struct Sampler(std::process::Child);
+/// A shell loop printing what `command` prints every [`SAMPLE_EVERY`] seconds, run by
+/// `program` (`sh` itself, or `ip netns exec NS sh`) until stopped.
+struct Loop(std::process::Child);
 
 const SAMPLE_EVERY: f64 = 0.5;
 
-impl Sampler {
-    fn start(host: &Host) -> Option<Sampler> {
-        let script = format!(
-            "while :; do cat /sys/class/net/eth0/statistics/tx_bytes; sleep {SAMPLE_EVERY}; done"
-        );
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &host.ns, "sh", "-c", &script])
+impl Loop {
+    fn start(program: &[&str], command: &str) -> Option<Loop> {
+        let script = format!("while :; do {command}; sleep {SAMPLE_EVERY}; done");
+        let (first, rest) = program.split_first()?;
+        std::process::Command::new(first)
+            .args(rest)
+            .args(["-c", &script])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .ok()
-            .map(Sampler)
+            .map(Loop)
+    }
+
+    /// Stops the loop; what it printed.
+    fn stop(mut self) -> Option<String> {
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A host's `eth0` sent bytes every half second, read by a shell loop in its namespace:
+/// how busy its uplink was over the run (the bound needs it busy from start to end).
+struct Sampler(Loop);
+
+impl Sampler {
+    fn start(host: &Host) -> Option<Sampler> {
+        Loop::start(
+            &["ip", "netns", "exec", &host.ns, "sh"],
+            "cat /sys/class/net/eth0/statistics/tx_bytes",
+        )
+        .map(Sampler)
     }
 
     /// Prints the uplink's use per second, as a fraction of its rate.
-    fn report(mut self, label: &str, host: &str, rate: f64) {
-        let _ = self.0.kill();
-        let Ok(out) = self.0.wait_with_output() else {
+    fn report(self, label: &str, host: &str, rate: f64) {
+        let Some(text) = self.0.stop() else {
             return;
         };
-        let text = String::from_utf8_lossy(&out.stdout);
         let bytes: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         let per = (1.0 / SAMPLE_EVERY) as usize;
         let used: Vec<String> = bytes
@@ -321,27 +340,18 @@ impl Sampler {
 /// The machine's `cpu` line of `/proc/stat` every half second (the same in every namespace):
 /// whether a slow second waited for the two cores rather than the links, and how much of
 /// them the hypervisor took (steal).
-struct CpuSampler(std::process::Child);
+struct CpuSampler(Loop);
 
 impl CpuSampler {
     fn start() -> Option<CpuSampler> {
-        let script = format!("while :; do head -n 1 /proc/stat; sleep {SAMPLE_EVERY}; done");
-        std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()
-            .map(CpuSampler)
+        Loop::start(&["sh"], "head -n 1 /proc/stat").map(CpuSampler)
     }
 
     /// Prints, per second, the share of all cores busy and (in brackets) stolen.
-    fn report(mut self, label: &str) {
-        let _ = self.0.kill();
-        let Ok(out) = self.0.wait_with_output() else {
+    fn report(self, label: &str) {
+        let Some(text) = self.0.stop() else {
             return;
         };
-        let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<Vec<f64>> = text
             .lines()
             .filter(|l| l.starts_with("cpu "))
