@@ -38,6 +38,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The ARP table is one for all namespaces, its limits only in the machine's own (as the Bed does).
+for k in 2:65536 3:131072; do
+  f=/proc/sys/net/ipv4/neigh/default/gc_thresh${k%:*}
+  (( $(cat "$f") >= ${k#*:} )) || echo "${k#*:}" >"$f"
+done
 ip netns add "$P-hub"
 ip -n "$P-hub" link add br0 type bridge
 ip -n "$P-hub" link set br0 up

@@ -121,6 +121,7 @@ impl Bed {
             allow_congestion(cc)?;
         }
         require_tools(BED_TOOLS)?;
+        raise_neighbour_limits()?;
         sweep_stale_beds();
         let prefix = format!(
             "pc{}x{}",
@@ -148,6 +149,16 @@ impl Bed {
         )?;
         sh("ip", &["-n", &bed.hub, "link", "set", "br0", "up"])?;
         Ok(bed)
+    }
+
+    /// The hub namespace, which holds every host's port (`h<i>`).
+    pub fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    /// `host`'s port in the hub: what it sends is `host`'s download.
+    pub fn hub_port<'a>(&self, host: &'a Host) -> &'a str {
+        &host.hub_port
     }
 
     /// A temp dir that lives as long as the bed.
@@ -562,6 +573,33 @@ fn allow_congestion(cc: &str) -> Result<()> {
         )
     })?;
     eprintln!("edge-tests: allowed TCP congestion control {cc} in network namespaces ({ALLOWED})");
+    Ok(())
+}
+
+/// The kernel's neighbour (ARP) table is one for all network namespaces, and its limits
+/// (`net.ipv4.neigh.default.gc_thresh2` and `3`, 512 and 1,024 by default) exist only in the
+/// machine's own namespace. A bed of N hosts where every host talks to every other needs about
+/// N² entries: at 32 nodes (1,190) the table overflowed, and the host that came last could
+/// resolve no peer at all (`neighbour: arp_cache: neighbor table overflow!` in the kernel log,
+/// its peer connections timing out while the mirror, resolved earlier, still answered). So
+/// the soft and hard limits are raised to what a bed of 200 hosts, and a few beds at once,
+/// need; never lowered. They stay raised after the bed (an ARP table's limit, harmless to leave).
+fn raise_neighbour_limits() -> Result<()> {
+    for (knob, least) in [("gc_thresh2", 65_536u64), ("gc_thresh3", 131_072)] {
+        let path = format!("/proc/sys/net/ipv4/neigh/default/{knob}");
+        let now: u64 = fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if now < least {
+            fs::write(&path, least.to_string()).with_context(|| {
+                format!(
+                    "raising {path} from {now} to {least} (the ARP table all the bed's \
+                     namespaces share would overflow)"
+                )
+            })?;
+        }
+    }
     Ok(())
 }
 
