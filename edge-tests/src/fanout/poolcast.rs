@@ -114,6 +114,7 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
         ("origin", Sampler::start(&s.origin)),
     ];
     let cpu = CpuSampler::start();
+    let down = DownSampler::start(s);
     let start = super::now();
     let pulls: Vec<_> = s
         .nodes
@@ -159,6 +160,9 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
         if let Some(sampler) = sampler {
             sampler.report(label, host, s.links.mirror.bytes_per_sec());
         }
+    }
+    if let Some(down) = down {
+        down.report(s, label);
     }
     if let Some(cpu) = cpu {
         cpu.report(label);
@@ -229,12 +233,17 @@ fn diagnose(
         }
     }
     let mut by_why: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut peer_in = 0.0;
     for node in &s.nodes {
         let url = format!("http://{}:{AGENT_PORT}/metrics", node.ip);
         let Ok(text) = s.bed.http_get(node, &url) else {
             continue;
         };
         for line in text.lines() {
+            if let Some(n) = line.strip_prefix("poolcast_agent_peer_bytes_total{direction=\"in\"} ")
+            {
+                peer_in += n.trim().parse().unwrap_or(0.0);
+            }
             if let Some(n) = line.strip_prefix("poolcast_agent_blobs_started_ahead_total ") {
                 *by_why.entry("(blobs started ahead)".into()).or_default() +=
                     n.trim().parse().unwrap_or(0.0);
@@ -247,6 +256,16 @@ fn diagnose(
                 *by_why.entry(why.to_owned()).or_default() += value.parse().unwrap_or(0.0);
             }
         }
+    }
+    if peer_in > 0.0 {
+        // Each node needs S once; what peers sent beyond N*S less the mirror's pieces is
+        // pieces received twice or cut off (cancelled in the endgame, stalled, refused).
+        eprintln!(
+            "fanout: {label}: peers sent each other {:.1} MiB ({:.2} copies of S for {} nodes)",
+            peer_in / (1024.0 * 1024.0),
+            peer_in / size as f64,
+            s.nodes.len()
+        );
     }
     if !by_why.is_empty() {
         let parts: Vec<String> = by_why.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -277,32 +296,74 @@ fn mirror_warnings(s: &Setup, label: &str, from: u64) {
     }
 }
 
-/// A shell loop printing what `command` prints every [`SAMPLE_EVERY`] seconds, run by
-/// `program` (`sh` itself, or `ip netns exec NS sh`) until stopped.
-struct Loop(std::process::Child);
+/// A shell loop printing what `command` prints every [`SAMPLE_EVERY`] seconds, each sample
+/// after a line `@UPTIME` (seconds, `/proc/uptime`), run by `program` (`sh` itself, or `ip
+/// netns exec NS sh`) until stopped. It prints into a file, not a pipe: a pipe nobody reads
+/// until the end fills and stops the loop. A loop round takes longer than [`SAMPLE_EVERY`]
+/// when the cores are busy, so figures per second divide by the time the samples say.
+struct Loop(std::process::Child, tempfile::NamedTempFile);
 
 const SAMPLE_EVERY: f64 = 0.5;
 
 impl Loop {
     fn start(program: &[&str], command: &str) -> Option<Loop> {
-        let script = format!("while :; do {command}; sleep {SAMPLE_EVERY}; done");
+        let script = format!(
+            "while :; do read -r up _ < /proc/uptime; echo \"@$up\"; {command}; sleep {SAMPLE_EVERY}; done"
+        );
         let (first, rest) = program.split_first()?;
+        let out = tempfile::NamedTempFile::new().ok()?;
         std::process::Command::new(first)
             .args(rest)
             .args(["-c", &script])
-            .stdout(std::process::Stdio::piped())
+            .stdout(out.reopen().ok()?)
             .stderr(std::process::Stdio::null())
             .spawn()
             .ok()
-            .map(Loop)
+            .map(|child| Loop(child, out))
     }
 
-    /// Stops the loop; what it printed.
-    fn stop(mut self) -> Option<String> {
+    /// Stops the loop; its samples in order: when (seconds of uptime) and what was printed.
+    fn stop(mut self) -> Vec<(f64, String)> {
         let _ = self.0.kill();
-        let out = self.0.wait_with_output().ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        let _ = self.0.wait();
+        let text = std::fs::read_to_string(self.1.path()).unwrap_or_default();
+        samples(&text)
     }
+}
+
+/// `@T` lines and what follows each, up to the next: one sample per `@T`.
+fn samples(text: &str) -> Vec<(f64, String)> {
+    let mut out: Vec<(f64, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('@') {
+            if let Ok(t) = t.trim().parse() {
+                out.push((t, String::new()));
+                continue;
+            }
+        }
+        if let Some((_, body)) = out.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    // The last sample may have been cut off by the kill.
+    out.pop();
+    out
+}
+
+/// Consecutive whole seconds of `values` sampled at `times`: for each, the earlier and later
+/// sample's index and the seconds between them (at least one).
+fn seconds(times: &[f64]) -> Vec<(usize, usize, f64)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    for to in 1..times.len() {
+        let dt = times[to] - times[from];
+        if dt >= 1.0 - SAMPLE_EVERY / 4.0 {
+            out.push((from, to, dt));
+            from = to;
+        }
+    }
+    out
 }
 
 /// A host's `eth0` sent bytes every half second, read by a shell loop in its namespace:
@@ -320,21 +381,88 @@ impl Sampler {
 
     /// Prints the uplink's use per second, as a fraction of its rate.
     fn report(self, label: &str, host: &str, rate: f64) {
-        let Some(text) = self.0.stop() else {
-            return;
-        };
-        let bytes: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        let per = (1.0 / SAMPLE_EVERY) as usize;
-        let used: Vec<String> = bytes
-            .windows(per + 1)
-            .step_by(per)
-            .map(|w| format!("{:.2}", (w[per] - w[0]) / rate))
+        let got: Vec<(f64, f64)> = self
+            .0
+            .stop()
+            .into_iter()
+            .filter_map(|(t, body)| Some((t, body.trim().parse().ok()?)))
+            .collect();
+        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
+        let used: Vec<String> = seconds(&times)
+            .into_iter()
+            .map(|(a, b, dt)| format!("{:.2}", (got[b].1 - got[a].1) / dt / rate))
             .collect();
         eprintln!(
             "fanout: {label}: {host} uplink use per second: {}",
             used.join(" ")
         );
     }
+}
+
+/// Every port's sent bytes in the hub (`/proc/net/dev` there) every half second: what each
+/// node downloaded, so a slow end shows whether the nodes' downlinks were full (the bound on
+/// equal links needs them full from start to end) or waited.
+struct DownSampler(Loop);
+
+impl DownSampler {
+    fn start(s: &Setup) -> Option<DownSampler> {
+        Loop::start(
+            &["ip", "netns", "exec", s.bed.hub(), "sh"],
+            // PORT=SENT for every port (its rx fields come first)
+            r#"awk '{ sub(/:/, " ") } $1 ~ /^h[0-9]+$/ { printf "%s=%s ", $1, $10 } END { print "" }' /proc/net/dev"#,
+        )
+        .map(DownSampler)
+    }
+
+    /// Prints, per second, the nodes' downlinks' use (all nodes' bytes against all their
+    /// rates) and, in brackets, the least used node's.
+    fn report(self, s: &Setup, label: &str) {
+        let ports: Vec<&str> = s.nodes.iter().map(|n| s.bed.hub_port(n)).collect();
+        let got: Vec<(f64, Vec<f64>)> = self
+            .0
+            .stop()
+            .into_iter()
+            .map(|(t, body)| (t, port_bytes(&body, &ports)))
+            .filter(|(_, v)| v.iter().all(|b| b.is_finite()))
+            .collect();
+        let rates: Vec<f64> = s
+            .links
+            .node_down
+            .iter()
+            .map(|r| r.bytes_per_sec())
+            .collect();
+        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
+        let used: Vec<String> = seconds(&times)
+            .into_iter()
+            .map(|(a, b, dt)| {
+                let moved: Vec<f64> = (0..ports.len())
+                    .map(|i| got[b].1[i] - got[a].1[i])
+                    .collect();
+                let all = moved.iter().sum::<f64>() / dt / rates.iter().sum::<f64>();
+                let least = (0..ports.len())
+                    .map(|i| moved[i] / dt / rates[i])
+                    .fold(f64::INFINITY, f64::min);
+                format!("{all:.2}({least:.2})")
+            })
+            .collect();
+        eprintln!(
+            "fanout: {label}: nodes' downlink use per second, all (least used): {}",
+            used.join(" ")
+        );
+    }
+}
+
+/// `PORT=BYTES ...` of one sample, in `ports`' order (NaN for a port not in it).
+fn port_bytes(line: &str, ports: &[&str]) -> Vec<f64> {
+    let mut sent = vec![f64::NAN; ports.len()];
+    for pair in line.split_whitespace() {
+        if let Some((port, bytes)) = pair.split_once('=') {
+            if let Some(i) = ports.iter().position(|p| *p == port) {
+                sent[i] = bytes.parse().unwrap_or(f64::NAN);
+            }
+        }
+    }
+    sent
 }
 
 /// The machine's `cpu` line of `/proc/stat` every half second (the same in every namespace):
@@ -349,26 +477,24 @@ impl CpuSampler {
 
     /// Prints, per second, the share of all cores busy and (in brackets) stolen.
     fn report(self, label: &str) {
-        let Some(text) = self.0.stop() else {
-            return;
-        };
-        let lines: Vec<Vec<f64>> = text
-            .lines()
-            .filter(|l| l.starts_with("cpu "))
-            .map(|l| {
-                l.split_whitespace()
-                    .skip(1)
+        let got: Vec<(f64, Vec<f64>)> = self
+            .0
+            .stop()
+            .into_iter()
+            .filter_map(|(t, body)| {
+                let v: Vec<f64> = body
+                    .strip_prefix("cpu ")?
+                    .split_whitespace()
                     .filter_map(|v| v.parse().ok())
-                    .collect()
+                    .collect();
+                (v.len() >= 8).then_some((t, v))
             })
-            .filter(|v: &Vec<f64>| v.len() >= 8)
             .collect();
-        let per = (1.0 / SAMPLE_EVERY) as usize;
-        let shares: Vec<String> = lines
-            .windows(per + 1)
-            .step_by(per)
-            .map(|w| {
-                let d: Vec<f64> = (0..8).map(|k| w[per][k] - w[0][k]).collect();
+        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
+        let shares: Vec<String> = seconds(&times)
+            .into_iter()
+            .map(|(a, b, _)| {
+                let d: Vec<f64> = (0..8).map(|k| got[b].1[k] - got[a].1[k]).collect();
                 let total: f64 = d.iter().sum::<f64>().max(1.0);
                 // user nice system idle iowait irq softirq steal
                 let busy = 1.0 - (d[3] + d[4]) / total;
@@ -460,4 +586,28 @@ fn warm_mirror(s: &Setup, payload: Payload) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_timed_by_the_clock_not_by_their_count() {
+        // Three whole samples and one cut off by the kill; the rounds took 0.5, 1.1 and 0.6 s.
+        let text =
+            "@100.00\nh1=10 h2=20 \n@100.50\nh1=15 h2=30 \n@101.60\nh2=40 h1=30 \n@102.20\nh1=";
+        let got = samples(text);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1], (100.5, "h1=15 h2=30 \n".to_owned()));
+        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
+        // 100.0 -> 100.5 is under a second: the first second ends at 101.6 and spans 1.6 s.
+        let secs = seconds(&times);
+        assert_eq!(secs.len(), 1);
+        assert_eq!((secs[0].0, secs[0].1), (0, 2));
+        assert!((secs[0].2 - 1.6).abs() < 1e-9);
+        assert_eq!(port_bytes(&got[2].1, &["h1", "h2"]), vec![30.0, 40.0]);
+        assert!(port_bytes(&got[2].1, &["h3"])[0].is_nan());
+        assert!(samples("").is_empty());
+    }
 }
