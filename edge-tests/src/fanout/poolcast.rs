@@ -296,20 +296,19 @@ fn mirror_warnings(s: &Setup, label: &str, from: u64) {
     }
 }
 
-/// A shell loop printing what `command` prints every [`SAMPLE_EVERY`] seconds, each sample
-/// after a line `@UPTIME` (seconds, `/proc/uptime`), run by `program` (`sh` itself, or `ip
-/// netns exec NS sh`) until stopped. It prints into a file, not a pipe: a pipe nobody reads
-/// until the end fills and stops the loop. A loop round takes longer than [`SAMPLE_EVERY`]
-/// when the cores are busy, so figures per second divide by the time the samples say.
+/// A shell loop printing what `command` prints every [`SAMPLE_EVERY`] seconds, run by
+/// `program` (`sh` itself, or `ip netns exec NS sh`) until stopped. Each command prints a
+/// line `@UPTIME` (seconds, `/proc/uptime`) and then its sample, read by the same process
+/// ([`timed`]): a loop round takes longer than [`SAMPLE_EVERY`] when the cores are busy, and
+/// starting a process may wait, so figures per second divide by the time the samples say.
+/// It prints into a file, not a pipe: a pipe nobody reads until the end fills and stops it.
 struct Loop(std::process::Child, tempfile::NamedTempFile);
 
 const SAMPLE_EVERY: f64 = 0.5;
 
 impl Loop {
     fn start(program: &[&str], command: &str) -> Option<Loop> {
-        let script = format!(
-            "while :; do read -r up _ < /proc/uptime; echo \"@$up\"; {command}; sleep {SAMPLE_EVERY}; done"
-        );
+        let script = format!("while :; do {command}; sleep {SAMPLE_EVERY}; done");
         let (first, rest) = program.split_first()?;
         let out = tempfile::NamedTempFile::new().ok()?;
         std::process::Command::new(first)
@@ -329,6 +328,12 @@ impl Loop {
         let text = std::fs::read_to_string(self.1.path()).unwrap_or_default();
         samples(&text)
     }
+}
+
+/// An awk program run over `/proc/uptime` and then `files`: prints `@UPTIME`, then what
+/// `program` prints for the files' lines (awk's `NR > 1`).
+fn timed(program: &str, files: &str) -> String {
+    format!("awk 'NR == 1 {{ print \"@\" $1; next }} {program}' /proc/uptime {files}")
 }
 
 /// `@T` lines and what follows each, up to the next: one sample per `@T`.
@@ -374,7 +379,7 @@ impl Sampler {
     fn start(host: &Host) -> Option<Sampler> {
         Loop::start(
             &["ip", "netns", "exec", &host.ns, "sh"],
-            "cat /sys/class/net/eth0/statistics/tx_bytes",
+            &timed("{ print }", "/sys/class/net/eth0/statistics/tx_bytes"),
         )
         .map(Sampler)
     }
@@ -409,7 +414,10 @@ impl DownSampler {
         Loop::start(
             &["ip", "netns", "exec", s.bed.hub(), "sh"],
             // PORT=SENT for every port (its rx fields come first)
-            r#"awk '{ sub(/:/, " ") } $1 ~ /^h[0-9]+$/ { printf "%s=%s ", $1, $10 } END { print "" }' /proc/net/dev"#,
+            &timed(
+                r#"{ sub(/:/, " ") } $1 ~ /^h[0-9]+$/ { printf "%s=%s ", $1, $10 } END { print "" }"#,
+                "/proc/net/dev",
+            ),
         )
         .map(DownSampler)
     }
@@ -472,7 +480,7 @@ struct CpuSampler(Loop);
 
 impl CpuSampler {
     fn start() -> Option<CpuSampler> {
-        Loop::start(&["sh"], "head -n 1 /proc/stat").map(CpuSampler)
+        Loop::start(&["sh"], &timed("FNR == 1 { print }", "/proc/stat")).map(CpuSampler)
     }
 
     /// Prints, per second, the share of all cores busy and (in brackets) stolen.
