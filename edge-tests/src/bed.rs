@@ -44,6 +44,13 @@ pub struct Host {
     hub_port: String,
 }
 
+impl Host {
+    /// Its port in the hub: what that port sends is this host's download.
+    pub fn hub_port(&self) -> &str {
+        &self.hub_port
+    }
+}
+
 /// A host's two link rates in bits per second: upload is shaped on its `eth0`, download on its
 /// port in the hub. An edge site's uplink is often a fraction of its downlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +128,10 @@ impl Bed {
             allow_congestion(cc)?;
         }
         require_tools(BED_TOOLS)?;
-        raise_neighbour_limits()?;
+        if let Err(e) = raise_neighbour_limits() {
+            // A small bed fits the default table; a large one says why it may fail.
+            eprintln!("edge-tests: {e:#}: beds of more than about 30 hosts may lose peers");
+        }
         sweep_stale_beds();
         let prefix = format!(
             "pc{}x{}",
@@ -154,11 +164,6 @@ impl Bed {
     /// The hub namespace, which holds every host's port (`h<i>`).
     pub fn hub(&self) -> &str {
         &self.hub
-    }
-
-    /// `host`'s port in the hub: what it sends is `host`'s download.
-    pub fn hub_port<'a>(&self, host: &'a Host) -> &'a str {
-        &host.hub_port
     }
 
     /// A temp dir that lives as long as the bed.
@@ -583,7 +588,8 @@ fn allow_congestion(cc: &str) -> Result<()> {
 /// resolve no peer at all (`neighbour: arp_cache: neighbor table overflow!` in the kernel log,
 /// its peer connections timing out while the mirror, resolved earlier, still answered). So
 /// the soft and hard limits are raised to what a bed of 200 hosts, and a few beds at once,
-/// need; never lowered. They stay raised after the bed (an ARP table's limit, harmless to leave).
+/// need; never lowered. They stay raised after the bed (an ARP table's limit, harmless to
+/// leave). Where `/proc/sys` cannot be written the bed still builds, with a warning.
 fn raise_neighbour_limits() -> Result<()> {
     for (knob, least) in [("gc_thresh2", 65_536u64), ("gc_thresh3", 131_072)] {
         let path = format!("/proc/sys/net/ipv4/neigh/default/{knob}");

@@ -425,7 +425,7 @@ impl DownSampler {
     /// Prints, per second, the nodes' downlinks' use (all nodes' bytes against all their
     /// rates) and, in brackets, the least used node's.
     fn report(self, s: &Setup, label: &str) {
-        let ports: Vec<&str> = s.nodes.iter().map(|n| s.bed.hub_port(n)).collect();
+        let ports: Vec<&str> = s.nodes.iter().map(Host::hub_port).collect();
         let got: Vec<(f64, Vec<f64>)> = self
             .0
             .stop()
