@@ -145,14 +145,41 @@ pub fn tunables(cfg: &nodepool::AgentConfig) -> swarm::Tunables {
     }
 }
 
-/// Bounds the kernel send buffer of every connection `listener` accepts from now on (Linux
-/// copies a listener's SO_SNDBUF to the sockets it accepts), so control frames wait little
-/// behind piece data queued in the kernel. `0` leaves the kernel's autotuning. See
-/// `peerSendBuffer`.
-pub fn bound_send_buffer(listener: &std::net::TcpListener, bytes: u64) -> std::io::Result<()> {
+/// Bounds the kernel send buffer of `socket`: a connection this node dialed, or a listener,
+/// whose SO_SNDBUF Linux copies to every connection it accepts from then on. So control frames
+/// wait little behind piece data queued in the kernel, on both ends of a pair's connection.
+/// `0` leaves the kernel's autotuning. See `peerSendBuffer`.
+pub fn bound_send_buffer<S: std::os::fd::AsFd>(socket: &S, bytes: u64) -> std::io::Result<()> {
     if bytes == 0 {
         return Ok(());
     }
     let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-    socket2::SockRef::from(listener).set_send_buffer_size(bytes)
+    socket2::SockRef::from(socket).set_send_buffer_size(bytes)
+}
+
+#[cfg(test)]
+mod send_buffer_tests {
+    use super::bound_send_buffer;
+
+    #[test]
+    fn dialed_and_accepted_connections_both_get_the_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        bound_send_buffer(&listener, 64 << 10).expect("listener");
+        let dialed =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let size = |s: &std::net::TcpStream| {
+            socket2::SockRef::from(s)
+                .send_buffer_size()
+                .expect("SO_SNDBUF")
+        };
+        // Linux doubles what it is given, for its own bookkeeping.
+        assert_eq!(size(&accepted), 128 << 10);
+        let autotuned = size(&dialed);
+        bound_send_buffer(&dialed, 64 << 10).expect("dialed");
+        assert_eq!(size(&dialed), 128 << 10, "was {autotuned}");
+        // 0 leaves the kernel's choice alone.
+        bound_send_buffer(&dialed, 0).expect("zero");
+        assert_eq!(size(&dialed), 128 << 10);
+    }
 }

@@ -102,6 +102,10 @@ pub fn dial(state: Arc<AgentState>, node: String, addr: String, tx: mpsc::Unboun
                 return;
             }
         };
+        // An accepted connection has the listener's bound; a dialed one needs its own.
+        if let Err(e) = super::bound_send_buffer(&stream, state.cfg.peer_send_buffer.0) {
+            tracing::debug!(peer = %addr, error = %e, "peer send buffer not bounded");
+        }
         let me = hello(&state);
         match handshake(stream, &me, &state.keys, true, timeout).await {
             Ok((greeted, pending)) if greeted.hello.node == node => {
