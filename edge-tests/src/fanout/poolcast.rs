@@ -356,8 +356,9 @@ fn samples(text: &str) -> Vec<(f64, String)> {
     out
 }
 
-/// Consecutive whole seconds of `values` sampled at `times`: for each, the earlier and later
-/// sample's index and the seconds between them (at least one).
+/// Samples taken at `times` cut into consecutive stretches of about a second (at least 7/8 of
+/// one, as samples come every half second or later): for each, the earlier and later sample's
+/// index and the seconds between them.
 fn seconds(times: &[f64]) -> Vec<(usize, usize, f64)> {
     let mut out = Vec::new();
     let mut from = 0;
