@@ -356,14 +356,14 @@ fn samples(text: &str) -> Vec<(f64, String)> {
     out
 }
 
-/// Samples taken at `times` cut into consecutive stretches of about a second (at least 7/8 of
-/// one, as samples come every half second or later): for each, the earlier and later sample's
-/// index and the seconds between them.
-fn seconds(times: &[f64]) -> Vec<(usize, usize, f64)> {
+/// Timed samples (as [`Loop::stop`] gives them) cut into consecutive stretches of about a
+/// second (at least 7/8 of one, as samples come every half second or later): for each, the
+/// earlier and later sample's index and the seconds between them.
+fn seconds<T>(got: &[(f64, T)]) -> Vec<(usize, usize, f64)> {
     let mut out = Vec::new();
     let mut from = 0;
-    for to in 1..times.len() {
-        let dt = times[to] - times[from];
+    for to in 1..got.len() {
+        let dt = got[to].0 - got[from].0;
         if dt >= 1.0 - SAMPLE_EVERY / 4.0 {
             out.push((from, to, dt));
             from = to;
@@ -393,8 +393,7 @@ impl Sampler {
             .into_iter()
             .filter_map(|(t, body)| Some((t, body.trim().parse().ok()?)))
             .collect();
-        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
-        let used: Vec<String> = seconds(&times)
+        let used: Vec<String> = seconds(&got)
             .into_iter()
             .map(|(a, b, dt)| format!("{:.2}", (got[b].1 - got[a].1) / dt / rate))
             .collect();
@@ -440,8 +439,7 @@ impl DownSampler {
             .iter()
             .map(|r| r.bytes_per_sec())
             .collect();
-        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
-        let used: Vec<String> = seconds(&times)
+        let used: Vec<String> = seconds(&got)
             .into_iter()
             .map(|(a, b, dt)| {
                 let moved: Vec<f64> = (0..ports.len())
@@ -499,8 +497,7 @@ impl CpuSampler {
                 (v.len() >= 8).then_some((t, v))
             })
             .collect();
-        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
-        let shares: Vec<String> = seconds(&times)
+        let shares: Vec<String> = seconds(&got)
             .into_iter()
             .map(|(a, b, _)| {
                 let d: Vec<f64> = (0..8).map(|k| got[b].1[k] - got[a].1[k]).collect();
@@ -609,9 +606,8 @@ mod tests {
         let got = samples(text);
         assert_eq!(got.len(), 3);
         assert_eq!(got[1], (100.5, "h1=15 h2=30 \n".to_owned()));
-        let times: Vec<f64> = got.iter().map(|g| g.0).collect();
         // 100.0 -> 100.5 is under a second: the first second ends at 101.6 and spans 1.6 s.
-        let secs = seconds(&times);
+        let secs = seconds(&got);
         assert_eq!(secs.len(), 1);
         assert_eq!((secs[0].0, secs[0].1), (0, 2));
         assert!((secs[0].2 - 1.6).abs() < 1e-9);
