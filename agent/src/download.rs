@@ -91,7 +91,7 @@ impl Download {
             .join_or_start(&spec.digest, || store.temp_file())?
         {
             Joined::Started(ingest, writer) => (ingest, writer),
-            Joined::Existing(_) => {
+            Joined::Existing(_) | Joined::Stored => {
                 return Err(crate::Error::Download {
                     digest: spec.digest.to_string(),
                     message: "download registry out of step".into(),

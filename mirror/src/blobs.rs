@@ -52,10 +52,16 @@ pub async fn locate(
         }
         let store = state.store.clone();
         let source = Some(ctx.up.ns.as_str());
+        let stored = || matches!(store.entry(digest, SystemTime::now()), Ok(Some(_)));
         match state
             .ingests
-            .join_or_start_from(digest, source, || store.temp_file())?
+            .join_or_start_from(digest, source, stored, || store.temp_file())?
         {
+            // Its ingest ended after the look above: the stored copy, on the next round.
+            Joined::Stored => {
+                tracing::debug!(%digest, "ingest ended between the store's look and the join; serving the stored copy");
+                continue;
+            }
             Joined::Started(ingest, writer) => {
                 let auth = ctx.auth.cloned();
                 let job = (ctx.up.ns.clone(), ctx.repo.to_string());

@@ -94,6 +94,10 @@ pub enum Joined {
     /// This caller started the ingest and must run the fetch with the writer.
     Started(Arc<Ingest>, IngestWriter),
     Existing(Arc<Ingest>),
+    /// None runs, and the blob is stored: an ingest finished between the caller's look at the
+    /// store and this call. The caller serves the stored copy (fetching again would take the
+    /// whole blob from upstream a second time).
+    Stored,
 }
 
 impl Ingests {
@@ -104,19 +108,26 @@ impl Ingests {
         digest: &Digest,
         make_file: impl FnOnce() -> Result<(File, tempfile::TempPath)>,
     ) -> Result<Joined> {
-        self.join_or_start_from(digest, None, make_file)
+        self.join_or_start_from(digest, None, || false, make_file)
     }
 
-    /// [`Ingests::join_or_start`], naming the registry a new ingest fetches from.
+    /// [`Ingests::join_or_start`], naming the registry a new ingest fetches from, and asking
+    /// `stored` (with no ingest of `digest` running) whether the blob is in the store by now.
+    /// A writer commits before it leaves the map, so asked under the map's lock, a blob whose
+    /// ingest just ended is always seen: [`Joined::Stored`], never a second fetch.
     pub fn join_or_start_from(
         self: &Arc<Self>,
         digest: &Digest,
         source: Option<&str>,
+        stored: impl FnOnce() -> bool,
         make_file: impl FnOnce() -> Result<(File, tempfile::TempPath)>,
     ) -> Result<Joined> {
         let mut map = self.map.lock();
         if let Some(existing) = map.get(digest.hex()) {
             return Ok(Joined::Existing(existing.clone()));
+        }
+        if stored() {
+            return Ok(Joined::Stored);
         }
         let (file, temp) = make_file()?;
         let file = Arc::new(file);
@@ -293,8 +304,58 @@ mod tests {
         };
         match ingests.join_or_start(d, make).expect("start") {
             Joined::Started(i, w) => (i, w),
-            Joined::Existing(_) => panic!("should start"),
+            Joined::Existing(_) | Joined::Stored => panic!("should start"),
         }
+    }
+
+    /// The race a pool hit at a layer's end: a request found the blob neither stored nor
+    /// arriving, then the ingest committed and left the map before the request joined. The
+    /// request must serve the stored copy, not fetch the whole blob from upstream again.
+    #[test]
+    fn an_ingest_that_ended_between_a_look_and_a_join_is_not_started_again() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            crate::store::BlobStore::open(dir.path(), Duration::from_secs(3600), 0).expect("store");
+        let ingests = Arc::new(Ingests::default());
+        let data = b"a layer".to_vec();
+        let d = Digest::of(&data);
+        let now = std::time::SystemTime::now();
+        // The request looks: not stored.
+        assert!(store.entry(&d, now).expect("entry").is_none());
+        // Meanwhile the one ingest writes, commits and ends.
+        let (file, temp) = store.temp_file().expect("temp");
+        let (_, mut writer) = match ingests
+            .join_or_start_from(&d, None, || false, || Ok((file, temp)))
+            .expect("start")
+        {
+            Joined::Started(i, w) => (i, w),
+            _ => panic!("should start"),
+        };
+        writer.file.write_all_at(&data, 0).expect("write");
+        let temp = writer.temp.take().expect("temp path");
+        store.commit(&d, temp, None, now).expect("commit");
+        writer.set(Progress::Done {
+            size: data.len() as u64,
+        });
+        drop(writer);
+        // The request joins: no ingest runs, and the blob is stored.
+        let stored = || matches!(store.entry(&d, now), Ok(Some(_)));
+        let joined = ingests
+            .join_or_start_from(&d, None, stored, || panic!("a second fetch was started"))
+            .expect("join");
+        assert!(matches!(joined, Joined::Stored));
+        // Gone from the store (evicted, expired), it is fetched again.
+        store.remove(&d).expect("remove");
+        let stored = || matches!(store.entry(&d, now), Ok(Some(_)));
+        let make = || {
+            let (file, path) = tempfile::NamedTempFile::new()?.into_parts();
+            Ok((file, path))
+        };
+        assert!(matches!(
+            ingests.join_or_start_from(&d, None, stored, make),
+            Ok(Joined::Started(..))
+        ));
     }
 
     #[tokio::test]
