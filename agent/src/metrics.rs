@@ -17,6 +17,13 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// How a mirror range ended: `outcome="ok|failed|cancelled"`, for `reason` as in [`Reason`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RangeEnd {
+    pub reason: &'static str,
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     /// Piece bytes to and from peers: `direction="in|out"`.
     pub peer_bytes: Family<Direction, Counter>,
@@ -26,6 +33,9 @@ pub struct Metrics {
     pub back_to_source: Counter,
     /// The same pieces by why: `reason="lease|assist|rescue|source"` (see `swarm::MirrorWhy`).
     pub mirror_pieces: Family<Reason, Counter>,
+    /// Mirror ranges (requests) by why and how they ended. A cancelled range (a peer overtook
+    /// it, or the blob was given up) loses what the mirror had already sent of it.
+    pub mirror_ranges: Family<RangeEnd, Counter>,
     /// Bytes sent to containerd.
     pub served_bytes: Counter,
     pub cache_hits: Counter,
@@ -57,6 +67,7 @@ impl Metrics {
             source_bytes: Counter::default(),
             back_to_source: Counter::default(),
             mirror_pieces: Family::default(),
+            mirror_ranges: Family::default(),
             served_bytes: Counter::default(),
             cache_hits: Counter::default(),
             started_ahead: Counter::default(),
@@ -90,6 +101,13 @@ impl Metrics {
              assist (tail help once every piece is in the pool), rescue (no progress from peers), \
              source (source mode)",
             m.mirror_pieces.clone(),
+        );
+        registry.register(
+            "mirror_ranges",
+            "Ranges requested from the mirror, by reason (as mirror_pieces) and outcome: ok, \
+             failed (an error or transferTimeout), cancelled (a peer overtook it, or the blob was \
+             given up)",
+            m.mirror_ranges.clone(),
         );
         registry.register(
             "served_bytes",
@@ -152,6 +170,13 @@ impl Metrics {
     /// Counts one piece fetched from the mirror for `reason`.
     pub fn mirror_piece(&self, reason: &'static str) {
         self.mirror_pieces.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Counts one mirror range ended `outcome` for `reason`.
+    pub fn mirror_range(&self, reason: &'static str, outcome: &'static str) {
+        self.mirror_ranges
+            .get_or_create(&RangeEnd { reason, outcome })
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -45,6 +45,8 @@ pub fn range(
             bytes: 0,
             outcome: "cancelled",
             span,
+            why,
+            state: state.clone(),
         };
         let began = std::time::Instant::now();
         let result = fetch(&state, &d, first, count, why, &tx, &mut reached)
@@ -75,17 +77,23 @@ pub fn range(
     })
 }
 
-/// How far a range got: the piece it is at, the bytes written, and (for its span) how it ended.
+/// How far a range got: the piece it is at, the bytes written, and (for its span and the
+/// `mirror_ranges` metric) why it was asked for and how it ended.
 struct Reached {
     piece: u32,
     bytes: u64,
     outcome: &'static str,
     span: tracing::Span,
+    why: swarm::MirrorWhy,
+    state: Arc<AgentState>,
 }
 
 impl Drop for Reached {
     fn drop(&mut self) {
         trace::end(&self.span, self.bytes, self.outcome);
+        self.state
+            .metrics
+            .mirror_range(self.why.label(), self.outcome);
     }
 }
 

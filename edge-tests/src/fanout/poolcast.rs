@@ -234,6 +234,8 @@ fn diagnose(
     }
     let mut by_why: std::collections::BTreeMap<String, f64> = Default::default();
     let mut peer_in = 0.0;
+    let mut from_mirror = 0.0;
+    let mut ranges: std::collections::BTreeMap<String, f64> = Default::default();
     for node in &s.nodes {
         let url = format!("http://{}:{AGENT_PORT}/metrics", node.ip);
         let Ok(text) = s.bed.http_get(node, &url) else {
@@ -243,6 +245,15 @@ fn diagnose(
             if let Some(n) = line.strip_prefix("poolcast_agent_peer_bytes_total{direction=\"in\"} ")
             {
                 peer_in += n.trim().parse().unwrap_or(0.0);
+            }
+            if let Some(n) = line.strip_prefix("poolcast_agent_source_bytes_total ") {
+                from_mirror += n.trim().parse().unwrap_or(0.0);
+            }
+            if let Some(rest) = line.strip_prefix("poolcast_agent_mirror_ranges_total{reason=\"") {
+                if let Some((labels, value)) = rest.split_once("\"} ") {
+                    let key = labels.replace("\",outcome=\"", " ");
+                    *ranges.entry(key).or_default() += value.parse().unwrap_or(0.0);
+                }
             }
             if let Some(n) = line.strip_prefix("poolcast_agent_blobs_started_ahead_total ") {
                 *by_why.entry("(blobs started ahead)".into()).or_default() +=
@@ -268,6 +279,15 @@ fn diagnose(
         );
     }
     if !by_why.is_empty() {
+        // Bytes of mirror ranges that reached the agents, whole pieces or not: beside the
+        // mirror's "handed to its sockets", it tells bytes lost with a cancelled range from
+        // bytes the agents took and threw away.
+        let ended: Vec<String> = ranges.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!(
+            "fanout: {label}: agents took {:.1} MiB from mirror ranges (ranges by why and end: {})",
+            from_mirror / (1024.0 * 1024.0),
+            ended.join(", ")
+        );
         let parts: Vec<String> = by_why.iter().map(|(k, v)| format!("{k} {v}")).collect();
         eprintln!(
             "fanout: {label}: pieces from the mirror: {}",
