@@ -71,12 +71,21 @@ pub struct Download {
 
 impl Download {
     /// Starts (or joins) the download of a blob. The caller streams from `download.ingest`.
-    pub fn get_or_start(state: &web::Data<AgentState>, spec: TaskSpec) -> crate::Result<Arc<Self>> {
+    /// `None`: none runs and the blob is in the store: a download that ended between the
+    /// caller's look at the store and this call (it commits before it leaves the map, and
+    /// the store is asked under the map's lock), to be served from there, not taken again.
+    pub fn get_or_start(
+        state: &web::Data<AgentState>,
+        spec: TaskSpec,
+    ) -> crate::Result<Option<Arc<Self>>> {
         let mut downloads = state.downloads.lock();
         if let Some(d) = downloads.get(spec.digest.hex()) {
-            return Ok(d.clone());
+            return Ok(Some(d.clone()));
         }
         let store = state.store.clone();
+        if matches!(store.entry(&spec.digest, SystemTime::now()), Ok(Some(_))) {
+            return Ok(None);
+        }
         // A blob larger than the cache is refused before anything is allocated for it (its
         // size is what the mirror's HEAD said), and room is made for one that fits.
         store.make_room(spec.size, SystemTime::now()).map_err(|e| {
@@ -135,7 +144,7 @@ impl Download {
             state.swarm.send(Input::Start(download.clone()));
         }
         tokio::spawn(sequencer(state.clone(), download.clone(), writer));
-        Ok(download)
+        Ok(Some(download))
     }
 
     /// The wire name of the blob.
@@ -376,4 +385,47 @@ async fn sequencer(state: web::Data<AgentState>, d: Arc<Download>, mut writer: I
         });
     }
     drop(writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client's request looked at the store before the download started ahead of it had
+    /// committed, and asks for the download once it has ended and left the map: the stored
+    /// copy is served; the blob is not taken from the pool or the mirror a second time.
+    #[tokio::test]
+    async fn a_blob_stored_since_the_callers_look_is_not_downloaded_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = nodepool::AgentConfig {
+            cache_host_path: dir.path().display().to_string(),
+            mirror: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let server =
+            crate::state::AgentServer::new(cfg, "127.0.0.1:65002".into(), metrics).expect("agent");
+        let state = server.state();
+        let data = b"a layer".to_vec();
+        let digest = Digest::of(&data);
+        let spec = |digest: &Digest| TaskSpec {
+            digest: digest.clone(),
+            size: data.len() as u64,
+            ns: None,
+            repo: "bench/image".into(),
+            auth: None,
+        };
+        state
+            .store
+            .put_small(&digest, &data, None, SystemTime::now())
+            .expect("put");
+        let got = Download::get_or_start(&state, spec(&digest)).expect("answer");
+        assert!(got.is_none(), "a stored blob was downloaded again");
+        assert!(state.downloads.lock().is_empty());
+        // Not stored: it starts.
+        let other = Digest::of(b"another layer");
+        let got = Download::get_or_start(&state, spec(&other)).expect("answer");
+        assert!(got.is_some());
+        assert!(state.downloads.lock().contains_key(other.hex()));
+    }
 }

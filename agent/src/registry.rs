@@ -261,7 +261,28 @@ async fn blob(
         auth: auth.cloned(),
     };
     let share = share(state, false, span).await?;
-    let task = Download::get_or_start(state, spec)?;
+    let Some(task) = Download::get_or_start(state, spec)? else {
+        // Its download ended since the look above (it was started ahead of this client):
+        // the stored copy.
+        let (file, entry) = state
+            .store
+            .open_verified(&b.digest, SystemTime::now())
+            .await?
+            .ok_or_else(|| crate::Error::Download {
+                digest: b.digest.to_string(),
+                message: "stored a moment ago and gone from the cache already".into(),
+            })?;
+        state.store.touch(&b.digest, &entry, SystemTime::now())?;
+        state.metrics.cache_hits.inc();
+        let body = share.wrap(file_stream(file, span.start, span.end + 1));
+        return Ok(respond(
+            state,
+            builder(span, size),
+            (span, size),
+            false,
+            body,
+        ));
+    };
     // After the download's start: the swarm sees it before it looks at working ahead.
     state.swarm.send(crate::p2p::Input::WorkAhead);
     let body = share.wrap(task.ingest.stream(span.start, Some(span.end + 1)));
@@ -323,9 +344,11 @@ async fn work_ahead_in(state: web::Data<AgentState>, next: storage::ahead::Next<
                 auth,
             };
             match Download::get_or_start(&state, spec) {
-                Ok(_) => {
+                Ok(Some(_)) => {
                     state.metrics.started_ahead.inc();
                 }
+                // Stored meanwhile: nothing to start.
+                Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(digest = %b.digest, error = %e, "blob not started ahead");
                 }

@@ -257,6 +257,14 @@ enum Scratch {
     Memory(MemoryDir),
 }
 
+#[cfg(test)]
+impl AgentServer {
+    /// The state the server's handlers share.
+    pub(crate) fn state(&self) -> web::Data<AgentState> {
+        self.state.clone()
+    }
+}
+
 fn cache_root(cfg: &AgentConfig) -> crate::Result<(std::path::PathBuf, Option<Scratch>)> {
     if cfg.cache.mode == CacheMode::Memory {
         // Memory mode keeps blobs on tmpfs: RAM-backed, gone with the process.
