@@ -234,18 +234,11 @@ async fn blob(
         }
         false => None,
     };
-    if let Some((file, entry)) = held {
-        // After the access check: a refused request must not keep a blob from eviction.
-        state.store.touch(&b.digest, &entry, SystemTime::now())?;
-        state.metrics.cache_hits.inc();
-        let span = span(range, entry.size, range_text)?;
-        let r = builder(span, entry.size);
+    if let Some(held) = held {
+        let span = span(range, held.1.size, range_text)?;
+        let r = builder(span, held.1.size);
         let share = share(state, b.head, span).await?;
-        let body = share.wrap(file_stream(file, span.start, span.end + 1));
-        if !b.head {
-            state.swarm.send(crate::p2p::Input::WorkAhead);
-        }
-        return Ok(respond(state, r, (span, entry.size), b.head, body));
+        return from_cache(state, &b, held, r, span, share);
     }
     let span = span(range, size, range_text)?;
     if b.head {
@@ -264,7 +257,7 @@ async fn blob(
     let Some(task) = Download::get_or_start(state, spec)? else {
         // Its download ended since the look above (it was started ahead of this client):
         // the stored copy.
-        let (file, entry) = state
+        let held = state
             .store
             .open_verified(&b.digest, SystemTime::now())
             .await?
@@ -272,16 +265,7 @@ async fn blob(
                 digest: b.digest.to_string(),
                 message: "stored a moment ago and gone from the cache already".into(),
             })?;
-        state.store.touch(&b.digest, &entry, SystemTime::now())?;
-        state.metrics.cache_hits.inc();
-        let body = share.wrap(file_stream(file, span.start, span.end + 1));
-        return Ok(respond(
-            state,
-            builder(span, size),
-            (span, size),
-            false,
-            body,
-        ));
+        return from_cache(state, &b, held, builder(span, size), span, share);
     };
     // After the download's start: the swarm sees it before it looks at working ahead.
     state.swarm.send(crate::p2p::Input::WorkAhead);
@@ -358,6 +342,25 @@ async fn work_ahead_in(state: web::Data<AgentState>, next: storage::ahead::Next<
         Ok((_, false)) => {}
         Err(e) => tracing::debug!(digest = %b.digest, error = %e, "blob not started ahead"),
     }
+}
+
+/// Serves `span` of a blob held whole in the cache, once the access check passed (a refused
+/// request must not keep a blob from eviction).
+fn from_cache(
+    state: &AgentState,
+    b: &BlobRequest,
+    (file, entry): (std::fs::File, storage::store::BlobEntry),
+    response: HttpResponseBuilder,
+    span: Span,
+    share: Share,
+) -> Result<HttpResponse> {
+    state.store.touch(&b.digest, &entry, SystemTime::now())?;
+    state.metrics.cache_hits.inc();
+    let body = share.wrap(file_stream(file, span.start, span.end + 1));
+    if !b.head {
+        state.swarm.send(crate::p2p::Input::WorkAhead);
+    }
+    Ok(respond(state, response, (span, entry.size), b.head, body))
 }
 
 /// A blob the mirror let this requester read on the word of a registry it cannot vouch for
