@@ -83,7 +83,7 @@ impl Download {
             return Ok(Some(d.clone()));
         }
         let store = state.store.clone();
-        if matches!(store.entry(&spec.digest, SystemTime::now()), Ok(Some(_))) {
+        if store.holds(&spec.digest, SystemTime::now()) {
             return Ok(None);
         }
         // A blob larger than the cache is refused before anything is allocated for it (its

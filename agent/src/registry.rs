@@ -234,11 +234,11 @@ async fn blob(
         }
         false => None,
     };
-    if let Some(held) = held {
-        let span = span(range, held.1.size, range_text)?;
-        let r = builder(span, held.1.size);
+    if let Some((file, entry)) = held {
+        let span = span(range, entry.size, range_text)?;
+        let r = builder(span, entry.size);
         let share = share(state, b.head, span).await?;
-        return from_cache(state, &b, held, r, span, share);
+        return from_cache(state, &b, (file, entry), r, span, share);
     }
     let span = span(range, size, range_text)?;
     if b.head {
@@ -302,12 +302,7 @@ pub async fn work_ahead(state: std::sync::Arc<AgentState>, next: storage::ahead:
 
 async fn work_ahead_in(state: web::Data<AgentState>, next: storage::ahead::Next<AheadCtx>) {
     let now = SystemTime::now();
-    let held = state
-        .store
-        .entry(&next.digest, now)
-        .ok()
-        .flatten()
-        .is_some();
+    let held = state.store.holds(&next.digest, now);
     if held || state.downloads.lock().contains_key(next.digest.hex()) {
         return;
     }

@@ -77,12 +77,7 @@ pub fn fetch_next(state: &web::Data<AppState>) {
         let Some(next) = state.ahead.0.lock().next(Instant::now()) else {
             return;
         };
-        let held = state
-            .store
-            .entry(&next.digest, SystemTime::now())
-            .ok()
-            .flatten()
-            .is_some();
+        let held = state.store.holds(&next.digest, SystemTime::now());
         if !held {
             tracing::debug!(digest = %next.digest, repo = next.repo, "fetching a blob ahead of the pool");
             tokio::spawn(fetch(state.clone(), next).instrument(tracing::Span::current()));

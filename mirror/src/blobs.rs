@@ -52,7 +52,7 @@ pub async fn locate(
         }
         let store = state.store.clone();
         let source = Some(ctx.up.ns.as_str());
-        let stored = || matches!(store.entry(digest, SystemTime::now()), Ok(Some(_)));
+        let stored = || store.holds(digest, SystemTime::now());
         match state
             .ingests
             .join_or_start_from(digest, source, stored, || store.temp_file())?

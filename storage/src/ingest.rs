@@ -340,14 +340,14 @@ mod tests {
         });
         drop(writer);
         // The request joins: no ingest runs, and the blob is stored.
-        let stored = || matches!(store.entry(&d, now), Ok(Some(_)));
+        let stored = || store.holds(&d, now);
         let joined = ingests
             .join_or_start_from(&d, None, stored, || panic!("a second fetch was started"))
             .expect("join");
         assert!(matches!(joined, Joined::Stored));
         // Gone from the store (evicted, expired), it is fetched again.
         store.remove(&d).expect("remove");
-        let stored = || matches!(store.entry(&d, now), Ok(Some(_)));
+        let stored = || store.holds(&d, now);
         let make = || {
             let (file, path) = tempfile::NamedTempFile::new()?.into_parts();
             Ok((file, path))

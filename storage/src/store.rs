@@ -173,6 +173,12 @@ impl BlobStore {
         unix(now) >= last_used + self.ttl.as_secs().max(1)
     }
 
+    /// Whether a blob is held (its entry exists and has not expired); an index that cannot
+    /// be read counts as not holding it.
+    pub fn holds(&self, d: &Digest, now: SystemTime) -> bool {
+        matches!(self.entry(d, now), Ok(Some(_)))
+    }
+
     /// The index entry of a blob that has not expired; an expired one is removed.
     pub fn entry(&self, d: &Digest, now: SystemTime) -> Result<Option<BlobEntry>> {
         let Some(raw) = self.blobs.get(d.hex().as_bytes())? else {
