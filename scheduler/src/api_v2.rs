@@ -118,10 +118,12 @@ pub struct FreshResponse {
     pub pieces: Vec<u32>,
     /// Every piece is in the pool: stop asking; the mirror may now help with any piece.
     pub all_released: bool,
-    /// Every piece is in the pool or leased to a first holder: the requester may start its
-    /// next blob. (Absent from older schedulers.)
-    #[serde(default)]
-    pub all_leased: bool,
+    /// Every piece is in the pool or leased to a first holder, or all but the last window of
+    /// leases (`swarm::Releases::move_on`): the requester may start its next blob. On the
+    /// wire `allLeased`, its name from when it meant every piece; absent from older
+    /// schedulers.
+    #[serde(default, rename = "allLeased")]
+    pub move_on: bool,
 }
 
 impl From<swarm::Grant> for FreshResponse {
@@ -129,7 +131,7 @@ impl From<swarm::Grant> for FreshResponse {
         FreshResponse {
             pieces: g.pieces,
             all_released: g.all_released,
-            all_leased: g.all_leased,
+            move_on: g.move_on,
         }
     }
 }
@@ -171,6 +173,16 @@ mod tests {
         }
         let fresh = serde_json::to_string(&FreshResponse::default()).unwrap_or_default();
         assert!(fresh.contains("allReleased"), "{fresh}");
+        // `move_on` keeps its wire name, and an older scheduler's answer without it is false.
+        let fresh = serde_json::to_value(FreshResponse {
+            move_on: true,
+            ..FreshResponse::default()
+        })
+        .unwrap_or_default();
+        assert_eq!(fresh["allLeased"], serde_json::json!(true), "{fresh}");
+        let older: Result<FreshResponse, _> =
+            serde_json::from_str(r#"{"pieces": [1], "allReleased": false}"#);
+        assert!(older.is_ok_and(|f| !f.move_on && f.pieces == vec![1]));
     }
 
     #[test]

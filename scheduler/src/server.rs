@@ -198,17 +198,17 @@ impl AppState {
         let mut answer = FreshResponse {
             pieces: Vec::new(),
             all_released: fresh.all_released,
-            all_leased: fresh.all_leased,
+            move_on: fresh.move_on,
         };
         let granted = fresh.grant.is_some();
         if let Some(g) = fresh.grant {
             answer = g.into();
-            answer.all_leased |= fresh.all_leased;
+            answer.move_on |= fresh.move_on;
         }
         if let Some(kept) = kept {
             answer.pieces.extend(kept.pieces);
             answer.all_released |= kept.all_released;
-            answer.all_leased |= kept.all_leased;
+            answer.move_on |= kept.move_on;
             if !granted && msg.wait {
                 // Answered with what was kept: it waits no more.
                 registry.cancel_fresh(&fresh.key);

@@ -83,8 +83,9 @@ pub(crate) struct FreshOutcome {
     /// Grants for other waiting requests.
     pub others: Vec<Delivery>,
     pub all_released: bool,
-    /// Every piece released or leased (see `swarm::Releases::all_leased`).
-    pub all_leased: bool,
+    /// The last window of leases is out: nodes may start their next blob (see
+    /// `swarm::Releases::move_on`).
+    pub move_on: bool,
 }
 
 #[derive(Debug)]
@@ -350,7 +351,7 @@ impl Swarms {
         let all_released = g.releases.all_released();
         let mut out = FreshOutcome {
             all_released,
-            all_leased: g.releases.all_leased(),
+            move_on: g.releases.move_on(&cfg),
             ..FreshOutcome::default()
         };
         for (holder, grant) in grants {

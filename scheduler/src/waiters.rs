@@ -37,7 +37,7 @@ pub(crate) struct Waiters {
 fn merge(into: &mut FreshResponse, more: FreshResponse) {
     into.pieces.extend(more.pieces);
     into.all_released |= more.all_released;
-    into.all_leased |= more.all_leased;
+    into.move_on |= more.move_on;
 }
 
 impl Waiters {
@@ -162,7 +162,7 @@ mod tests {
             grant: Grant {
                 pieces,
                 all_released: false,
-                all_leased: false,
+                move_on: false,
             },
         }
     }

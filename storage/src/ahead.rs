@@ -11,9 +11,10 @@
 //! asked for are the image's first ones, in order, the next blob nobody asked for yet may be
 //! started ahead: a client that took each blob so far in order will ask for the rest.
 //!
-//! - The agent ([`Ahead::for_client`]) starts it once every piece of what its node pulls is
-//!   leased to a first holder (`swarm::Node::all_leased`: the mirror has nothing fresh of it
-//!   left to hand out), and may run ahead of the client by several blobs, one at a time.
+//! - The agent ([`Ahead::for_client`]) starts it once what its node pulls has at most its
+//!   last window of leases to first holders left to hand out (`swarm::Node::may_move_on`:
+//!   the mirror has little fresh of it left to send), and may run ahead of the client by
+//!   several blobs, one at a time.
 //!   A manifest asked for again starts the image's record afresh (a new pull).
 //! - The mirror ([`Ahead::for_pool`]) fetches it from upstream once the blob before it is in,
 //!   so the origin's link moves on to it at once; what the pool's members ask for adds up,
@@ -30,7 +31,7 @@
 //! ```text
 //!   client ──GET manifest──> agent ──relay──> mirror      Ahead::manifest: blobs in order
 //!   client ──GET blob k──> agent ──pieces──> mirror       Ahead::requested(k)
-//!   agent: every piece of what this node pulls leased ──> Ahead::next: blob k+1
+//!   agent: what this node pulls is in its last window of leases ──> Ahead::next: blob k+1
 //!   mirror: blob k in from upstream ──> Ahead::next: blob k+1
 //!       ──> access check with the client's credentials ──> fetch, as if asked
 //! ```

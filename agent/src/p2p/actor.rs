@@ -134,8 +134,8 @@ pub(super) struct Actor {
     next_peer: PeerId,
     epoch: Instant,
     out: Vec<Action>,
-    /// Every piece this node pulls was leased when last looked at (`Node::all_leased`).
-    all_leased: bool,
+    /// The node could move on to its next blob when last looked at (`Node::may_move_on`).
+    move_on: bool,
     /// A client asked for a blob since the last look at working ahead.
     ahead_due: bool,
 }
@@ -161,7 +161,7 @@ pub fn start(
         next_peer: 1,
         epoch: Instant::now(),
         out: Vec::new(),
-        all_leased: false,
+        move_on: false,
         ahead_due: false,
         state: state.clone(),
     };
@@ -210,14 +210,14 @@ impl Actor {
         }
     }
 
-    /// Once every piece of what this node pulls is leased to a first holder (the mirror's
-    /// uplink has nothing fresh of it left to hand out), or when a client asks for a blob
-    /// while that holds, starts the next blob of an image the client is pulling blob by blob
+    /// Once what this node pulls has at most its last window of leases left to hand out (the
+    /// mirror's uplink has little fresh of it left to send: `swarm::Releases::move_on`), or
+    /// when a client asks for a blob while that holds, starts the next blob of an image the client is pulling blob by blob
     /// (`storage::ahead`), so the origin's and the mirror's links move on to it at once.
     fn work_ahead(&mut self) {
-        let leased = self.node.all_leased();
-        let due = std::mem::take(&mut self.ahead_due) || (leased && !self.all_leased);
-        self.all_leased = leased;
+        let leased = self.node.may_move_on();
+        let due = std::mem::take(&mut self.ahead_due) || (leased && !self.move_on);
+        self.move_on = leased;
         if !(leased && due) {
             return;
         }
@@ -288,12 +288,12 @@ impl Actor {
                 match answer {
                     Ok(f) => {
                         let held = self.node.have(task).map_or(0, |h| h.count());
-                        tracing::debug!(task, pieces = ?f.pieces, all_released = f.all_released, all_leased = f.all_leased, held, "fresh pieces leased");
+                        tracing::debug!(task, pieces = ?f.pieces, all_released = f.all_released, move_on = f.move_on, held, "fresh pieces leased");
                         self.handle(Event::Fresh {
                             task,
                             pieces: f.pieces,
                             all_released: f.all_released,
-                            all_leased: f.all_leased,
+                            move_on: f.move_on,
                         })
                     }
                     Err(e) => {

@@ -30,7 +30,8 @@ pub struct Members {
 pub struct Fresh {
     pub pieces: Vec<u32>,
     pub all_released: bool,
-    pub all_leased: bool,
+    /// The node may start its next blob (`allLeased`).
+    pub move_on: bool,
 }
 
 /// Joins the blob's members every `intervalMs` until aborted (the download ended).
@@ -135,7 +136,7 @@ async fn ask(
         .map(|r| Fresh {
             pieces: r.pieces,
             all_released: r.all_released,
-            all_leased: r.all_leased,
+            move_on: r.move_on,
         })
         .map_err(|e| e.to_string())
 }

@@ -322,7 +322,7 @@ impl Sim<'_> {
                             task: TASK,
                             pieces: grant.pieces,
                             all_released: grant.all_released,
-                            all_leased: grant.all_leased,
+                            move_on: grant.move_on,
                         };
                         self.send(self.spec.sched_latency, Msg::Node(holder as usize, ev));
                     }

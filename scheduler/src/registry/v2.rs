@@ -37,7 +37,7 @@ pub struct Fresh {
     pub key: WaitKey,
     pub grant: Option<Grant>,
     pub all_released: bool,
-    pub all_leased: bool,
+    pub move_on: bool,
 }
 
 /// The longest interval between joins, so a node with few neighbours learns of newcomers
@@ -186,7 +186,7 @@ impl PeerRegistry {
             },
             grant: out.mine,
             all_released: out.all_released,
-            all_leased: out.all_leased,
+            move_on: out.move_on,
         })
     }
 

@@ -14,7 +14,7 @@ impl Node {
         id: TaskId,
         pieces: Vec<u32>,
         all_released: bool,
-        all_leased: bool,
+        move_on: bool,
     ) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
@@ -22,7 +22,7 @@ impl Node {
         task.asking = false;
         task.mirror_dirty = true;
         task.all_released |= all_released;
-        task.all_leased |= all_leased || all_released;
+        task.move_on |= move_on || all_released;
         for piece in pieces {
             if piece < task.pieces() && task.leased.insert(piece) {
                 task.leases.push_back(piece);

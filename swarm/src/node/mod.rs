@@ -177,9 +177,9 @@ pub enum Event {
         task: TaskId,
         pieces: Vec<u32>,
         all_released: bool,
-        /// Every piece is released or leased to a first holder (see
-        /// [`crate::Releases::all_leased`]).
-        all_leased: bool,
+        /// At most the last window of leases is left to hand out: the node may start its
+        /// next blob (see [`crate::Releases::move_on`]).
+        move_on: bool,
     },
     /// A peer takes part in a blob and holds, or is receiving, these pieces.
     Joined {
@@ -386,13 +386,13 @@ impl Node {
             .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released)
     }
 
-    /// Every blob this node pulls in p2p mode has had all its pieces leased to first holders
-    /// (or released): the mirror's uplink has no fresh piece of them left to hand out, and
+    /// Every blob this node pulls in p2p mode is released, or has at most its last window of
+    /// leases left to hand out: the mirror's uplink has little fresh of them left to send, and
     /// a node that knows its client's next blob may start it (the agent's `ahead`).
-    pub fn all_leased(&self) -> bool {
+    pub fn may_move_on(&self) -> bool {
         self.tasks
             .values()
-            .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released || t.all_leased)
+            .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released || t.move_on)
     }
 
     /// Peers this node is uploading to (or has offered to).
@@ -449,8 +449,8 @@ impl Node {
                 task,
                 pieces,
                 all_released,
-                all_leased,
-            } => self.fresh(task, pieces, all_released, all_leased),
+                move_on,
+            } => self.fresh(task, pieces, all_released, move_on),
             Event::Joined {
                 peer,
                 task,

@@ -117,8 +117,8 @@ pub(super) struct Task {
     pub completed: Vec<u32>,
     pub asking: bool,
     pub all_released: bool,
-    /// The scheduler said every piece is released or leased to a first holder.
-    pub all_leased: bool,
+    /// The scheduler said the node may start its next blob (`crate::Releases::move_on`).
+    pub move_on: bool,
     /// Mirror ranges under way, `first..end`.
     pub runs: Vec<(u32, u32)>,
     pub mirror_failures: u32,
@@ -155,7 +155,7 @@ impl Task {
             completed: Vec::new(),
             asking: false,
             all_released: false,
-            all_leased: false,
+            move_on: false,
             runs: Vec::new(),
             mirror_failures: 0,
             mirror_retry_at: Duration::ZERO,

@@ -356,7 +356,7 @@ fn leased_pieces_are_fetched_as_ranges_and_reported_when_done() {
             task: T,
             pieces: vec![2, 3, 4, 6],
             all_released: false,
-            all_leased: false,
+            move_on: false,
         },
     );
     assert_eq!(fetches(&a), vec![(2, 3), (6, 1)]);
@@ -423,7 +423,7 @@ fn once_everything_is_released_the_mirror_helps_quietly_and_yields_to_a_peer() {
             task: T,
             pieces: vec![],
             all_released: true,
-            all_leased: true,
+            move_on: true,
         },
     );
     assert_eq!(fetches(&a).len(), 1, "one help range to begin with: {a:?}");
@@ -486,7 +486,7 @@ fn the_mirror_helps_no_tail_while_another_blob_here_still_waits_for_fresh_pieces
         task,
         pieces: vec![],
         all_released: true,
-        all_leased: true,
+        move_on: true,
     };
     let a = handle(&mut n, ms(1), released(T));
     assert!(
@@ -821,7 +821,7 @@ fn a_leased_piece_a_peer_failed_to_deliver_goes_back_to_the_mirror() {
             task: T,
             pieces: vec![2, 3],
             all_released: false,
-            all_leased: false,
+            move_on: false,
         },
     );
     assert_eq!(
@@ -926,7 +926,7 @@ fn after_a_peer_overtakes_the_mirrors_help_the_next_help_waits_a_piece_time() {
             task: T,
             pieces: vec![],
             all_released: true,
-            all_leased: true,
+            move_on: true,
         },
     );
     let f = fetches(&a);
@@ -964,22 +964,22 @@ fn after_a_peer_overtakes_the_mirrors_help_the_next_help_waits_a_piece_time() {
 }
 
 #[test]
-fn a_node_is_all_leased_once_every_blob_it_pulls_is_leased_or_released() {
+fn a_node_may_move_on_once_every_blob_it_pulls_is_leased_or_released() {
     const U: TaskId = 8;
     let mut n = node(4, &[], Mode::P2p, &[(1, &[])]);
     open_empty(&mut n, U, 4);
-    assert!(!n.all_leased());
-    let fresh = |task, all_released, all_leased| Event::Fresh {
+    assert!(!n.may_move_on());
+    let fresh = |task, all_released, move_on| Event::Fresh {
         task,
         pieces: vec![],
         all_released,
-        all_leased,
+        move_on,
     };
     handle(&mut n, ms(1), fresh(T, false, true));
-    assert!(!n.all_leased(), "blob U still waits for first holders");
+    assert!(!n.may_move_on(), "blob U still waits for first holders");
     assert!(!n.released(), "leased is not released: no tail help yet");
     handle(&mut n, ms(2), fresh(U, true, true));
-    assert!(n.all_leased());
+    assert!(n.may_move_on());
     assert!(
         !n.released(),
         "T's leased pieces are still on their way from the mirror"
