@@ -351,7 +351,7 @@ impl Swarms {
         let all_released = g.releases.all_released();
         let mut out = FreshOutcome {
             all_released,
-            move_on: g.releases.move_on(&cfg),
+            move_on: g.releases.move_on(&cfg, now),
             ..FreshOutcome::default()
         };
         for (holder, grant) in grants {

@@ -16,7 +16,7 @@
 //! ```
 
 use crate::pieces::PieceSet;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// Who holds a lease: the caller's key for a node.
@@ -43,6 +43,13 @@ pub struct ReleaseConfig {
 /// 50/10 links) and on the fan-out bed (docs/benchmarks.md, "Where the mirror's extra bytes go, and shorter leases"); 1 MiB was no
 /// better on the bed and costs twice the scheduler's and the mirror's requests.
 pub const LEASED_BYTES: u64 = 2 << 20;
+/// How far ahead of the mirror's last leased byte of a blob the pool's nodes start their next
+/// one, in the mirror's time ([`Releases::move_on`]): a node takes 0.2-0.4 s from starting a
+/// blob to its first leased byte (the access check through the mirror, the piece list, the
+/// join, the first lease).
+pub const MOVE_ON_LEAD: Duration = Duration::from_millis(500);
+/// Releases within this past span make the pool's release rate ([`Releases::move_on`]).
+const RATE_SPAN: Duration = Duration::from_secs(1);
 /// Most leases out at once per blob and pool.
 pub const MAX_IN_FLIGHT: u32 = 64;
 /// Runs are cut as if at least this many leases were out: the first node to reach a blob
@@ -111,6 +118,8 @@ pub struct Releases {
     leases: Vec<Lease>,
     released: PieceSet,
     waiting: Vec<Waiter>,
+    /// When each piece released within the last [`RATE_SPAN`] was.
+    recent: VecDeque<Duration>,
 }
 
 impl Releases {
@@ -121,6 +130,7 @@ impl Releases {
             leases: Vec::new(),
             released: PieceSet::empty(pieces),
             waiting: Vec::new(),
+            recent: VecDeque::new(),
         }
     }
 
@@ -149,16 +159,25 @@ impl Releases {
     }
 
     /// Whether the pool's nodes may start their next blob (one started ahead of a client that
-    /// pulls an image blob by blob, `storage::ahead`): what is left to lease fits in one more
-    /// window of leases (`in_flight` runs). What is out and that window keep the mirror's
-    /// uplink busy about as long as a node takes from starting a blob to its first leased byte
-    /// (the access check, the piece list, the first lease: 0.2-0.4 s through loaded links), so
-    /// the mirror moves on to the next blob without a gap. Waiting until every piece was leased
-    /// left the mirror's uplink at 0.6-0.9 for a second at each layer change; one window ahead
-    /// measured best against two, four and half a window (docs/benchmarks.md, "The next layer
-    /// one window early").
-    pub fn move_on(&self, cfg: &ReleaseConfig) -> bool {
-        self.unleased() <= u64::from(cfg.in_flight.max(1)) * u64::from(cfg.run.max(1))
+    /// pulls an image blob by blob, `storage::ahead`): every piece is leased, or what is left
+    /// to lease fits in one more window of leases (`in_flight` runs) and in what the pool
+    /// released in the last [`MOVE_ON_LEAD`] at its rate over the last second. The leases out
+    /// and what is left then keep the mirror's uplink busy about as long as a node takes from
+    /// starting a blob to its first leased byte, so the mirror moves on to the next blob
+    /// without a gap, and the next blob's leases do not add flows to the mirror's for long.
+    /// Waiting until every piece was leased left the mirror's uplink at 0.6-0.9 for a second at
+    /// each layer change; a whole window ahead of a slow pool (32 nodes at 10 mbit: 4 MiB, 3 s
+    /// of the mirror's link) doubled the mirror's flows for seconds and lost ranges
+    /// (docs/benchmarks.md, "The next layer half a second early").
+    pub fn move_on(&self, cfg: &ReleaseConfig, now: Duration) -> bool {
+        let window = u64::from(cfg.in_flight.max(1)) * u64::from(cfg.run.max(1));
+        let recent = self
+            .recent
+            .iter()
+            .filter(|&&at| now.saturating_sub(at) < RATE_SPAN)
+            .count() as u64;
+        let lead = recent * MOVE_ON_LEAD.as_millis() as u64 / RATE_SPAN.as_millis() as u64;
+        self.all_leased() || self.unleased() <= window.min(lead)
     }
 
     /// Leases held now.
@@ -188,7 +207,9 @@ impl Releases {
                 continue;
             }
             self.again.remove(&piece);
-            self.released.insert(piece);
+            if self.released.insert(piece) {
+                self.recent.push_back(now);
+            }
             // Any lease of it ends there: a lapsed lease handed out again may be completed by
             // either node, and both copies are good.
             for lease in &mut self.leases {
@@ -198,6 +219,13 @@ impl Releases {
         }
         if done {
             self.leases.retain(|l| !l.left.is_empty());
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|&at| now.saturating_sub(at) >= RATE_SPAN)
+        {
+            self.recent.pop_front();
         }
         // A report alone (no `wait`) leaves a request of the holder that is waiting alone.
         if wait && !self.is_waiting(holder) {
@@ -302,7 +330,7 @@ impl Releases {
                 Grant {
                     pieces,
                     all_released: false,
-                    move_on: self.move_on(cfg),
+                    move_on: self.move_on(cfg, now),
                 },
             ));
         }
@@ -406,40 +434,68 @@ mod tests {
         assert_eq!(told, vec![1, 2, 3]);
     }
 
+    /// Holder 1 completes each piece it is granted, one every `every_ms` from `t(every_ms)`,
+    /// while the others hold theirs; returns, for each of its grants, the pieces left to lease
+    /// after it and whether it said `move_on`.
+    fn one_completes(r: &mut Releases, c: &ReleaseConfig, every_ms: u64) -> Vec<(u64, bool)> {
+        let mut out = Vec::new();
+        let mut held = granted(&r.ask(c, 1, &[], true, t(0)))[0].1.clone();
+        for h in 2..=u64::from(c.in_flight) {
+            r.ask(c, h, &[], true, t(0));
+        }
+        for k in 1.. {
+            let grants = r.ask(c, 1, &held, true, t(k * every_ms));
+            let Some((_, g)) = grants.into_iter().find(|(h, _)| *h == 1) else {
+                break;
+            };
+            out.push((r.unleased(), g.move_on));
+            held = g.pieces;
+        }
+        out
+    }
+
     #[test]
-    fn grants_say_move_on_once_what_is_left_fits_in_one_window_until_a_lease_lapses() {
-        // A window of two leases of one piece each.
+    fn a_fast_pool_moves_on_once_what_is_left_fits_in_one_more_window() {
+        // A window of two leases of one piece each; 20 pieces released a second, so half a
+        // second's lead is 10 pieces and the window bounds it.
+        let c = cfg(2);
+        let mut r = Releases::new(12);
+        let said = one_completes(&mut r, &c, 50);
+        let first = said.iter().position(|&(_, m)| m);
+        assert_eq!(first.map(|k| said[k].0), Some(2), "{said:?}");
+        assert!(
+            said[first.unwrap_or(0)..].iter().all(|&(_, m)| m),
+            "{said:?}"
+        );
+    }
+
+    #[test]
+    fn a_slow_pool_moves_on_half_a_second_of_its_rate_before_its_last_lease() {
+        // A window of four leases; one piece released every 400 ms (three within any second:
+        // a lead of one piece), so the lead bounds it, not the window.
+        let c = cfg(4);
+        let mut r = Releases::new(12);
+        let said = one_completes(&mut r, &c, 400);
+        let first = said.iter().position(|&(_, m)| m);
+        assert_eq!(first.map(|k| said[k].0), Some(1), "{said:?}");
+    }
+
+    #[test]
+    fn a_lapsed_lease_takes_move_on_back_until_every_piece_is_leased_again() {
         let c = cfg(2);
         let mut r = Releases::new(6);
-        let first = r.ask(&c, 1, &[], true, t(0));
-        assert!(!first[0].1.move_on, "five pieces left for a window of two");
-        r.ask(&c, 2, &[], true, t(1));
-        let third = r.ask(&c, 1, &[0], true, t(2));
-        assert_eq!(granted(&third), vec![(1, vec![2])]);
-        assert!(!third[0].1.move_on, "three left");
-        let fourth = r.ask(&c, 2, &[1], true, t(3));
-        assert_eq!(granted(&fourth), vec![(2, vec![3])]);
-        assert!(fourth[0].1.move_on && !fourth[0].1.all_released);
-        assert!(
-            r.move_on(&c) && !r.all_leased(),
-            "two left: the last window"
-        );
-        // Holder 1's lease of piece 2 lapses: three pieces wait for a first holder again.
-        r.expire(&c, t(2) + c.lease);
-        assert!(!r.move_on(&c));
-        // Piece 2 goes out again first, then the last two: every piece is leased.
-        let later = t(2) + c.lease;
-        assert_eq!(granted(&r.ask(&c, 1, &[], true, later)), vec![(1, vec![2])]);
-        assert_eq!(
-            granted(&r.ask(&c, 2, &[3], true, later)),
-            vec![(2, vec![4])]
-        );
-        assert!(!r.all_leased());
-        assert_eq!(
-            granted(&r.ask(&c, 1, &[2], true, later)),
-            vec![(1, vec![5])]
-        );
-        assert!(r.all_leased() && r.move_on(&c));
+        let said = one_completes(&mut r, &c, 50);
+        assert!(said.last().is_some_and(|&(left, m)| left == 0 && m));
+        assert!(r.all_leased() && r.move_on(&c, t(300)));
+        // Holder 1 stops waiting, and holder 2's lease of piece 1 lapses; no piece was released
+        // for seconds, so the lead is nothing and the pool waits for every piece to be leased
+        // again.
+        r.cancel(1);
+        let later = t(0) + c.lease;
+        assert!(r.expire(&c, later).is_empty());
+        assert!(!r.all_leased() && !r.move_on(&c, later));
+        r.ask(&c, 3, &[], true, later);
+        assert!(r.all_leased() && r.move_on(&c, later));
     }
 
     #[test]
