@@ -68,7 +68,7 @@ fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
     );
     assert!(peer_in > 0.0, "no bytes moved peer to peer");
     // skopeo asks for the blobs one by one; the agents start the next once the one asked for
-    // is in its last window of leases (storage::ahead), and that changes none of the counts below.
+    // is nearly all leased (storage::ahead), and that changes none of the counts below.
     assert!(ahead >= 1.0, "no agent started a blob ahead of skopeo");
     // Each fresh piece leaves the mirror once: measured 1.00 copies; the margin covers a lease
     // that lapses on a loaded machine and is handed to another node.

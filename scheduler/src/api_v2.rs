@@ -118,8 +118,8 @@ pub struct FreshResponse {
     pub pieces: Vec<u32>,
     /// Every piece is in the pool: stop asking; the mirror may now help with any piece.
     pub all_released: bool,
-    /// Every piece is in the pool or leased to a first holder, or all but the last window of
-    /// leases (`swarm::Releases::move_on`): the requester may start its next blob. On the
+    /// Every piece is in the pool or leased to a first holder, or all but what the mirror
+    /// sends in about half a second (`swarm::Releases::move_on`): the requester may start its next blob. On the
     /// wire `allLeased`, its name from when it meant every piece; absent from older
     /// schedulers.
     #[serde(default, rename = "allLeased")]

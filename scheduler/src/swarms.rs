@@ -83,7 +83,7 @@ pub(crate) struct FreshOutcome {
     /// Grants for other waiting requests.
     pub others: Vec<Delivery>,
     pub all_released: bool,
-    /// The last window of leases is out: nodes may start their next blob (see
+    /// Nearly every piece is leased: nodes may start their next blob (see
     /// `swarm::Releases::move_on`).
     pub move_on: bool,
 }

@@ -11,9 +11,9 @@
 //! asked for are the image's first ones, in order, the next blob nobody asked for yet may be
 //! started ahead: a client that took each blob so far in order will ask for the rest.
 //!
-//! - The agent ([`Ahead::for_client`]) starts it once what its node pulls has at most its
-//!   last window of leases to first holders left to hand out (`swarm::Node::may_move_on`:
-//!   the mirror has little fresh of it left to send), and may run ahead of the client by
+//! - The agent ([`Ahead::for_client`]) starts it once what its node pulls is leased to
+//!   first holders but for what the mirror sends in about half a second
+//!   (`swarm::Node::may_move_on`), and may run ahead of the client by
 //!   several blobs, one at a time.
 //!   A manifest asked for again starts the image's record afresh (a new pull).
 //! - The mirror ([`Ahead::for_pool`]) fetches it from upstream once the blob before it is in,
@@ -31,7 +31,7 @@
 //! ```text
 //!   client ──GET manifest──> agent ──relay──> mirror      Ahead::manifest: blobs in order
 //!   client ──GET blob k──> agent ──pieces──> mirror       Ahead::requested(k)
-//!   agent: what this node pulls is in its last window of leases ──> Ahead::next: blob k+1
+//!   agent: what this node pulls is (nearly) all leased ──> Ahead::next: blob k+1
 //!   mirror: blob k in from upstream ──> Ahead::next: blob k+1
 //!       ──> access check with the client's credentials ──> fetch, as if asked
 //! ```

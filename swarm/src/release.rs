@@ -89,7 +89,7 @@ pub struct Grant {
     pub pieces: Vec<u32>,
     /// Every piece is in the pool: stop asking; the mirror may now help with any piece.
     pub all_released: bool,
-    /// At most the last window of leases is left to hand out ([`Releases::move_on`]): a node
+    /// Nearly every piece is leased to a first holder ([`Releases::move_on`]): a node
     /// may start its next blob (on the wire: `allLeased`).
     pub move_on: bool,
 }

@@ -210,8 +210,8 @@ impl Actor {
         }
     }
 
-    /// Once what this node pulls has at most its last window of leases left to hand out (the
-    /// mirror's uplink has little fresh of it left to send: `swarm::Releases::move_on`), or
+    /// Once what this node pulls is leased to first holders but for what the mirror sends in
+    /// about half a second (`swarm::Releases::move_on`), or
     /// when a client asks for a blob while that holds, starts the next blob of an image the client is pulling blob by blob
     /// (`storage::ahead`), so the origin's and the mirror's links move on to it at once.
     fn work_ahead(&mut self) {

@@ -177,7 +177,7 @@ pub enum Event {
         task: TaskId,
         pieces: Vec<u32>,
         all_released: bool,
-        /// At most the last window of leases is left to hand out: the node may start its
+        /// Nearly every piece is leased to a first holder: the node may start its
         /// next blob (see [`crate::Releases::move_on`]).
         move_on: bool,
     },
@@ -386,9 +386,10 @@ impl Node {
             .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released)
     }
 
-    /// Every blob this node pulls in p2p mode is released, or has at most its last window of
-    /// leases left to hand out: the mirror's uplink has little fresh of them left to send, and
-    /// a node that knows its client's next blob may start it (the agent's `ahead`).
+    /// Every blob this node pulls in p2p mode is released, or leased to first holders but for
+    /// what the mirror sends in about half a second ([`crate::Releases::move_on`]): the
+    /// mirror's uplink has little fresh of them left to send, and a node that knows its
+    /// client's next blob may start it (the agent's `ahead`).
     pub fn may_move_on(&self) -> bool {
         self.tasks
             .values()
