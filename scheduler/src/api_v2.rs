@@ -119,9 +119,9 @@ pub struct FreshResponse {
     /// Every piece is in the pool: stop asking; the mirror may now help with any piece.
     pub all_released: bool,
     /// Every piece is in the pool or leased to a first holder, or all but what the mirror
-    /// sends in about half a second (`swarm::Releases::move_on`): the requester may start its next blob. On the
-    /// wire `allLeased`, its name from when it meant every piece; absent from older
-    /// schedulers.
+    /// sends in about half a second (`swarm::Releases::move_on`): the requester may start its
+    /// next blob. On the wire `allLeased`, its name from when it meant every piece; absent
+    /// from older schedulers.
     #[serde(default, rename = "allLeased")]
     pub move_on: bool,
 }

@@ -211,8 +211,8 @@ impl Actor {
     }
 
     /// Once what this node pulls is leased to first holders but for what the mirror sends in
-    /// about half a second (`swarm::Releases::move_on`), or
-    /// when a client asks for a blob while that holds, starts the next blob of an image the client is pulling blob by blob
+    /// about half a second (`swarm::Releases::move_on`), or when a client asks for a blob
+    /// while that holds, starts the next blob of an image the client is pulling blob by blob
     /// (`storage::ahead`), so the origin's and the mirror's links move on to it at once.
     fn work_ahead(&mut self) {
         let leased = self.node.may_move_on();
