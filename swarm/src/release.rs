@@ -454,6 +454,11 @@ mod tests {
         out
     }
 
+    /// The pieces left to lease after the first grant that said `move_on`.
+    fn left_at_first_move_on(said: &[(u64, bool)]) -> Option<u64> {
+        said.iter().find(|&&(_, m)| m).map(|&(left, _)| left)
+    }
+
     #[test]
     fn a_fast_pool_moves_on_once_what_is_left_fits_in_one_more_window() {
         // A window of two leases of one piece each; 20 pieces released a second, so half a
@@ -461,12 +466,9 @@ mod tests {
         let c = cfg(2);
         let mut r = Releases::new(12);
         let said = one_completes(&mut r, &c, 50);
-        let first = said.iter().position(|&(_, m)| m);
-        assert_eq!(first.map(|k| said[k].0), Some(2), "{said:?}");
-        assert!(
-            said[first.unwrap_or(0)..].iter().all(|&(_, m)| m),
-            "{said:?}"
-        );
+        assert_eq!(left_at_first_move_on(&said), Some(2), "{said:?}");
+        let first = said.iter().position(|&(_, m)| m).unwrap_or(0);
+        assert!(said[first..].iter().all(|&(_, m)| m), "{said:?}");
     }
 
     #[test]
@@ -476,8 +478,7 @@ mod tests {
         let c = cfg(4);
         let mut r = Releases::new(12);
         let said = one_completes(&mut r, &c, 400);
-        let first = said.iter().position(|&(_, m)| m);
-        assert_eq!(first.map(|k| said[k].0), Some(1), "{said:?}");
+        assert_eq!(left_at_first_move_on(&said), Some(1), "{said:?}");
     }
 
     #[test]
