@@ -317,6 +317,25 @@ fn piece_digests_are_published_for_agents_to_check_peers() {
     });
     let want: Vec<String> = blob.chunks(65536).map(common::sha256_hex).collect();
     assert_eq!(pieces, want);
+    // The binary form agents ask for: a 25-byte head, then the raw digests, from piece 1.
+    let binary = raw_request(
+        fx.mirror.host(),
+        "GET",
+        &format!("{path}&from=1"),
+        &[("Accept", "application/vnd.poolcast.piece-digests.v1")],
+    )
+    .unwrap();
+    assert_eq!(binary.status, 200);
+    assert_eq!(
+        binary.header("content-type"),
+        Some("application/vnd.poolcast.piece-digests.v1")
+    );
+    assert_eq!(binary.body.len(), 25 + 32 * (want.len() - 1));
+    assert_eq!(binary.body[..8], (blob.len() as u64).to_be_bytes());
+    assert_eq!(binary.body[16..24], 1u64.to_be_bytes());
+    assert_eq!(binary.body[24], 1, "complete");
+    let raw: Vec<String> = binary.body[25..].chunks(32).map(hex::encode).collect();
+    assert_eq!(raw, want[1..]);
     let bad = raw_request(
         fx.mirror.host(),
         "GET",

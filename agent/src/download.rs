@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
-use storage::pieces::PieceList;
+use storage::pieces::{PieceList, PIECES_BINARY};
 use storage::reference::Digest;
 use swarm::PieceSet;
 use tokio::sync::watch;
@@ -205,7 +205,9 @@ async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
                 ("from", from.to_string()),
             ],
         );
-        let mut req = crate::trace::traced(state.http.get(url)).timeout(Duration::from_secs(30));
+        let mut req = crate::trace::traced(state.http.get(url))
+            .header(reqwest::header::ACCEPT, PIECES_BINARY)
+            .timeout(Duration::from_secs(30));
         if let Some(auth) = &d.spec.auth {
             req = req.header("Authorization", auth.as_bytes());
         }
@@ -235,6 +237,16 @@ async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
     }
 }
 
+/// A `/pieces` answer: the binary form the agent asks for, or JSON from a mirror that does not
+/// know it.
+fn read_layout(digest: &str, binary: bool, body: &[u8]) -> Result<PieceList, String> {
+    if binary {
+        PieceList::from_binary(digest, body)
+    } else {
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    }
+}
+
 async fn fetch_layout(req: reqwest::RequestBuilder, d: &Download) -> crate::Result<Vec<[u8; 32]>> {
     let err = |message: String| crate::Error::Layout {
         digest: d.spec.digest.to_string(),
@@ -244,9 +256,15 @@ async fn fetch_layout(req: reqwest::RequestBuilder, d: &Download) -> crate::Resu
     if !resp.status().is_success() {
         return Err(err(format!("mirror answered {}", resp.status())));
     }
-    let list: PieceList = resp
-        .json()
+    let binary = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes() == PIECES_BINARY.as_bytes());
+    let body = resp
+        .bytes()
         .await
+        .map_err(|e| err(format!("piece list body: {e}")))?;
+    let list = read_layout(&d.spec.digest.to_string(), binary, &body)
         .map_err(|e| err(format!("bad piece list: {e}")))?;
     if list.size != d.spec.size || list.piece_size != d.layout.piece_size() {
         return Err(err(format!(
@@ -390,6 +408,25 @@ async fn sequencer(state: web::Data<AgentState>, d: Arc<Download>, mut writer: I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent reads the binary form it asks for, and JSON from a mirror that answers with it.
+    #[test]
+    fn a_piece_list_is_read_in_either_form() {
+        let list = PieceList {
+            digest: "sha256:ab".into(),
+            size: 3 << 16,
+            piece_size: 1 << 16,
+            from: 1,
+            pieces: vec![storage::pieces::piece_digest(b"x")],
+            complete: false,
+        };
+        let binary = list.to_binary().expect("binary");
+        assert_eq!(read_layout("sha256:ab", true, &binary), Ok(list.clone()));
+        let json = serde_json::to_vec(&list).expect("json");
+        assert_eq!(read_layout("sha256:ab", false, &json), Ok(list));
+        assert!(read_layout("sha256:ab", true, &json).is_err());
+        assert!(read_layout("sha256:ab", false, &binary).is_err());
+    }
 
     /// A client's request looked at the store before the download started ahead of it had
     /// committed, and asks for the download once it has ended and left the map: the stored

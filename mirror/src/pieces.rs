@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::ingest::{Ingest, Progress};
-use storage::pieces::{hash_pieces, piece_digest, PieceList};
+use storage::pieces::{hash_pieces, piece_digest, PieceList, PIECES_BINARY};
 use storage::reference::Digest;
 use storage::request::query_param;
 
@@ -98,7 +98,20 @@ pub async fn get(
         Some(Source::Ingest(ingest)) => arriving(&ingest, &digest, piece_size, from).await?,
         None => return Err(Error::transfer(format!("{digest} could not be located"))),
     };
+    if accepts_binary(req) {
+        let body = list.to_binary().map_err(Error::transfer)?;
+        return Ok(HttpResponse::Ok().content_type(PIECES_BINARY).body(body));
+    }
     Ok(HttpResponse::Ok().json(list))
+}
+
+/// Whether the client asked for the binary form (agents do; anyone else gets JSON).
+fn accepts_binary(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().unwrap_or("").trim() == PIECES_BINARY)
 }
 
 async fn memoized(
