@@ -188,6 +188,13 @@ impl Download {
     }
 }
 
+/// Pieces a piece-list answer waits for while the blob arrives (a quarter of a second at most,
+/// at the mirror): every agent's answers cross the mirror's uplink, about 300 bytes each
+/// beyond the digests, and an answer per piece or two would cost the pool's slowest link 2 %
+/// of the blob at 32 nodes. A piece's digest is needed once the piece has crossed that link
+/// to its first holder, which with the pool's leases out takes longer.
+const LAYOUT_BATCH: u32 = 16;
+
 /// Learns piece digests from the mirror, as the mirror gets the blob, and tells the swarm. Runs
 /// in the download's span, so its requests carry the pull's `traceparent`.
 async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
@@ -203,6 +210,7 @@ async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
             &[
                 ("pieceSize", d.layout.piece_size().to_string()),
                 ("from", from.to_string()),
+                ("batch", LAYOUT_BATCH.to_string()),
             ],
         );
         let mut req = crate::trace::traced(state.http.get(url))

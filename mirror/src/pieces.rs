@@ -2,7 +2,9 @@
 //! node agents to check pieces they get from peers. The mirror is the pool's trust anchor: it
 //! hashes bytes it fetched itself. While a blob is still arriving, the answer holds the pieces
 //! complete so far (`complete: false`), after a short long-poll for progress; agents ask again
-//! `from` the next piece. Access is checked exactly as for the blob itself.
+//! `from` the next piece. With `&batch=M` the answer also waits, a quarter of a second at
+//! most, until M pieces from `from` are in: agents ask so, as each answer costs the mirror's
+//! uplink about 300 bytes beyond its digests. Access is checked exactly as for the blob itself.
 //!
 //! Piece sizes are a fixed set (`nodepool::check_piece_size`: eleven powers of two), and the
 //! digests of a cached blob at a size are computed once, by one request while others wait, and
@@ -27,6 +29,10 @@ use storage::request::query_param;
 const MAX_PER_ANSWER: u64 = 4096;
 /// How long a request waits for the next piece of a blob still arriving.
 const LONG_POLL: Duration = Duration::from_secs(5);
+/// How long after it was asked an answer may wait for more pieces than the first (`batch`).
+const BATCH_WAIT: Duration = Duration::from_millis(250);
+/// The most pieces an answer waits for (`batch`).
+const MAX_BATCH: u64 = 256;
 /// Blobs hashed into pieces at once; more requests wait their turn.
 const HASH_JOBS: usize = 2;
 
@@ -95,7 +101,10 @@ pub async fn get(
                 complete: true,
             }
         }
-        Some(Source::Ingest(ingest)) => arriving(&ingest, &digest, piece_size, from).await?,
+        Some(Source::Ingest(ingest)) => {
+            let batch = param(req, "batch")?.unwrap_or(1).clamp(1, MAX_BATCH);
+            arriving(&ingest, &digest, piece_size, from, batch).await?
+        }
         None => return Err(Error::transfer(format!("{digest} could not be located"))),
     };
     if accepts_binary(req) {
@@ -171,16 +180,19 @@ fn layout(size: u64, piece_size: u64) -> Result<PieceLayout> {
         .map_err(|e| Error::unsupported(format!("pieceSize {piece_size} for {size} bytes: {e}")))
 }
 
-/// Pieces of a blob still arriving: waits briefly for piece `from` to complete, then hashes
-/// every complete piece from there.
+/// Pieces of a blob still arriving: waits for piece `from` to complete (at most
+/// [`LONG_POLL`]), and for `batch` pieces from there to complete (at most [`BATCH_WAIT`]),
+/// then hashes every complete piece from `from` on.
 async fn arriving(
     ingest: &Arc<Ingest>,
     digest: &Digest,
     piece_size: u64,
     from: u64,
+    batch: u64,
 ) -> Result<PieceList> {
     let mut rx = ingest.progress();
-    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    let asked = tokio::time::Instant::now();
+    let deadline = asked + LONG_POLL;
     let (avail, layout, complete) = loop {
         let snapshot = rx.borrow_and_update().clone();
         let (avail, size, done) = match snapshot {
@@ -194,16 +206,28 @@ async fn arriving(
             Progress::Failed(msg) => return Err(Error::transfer(msg)),
         };
         let layout = layout(size, piece_size)?;
-        let wanted_end = u32::try_from(from)
-            .ok()
-            .and_then(|index| layout.span(index))
-            .map_or(size, |span| span.end);
-        if done || (size > 0 && avail >= wanted_end) {
+        let end_of = |index: u64| {
+            u32::try_from(index)
+                .ok()
+                .and_then(|index| layout.span(index))
+                .map_or(size, |span| span.end)
+        };
+        let first_in = size > 0 && avail >= end_of(from);
+        let batch_in = avail >= end_of(from.saturating_add(batch.max(1) - 1));
+        let batch_over = tokio::time::Instant::now() >= asked + BATCH_WAIT;
+        if done || (first_in && (batch_in || batch_over)) {
             break (avail, layout, done);
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
+        // Once the first piece is in, the batch waits no longer than BATCH_WAIT.
+        let until = if first_in {
+            deadline.min(asked + BATCH_WAIT)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, rx.changed()).await {
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return Err(Error::transfer("ingest ended early")),
+            Err(_) if first_in && tokio::time::Instant::now() < deadline => continue,
             Err(_) => break (avail, layout, false),
         }
     };
@@ -271,7 +295,7 @@ mod tests {
             written: 6144,
             size: Some(data.len() as u64),
         });
-        let first = arriving(&ingest, &digest, 4096, 0).await.expect("list");
+        let first = arriving(&ingest, &digest, 4096, 0, 1).await.expect("list");
         assert_eq!(
             (first.pieces.clone(), first.complete),
             (want[..1].to_vec(), false)
@@ -283,13 +307,58 @@ mod tests {
         writer.set(Progress::Done {
             size: data.len() as u64,
         });
-        let rest = arriving(&ingest, &digest, 4096, 1).await.expect("list");
+        let rest = arriving(&ingest, &digest, 4096, 1, 1).await.expect("list");
         assert_eq!((rest.pieces, rest.complete), (want[1..].to_vec(), true));
         let memo = ingest.piece_digests.lock().await;
         assert_eq!(
             memo.get(&4096),
             Some(&want),
             "each piece hashed once, kept in order"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_waits_for_its_batch_a_quarter_second_at_most() {
+        use std::os::unix::fs::FileExt;
+        use storage::ingest::{Ingests, Joined};
+        let data: Vec<u8> = (0..(16 * 1024)).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(&data);
+        let ingests = Arc::new(Ingests::default());
+        let make = || Ok(tempfile::NamedTempFile::new()?.into_parts());
+        let Ok(Joined::Started(ingest, writer)) = ingests.join_or_start(&digest, make) else {
+            panic!("should start");
+        };
+        let want: Vec<String> = data.chunks(4096).map(piece_digest).collect();
+        let arrive = |upto: usize| {
+            writer.file.write_all_at(&data[..upto], 0).expect("write");
+            writer.set(Progress::Running {
+                written: upto as u64,
+                size: Some(data.len() as u64),
+            });
+        };
+        arrive(6144);
+        // One piece of a batch of three is in, and no more come: answered at BATCH_WAIT.
+        let t0 = tokio::time::Instant::now();
+        let first = arriving(&ingest, &digest, 4096, 0, 3).await.expect("list");
+        assert_eq!(first.pieces, want[..1]);
+        assert_eq!(t0.elapsed(), BATCH_WAIT);
+        // The batch fills before BATCH_WAIT: answered as it does, with every piece in.
+        let t1 = tokio::time::Instant::now();
+        let waiting = {
+            let (ingest, digest) = (ingest.clone(), digest.clone());
+            tokio::spawn(async move { arriving(&ingest, &digest, 4096, 1, 2).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        arrive(12 * 1024);
+        let next = waiting.await.expect("task").expect("list");
+        assert_eq!(next.pieces, want[1..3]);
+        assert_eq!(t1.elapsed(), Duration::from_millis(100));
+        // A batch of one (older agents) is answered as soon as its piece is in.
+        let t2 = tokio::time::Instant::now();
+        let one = arriving(&ingest, &digest, 4096, 2, 1).await.expect("list");
+        assert_eq!(
+            (one.pieces, t2.elapsed()),
+            (want[2..3].to_vec(), Duration::ZERO)
         );
     }
 }
