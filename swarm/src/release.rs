@@ -61,17 +61,14 @@ impl ReleaseConfig {
     /// The leases for a pool of `members` nodes taking a blob in `piece_size` pieces: two per
     /// node (the next asked for while the first is fetched), at most [`MAX_IN_FLIGHT`], and
     /// runs long enough that [`LEASED_BYTES`] are out in all (with 8 nodes or more; fewer
-    /// members get the runs of 8). Where even one-piece runs would put more out (more than 16
-    /// nodes, or large pieces), fewer leases, but not fewer than 16 (fewer, sized to the
-    /// mirror's measured rate, were slower on the bed and in the simulator). Measured in the
-    /// simulator and on the fan-out bed (docs/benchmarks.md).
+    /// members get the runs of 8). Measured in the simulator and on the fan-out bed
+    /// (docs/benchmarks.md).
     pub fn for_pool(members: usize, piece_size: u64, lease: Duration) -> ReleaseConfig {
-        let in_flight = (members.saturating_mul(2)).clamp(2, MAX_IN_FLIGHT as usize) as u64;
-        let cut = in_flight.max(RUN_FLOOR_IN_FLIGHT);
+        let in_flight = (members.saturating_mul(2)).clamp(2, MAX_IN_FLIGHT as usize) as u32;
+        let cut = u64::from(in_flight).max(RUN_FLOOR_IN_FLIGHT);
         let run = (LEASED_BYTES / (cut * piece_size.max(1))).max(1);
-        let fit = (LEASED_BYTES / (run * piece_size.max(1))).max(RUN_FLOOR_IN_FLIGHT);
         ReleaseConfig {
-            in_flight: in_flight.min(fit) as u32,
+            in_flight,
             run: run.min(u64::from(u32::MAX)) as u32,
             per_holder: 2,
             lease,
@@ -579,15 +576,8 @@ mod tests {
         assert_eq!((c.in_flight, c.run, c.per_holder), (16, 2, 2));
         let c = ReleaseConfig::for_pool(16, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run), (32, 1));
-        // One-piece runs: no more leases than LEASED_BYTES holds, down to 16 of them.
-        let c = ReleaseConfig::for_pool(32, 64 << 10, lease);
-        assert_eq!((c.in_flight, c.run), (32, 1));
         let c = ReleaseConfig::for_pool(1000, 64 << 10, lease);
-        assert_eq!((c.in_flight, c.run), (32, 1));
-        let c = ReleaseConfig::for_pool(1000, 1 << 20, lease);
-        assert_eq!((c.in_flight, c.run), (16, 1));
-        let c = ReleaseConfig::for_pool(4, 1 << 20, lease);
-        assert_eq!((c.in_flight, c.run), (8, 1));
+        assert_eq!((c.in_flight, c.run), (MAX_IN_FLIGHT, 1));
         let c = ReleaseConfig::for_pool(1, 4 << 20, lease);
         assert_eq!((c.in_flight, c.run), (2, 1));
         let c = ReleaseConfig::for_pool(1, 64 << 10, lease);
