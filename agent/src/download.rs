@@ -190,9 +190,9 @@ impl Download {
 
 /// Pieces a piece-list answer waits for while the blob arrives (a quarter of a second at most,
 /// at the mirror): every agent's answers cross the mirror's uplink, about 300 bytes each
-/// beyond the digests, and an answer per piece or two would cost the pool's slowest link 2 %
-/// of the blob at 32 nodes. A piece's digest is needed once the piece has crossed that link
-/// to its first holder, which with the pool's leases out takes longer.
+/// beyond the digests, and answering as each piece or two came in cost that link 3 % of the
+/// blob at 32 nodes (docs/benchmarks.md). A piece's digest is needed once the piece has
+/// crossed that link to its first holder, which with the pool's leases out takes longer.
 const LAYOUT_BATCH: u32 = 16;
 
 /// Learns piece digests from the mirror, as the mirror gets the blob, and tells the swarm. Runs
