@@ -277,11 +277,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn pieces_of_a_blob_still_arriving_are_hashed_once_and_paged() {
-        use std::os::unix::fs::FileExt;
+    /// A blob of `len` bytes whose ingest has started and nothing arrived yet, and the digests
+    /// of its 4 KiB pieces. The ingest map is returned to keep it alive.
+    fn ingest_of(
+        len: usize,
+    ) -> (
+        Vec<u8>,
+        Digest,
+        Arc<storage::ingest::Ingests>,
+        Arc<Ingest>,
+        storage::ingest::IngestWriter,
+        Vec<String>,
+    ) {
         use storage::ingest::{Ingests, Joined};
-        let data: Vec<u8> = (0..(10 * 1024)).map(|i| (i % 253) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(&data);
         let ingests = Arc::new(Ingests::default());
         let make = || Ok(tempfile::NamedTempFile::new()?.into_parts());
@@ -289,6 +298,13 @@ mod tests {
             panic!("should start");
         };
         let want: Vec<String> = data.chunks(4096).map(piece_digest).collect();
+        (data, digest, ingests, ingest, writer, want)
+    }
+
+    #[tokio::test]
+    async fn pieces_of_a_blob_still_arriving_are_hashed_once_and_paged() {
+        use std::os::unix::fs::FileExt;
+        let (data, digest, _ingests, ingest, writer, want) = ingest_of(10 * 1024);
         // 6 KiB of 10 have arrived: one whole 4 KiB piece.
         writer.file.write_all_at(&data[..6144], 0).expect("write");
         writer.set(Progress::Running {
@@ -320,15 +336,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_waits_for_its_batch_a_quarter_second_at_most() {
         use std::os::unix::fs::FileExt;
-        use storage::ingest::{Ingests, Joined};
-        let data: Vec<u8> = (0..(16 * 1024)).map(|i| (i % 251) as u8).collect();
-        let digest = Digest::of(&data);
-        let ingests = Arc::new(Ingests::default());
-        let make = || Ok(tempfile::NamedTempFile::new()?.into_parts());
-        let Ok(Joined::Started(ingest, writer)) = ingests.join_or_start(&digest, make) else {
-            panic!("should start");
-        };
-        let want: Vec<String> = data.chunks(4096).map(piece_digest).collect();
+        let (data, digest, _ingests, ingest, writer, want) = ingest_of(16 * 1024);
         let arrive = |upto: usize| {
             writer.file.write_all_at(&data[..upto], 0).expect("write");
             writer.set(Progress::Running {
