@@ -336,6 +336,30 @@ fn piece_digests_are_published_for_agents_to_check_peers() {
     assert_eq!(binary.body[24], 1, "complete");
     let raw: Vec<String> = binary.body[25..].chunks(32).map(hex::encode).collect();
     assert_eq!(raw, want[1..]);
+    // The signed form: `limit` pieces from piece 1, each with the mirror's proof, which holds
+    // for this blob and these digests only.
+    let blob_sha: [u8; 32] = hex::decode(layer.digest.trim_start_matches("sha256:"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signed = raw_request(
+        fx.mirror.host(),
+        "GET",
+        &format!("{path}&from=1&limit=2"),
+        &[(
+            "Accept",
+            "application/vnd.poolcast.piece-digests.v2, application/vnd.poolcast.piece-digests.v1",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        signed.header("content-type"),
+        Some(storage::pieces::PIECES_SIGNED)
+    );
+    let read = storage::pieces::SignedPieces::read(&blob_sha, &signed.body).unwrap();
+    let got: Vec<String> = read.pieces.iter().map(|(d, _)| hex::encode(d)).collect();
+    assert_eq!((read.from, got), (1, want[1..3].to_vec()));
+    assert!(storage::pieces::SignedPieces::read(&[0u8; 32], &signed.body).is_err());
     let bad = raw_request(
         fx.mirror.host(),
         "GET",

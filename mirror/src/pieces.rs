@@ -6,6 +6,11 @@
 //! most, until M pieces from `from` are in: agents ask so, as each answer costs the mirror's
 //! uplink about 300 bytes beyond its digests. Access is checked exactly as for the blob itself.
 //!
+//! Agents ask for the signed form (`storage::pieces::PIECES_SIGNED`, at most `&limit=M`
+//! pieces, 256 at most): each digest comes with the mirror's ed25519 signature of it (its
+//! proof, made with the key kept as `piece-key` in the cache folder), which peers send along
+//! with the piece, so an agent asks here only for pieces it got from the mirror itself.
+//!
 //! Piece sizes are a fixed set (`nodepool::check_piece_size`: eleven powers of two), and the
 //! digests of a cached blob at a size are computed once, by one request while others wait, and
 //! kept in the store's index until the blob goes: no client can make the mirror hash a blob
@@ -21,7 +26,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::ingest::{Ingest, Progress};
-use storage::pieces::{hash_pieces, piece_digest, PieceList, PIECES_BINARY};
+use storage::pieces::{
+    hash_pieces, piece_digest, PieceList, MAX_SIGNED, PIECES_BINARY, PIECES_SIGNED,
+};
 use storage::reference::Digest;
 use storage::request::query_param;
 
@@ -107,20 +114,33 @@ pub async fn get(
         }
         None => return Err(Error::transfer(format!("{digest} could not be located"))),
     };
-    if accepts_binary(req) {
+    if accepts(req, PIECES_SIGNED) {
+        // Signed: at most `limit` pieces (each costs a signature), by default MAX_SIGNED.
+        let limit = param(req, "limit")?
+            .unwrap_or(MAX_SIGNED)
+            .clamp(1, MAX_SIGNED) as usize;
+        let mut list = list;
+        list.pieces.truncate(limit);
+        let body = list
+            .to_signed(&digest.sha256(), &state.piece_key)
+            .map_err(Error::transfer)?;
+        return Ok(HttpResponse::Ok().content_type(PIECES_SIGNED).body(body));
+    }
+    if accepts(req, PIECES_BINARY) {
         let body = list.to_binary().map_err(Error::transfer)?;
         return Ok(HttpResponse::Ok().content_type(PIECES_BINARY).body(body));
     }
     Ok(HttpResponse::Ok().json(list))
 }
 
-/// Whether the client asked for the binary form (agents do; anyone else gets JSON).
-fn accepts_binary(req: &HttpRequest) -> bool {
+/// Whether the client's `Accept` names `media` (agents ask for the signed form, older ones
+/// for the binary one; anyone else gets JSON).
+fn accepts(req: &HttpRequest, media: &str) -> bool {
     req.headers()
         .get_all(actix_web::http::header::ACCEPT)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().unwrap_or("").trim() == PIECES_BINARY)
+        .any(|t| t.split(';').next().unwrap_or("").trim() == media)
 }
 
 async fn memoized(

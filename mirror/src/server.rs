@@ -49,6 +49,8 @@ pub struct AppState {
     max_connections: usize,
     /// `sendTimeout`: also how long a response waits for its share of `sendBuffers`.
     pub send_timeout: Duration,
+    /// Signs piece digests (`/pieces`, signed form): kept as `piece-key` in the cache folder.
+    pub piece_key: ed25519_dalek::SigningKey,
 }
 
 /// The parts of a registry request every handler needs.
@@ -196,6 +198,7 @@ impl MirrorServer {
         let store = BlobStore::open(&root, config.cache_ttl.0, config.capacity.0)?
             .with_verify_interval(config.verify_interval.0);
         metrics.cache_bytes.set(store.total_bytes() as i64);
+        let piece_key = storage::pieces::load_or_make_key(&root.join("piece-key"))?;
         tracing::info!(cache = %root.display(), bytes = store.total_bytes(), "cache opened");
         let state = AppState {
             upstreams: config.upstreams.iter().map(Upstream::from_spec).collect(),
@@ -220,6 +223,7 @@ impl MirrorServer {
             budget: SendBudget::new(config.send_buffers.0),
             max_connections: config.max_connections as usize,
             send_timeout: config.send_timeout.0,
+            piece_key,
         };
         Ok(MirrorServer {
             state: web::Data::new(state),

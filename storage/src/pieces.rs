@@ -106,6 +106,170 @@ pub fn hash_pieces(mut file: std::fs::File, layout: PieceLayout) -> std::io::Res
     Ok(out)
 }
 
+/// The media type of the signed form: what agents ask for first (`Accept`), and what lets a
+/// pool's peers pass digests along with the pieces, so that the mirror's uplink no longer
+/// carries every digest to every node. Body: the [`PIECES_BINARY`] head, the mirror's 32-byte
+/// ed25519 public key, then for each piece from `from` on its raw 32-byte sha256 and the
+/// mirror's 64-byte signature of [`proof_message`] for it (its proof).
+pub const PIECES_SIGNED: &str = "application/vnd.poolcast.piece-digests.v2";
+
+/// Most pieces one signed answer carries (the mirror signs each); agents ask fewer.
+pub const MAX_SIGNED: u64 = 256;
+
+const PROOF_DOMAIN: &[u8; 17] = b"poolcast-piece-v1";
+
+/// Bytes in a proof message.
+pub const PROOF_MESSAGE: usize = 17 + 32 + 8 + 8 + 32;
+
+/// What the mirror signs for one piece: that piece `index` of blob `blob` cut at `piece_size`
+/// has sha256 `piece`. A peer that sends the piece sends the signature with it; the receiver
+/// hashes what arrived and checks the signature over that hash, so a piece and its proof are
+/// accepted together or not at all.
+pub fn proof_message(
+    blob: &[u8; 32],
+    piece_size: u64,
+    index: u64,
+    piece: &[u8; 32],
+) -> [u8; PROOF_MESSAGE] {
+    let mut m = [0u8; PROOF_MESSAGE];
+    m[..17].copy_from_slice(PROOF_DOMAIN);
+    m[17..49].copy_from_slice(blob);
+    m[49..57].copy_from_slice(&piece_size.to_be_bytes());
+    m[57..65].copy_from_slice(&index.to_be_bytes());
+    m[65..].copy_from_slice(piece);
+    m
+}
+
+/// Whether `sig` is the key's proof that piece `index` of `blob` hashes to `piece`.
+pub fn proof_holds(
+    key: &ed25519_dalek::VerifyingKey,
+    blob: &[u8; 32],
+    piece_size: u64,
+    index: u64,
+    piece: &[u8; 32],
+    sig: &[u8; 64],
+) -> bool {
+    let sig = ed25519_dalek::Signature::from_bytes(sig);
+    key.verify_strict(&proof_message(blob, piece_size, index, piece), &sig)
+        .is_ok()
+}
+
+/// A signed answer, read and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPieces {
+    pub size: u64,
+    pub piece_size: u64,
+    pub from: u64,
+    pub complete: bool,
+    /// The mirror's public key.
+    pub key: [u8; 32],
+    /// Each piece's sha256 and proof, from `from` on.
+    pub pieces: Vec<([u8; 32], [u8; 64])>,
+}
+
+const SIGNED_HEAD: usize = BINARY_HEAD + 32;
+
+impl PieceList {
+    /// The signed form ([`PIECES_SIGNED`]) of this list of blob `blob`, each piece signed with
+    /// `key`. Fails on a digest that is not 64 hex digits.
+    pub fn to_signed(
+        &self,
+        blob: &[u8; 32],
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<Vec<u8>, String> {
+        use ed25519_dalek::Signer as _;
+        let binary = self.to_binary()?;
+        let mut out = Vec::with_capacity(SIGNED_HEAD + 96 * self.pieces.len());
+        out.extend_from_slice(&binary[..BINARY_HEAD]);
+        out.extend_from_slice(key.verifying_key().as_bytes());
+        for (k, raw) in binary[BINARY_HEAD..].chunks(32).enumerate() {
+            let mut piece = [0u8; 32];
+            piece.copy_from_slice(raw);
+            let message = proof_message(blob, self.piece_size, self.from + k as u64, &piece);
+            out.extend_from_slice(&piece);
+            out.extend_from_slice(&key.sign(&message).to_bytes());
+        }
+        Ok(out)
+    }
+}
+
+impl SignedPieces {
+    /// Reads a signed answer about blob `blob` and checks every proof in it against the key it
+    /// names; a body of the wrong length, a bad key or a proof that does not hold is an error.
+    pub fn read(blob: &[u8; 32], body: &[u8]) -> Result<SignedPieces, String> {
+        if body.len() < SIGNED_HEAD || !(body.len() - SIGNED_HEAD).is_multiple_of(96) {
+            return Err(format!(
+                "{} bytes: not a {SIGNED_HEAD}-byte head and whole 96-byte pieces",
+                body.len()
+            ));
+        }
+        let head = PieceList::from_binary("", &body[..BINARY_HEAD])?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&body[BINARY_HEAD..SIGNED_HEAD]);
+        let verifying = ed25519_dalek::VerifyingKey::from_bytes(&key)
+            .map_err(|e| format!("the mirror's key: {e}"))?;
+        let mut pieces = Vec::with_capacity((body.len() - SIGNED_HEAD) / 96);
+        for (k, raw) in body[SIGNED_HEAD..].chunks(96).enumerate() {
+            let mut piece = [0u8; 32];
+            piece.copy_from_slice(&raw[..32]);
+            let mut sig = [0u8; 64];
+            sig.copy_from_slice(&raw[32..]);
+            let index = head.from + k as u64;
+            if !proof_holds(&verifying, blob, head.piece_size, index, &piece, &sig) {
+                return Err(format!("piece {index}: its proof does not hold"));
+            }
+            pieces.push((piece, sig));
+        }
+        Ok(SignedPieces {
+            size: head.size,
+            piece_size: head.piece_size,
+            from: head.from,
+            complete: head.complete,
+            key,
+            pieces,
+        })
+    }
+}
+
+/// The mirror's signing key in `path` (32 secret bytes), made there (readable by its owner
+/// only) if there is none, so that proofs the pool passes around outlive a restart. A file of
+/// any other length is an error naming it, never replaced.
+pub fn load_or_make_key(path: &std::path::Path) -> std::io::Result<ed25519_dalek::SigningKey> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {} bytes, not a 32-byte piece-signing key (remove it to make a new one)",
+                        path.display(),
+                        bytes.len()
+                    ),
+                )
+            })?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            getrandom::getrandom(&mut seed).map_err(std::io::Error::other)?;
+            let tmp = path.with_extension("new");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&seed)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +337,66 @@ mod tests {
         assert!(text.contains("\"pieceSize\":1"), "{text}");
         let back: PieceList = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, list);
+    }
+
+    fn list(from: u64, n: usize) -> PieceList {
+        PieceList {
+            digest: String::new(),
+            size: 1 << 20,
+            piece_size: 64 * 1024,
+            from,
+            pieces: (0..n).map(|k| piece_digest(&[k as u8; 100])).collect(),
+            complete: false,
+        }
+    }
+
+    #[test]
+    fn a_signed_answer_carries_proofs_that_hold_for_its_pieces_only() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let blob = [9u8; 32];
+        let body = list(3, 4).to_signed(&blob, &key).expect("sign");
+        assert_eq!(body.len(), 25 + 32 + 4 * 96);
+        let read = SignedPieces::read(&blob, &body).expect("read");
+        assert_eq!((read.from, read.pieces.len()), (3, 4));
+        assert_eq!(read.key, *key.verifying_key().as_bytes());
+        let vk = key.verifying_key();
+        let (piece, sig) = read.pieces[1];
+        assert_eq!(hex::encode(piece), piece_digest(&[1u8; 100]));
+        assert!(proof_holds(&vk, &blob, 64 * 1024, 4, &piece, &sig));
+        // Another index, blob, piece size or hash: the proof does not hold.
+        assert!(!proof_holds(&vk, &blob, 64 * 1024, 5, &piece, &sig));
+        assert!(!proof_holds(&vk, &[8u8; 32], 64 * 1024, 4, &piece, &sig));
+        assert!(!proof_holds(&vk, &blob, 128 * 1024, 4, &piece, &sig));
+        assert!(!proof_holds(&vk, &blob, 64 * 1024, 4, &[0u8; 32], &sig));
+        // Read as another blob's answer, or with a byte changed, or cut: an error.
+        assert!(SignedPieces::read(&[8u8; 32], &body)
+            .unwrap_err()
+            .contains("piece 3"));
+        let mut bad = body.clone();
+        bad[25 + 32 + 96 + 5] ^= 1;
+        assert!(SignedPieces::read(&blob, &bad)
+            .unwrap_err()
+            .contains("piece 4"));
+        assert!(SignedPieces::read(&blob, &body[..body.len() - 1]).is_err());
+        assert!(SignedPieces::read(&blob, &body[..20]).is_err());
+    }
+
+    #[test]
+    fn the_signing_key_is_made_once_kept_and_a_bad_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("piece-key");
+        let made = load_or_make_key(&path).expect("make");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_make_key(&path).expect("load");
+        assert_eq!(made.to_bytes(), again.to_bytes());
+        std::fs::write(&path, b"short").expect("write");
+        let err = load_or_make_key(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("piece-key") && err.contains("5 bytes"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).expect("kept"), b"short");
     }
 }
