@@ -370,12 +370,12 @@ mod tests {
         assert!(!proof_holds(&vk, &blob, 64 * 1024, 4, &[0u8; 32], &sig));
         // Read as another blob's answer, or with a byte changed, or cut: an error.
         assert!(SignedPieces::read(&[8u8; 32], &body)
-            .unwrap_err()
+            .expect_err("refused")
             .contains("piece 3"));
         let mut bad = body.clone();
         bad[25 + 32 + 96 + 5] ^= 1;
         assert!(SignedPieces::read(&blob, &bad)
-            .unwrap_err()
+            .expect_err("refused")
             .contains("piece 4"));
         assert!(SignedPieces::read(&blob, &body[..body.len() - 1]).is_err());
         assert!(SignedPieces::read(&blob, &body[..20]).is_err());
@@ -392,7 +392,7 @@ mod tests {
         let again = load_or_make_key(&path).expect("load");
         assert_eq!(made.to_bytes(), again.to_bytes());
         std::fs::write(&path, b"short").expect("write");
-        let err = load_or_make_key(&path).unwrap_err().to_string();
+        let err = load_or_make_key(&path).expect_err("refused").to_string();
         assert!(
             err.contains("piece-key") && err.contains("5 bytes"),
             "{err}"
