@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{
-    DIGEST_MISMATCHES, PEER_BYTES, PIECE_FAILURES, SCHEDULER_ERRORS, SOURCE_BYTES, UPLOADS,
+    DIGEST_MISMATCHES, PEER_BYTES, PIECE_FAILURES, PROOFS_FAILED, SCHEDULER_ERRORS, SOURCE_BYTES,
+    UPLOADS,
 };
 use common::assert_eventually;
 use common::fake_peer::{FakePeer, FakePeerSpec, Misbehaviour};
@@ -112,11 +113,22 @@ fn a_stalling_parent_is_dropped_within_transfer_timeout() {
 
 #[test]
 fn a_peer_sending_corrupted_pieces_is_reported_and_the_pull_verifies() {
+    corrupted_pieces_are_caught(43, Misbehaviour::Corrupt);
+}
+
+/// A proof that is a real signature, by another key than the mirror's: refused, and the piece
+/// is judged by the mirror's digest, which catches the bytes.
+#[test]
+fn a_peer_forging_proofs_is_caught_and_the_pull_verifies() {
+    corrupted_pieces_are_caught(46, Misbehaviour::ForgedProof);
+}
+
+fn corrupted_pieces_are_caught(seed: u64, behaviour: Misbehaviour) {
     let mut bed = P2pBed::start(BedSpec {
-        seed: 43,
+        seed,
         ..BedSpec::default()
     });
-    let fake = hostile_holder(&bed, Misbehaviour::Corrupt);
+    let fake = hostile_holder(&bed, behaviour);
     let agents = bed.add_agents(3, POOL, &["--transfer-timeout", "2s"]);
     bed.pull_all(&agents);
 
@@ -133,6 +145,12 @@ fn a_peer_sending_corrupted_pieces_is_reported_and_the_pull_verifies() {
         bed.sum(&agents, DIGEST_MISMATCHES) > 0.0,
         "no agent caught a corrupted piece"
     );
+    if matches!(behaviour, Misbehaviour::ForgedProof) {
+        assert!(
+            bed.sum(&agents, PROOFS_FAILED) > 0.0,
+            "no agent refused a forged proof"
+        );
+    }
     // Each agent takes at most a lane's pieces (one pushed, two offered behind) from it per
     // blob, then blocks it.
     let most = agents.len() * 3 * bed.fx.image.blobs().len();

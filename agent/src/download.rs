@@ -4,7 +4,8 @@
 //! the mirror) is the swarm's business (`crate::p2p`).
 //!
 //! ```text
-//!   layout loop: mirror /pieces (long-poll) ──digests──> Download ──> swarm (verifies arrivals)
+//!   layout loop: mirror /pieces (signed) ──digests, proofs──> Download ──> swarm (verifies)
+//!   peer: PROOF + DATA ──> swarm checks the proof over the hash ──> Download (digest, proof)
 //!   swarm: piece verified ──mark_done──> Download ──> sequencer: contiguous prefix
 //!          ──> sha256 of the whole ──> Ingest progress (containerd streams) ──> BlobStore::commit
 //! ```
@@ -15,12 +16,13 @@ use actix_web::web;
 use nodepool::PieceLayout;
 use parking_lot::{Mutex, RwLock};
 use sha2::Digest as _;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
-use storage::pieces::{PieceList, PIECES_BINARY};
+use storage::pieces::{PieceList, SignedPieces, PIECES_BINARY, PIECES_SIGNED};
 use storage::reference::Digest;
 use swarm::PieceSet;
 use tokio::sync::watch;
@@ -61,8 +63,15 @@ pub struct Download {
     /// each piece source's span (`crate::trace::piece_span`) and of the piece-digest requests.
     /// Disabled when tracing is off.
     pub span: tracing::Span,
-    /// Piece digests, as far as the mirror has published them.
+    /// Piece digests, as far as this node has learnt them (from the mirror, or a peer's proof).
     digests: RwLock<Vec<Option<[u8; 32]>>>,
+    /// The mirror's proof of each piece whose digest came signed: sent to peers ahead of the
+    /// piece. The swarm keeps it after the download ends, to serve the blob.
+    pub proofs: Proofs,
+    /// Pieces that arrived without a digest (from the mirror, or a peer with no proof that
+    /// held): what the layout loop asks the mirror for.
+    wanted: Mutex<BTreeSet<u32>>,
+    want: tokio::sync::Notify,
     /// Pieces verified and written.
     done: Mutex<PieceSet>,
     failed: Mutex<Option<String>>,
@@ -124,6 +133,9 @@ impl Download {
             ingest,
             file: writer.file.clone(),
             digests: RwLock::new(vec![None; count]),
+            proofs: Arc::new(RwLock::new(vec![None; count])),
+            wanted: Mutex::default(),
+            want: tokio::sync::Notify::new(),
             done: Mutex::new(PieceSet::empty(layout.count())),
             failed: Mutex::new(None),
             generation: watch::channel(0).0,
@@ -157,6 +169,43 @@ impl Download {
         self.digests.read().get(piece as usize).copied().flatten()
     }
 
+    /// The mirror's proof of a piece, if this node has it.
+    pub fn proof_of(&self, piece: u32) -> Option<[u8; 64]> {
+        self.proofs.read().get(piece as usize).copied().flatten()
+    }
+
+    /// A piece's digest and proof, from a peer's proof that held for what arrived.
+    pub fn set_proven(&self, piece: u32, digest: [u8; 32], proof: [u8; 64]) {
+        if let Some(slot) = self.digests.write().get_mut(piece as usize) {
+            slot.get_or_insert(digest);
+        }
+        if let Some(slot) = self.proofs.write().get_mut(piece as usize) {
+            slot.get_or_insert(proof);
+        }
+    }
+
+    /// A piece arrived with no digest to check it by: the layout loop asks the mirror.
+    pub fn want_digest(&self, piece: u32) {
+        self.wanted.lock().insert(piece);
+        self.want.notify_one();
+    }
+
+    /// The next `/pieces` question of the signed loop: the first wanted piece still without a
+    /// digest, and how many pieces from it cover the wanted ones among the next
+    /// [`LAYOUT_BATCH`].
+    fn next_wanted(&self) -> Option<(u32, u32)> {
+        let digests = self.digests.read();
+        let mut wanted = self.wanted.lock();
+        wanted.retain(|&p| digests.get(p as usize).is_some_and(Option::is_none));
+        let first = *wanted.first()?;
+        let last = wanted
+            .range(first..first.saturating_add(LAYOUT_BATCH))
+            .next_back()
+            .copied()
+            .unwrap_or(first);
+        Some((first, last - first + 1))
+    }
+
     /// A piece arrived and matched its digest.
     pub fn mark_done(&self, piece: u32) {
         if self.done.lock().insert(piece) {
@@ -188,48 +237,97 @@ impl Download {
     }
 }
 
-/// Pieces a piece-list answer waits for while the blob arrives (a quarter of a second at most,
-/// at the mirror): every agent's answers cross the mirror's uplink, about 300 bytes each
-/// beyond the digests, and answering as each piece or two came in cost that link 3 % of the
-/// blob at 32 nodes (docs/benchmarks.md). A piece's digest is needed once the piece has
-/// crossed that link to its first holder, which with the pool's leases out takes longer.
+/// Shared with the swarm's record of a blob: the mirror's proof of each piece.
+pub type Proofs = Arc<RwLock<Vec<Option<[u8; 64]>>>>;
+
+/// Pieces a piece-list answer covers: in the signed loop, the span asked for at most (the
+/// pieces this node waits for among the next 16); against an older mirror, the pieces an
+/// answer waits for while the blob arrives (a quarter of a second at most, at the mirror), as
+/// every answer costs the mirror's uplink about 300 bytes beyond its digests.
 const LAYOUT_BATCH: u32 = 16;
 
-/// Learns piece digests from the mirror, as the mirror gets the blob, and tells the swarm. Runs
-/// in the download's span, so its requests carry the pull's `traceparent`.
+/// Learns piece digests from the mirror and tells the swarm. Runs in the download's span, so
+/// its requests carry the pull's `traceparent`.
+///
+/// A mirror that signs (the signed form, `storage::pieces::PIECES_SIGNED`) is asked only for
+/// pieces that arrived without a digest: those this node got from the mirror itself, and any
+/// a peer sent without a proof that held. Pieces from peers come with the mirror's proof, so
+/// the mirror's uplink carries each digest to about one node, not to every node. An older
+/// mirror's answers name no proofs: then the loop asks for every digest as the blob arrives,
+/// as before.
 async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
-    let mut from = 0u32;
+    let count = d.layout.count();
+    let mut signed = true;
     let mut errors = 0;
-    while from < d.layout.count() {
+    let mut generation = d.generation.subscribe();
+    loop {
         if d.failed() {
             return;
         }
-        let url = d.spec.mirror_url(
-            &state,
-            "pieces",
-            &[
-                ("pieceSize", d.layout.piece_size().to_string()),
-                ("from", from.to_string()),
-                ("batch", LAYOUT_BATCH.to_string()),
-            ],
-        );
+        let (from, span) = if signed {
+            if d.held() >= count {
+                return;
+            }
+            match d.next_wanted() {
+                Some(ask) => ask,
+                None => {
+                    tokio::select! {
+                        _ = d.want.notified() => {}
+                        _ = generation.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        } else {
+            let from = d.digests.read().iter().take_while(|x| x.is_some()).count() as u32;
+            if from >= count {
+                return;
+            }
+            (from, LAYOUT_BATCH)
+        };
+        let mut query = vec![
+            ("pieceSize", d.layout.piece_size().to_string()),
+            ("from", from.to_string()),
+            ("batch", span.to_string()),
+        ];
+        if signed {
+            query.push(("limit", span.to_string()));
+        }
+        let url = d.spec.mirror_url(&state, "pieces", &query);
         let mut req = crate::trace::traced(state.http.get(url))
-            .header(reqwest::header::ACCEPT, PIECES_BINARY)
+            .header(
+                reqwest::header::ACCEPT,
+                format!("{PIECES_SIGNED}, {PIECES_BINARY}"),
+            )
             .timeout(Duration::from_secs(30));
         if let Some(auth) = &d.spec.auth {
             req = req.header("Authorization", auth.as_bytes());
         }
-        match fetch_layout(req, &d).await {
-            Ok(list) => {
+        state.metrics.piece_lists.inc();
+        match fetch_layout(req, &d, from).await {
+            Ok(answer) => {
                 errors = 0;
+                if let Some(key) = answer.key {
+                    *state.piece_key.write() = Some(key);
+                } else if signed {
+                    tracing::info!(digest = %d.spec.digest, "the mirror does not sign piece digests: every digest from it");
+                    signed = false;
+                }
                 let mut digests = d.digests.write();
-                for (k, digest) in list.into_iter().enumerate() {
-                    if let Some(slot) = digests.get_mut(from as usize + k) {
-                        *slot = Some(digest);
+                let mut proofs = d.proofs.write();
+                for (k, digest) in answer.digests.into_iter().enumerate() {
+                    let i = from as usize + k;
+                    if let Some(slot) = digests.get_mut(i) {
+                        slot.get_or_insert(digest);
+                    }
+                    if let (Some(slot), Some(proof)) = (
+                        proofs.get_mut(i),
+                        answer.proofs.as_ref().and_then(|p| p.get(k)),
+                    ) {
+                        slot.get_or_insert(*proof);
                     }
                 }
-                from = digests.iter().take_while(|x| x.is_some()).count() as u32;
-                drop(digests);
+                drop((digests, proofs));
                 state.swarm.send(Input::Layout { task: d.key() });
             }
             Err(e) => {
@@ -245,6 +343,14 @@ async fn layout_loop(state: web::Data<AgentState>, d: Arc<Download>) {
     }
 }
 
+/// A `/pieces` answer: digests from the piece asked for, and with a signed answer the proofs
+/// and the key that made them.
+struct Answer {
+    digests: Vec<[u8; 32]>,
+    proofs: Option<Vec<[u8; 64]>>,
+    key: Option<ed25519_dalek::VerifyingKey>,
+}
+
 /// A `/pieces` answer: the binary form the agent asks for, or JSON from a mirror that does not
 /// know it.
 fn read_layout(digest: &str, binary: bool, body: &[u8]) -> Result<PieceList, String> {
@@ -255,7 +361,11 @@ fn read_layout(digest: &str, binary: bool, body: &[u8]) -> Result<PieceList, Str
     }
 }
 
-async fn fetch_layout(req: reqwest::RequestBuilder, d: &Download) -> crate::Result<Vec<[u8; 32]>> {
+async fn fetch_layout(
+    req: reqwest::RequestBuilder,
+    d: &Download,
+    from: u32,
+) -> crate::Result<Answer> {
     let err = |message: String| crate::Error::Layout {
         digest: d.spec.digest.to_string(),
         message,
@@ -264,40 +374,68 @@ async fn fetch_layout(req: reqwest::RequestBuilder, d: &Download) -> crate::Resu
     if !resp.status().is_success() {
         return Err(err(format!("mirror answered {}", resp.status())));
     }
-    let binary = resp
+    let media = resp
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes() == PIECES_BINARY.as_bytes());
+        .map(|t| t.as_bytes().to_vec())
+        .unwrap_or_default();
     let body = resp
         .bytes()
         .await
         .map_err(|e| err(format!("piece list body: {e}")))?;
-    let list = read_layout(&d.spec.digest.to_string(), binary, &body)
-        .map_err(|e| err(format!("bad piece list: {e}")))?;
-    if list.size != d.spec.size || list.piece_size != d.layout.piece_size() {
+    let (size, piece_size, first, answer) = if media == PIECES_SIGNED.as_bytes() {
+        let signed = SignedPieces::read(&d.spec.digest.sha256(), &body)
+            .map_err(|e| err(format!("bad signed piece list: {e}")))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&signed.key)
+            .map_err(|e| err(format!("bad key: {e}")))?;
+        let (digests, proofs) = signed.pieces.into_iter().unzip();
+        let answer = Answer {
+            digests,
+            proofs: Some(proofs),
+            key: Some(key),
+        };
+        (signed.size, signed.piece_size, signed.from, answer)
+    } else {
+        let binary = media == PIECES_BINARY.as_bytes();
+        let list = read_layout(&d.spec.digest.to_string(), binary, &body)
+            .map_err(|e| err(format!("bad piece list: {e}")))?;
+        let digests = list
+            .pieces
+            .iter()
+            .map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out)
+                    .map_err(|e| err(format!("bad piece digest: {e}")))?;
+                Ok(out)
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        let answer = Answer {
+            digests,
+            proofs: None,
+            key: None,
+        };
+        (list.size, list.piece_size, list.from, answer)
+    };
+    if size != d.spec.size || piece_size != d.layout.piece_size() {
         return Err(err(format!(
-            "piece list for {} bytes in {} pieces, expected {} in {}",
-            list.size,
-            list.piece_size,
+            "piece list for {size} bytes in {piece_size} pieces, expected {} in {}",
             d.spec.size,
             d.layout.piece_size()
         )));
     }
-    if list.pieces.len() > d.layout.count() as usize {
+    if first != u64::from(from) {
         return Err(err(format!(
-            "{} piece digests for {} pieces",
-            list.pieces.len(),
+            "piece list from piece {first}, asked from {from}"
+        )));
+    }
+    if answer.digests.len() as u64 > u64::from(d.layout.count() - from) {
+        return Err(err(format!(
+            "{} piece digests from piece {from} of {}",
+            answer.digests.len(),
             d.layout.count()
         )));
     }
-    list.pieces
-        .iter()
-        .map(|h| {
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(h, &mut out).map_err(|e| err(format!("bad piece digest: {e}")))?;
-            Ok(out)
-        })
-        .collect()
+    Ok(answer)
 }
 
 /// Feeds `start..end` of the download's file to the whole-blob hash, off the runtime, through

@@ -43,6 +43,12 @@ pub struct Metrics {
     pub started_ahead: Counter,
     pub piece_failures: Counter,
     pub digest_mismatches: Counter,
+    /// Piece-digest answers fetched from the mirror (`/pieces`).
+    pub piece_lists: Counter,
+    /// Pieces from peers accepted on the mirror's proof that came with them, and proofs that
+    /// did not hold (the piece then waits for its digest from the mirror).
+    pub proofs_held: Counter,
+    pub proofs_failed: Counter,
     pub scheduler_errors: Counter,
     pub tasks: Gauge,
     pub uploads: Gauge,
@@ -73,6 +79,9 @@ impl Metrics {
             started_ahead: Counter::default(),
             piece_failures: Counter::default(),
             digest_mismatches: Counter::default(),
+            piece_lists: Counter::default(),
+            proofs_held: Counter::default(),
+            proofs_failed: Counter::default(),
             scheduler_errors: Counter::default(),
             tasks: Gauge::default(),
             uploads: Gauge::default(),
@@ -134,6 +143,21 @@ impl Metrics {
             "digest_mismatches",
             "Pieces or blobs that did not match their digest",
             m.digest_mismatches.clone(),
+        );
+        registry.register(
+            "piece_lists",
+            "Piece-digest answers fetched from the mirror",
+            m.piece_lists.clone(),
+        );
+        registry.register(
+            "proofs_held",
+            "Pieces from peers accepted on the mirror's proof sent with them",
+            m.proofs_held.clone(),
+        );
+        registry.register(
+            "proofs_failed",
+            "Proofs from peers that did not hold",
+            m.proofs_failed.clone(),
         );
         registry.register(
             "scheduler_errors",

@@ -63,6 +63,9 @@ pub struct AgentState {
     pub budget: storage::body::SendBudget,
     /// The blobs of image manifests relayed lately, to start the next ahead of the client.
     pub ahead: Mutex<storage::ahead::Ahead<crate::registry::AheadCtx>>,
+    /// The mirror's key that signs piece digests, as its last signed answer named it: what
+    /// peers' proofs are checked with.
+    pub piece_key: RwLock<Option<ed25519_dalek::VerifyingKey>>,
 }
 
 impl AgentState {
@@ -183,6 +186,7 @@ impl AgentServer {
             reachable: RwLock::new(vec![pool]),
             budget: storage::body::SendBudget::new(cfg_send_buffers),
             ahead: Mutex::new(storage::ahead::Ahead::for_client()),
+            piece_key: RwLock::new(None),
         };
         if state.keys.is_off() {
             tracing::warn!(

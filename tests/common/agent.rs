@@ -19,6 +19,9 @@ pub const STARTED_AHEAD: &str = "poolcast_agent_blobs_started_ahead_total";
 pub const PIECE_FAILURES: &str = "poolcast_agent_piece_failures_total";
 pub const DIGEST_MISMATCHES: &str = "poolcast_agent_digest_mismatches_total";
 pub const SCHEDULER_ERRORS: &str = "poolcast_agent_scheduler_errors_total";
+pub const PIECE_LISTS: &str = "poolcast_agent_piece_lists_total";
+pub const PROOFS_HELD: &str = "poolcast_agent_proofs_held_total";
+pub const PROOFS_FAILED: &str = "poolcast_agent_proofs_failed_total";
 pub const TASKS: &str = "poolcast_agent_tasks";
 pub const UPLOADS: &str = "poolcast_agent_uploads";
 

@@ -25,6 +25,9 @@ pub enum Misbehaviour {
     Stall,
     /// Pushes exactly an accepted piece's length, of bytes that are not the piece.
     Corrupt,
+    /// As `Corrupt`, with a proof ahead of the bytes: a real signature over their hash, by a
+    /// key that is not the mirror's.
+    ForgedProof,
 }
 
 /// How the fake presents itself.
@@ -256,7 +259,33 @@ async fn misbehave(
                         }
                         return Ok(());
                     }
-                    Misbehaviour::Corrupt => {
+                    Misbehaviour::Corrupt | Misbehaviour::ForgedProof => {
+                        if matches!(behaviour, Misbehaviour::ForgedProof) {
+                            use ed25519_dalek::Signer as _;
+                            use sha2::Digest as _;
+                            let key = ed25519_dalek::SigningKey::from_bytes(&[0x42; 32]);
+                            let hash: [u8; 32] = sha2::Sha256::digest(vec![0x5a; len]).into();
+                            let (blob, layout) = blobs
+                                .iter()
+                                .find(|(d, _)| blob_key(d) == Some(task))
+                                .map(|(d, l)| (d.clone(), *l))
+                                .expect("blob");
+                            let mut raw = [0u8; 32];
+                            hex::decode_to_slice(&blob["sha256:".len()..], &mut raw)
+                                .expect("digest");
+                            let message = storage::pieces::proof_message(
+                                &raw,
+                                layout.piece_size(),
+                                u64::from(piece),
+                                &hash,
+                            );
+                            Frame::Proof {
+                                task,
+                                piece,
+                                sig: key.sign(&message).to_bytes(),
+                            }
+                            .encode(&mut out);
+                        }
                         let mut sent = 0;
                         while sent < len {
                             let n = (len - sent).min(agent::p2p::wire::MAX_DATA);

@@ -55,6 +55,10 @@ struct TaskRt {
     unreported: Vec<u32>,
     /// Arrivals waiting for their digest.
     parked: HashMap<u32, (Option<PeerId>, [u8; 32])>,
+    /// The mirror's proofs of this node's pieces (the download's, kept once it ends), sent to
+    /// peers ahead of a piece. `None` for a blob opened from the cache.
+    proofs: Option<crate::download::Proofs>,
+
     idle_since: Option<Instant>,
 }
 
@@ -70,6 +74,8 @@ impl TaskRt {
     ) -> TaskRt {
         TaskRt {
             joined: download.is_none(),
+            proofs: download.as_ref().map(|d| d.proofs.clone()),
+
             digest,
             layout,
             file,
@@ -254,7 +260,8 @@ impl Actor {
                 task,
                 piece,
                 hash,
-            } => self.arrived(peer, task, piece, hash),
+                proof,
+            } => self.arrived(peer, task, piece, hash, proof),
             Input::Progress { task, piece, bytes } => {
                 self.handle(Event::Progress { task, piece, bytes })
             }
@@ -511,6 +518,8 @@ impl Actor {
                 self.sinks.close((peer, task, piece), "withdrawn");
                 self.handle(Event::Withdrawn { peer, task, piece });
             }
+            // The reader gives proofs to the piece they precede.
+            Frame::Proof { .. } => {}
             Frame::Hello(_) | Frame::Auth(_) | Frame::Data { .. } => {
                 self.gone(peer, "a handshake frame after the handshake");
             }
@@ -629,6 +638,7 @@ impl Actor {
         key: u64,
         piece: u32,
         hash: Result<[u8; 32], String>,
+        proof: Option<[u8; 64]>,
     ) {
         let from = peer.map_or(From::Mirror, From::Peer);
         let Some(t) = self.tasks.get_mut(&key) else {
@@ -650,12 +660,37 @@ impl Actor {
         let Some(d) = t.download.clone() else {
             return;
         };
-        match d.digest_of(piece) {
-            Some(want) => self.verified(&d, key, piece, from, want == hash),
-            None => {
-                t.parked.insert(piece, (peer, hash));
+        if let Some(want) = d.digest_of(piece) {
+            self.verified(&d, key, piece, from, want == hash);
+            return;
+        }
+        if let Some(sig) = proof {
+            let key_now = *self.state.piece_key.read();
+            let holds = key_now.is_some_and(|k| {
+                storage::pieces::proof_holds(
+                    &k,
+                    &t.digest.sha256(),
+                    t.layout.piece_size(),
+                    u64::from(piece),
+                    &hash,
+                    &sig,
+                )
+            });
+            if holds {
+                self.state.metrics.proofs_held.inc();
+                d.set_proven(piece, hash, sig);
+                self.verified(&d, key, piece, from, true);
+                return;
+            }
+            if key_now.is_some() {
+                // Bad bytes, or a proof by a key this node does not know (a mirror that
+                // started with a new one): the mirror's digest decides.
+                self.state.metrics.proofs_failed.inc();
+                tracing::debug!(task = key, piece, "a peer's proof does not hold");
             }
         }
+        t.parked.insert(piece, (peer, hash));
+        d.want_digest(piece);
     }
 
     fn verified(&mut self, d: &Download, key: u64, piece: u32, from: From, ok: bool) {
@@ -835,6 +870,18 @@ impl Actor {
         let (Some(span), Some(p)) = (t.layout.span(piece), self.peers.get(&peer)) else {
             return;
         };
+        let proof = t
+            .proofs
+            .as_ref()
+            .and_then(|p| p.read().get(piece as usize).copied().flatten());
+        if let Some(sig) = proof {
+            // Ahead of the piece's bytes on the same connection.
+            p.conn.send(Out::Frame(Frame::Proof {
+                task: key,
+                piece,
+                sig,
+            }));
+        }
         p.conn.send(Out::Push {
             task: key,
             piece,

@@ -59,6 +59,8 @@ pub struct Sink {
     len: u64,
     written: u64,
     hasher: sha2::Sha256,
+    /// The mirror's proof of the piece, if the peer sent one ahead of it.
+    proof: Option<[u8; 64]>,
     /// Given up: no byte more may reach the file (another transfer may own the piece now).
     closed: bool,
     /// The piece's `pieces` span (`piece.source=peer`, `crate::trace::piece_span`), from the
@@ -96,6 +98,7 @@ impl Sinks {
             len,
             written: 0,
             hasher: sha2::Sha256::new(),
+            proof: None,
             closed: false,
             span,
         };
@@ -114,6 +117,14 @@ impl Sinks {
         };
         for old in stale {
             old.lock().end("superseded");
+        }
+    }
+
+    /// Keeps the mirror's proof a peer sent ahead of piece `key`, if it is accepted here and
+    /// not yet whole; it goes to the actor with the piece's hash.
+    fn set_proof(&self, key: &SinkKey, proof: [u8; 64]) {
+        if let Some(sink) = self.get(key) {
+            sink.lock().proof = Some(proof);
         }
     }
 
@@ -299,6 +310,9 @@ async fn reader(
                         return why;
                     }
                 }
+                Ok(Some(Frame::Proof { task, piece, sig })) => {
+                    sinks.set_proof(&(peer, task, piece), sig);
+                }
                 Ok(Some(frame)) => {
                     if actor.send(Input::Frame { peer, frame }).is_err() {
                         return "agent stopping".into();
@@ -364,6 +378,7 @@ fn take_data(
                     sink.end("failed");
                 }
             }
+            let proof = sink.proof.take();
             drop(sink);
             sinks.0.lock().remove(&key);
             let _ = actor.send(Input::Arrived {
@@ -371,6 +386,7 @@ fn take_data(
                 task: key.1,
                 piece: key.2,
                 hash,
+                proof,
             });
         }
         // Progress at the first bytes and every PROGRESS_EVERY after: the stall timer's.

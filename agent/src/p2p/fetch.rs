@@ -167,6 +167,7 @@ async fn fetch(
                     task: key,
                     piece: reached.piece,
                     hash: Ok(hash),
+                    proof: None,
                 });
                 reached.piece += 1;
                 reported = 0;

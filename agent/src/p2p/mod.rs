@@ -71,6 +71,8 @@ pub enum Input {
         task: u64,
         piece: u32,
         hash: Result<[u8; 32], String>,
+        /// The mirror's proof the peer sent ahead of the piece.
+        proof: Option<[u8; 64]>,
     },
     /// Bytes of a piece arrived: `bytes` of it so far.
     Progress {

@@ -6,8 +6,12 @@
 //!   frame = type (1 byte) | length (4 bytes, big-endian) | payload
 //!   dialer ──HELLO──> listener        listener ──HELLO──> dialer
 //!   dialer ──AUTH───> listener        listener ──AUTH───> dialer      (MACs over both HELLOs)
-//!   then, either way: JOIN, LEAVE, NOTICE, OFFER, ACCEPT, REFUSE, WITHDRAW, DATA
+//!   then, either way: JOIN, LEAVE, NOTICE, OFFER, ACCEPT, REFUSE, WITHDRAW, PROOF, DATA
 //! ```
+//!
+//! A PROOF (the mirror's signature of a piece's digest, `storage::pieces::proof_message`) goes
+//! ahead of a piece's first DATA when the sender has it: the receiver checks it over the hash
+//! of what arrived, and needs no digest from the mirror for that piece.
 //!
 //! Every field is bounded and checked: a frame that does not parse closes the connection.
 //! Blobs are named on the wire by [`task_key`] (the first 8 bytes of the digest); a JOIN carries
@@ -17,7 +21,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use swarm::{Notice, PieceSet, Refusal};
 
 /// Protocol name and version, first bytes of a HELLO.
-pub const MAGIC: &[u8; 8] = b"PCAST\0\0\x01";
+pub const MAGIC: &[u8; 8] = b"PCAST\0\0\x02";
 /// Largest frame accepted: a JOIN of a blob with the most pieces (two bitmaps of 8 KiB) and
 /// a DATA frame of [`MAX_DATA`] bytes fit.
 pub const MAX_FRAME: usize = 128 * 1024;
@@ -90,6 +94,12 @@ pub enum Frame {
         offset: u32,
         bytes: Bytes,
     },
+    /// The mirror's proof of the piece the sender is about to send.
+    Proof {
+        task: u64,
+        piece: u32,
+        sig: [u8; 64],
+    },
 }
 
 /// Why a frame was refused.
@@ -123,6 +133,7 @@ impl Frame {
             Frame::Refuse { .. } => 8,
             Frame::Withdraw { .. } => 9,
             Frame::Data { .. } => 10,
+            Frame::Proof { .. } => 11,
         }
     }
 
@@ -179,6 +190,11 @@ impl Frame {
                 out.put_u32(*piece);
                 out.put_u32(*offset);
                 out.put_slice(bytes);
+            }
+            Frame::Proof { task, piece, sig } => {
+                out.put_u64(*task);
+                out.put_u32(*piece);
+                out.put_slice(sig);
             }
         }
         let len = (out.len() - start - HEADER) as u32;
@@ -354,6 +370,13 @@ fn parse(kind: u8, p: &mut Bytes) -> Result<Frame, WireError> {
                 offset,
                 bytes,
             }
+        }
+        11 => {
+            let (task, piece) = task_piece(p, "proof")?;
+            need(p, 64, "proof")?;
+            let mut sig = [0u8; 64];
+            p.copy_to_slice(&mut sig);
+            Frame::Proof { task, piece, sig }
         }
         other => return Err(WireError::UnknownType(other)),
     })

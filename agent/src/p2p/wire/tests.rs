@@ -63,6 +63,11 @@ fn every_frame_round_trips() {
         offset: 4096,
         bytes: Bytes::from(vec![1u8; MAX_DATA]),
     });
+    round_trip(Frame::Proof {
+        task: 2,
+        piece: 3,
+        sig: [7; 64],
+    });
 }
 
 #[test]
@@ -113,6 +118,38 @@ fn bad_frames_are_refused_with_a_reason() {
     let len = j.len();
     j[len - 5] = 9; // the receiving set's length field: 2 -> 9 bytes claimed
     assert!(Frame::decode(&mut j).is_err());
+    // A PROOF one byte short, or of a piece past the bound.
+    let mut short = BytesMut::new();
+    Frame::Proof {
+        task: 1,
+        piece: 2,
+        sig: [7; 64],
+    }
+    .encode(&mut short);
+    short[4] -= 1;
+    short.truncate(short.len() - 1);
+    assert!(Frame::decode(&mut short).is_err());
+    let mut past = BytesMut::new();
+    Frame::Proof {
+        task: 1,
+        piece: MAX_PIECES,
+        sig: [7; 64],
+    }
+    .encode(&mut past);
+    assert!(Frame::decode(&mut past).is_err());
+    // An older peer's HELLO (version 1): refused, saying why.
+    let mut old = BytesMut::new();
+    Frame::Hello(Hello {
+        nonce: [3; 16],
+        node: "node-1".into(),
+        pool: "np-1".into(),
+    })
+    .encode(&mut old);
+    old[5 + 7] = 1;
+    let err = Frame::decode(&mut old)
+        .expect_err("older version")
+        .to_string();
+    assert!(err.contains("version differs"), "{err}");
     // Trailing bytes after a valid body.
     let mut t = BytesMut::new();
     t.put_u8(4);
@@ -137,7 +174,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_headers_with_random_bodies_never_panic(kind in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn arbitrary_headers_with_random_bodies_never_panic(kind in 0u8..13, body in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut buf = BytesMut::new();
         buf.put_u8(kind);
         buf.put_u32(body.len() as u32);
