@@ -13,6 +13,10 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub upstream_requests: Counter,
+    /// `/pieces` answers, and their bodies' bytes: the piece digests the pool takes through the
+    /// mirror's uplink.
+    pub piece_lists: Counter,
+    pub piece_list_bytes: Counter,
     pub digest_mismatches: Counter,
     pub evictions: Counter,
     pub stale_served: Counter,
@@ -41,6 +45,8 @@ impl Metrics {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             upstream_requests: Counter::default(),
+            piece_lists: Counter::default(),
+            piece_list_bytes: Counter::default(),
             digest_mismatches: Counter::default(),
             evictions: Counter::default(),
             stale_served: Counter::default(),
@@ -74,6 +80,16 @@ impl Metrics {
             "upstream_requests",
             "Requests sent to upstream registries",
             m.upstream_requests.clone(),
+        );
+        registry.register(
+            "piece_lists",
+            "Piece-digest answers (/pieces)",
+            m.piece_lists.clone(),
+        );
+        registry.register(
+            "piece_list_bytes",
+            "Bytes of piece-digest answers' bodies (/pieces)",
+            m.piece_list_bytes.clone(),
         );
         registry.register(
             "blobs_fetched_ahead",

@@ -124,13 +124,24 @@ pub async fn get(
         let body = list
             .to_signed(&digest.sha256(), &state.piece_key)
             .map_err(Error::transfer)?;
+        count(state, body.len());
         return Ok(HttpResponse::Ok().content_type(PIECES_SIGNED).body(body));
     }
     if accepts(req, PIECES_BINARY) {
         let body = list.to_binary().map_err(Error::transfer)?;
+        count(state, body.len());
         return Ok(HttpResponse::Ok().content_type(PIECES_BINARY).body(body));
     }
-    Ok(HttpResponse::Ok().json(list))
+    let body = serde_json::to_vec(&list).map_err(|e| Error::transfer(e.to_string()))?;
+    count(state, body.len());
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+fn count(state: &AppState, bytes: usize) {
+    state.metrics.piece_lists.inc();
+    state.metrics.piece_list_bytes.inc_by(bytes as u64);
 }
 
 /// Whether the client's `Accept` names `media` (agents ask for the signed form, older ones

@@ -227,6 +227,11 @@ fn diagnose(
                 value("poolcast_mirror_served_bytes_total") / (1024.0 * 1024.0),
                 value("poolcast_mirror_blobs_fetched_ahead_total")
             );
+            eprintln!(
+                "fanout: {label}: mirror answered {} piece-digest requests, {:.2} MiB of bodies",
+                value("poolcast_mirror_piece_lists_total"),
+                value("poolcast_mirror_piece_list_bytes_total") / (1024.0 * 1024.0),
+            );
             if upstream > size as f64 + 1024.0 * 1024.0 {
                 mirror_warnings(s, label, mirror_log0);
             }
