@@ -68,8 +68,8 @@ pub struct Download {
     /// The mirror's proof of each piece whose digest came signed: sent to peers ahead of the
     /// piece. The swarm keeps it after the download ends, to serve the blob.
     pub proofs: Proofs,
-    /// Pieces that arrived without a digest (from the mirror, or a peer with no proof that
-    /// held): what the layout loop asks the mirror for.
+    /// Pieces coming or come from the mirror, and pieces from peers with no proof that held:
+    /// what the layout loop asks the mirror for.
     wanted: Mutex<BTreeSet<u32>>,
     want: tokio::sync::Notify,
     /// Pieces verified and written.
@@ -190,6 +190,15 @@ impl Download {
         self.want.notify_one();
     }
 
+    /// Pieces `first..first + count` are coming from the mirror: the layout loop asks for
+    /// their digests and proofs at once (the mirror answers as they are in), so they are
+    /// known by the time the pieces land and the pieces go on to peers without a wait.
+    pub fn want_range(&self, first: u32, count: u32) {
+        let end = first.saturating_add(count).min(self.layout.count());
+        self.wanted.lock().extend(first..end);
+        self.want.notify_one();
+    }
+
     /// The next `/pieces` question of the signed loop: the first wanted piece still without a
     /// digest, and how many pieces from it cover the wanted ones among the next
     /// [`LAYOUT_BATCH`].
@@ -250,8 +259,8 @@ const LAYOUT_BATCH: u32 = 16;
 /// its requests carry the pull's `traceparent`.
 ///
 /// A mirror that signs (the signed form, `storage::pieces::PIECES_SIGNED`) is asked only for
-/// pieces that arrived without a digest: those this node got from the mirror itself, and any
-/// a peer sent without a proof that held. Pieces from peers come with the mirror's proof, so
+/// the pieces this node takes from the mirror itself (as it starts each range) and any a peer
+/// sent without a proof that held. Pieces from peers come with the mirror's proof, so
 /// the mirror's uplink carries each digest to about one node, not to every node. An older
 /// mirror's answers name no proofs: then the loop asks for every digest as the blob arrives,
 /// as before.

@@ -913,6 +913,7 @@ impl Actor {
         let Some(d) = t.download.clone() else {
             return;
         };
+        d.want_range(first, count);
         let handle = fetch::range(self.state.clone(), d, first, count, why, self.tx.clone());
         if let Some((old, _)) = t.ranges.insert(first, (handle, count)) {
             old.abort();

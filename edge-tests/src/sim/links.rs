@@ -30,7 +30,8 @@ pub(super) fn share(spec: &Spec, flows: &mut [Flow], frontier: f64) {
         rem[i] = spec.node_up[i] * eff;
         rem[hosts + i] = spec.node_down[i] * eff;
     }
-    rem[spec.nodes] = spec.mirror_up * eff;
+    let piece = spec.piece_size as f64;
+    rem[spec.nodes] = spec.mirror_up * eff * piece / (piece + spec.mirror_piece_overhead as f64);
     rem[hosts + spec.nodes] = f64::INFINITY;
     let piece_size = spec.piece_size as f64;
     let active: Vec<bool> = flows

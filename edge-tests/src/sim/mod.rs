@@ -41,8 +41,14 @@ pub struct Spec {
     pub sched_latency: Duration,
     /// Payload bytes per link byte (headers: about 0.956 at MTU 1500, 0.993 at 9000).
     pub efficiency: f64,
-    /// Frame bytes added to each pushed piece.
+    /// Frame bytes added to each pushed piece: OFFER, ACCEPT, DATA heads and the PROOF ahead
+    /// of it (81 bytes).
     pub piece_overhead: u64,
+    /// Bytes the mirror's uplink carries per piece it sends beside the piece: the piece's
+    /// first holder asks `/pieces` for its digest and proof (an answer of about 400 bytes with
+    /// its HTTP and TCP heads; docs/benchmarks.md), and nobody else does, whatever the pool's
+    /// size.
+    pub mirror_piece_overhead: u64,
     /// Neighbours per node; every node knows every other when `nodes <= degree + 1`.
     pub degree: usize,
     pub tunables: Tunables,
@@ -93,7 +99,8 @@ impl Spec {
             latency: Duration::from_millis(10),
             sched_latency: Duration::from_millis(10),
             efficiency: 0.993,
-            piece_overhead: 64,
+            piece_overhead: 145,
+            mirror_piece_overhead: 400,
             degree: 40,
             tunables: Tunables::default(),
             release: ReleaseConfig::for_pool(nodes, piece_size, Duration::from_secs(15)),
