@@ -360,6 +360,40 @@ fn piece_digests_are_published_for_agents_to_check_peers() {
     let got: Vec<String> = read.pieces.iter().map(|(d, _)| hex::encode(d)).collect();
     assert_eq!((read.from, got), (1, want[1..3].to_vec()));
     assert!(storage::pieces::SignedPieces::read(&[0u8; 32], &signed.body).is_err());
+    // A range of whole pieces asked with the agent's piece size carries the proofs of its
+    // pieces, the same the signed answer gave.
+    let blob_path = format!("/v2/{REPO}/blobs/{}", layer.digest);
+    let ranged = raw_request(
+        fx.mirror.host(),
+        "GET",
+        &blob_path,
+        &[
+            ("Range", "bytes=65536-196607"),
+            ("Poolcast-Piece-Size", "65536"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(ranged.status, 206);
+    let proofs = ranged.header("poolcast-proofs").expect("proofs header");
+    let (first, hexes) = proofs.split_once(' ').unwrap();
+    assert_eq!((first, hexes.len()), ("1", 2 * 128));
+    assert_eq!(&hexes[..128], hex::encode(read.pieces[0].1));
+    assert_eq!(&hexes[128..], hex::encode(read.pieces[1].1));
+    assert_eq!(
+        ranged.header("poolcast-piece-key"),
+        Some(hex::encode(read.key).as_str())
+    );
+    // Without the header, or not starting on a piece: no proofs.
+    for (range, headers) in [
+        ("bytes=65536-196607", vec![]),
+        ("bytes=65537-196607", vec![("Poolcast-Piece-Size", "65536")]),
+    ] {
+        let mut all = vec![("Range", range)];
+        all.extend(headers);
+        let plain = raw_request(fx.mirror.host(), "GET", &blob_path, &all).unwrap();
+        assert_eq!(plain.status, 206);
+        assert_eq!(plain.header("poolcast-proofs"), None, "{range}");
+    }
     let bad = raw_request(
         fx.mirror.host(),
         "GET",

@@ -95,12 +95,14 @@ fn p2p_rollout_every_agent_gets_a_digest_identical_image() {
     // is in the pool, and backs off when peers overtake its help: 1.03 to 1.12 copies served
     // in all (2026-12-03; 1.20 to 1.74 before the back-off), 1.27 to 1.29 since agents work
     // ahead of skopeo (the layers' tails now end together, and on loopback the mirror is as
-    // fast as any peer; on shaped links it sends 1.06); 1.00 to 1.07 since the tests build
-    // sha2 and the proof checks optimised (2026-12-04: at debug speed, hashing a piece took
-    // longer than moving it). Source mode would send 6.
+    // fast as any peer; on shaped links it sends 1.06). Since the tests build sha2 and the
+    // proof checks optimised (2026-12-04: at debug speed, hashing a piece took longer than
+    // moving it), 16 runs gave 1.00 to 1.10 in 12 and 1.24, 1.28, 1.39, 1.52 in the others
+    // (the tail help a loopback mirror gives); the bound is for P2P that does not work:
+    // source mode sends 6.
     assert!(
-        served <= 1.5 * copy,
-        "the mirror served {:.2} copies of the image to a pool of 6 (measured 1.00 to 1.07; \
+        served <= 2.0 * copy,
+        "the mirror served {:.2} copies of the image to a pool of 6 (measured 1.00 to 1.52; \
          source mode would be 6)",
         served / copy
     );

@@ -190,10 +190,75 @@ pub async fn get(
             let span = span(range, entry.size, range_text)?;
             let share = share(state, ctx, Some(span.end + 1 - span.start)).await?;
             let body = share.wrap(file_stream(file, span.start, span.end + 1));
-            Ok(respond(state, ctx, &digest, span, Some(entry.size), body))
+            let (start, end) = (span.start, span.end);
+            let mut resp = respond(state, ctx, &digest, span, Some(entry.size), body);
+            add_proofs(
+                state, ctx, req, &digest, None, entry.size, start, end, &mut resp,
+            )
+            .await;
+            Ok(resp)
         }
         Source::Ingest(ingest) => {
-            serve_ingest(state, ctx, &digest, &ingest, range, range_text).await
+            let mut resp = serve_ingest(state, ctx, &digest, &ingest, range, range_text).await?;
+            if let Some((start, end, size)) = range_of(&resp) {
+                let at = Some(&*ingest);
+                add_proofs(state, ctx, req, &digest, at, size, start, end, &mut resp).await;
+            }
+            Ok(resp)
+        }
+    }
+}
+
+/// The bytes a 206 answer holds and the blob's size, from its `Content-Range`.
+fn range_of(resp: &HttpResponse) -> Option<(u64, u64, u64)> {
+    let text = resp.headers().get("content-range")?.to_str().ok()?;
+    let (span, size) = text.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    Some((start.parse().ok()?, end.parse().ok()?, size.parse().ok()?))
+}
+
+/// For an agent that names its piece size (`mirror::pieces::PIECE_SIZE_HEADER`): the proofs
+/// of the range's pieces whose digests are known already, so the agent need not ask
+/// `/pieces` for them.
+#[allow(clippy::too_many_arguments)]
+async fn add_proofs(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    req: &HttpRequest,
+    digest: &Digest,
+    ingest: Option<&Ingest>,
+    size: u64,
+    start: u64,
+    end: u64,
+    resp: &mut HttpResponse,
+) {
+    use crate::pieces::{known_proofs, KEY_HEADER, PIECE_SIZE_HEADER, PROOFS_HEADER};
+    use actix_web::http::header::HeaderName;
+    if ctx.head || resp.status() != StatusCode::PARTIAL_CONTENT {
+        return;
+    }
+    let Some(piece_size) = req
+        .headers()
+        .get(PIECE_SIZE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let Some((first, proofs)) =
+        known_proofs(state, digest, ingest, size, piece_size, start, end).await
+    else {
+        return;
+    };
+    let mut text = format!("{first} ");
+    for proof in &proofs {
+        text.push_str(&hex::encode(proof));
+    }
+    let key = hex::encode(state.piece_key.verifying_key().as_bytes());
+    for (name, value) in [(PROOFS_HEADER, text), (KEY_HEADER, key)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(name), value);
         }
     }
 }

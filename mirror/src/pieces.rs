@@ -154,6 +154,70 @@ fn accepts(req: &HttpRequest, media: &str) -> bool {
         .any(|t| t.split(';').next().unwrap_or("").trim() == media)
 }
 
+/// The request header naming the piece size an agent cuts the blob at: the mirror answers a
+/// range of whole pieces with the proofs of those it already knows the digests of.
+pub const PIECE_SIZE_HEADER: &str = "poolcast-piece-size";
+/// The answer: `FIRST HEX...`, the index of the range's first piece and the 64-byte proofs of
+/// its pieces from there on, in order, as far as they are known.
+pub const PROOFS_HEADER: &str = "poolcast-proofs";
+/// The mirror's public key, hex, beside [`PROOFS_HEADER`].
+pub const KEY_HEADER: &str = "poolcast-piece-key";
+/// Most proofs one range answer carries.
+const MAX_RANGE_PROOFS: usize = 64;
+
+/// The proofs of the whole pieces in bytes `start..=end` of a blob whose digests the mirror
+/// already knows at `piece_size` (it computes none here, so a range is never held up by
+/// hashing): (first piece, proofs from it on). `None` if the range does not start on a piece
+/// or no digest of its first piece is known yet.
+pub async fn known_proofs(
+    state: &AppState,
+    digest: &Digest,
+    ingest: Option<&Ingest>,
+    size: u64,
+    piece_size: u64,
+    start: u64,
+    end: u64,
+) -> Option<(u64, Vec<[u8; 64]>)> {
+    check_piece_size(piece_size).ok()?;
+    let layout = PieceLayout::bounded(size, piece_size).ok()?;
+    if !start.is_multiple_of(piece_size) {
+        return None;
+    }
+    let first = start / piece_size;
+    let last = (end / piece_size).min(u64::from(layout.count()).saturating_sub(1));
+    let known: Vec<String> = match ingest {
+        Some(ingest) => {
+            let memo = ingest.piece_digests.lock().await;
+            let list = memo.get(&piece_size)?;
+            list.get(first as usize..=(last as usize).min(list.len().checked_sub(1)?))?
+                .to_vec()
+        }
+        None => {
+            let list = state.store.piece_digests(digest, piece_size)?;
+            list.get(first as usize..=(last as usize).min(list.len().checked_sub(1)?))?
+                .to_vec()
+        }
+    };
+    let list = PieceList {
+        digest: String::new(),
+        size,
+        piece_size,
+        from: first,
+        pieces: known.into_iter().take(MAX_RANGE_PROOFS).collect(),
+        complete: false,
+    };
+    let signed = list.to_signed(&digest.sha256(), &state.piece_key).ok()?;
+    let proofs = signed[25 + 32..]
+        .chunks(96)
+        .map(|piece| {
+            let mut sig = [0u8; 64];
+            sig.copy_from_slice(&piece[32..]);
+            sig
+        })
+        .collect();
+    Some((first, proofs))
+}
+
 async fn memoized(
     state: &AppState,
     digest: &Digest,

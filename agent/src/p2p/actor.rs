@@ -677,7 +677,9 @@ impl Actor {
                 )
             });
             if holds {
-                self.state.metrics.proofs_held.inc();
+                if peer.is_some() {
+                    self.state.metrics.proofs_held.inc();
+                }
                 d.set_proven(piece, hash, sig);
                 self.verified(&d, key, piece, from, true);
                 return;
@@ -913,7 +915,6 @@ impl Actor {
         let Some(d) = t.download.clone() else {
             return;
         };
-        d.want_range(first, count);
         let handle = fetch::range(self.state.clone(), d, first, count, why, self.tx.clone());
         if let Some((old, _)) = t.ranges.insert(first, (handle, count)) {
             old.abort();

@@ -113,8 +113,9 @@ async fn fetch(
     };
     let (start, end) = (start.start, end.end);
     let url = d.spec.mirror_url(state, "blobs", &[]);
-    let mut req =
-        trace::traced(state.http.get(url)).header("Range", format!("bytes={start}-{}", end - 1));
+    let mut req = trace::traced(state.http.get(url))
+        .header("Range", format!("bytes={start}-{}", end - 1))
+        .header(PIECE_SIZE_HEADER, d.layout.piece_size().to_string());
     if let Some(auth) = &d.spec.auth {
         req = req.header("Authorization", auth.as_bytes());
     }
@@ -126,6 +127,17 @@ async fn fetch(
         .map_err(|e| format!("request: {}", nodepool::wire::error_chain(&e)))?;
     if resp.status() != 206 && !(resp.status() == 200 && start == 0 && end == d.layout.size()) {
         return Err(format!("mirror answered {}", resp.status()));
+    }
+    // The proofs of the range's pieces the mirror already knew go with them; the rest are
+    // asked of `/pieces` now, so that they are in when the pieces land.
+    let proofs = range_proofs(state, resp.headers(), first);
+    let proven = if proofs.is_empty() {
+        0
+    } else {
+        proofs.len() as u32
+    };
+    if proven < count {
+        d.want_range(first + proven, count - proven);
     }
     let mut body = resp.bytes_stream();
     let mut pos = start;
@@ -167,7 +179,7 @@ async fn fetch(
                     task: key,
                     piece: reached.piece,
                     hash: Ok(hash),
-                    proof: None,
+                    proof: proofs.get((reached.piece - first) as usize).copied(),
                 });
                 reached.piece += 1;
                 reported = 0;
@@ -183,4 +195,45 @@ async fn fetch(
         }
     }
     Ok(())
+}
+
+/// The request header that asks the mirror for the range's proofs (`mirror::pieces`).
+const PIECE_SIZE_HEADER: &str = "poolcast-piece-size";
+
+/// The proofs a range answer carries for its pieces from `first` on (`poolcast-proofs: FIRST
+/// HEX...`), and the mirror's key beside them, which this node then checks proofs with.
+/// Anything malformed, or for other pieces, counts as none: the pieces are then checked by
+/// `/pieces` answers.
+fn range_proofs(
+    state: &AgentState,
+    headers: &reqwest::header::HeaderMap,
+    first: u32,
+) -> Vec<[u8; 64]> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(proofs), Some(key)) = (text("poolcast-proofs"), text("poolcast-piece-key")) else {
+        return Vec::new();
+    };
+    let mut raw_key = [0u8; 32];
+    let key = hex::decode_to_slice(key, &mut raw_key)
+        .ok()
+        .and_then(|()| ed25519_dalek::VerifyingKey::from_bytes(&raw_key).ok());
+    let Some((at, hexes)) = proofs.split_once(' ') else {
+        return Vec::new();
+    };
+    let (Some(key), Ok(at)) = (key, at.parse::<u32>()) else {
+        return Vec::new();
+    };
+    if at != first || hexes.len() % 128 != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(hexes.len() / 128);
+    for chunk in hexes.as_bytes().chunks(128) {
+        let mut sig = [0u8; 64];
+        if hex::decode_to_slice(chunk, &mut sig).is_err() {
+            return Vec::new();
+        }
+        out.push(sig);
+    }
+    *state.piece_key.write() = Some(key);
+    out
 }
