@@ -169,11 +169,6 @@ impl Download {
         self.digests.read().get(piece as usize).copied().flatten()
     }
 
-    /// The mirror's proof of a piece, if this node has it.
-    pub fn proof_of(&self, piece: u32) -> Option<[u8; 64]> {
-        self.proofs.read().get(piece as usize).copied().flatten()
-    }
-
     /// A piece's digest and proof, from a peer's proof that held for what arrived.
     pub fn set_proven(&self, piece: u32, digest: [u8; 32], proof: [u8; 64]) {
         if let Some(slot) = self.digests.write().get_mut(piece as usize) {

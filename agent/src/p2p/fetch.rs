@@ -131,11 +131,7 @@ async fn fetch(
     // The proofs of the range's pieces the mirror already knew go with them; the rest are
     // asked of `/pieces` now, so that they are in when the pieces land.
     let proofs = range_proofs(state, resp.headers(), first);
-    let proven = if proofs.is_empty() {
-        0
-    } else {
-        proofs.len() as u32
-    };
+    let proven = (proofs.len() as u32).min(count);
     if proven < count {
         d.want_range(first + proven, count - proven);
     }
