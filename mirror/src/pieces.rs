@@ -7,7 +7,7 @@
 //! uplink about 300 bytes beyond its digests. Access is checked exactly as for the blob itself.
 //!
 //! Agents ask for the signed form (`storage::pieces::PIECES_SIGNED`, at most `&limit=M`
-//! pieces, 256 at most): each digest comes with the mirror's ed25519 signature of it (its
+//! pieces, 64 at most): each digest comes with the mirror's ed25519 signature of it (its
 //! proof, made with the key kept as `piece-key` in the cache folder), which peers send along
 //! with the piece, so an agent asks here only for pieces it got from the mirror itself.
 //!
