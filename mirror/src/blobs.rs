@@ -217,7 +217,7 @@ fn range_of(resp: &HttpResponse) -> Option<(u64, u64, u64)> {
     Some((start.parse().ok()?, end.parse().ok()?, size.parse().ok()?))
 }
 
-/// For an agent that names its piece size (`mirror::pieces::PIECE_SIZE_HEADER`): the proofs
+/// For an agent that names its piece size (`storage::pieces::PIECE_SIZE_HEADER`): the proofs
 /// of the range's pieces whose digests are known already, so the agent need not ask
 /// `/pieces` for them.
 #[allow(clippy::too_many_arguments)]
@@ -232,8 +232,8 @@ async fn add_proofs(
     end: u64,
     resp: &mut HttpResponse,
 ) {
-    use crate::pieces::{known_proofs, KEY_HEADER, PIECE_SIZE_HEADER, PROOFS_HEADER};
     use actix_web::http::header::HeaderName;
+    use storage::pieces::{KEY_HEADER, PIECE_SIZE_HEADER, PROOFS_HEADER};
     if ctx.head || resp.status() != StatusCode::PARTIAL_CONTENT {
         return;
     }
@@ -245,17 +245,12 @@ async fn add_proofs(
     else {
         return;
     };
-    let Some((first, proofs)) =
-        known_proofs(state, digest, ingest, size, piece_size, start, end).await
-    else {
+    let known = crate::pieces::known_proofs(state, digest, ingest, size, piece_size, start, end);
+    let Some(proofs) = known.await else {
         return;
     };
-    let mut text = format!("{first} ");
-    for proof in &proofs {
-        text.push_str(&hex::encode(proof));
-    }
     let key = hex::encode(state.piece_key.verifying_key().as_bytes());
-    for (name, value) in [(PROOFS_HEADER, text), (KEY_HEADER, key)] {
+    for (name, value) in [(PROOFS_HEADER, proofs.to_header()), (KEY_HEADER, key)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             resp.headers_mut()
                 .insert(HeaderName::from_static(name), value);

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use storage::ingest::{Ingest, Progress};
 use storage::pieces::{
-    hash_pieces, piece_digest, PieceList, MAX_SIGNED, PIECES_BINARY, PIECES_SIGNED,
+    hash_pieces, piece_digest, sign_proof, PieceList, RangeProofs, MAX_SIGNED, PIECES_BINARY,
+    PIECES_SIGNED,
 };
 use storage::reference::Digest;
 use storage::request::query_param;
@@ -154,21 +155,13 @@ fn accepts(req: &HttpRequest, media: &str) -> bool {
         .any(|t| t.split(';').next().unwrap_or("").trim() == media)
 }
 
-/// The request header naming the piece size an agent cuts the blob at: the mirror answers a
-/// range of whole pieces with the proofs of those it already knows the digests of.
-pub const PIECE_SIZE_HEADER: &str = "poolcast-piece-size";
-/// The answer: `FIRST HEX...`, the index of the range's first piece and the 64-byte proofs of
-/// its pieces from there on, in order, as far as they are known.
-pub const PROOFS_HEADER: &str = "poolcast-proofs";
-/// The mirror's public key, hex, beside [`PROOFS_HEADER`].
-pub const KEY_HEADER: &str = "poolcast-piece-key";
 /// Most proofs one range answer carries.
 const MAX_RANGE_PROOFS: usize = 64;
 
 /// The proofs of the whole pieces in bytes `start..=end` of a blob whose digests the mirror
 /// already knows at `piece_size` (it computes none here, so a range is never held up by
-/// hashing): (first piece, proofs from it on). `None` if the range does not start on a piece
-/// or no digest of its first piece is known yet.
+/// hashing). `None` if the range does not start on a piece or no digest of its first piece is
+/// known yet.
 pub async fn known_proofs(
     state: &AppState,
     digest: &Digest,
@@ -177,7 +170,7 @@ pub async fn known_proofs(
     piece_size: u64,
     start: u64,
     end: u64,
-) -> Option<(u64, Vec<[u8; 64]>)> {
+) -> Option<RangeProofs> {
     check_piece_size(piece_size).ok()?;
     let layout = PieceLayout::bounded(size, piece_size).ok()?;
     if !start.is_multiple_of(piece_size) {
@@ -185,37 +178,30 @@ pub async fn known_proofs(
     }
     let first = start / piece_size;
     let last = (end / piece_size).min(u64::from(layout.count()).saturating_sub(1));
-    let known: Vec<String> = match ingest {
-        Some(ingest) => {
-            let memo = ingest.piece_digests.lock().await;
-            let list = memo.get(&piece_size)?;
-            list.get(first as usize..=(last as usize).min(list.len().checked_sub(1)?))?
-                .to_vec()
-        }
-        None => {
-            let list = state.store.piece_digests(digest, piece_size)?;
-            list.get(first as usize..=(last as usize).min(list.len().checked_sub(1)?))?
-                .to_vec()
-        }
+    let pick = |list: &[String]| -> Option<Vec<String>> {
+        let upto = (last as usize).min(list.len().checked_sub(1)?);
+        Some(list.get(first as usize..=upto)?.to_vec())
     };
-    let list = PieceList {
-        digest: String::new(),
-        size,
-        piece_size,
-        from: first,
-        pieces: known.into_iter().take(MAX_RANGE_PROOFS).collect(),
-        complete: false,
+    let known = match ingest {
+        Some(ingest) => pick(ingest.piece_digests.lock().await.get(&piece_size)?)?,
+        None => pick(&state.store.piece_digests(digest, piece_size)?)?,
     };
-    let signed = list.to_signed(&digest.sha256(), &state.piece_key).ok()?;
-    let proofs = signed[25 + 32..]
-        .chunks(96)
-        .map(|piece| {
-            let mut sig = [0u8; 64];
-            sig.copy_from_slice(&piece[32..]);
-            sig
+    let blob = digest.sha256();
+    let proofs = (first..)
+        .zip(known.iter().take(MAX_RANGE_PROOFS))
+        .map(|(index, hex_digest)| {
+            let mut piece = [0u8; 32];
+            hex::decode_to_slice(hex_digest, &mut piece).ok()?;
+            Some(sign_proof(
+                &state.piece_key,
+                &blob,
+                piece_size,
+                index,
+                &piece,
+            ))
         })
-        .collect();
-    Some((first, proofs))
+        .collect::<Option<Vec<_>>>()?;
+    Some(RangeProofs { first, proofs })
 }
 
 async fn memoized(

@@ -141,6 +141,19 @@ pub fn proof_message(
     m
 }
 
+/// The key's proof that piece `index` of `blob` cut at `piece_size` hashes to `piece`.
+pub fn sign_proof(
+    key: &ed25519_dalek::SigningKey,
+    blob: &[u8; 32],
+    piece_size: u64,
+    index: u64,
+    piece: &[u8; 32],
+) -> [u8; 64] {
+    use ed25519_dalek::Signer as _;
+    key.sign(&proof_message(blob, piece_size, index, piece))
+        .to_bytes()
+}
+
 /// Whether `sig` is the key's proof that piece `index` of `blob` hashes to `piece`.
 pub fn proof_holds(
     key: &ed25519_dalek::VerifyingKey,
@@ -178,7 +191,6 @@ impl PieceList {
         blob: &[u8; 32],
         key: &ed25519_dalek::SigningKey,
     ) -> Result<Vec<u8>, String> {
-        use ed25519_dalek::Signer as _;
         let binary = self.to_binary()?;
         let mut out = Vec::with_capacity(SIGNED_HEAD + 96 * self.pieces.len());
         out.extend_from_slice(&binary[..BINARY_HEAD]);
@@ -186,9 +198,9 @@ impl PieceList {
         for (k, raw) in binary[BINARY_HEAD..].chunks(32).enumerate() {
             let mut piece = [0u8; 32];
             piece.copy_from_slice(raw);
-            let message = proof_message(blob, self.piece_size, self.from + k as u64, &piece);
+            let index = self.from + k as u64;
             out.extend_from_slice(&piece);
-            out.extend_from_slice(&key.sign(&message).to_bytes());
+            out.extend_from_slice(&sign_proof(key, blob, self.piece_size, index, &piece));
         }
         Ok(out)
     }
@@ -229,6 +241,50 @@ impl SignedPieces {
             key,
             pieces,
         })
+    }
+}
+
+/// The request header an agent names its piece size in when it asks the mirror for a range:
+/// the mirror answers a range of whole pieces with the proofs of those whose digests it knows.
+pub const PIECE_SIZE_HEADER: &str = "poolcast-piece-size";
+/// The answer's proofs ([`RangeProofs`]) and the mirror's public key (hex) beside them.
+pub const PROOFS_HEADER: &str = "poolcast-proofs";
+pub const KEY_HEADER: &str = "poolcast-piece-key";
+
+/// The proofs a range answer carries: of pieces `first`, `first + 1`, ... in order, as far as
+/// the mirror knew their digests. On the wire ([`PROOFS_HEADER`]): `FIRST HEX...`, 128 hex
+/// digits a proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeProofs {
+    pub first: u64,
+    pub proofs: Vec<[u8; 64]>,
+}
+
+impl RangeProofs {
+    pub fn to_header(&self) -> String {
+        let mut text = format!("{} ", self.first);
+        for proof in &self.proofs {
+            text.push_str(&hex::encode(proof));
+        }
+        text
+    }
+
+    /// Reads the header's value; anything malformed is `None`.
+    pub fn from_header(text: &str) -> Option<RangeProofs> {
+        let (first, hexes) = text.split_once(' ')?;
+        let first = first.parse().ok()?;
+        if !hexes.len().is_multiple_of(128) {
+            return None;
+        }
+        let proofs = hexes
+            .as_bytes()
+            .chunks(128)
+            .map(|chunk| {
+                let mut sig = [0u8; 64];
+                hex::decode_to_slice(chunk, &mut sig).ok().map(|()| sig)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(RangeProofs { first, proofs })
     }
 }
 
@@ -380,6 +436,32 @@ mod tests {
             .contains("piece 4"));
         assert!(SignedPieces::read(&blob, &body[..body.len() - 1]).is_err());
         assert!(SignedPieces::read(&blob, &body[..20]).is_err());
+    }
+
+    #[test]
+    fn range_proofs_read_back_and_anything_malformed_is_none() {
+        let proofs = RangeProofs {
+            first: 7,
+            proofs: vec![[1u8; 64], [2u8; 64]],
+        };
+        let text = proofs.to_header();
+        assert_eq!(RangeProofs::from_header(&text), Some(proofs));
+        for bad in [
+            "",
+            "7",
+            "x 00",
+            &text[..text.len() - 1],
+            &text.replace('0', "g"),
+        ] {
+            assert_eq!(RangeProofs::from_header(bad), None, "{bad:.20}");
+        }
+        assert_eq!(
+            RangeProofs::from_header("3 "),
+            Some(RangeProofs {
+                first: 3,
+                proofs: vec![]
+            })
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use sha2::Digest as _;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use storage::pieces::{RangeProofs, KEY_HEADER, PIECE_SIZE_HEADER, PROOFS_HEADER};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -193,43 +194,28 @@ async fn fetch(
     Ok(())
 }
 
-/// The request header that asks the mirror for the range's proofs (`mirror::pieces`).
-const PIECE_SIZE_HEADER: &str = "poolcast-piece-size";
-
-/// The proofs a range answer carries for its pieces from `first` on (`poolcast-proofs: FIRST
-/// HEX...`), and the mirror's key beside them, which this node then checks proofs with.
-/// Anything malformed, or for other pieces, counts as none: the pieces are then checked by
-/// `/pieces` answers.
+/// The proofs a range answer carries for its pieces from `first` on
+/// (`storage::pieces::RangeProofs`), and the mirror's key beside them, which this node then
+/// checks proofs with. Anything malformed, or for other pieces, counts as none: the pieces are
+/// then checked by `/pieces` answers.
 fn range_proofs(
     state: &AgentState,
     headers: &reqwest::header::HeaderMap,
     first: u32,
 ) -> Vec<[u8; 64]> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(proofs), Some(key)) = (text("poolcast-proofs"), text("poolcast-piece-key")) else {
+    let (Some(proofs), Some(key)) = (text(PROOFS_HEADER), text(KEY_HEADER)) else {
         return Vec::new();
     };
     let mut raw_key = [0u8; 32];
     let key = hex::decode_to_slice(key, &mut raw_key)
         .ok()
         .and_then(|()| ed25519_dalek::VerifyingKey::from_bytes(&raw_key).ok());
-    let Some((at, hexes)) = proofs.split_once(' ') else {
-        return Vec::new();
-    };
-    let (Some(key), Ok(at)) = (key, at.parse::<u32>()) else {
-        return Vec::new();
-    };
-    if at != first || hexes.len() % 128 != 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::with_capacity(hexes.len() / 128);
-    for chunk in hexes.as_bytes().chunks(128) {
-        let mut sig = [0u8; 64];
-        if hex::decode_to_slice(chunk, &mut sig).is_err() {
-            return Vec::new();
+    match (key, RangeProofs::from_header(proofs)) {
+        (Some(key), Some(proofs)) if proofs.first == u64::from(first) => {
+            *state.piece_key.write() = Some(key);
+            proofs.proofs
         }
-        out.push(sig);
+        _ => Vec::new(),
     }
-    *state.piece_key.write() = Some(key);
-    out
 }
