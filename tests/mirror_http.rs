@@ -381,7 +381,7 @@ fn piece_digests_are_published_for_agents_to_check_peers() {
     assert_eq!(&hexes[128..], hex::encode(read.pieces[1].1));
     assert_eq!(
         ranged.header("poolcast-piece-key"),
-        Some(hex::encode(read.key).as_str())
+        Some(hex::encode(read.key.as_bytes()).as_str())
     );
     // Without the header, or not starting on a piece: no proofs.
     for (range, headers) in [

@@ -390,13 +390,11 @@ async fn fetch_layout(
     let (size, piece_size, first, answer) = if media == PIECES_SIGNED.as_bytes() {
         let signed = SignedPieces::read(&d.spec.digest.sha256(), &body)
             .map_err(|e| err(format!("bad signed piece list: {e}")))?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&signed.key)
-            .map_err(|e| err(format!("bad key: {e}")))?;
         let (digests, proofs) = signed.pieces.into_iter().unzip();
         let answer = Answer {
             digests,
             proofs: Some(proofs),
-            key: Some(key),
+            key: Some(signed.key),
         };
         (signed.size, signed.piece_size, signed.from, answer)
     } else {

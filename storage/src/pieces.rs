@@ -176,7 +176,7 @@ pub struct SignedPieces {
     pub from: u64,
     pub complete: bool,
     /// The mirror's public key.
-    pub key: [u8; 32],
+    pub key: ed25519_dalek::VerifyingKey,
     /// Each piece's sha256 and proof, from `from` on.
     pub pieces: Vec<([u8; 32], [u8; 64])>,
 }
@@ -238,7 +238,7 @@ impl SignedPieces {
             piece_size: head.piece_size,
             from: head.from,
             complete: head.complete,
-            key,
+            key: verifying,
             pieces,
         })
     }
@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(body.len(), 25 + 32 + 4 * 96);
         let read = SignedPieces::read(&blob, &body).expect("read");
         assert_eq!((read.from, read.pieces.len()), (3, 4));
-        assert_eq!(read.key, *key.verifying_key().as_bytes());
+        assert_eq!(read.key, key.verifying_key());
         let vk = key.verifying_key();
         let (piece, sig) = read.pieces[1];
         assert_eq!(hex::encode(piece), piece_digest(&[1u8; 100]));
