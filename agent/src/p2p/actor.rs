@@ -691,6 +691,12 @@ impl Actor {
                 tracing::debug!(task = key, piece, "a peer's proof does not hold");
             }
         }
+        tracing::debug!(
+            task = key,
+            piece,
+            from_peer = peer.is_some(),
+            "piece waits for its digest"
+        );
         t.parked.insert(piece, (peer, hash));
         d.want_digest(piece);
     }
@@ -803,6 +809,9 @@ impl Actor {
                     piece,
                     why,
                 } => {
+                    if why == swarm::Refusal::Unwanted {
+                        tracing::debug!(task, piece, "a push from a peer is ended here");
+                    }
                     self.sinks.close((peer, task, piece), "refused");
                     self.send(peer, Frame::Refuse { task, piece, why });
                 }
@@ -866,10 +875,20 @@ impl Actor {
     }
 
     fn push(&mut self, peer: PeerId, key: u64, piece: u32) {
-        let Some(t) = self.tasks.get(&key) else {
-            return;
-        };
-        let (Some(span), Some(p)) = (t.layout.span(piece), self.peers.get(&peer)) else {
+        let what = self
+            .tasks
+            .get(&key)
+            .and_then(|t| Some((t, t.layout.span(piece)?, self.peers.get(&peer)?)));
+        let Some((t, span, p)) = what else {
+            // The blob closed here or the peer went since the push was decided: the lane must
+            // not wait for a push that never starts.
+            tracing::debug!(task = key, piece, "push not started: blob or peer gone");
+            self.handle(Event::Refused {
+                peer,
+                task: key,
+                piece,
+                why: None,
+            });
             return;
         };
         let proof = t

@@ -591,6 +591,16 @@ impl Node {
                 }
             }
         }
+        // Its pieces offered or queued on a lane are not pushed (the runtime has no blob to
+        // push them from, and a push that never starts would hold the lane for good); a push
+        // under way ends as pushes do.
+        for p in self.peers.values_mut() {
+            let was = p.lane.in_use();
+            p.lane.next.retain(|n| n.task != id);
+            if was && !p.lane.in_use() {
+                self.uploading = self.uploading.saturating_sub(1);
+            }
+        }
     }
 }
 

@@ -988,3 +988,65 @@ fn a_node_may_move_on_once_every_blob_it_pulls_is_leased_or_released() {
     handle(&mut n, ms(3), fresh(T, true, true));
     assert!(n.released());
 }
+
+#[test]
+fn a_blob_closed_with_pushes_queued_on_a_lane_leaves_the_lane_free() {
+    const U: TaskId = 8;
+    let mut n = node(4, &[0, 1], Mode::P2p, &[(2, &[])]);
+    let o = offers(&decide(&mut n, ms(0)));
+    assert_eq!(o.len(), 2, "{o:?}");
+    for (at, (_, piece)) in o.iter().enumerate() {
+        handle(
+            &mut n,
+            ms(5 + at as u64),
+            Event::Accepted {
+                peer: 2,
+                task: T,
+                piece: *piece,
+            },
+        );
+    }
+    // The blob closes here with the second push queued behind the first.
+    handle(&mut n, ms(10), Event::Close { task: T });
+    let a = handle(
+        &mut n,
+        ms(20),
+        Event::Pushed {
+            peer: 2,
+            task: T,
+            piece: o[0].1,
+        },
+    );
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::Push { task: T, .. })),
+        "no push of a closed blob: {a:?}"
+    );
+    // The lane carries another blob's pieces.
+    let mut out = Vec::new();
+    n.handle(
+        ms(30),
+        Event::Open {
+            task: U,
+            pieces: 2,
+            piece_len: 1 << 20,
+            have: set(2, &[0, 1]),
+            mode: Mode::P2p,
+        },
+        &mut out,
+    );
+    let a = handle(
+        &mut n,
+        ms(30),
+        Event::Joined {
+            peer: 2,
+            task: U,
+            have: set(2, &[]),
+            receiving: PieceSet::empty(2),
+        },
+    );
+    let offered: Vec<_> = a
+        .iter()
+        .filter(|x| matches!(x, Action::Offer { task: U, .. }))
+        .collect();
+    assert_eq!(offered.len(), 2, "{a:?}");
+}
