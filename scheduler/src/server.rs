@@ -218,6 +218,12 @@ impl AppState {
         if granted || !msg.wait {
             return Ok(Asked::Now(answer));
         }
+        if fresh.news {
+            // The pool may move on, and this node was never told: it hears it now rather
+            // than when its wait runs out, seconds after the nodes granted a lease heard it.
+            registry.cancel_fresh(&fresh.key);
+            return Ok(Asked::Now(answer));
+        }
         let (id, rx) = waiters.wait(fresh.key.clone());
         self.metrics.fresh_waiting.set(waiters.waiting() as i64);
         Ok(Asked::Wait(Waiting {
@@ -257,13 +263,26 @@ impl Waiting {
         if waiters.end(&self.key, self.id) {
             registry.cancel_fresh(&self.key);
         }
-        let answer = self.rx.try_recv().unwrap_or_default();
+        let answer = self.rx.try_recv();
         state.metrics.fresh_waiting.set(waiters.waiting() as i64);
-        if unread {
-            waiters.hand(self.key.clone(), answer, clock());
-            return FreshResponse::default();
+        match answer {
+            Ok(answer) if unread => {
+                waiters.hand(self.key.clone(), answer, clock());
+                FreshResponse::default()
+            }
+            Ok(answer) => answer,
+            Err(_) if unread => FreshResponse::default(),
+            // The wait ran out without a grant: the answer still says where the leases
+            // stand, or a node would hear `moveOn` only once every piece was released.
+            Err(_) => {
+                let (all_released, move_on) = registry.fresh_standing(&self.key, clock());
+                FreshResponse {
+                    pieces: Vec::new(),
+                    all_released,
+                    move_on,
+                }
+            }
         }
-        answer
     }
 }
 
@@ -568,6 +587,38 @@ mod tests {
         assert!(matches!(refused, Err(Error::Capacity(_))));
         // Only reporting is still taken.
         assert!(state.ask_fresh(&fresh_from(&last, &[], false)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_node_granted_none_of_a_blobs_last_leases_still_hears_it_may_move_on() {
+        let state = joined(2);
+        // n0000 takes every lease of the blob, reporting each as done but the last.
+        let mut completed = Vec::new();
+        for _ in 0..256 {
+            let Ok(Asked::Now(answer)) = state.ask_fresh(&fresh_from("n0000", &completed, true))
+            else {
+                panic!("a lease is free");
+            };
+            if answer.pieces.contains(&255) {
+                break;
+            }
+            completed = answer.pieces;
+        }
+        assert!(completed.contains(&254), "{completed:?}");
+        // n0001, which got no lease, hears at once that the pool may move on, not when its
+        // long poll runs out nor once every piece is released.
+        match state.ask_fresh(&fresh_from("n0001", &[], true)) {
+            Ok(Asked::Now(a)) => assert!(a.pieces.is_empty() && a.move_on && !a.all_released),
+            _ => panic!("news is answered at once"),
+        }
+        assert_eq!(state.metrics.fresh_waiting.get(), 0, "n0001 waits no more");
+        // Told once: its next request waits, and the wait's empty end still says so.
+        let Ok(Asked::Wait(mut waiting)) = state.ask_fresh(&fresh_from("n0001", &[], true)) else {
+            panic!("no news: it waits");
+        };
+        waiting.state = Some(state.clone());
+        let answer = waiting.finish(false);
+        assert!(answer.pieces.is_empty() && answer.move_on && !answer.all_released);
     }
 
     #[tokio::test]

@@ -86,6 +86,9 @@ pub(crate) struct FreshOutcome {
     /// Nearly every piece is leased: nodes may start their next blob (see
     /// `swarm::Releases::move_on`).
     pub move_on: bool,
+    /// `move_on` is news to the requester: it was never told so for this blob, so a request
+    /// that would wait is answered at once.
+    pub news: bool,
 }
 
 #[derive(Debug)]
@@ -102,6 +105,8 @@ struct Member {
 struct Group {
     pools: Vec<PoolKey>,
     releases: Releases,
+    /// Holders told `move_on` (in a grant, an answer or a long poll's end).
+    told: HashSet<Holder>,
 }
 
 #[derive(Debug)]
@@ -342,6 +347,7 @@ impl Swarms {
         let g = b.groups.entry(group.key).or_insert_with(|| Group {
             pools: group.pools.to_vec(),
             releases: Releases::new(pieces),
+            told: HashSet::new(),
         });
         let mut grants = g.releases.expire(&cfg, now);
         grants.extend(
@@ -349,9 +355,16 @@ impl Swarms {
                 .ask(&cfg, who.holder, ask.completed, ask.wait, now),
         );
         let all_released = g.releases.all_released();
+        let move_on = g.releases.move_on(&cfg, now);
+        for (holder, grant) in &grants {
+            if grant.move_on || grant.all_released {
+                g.told.insert(*holder);
+            }
+        }
         let mut out = FreshOutcome {
             all_released,
-            move_on: g.releases.move_on(&cfg, now),
+            move_on,
+            news: move_on && g.told.insert(who.holder),
             ..FreshOutcome::default()
         };
         for (holder, grant) in grants {
@@ -380,6 +393,36 @@ impl Swarms {
         {
             g.releases.cancel(holder);
         }
+    }
+
+    /// Where `group`'s leases of `digest` stand for `holder`, whose long poll ended without a
+    /// grant: (every piece released, nodes may move on). `holder` counts as told.
+    pub fn standing(
+        &mut self,
+        digest: &str,
+        group: GroupKey,
+        holder: Holder,
+        now: Duration,
+    ) -> (bool, bool) {
+        let lease = self.lease;
+        let Some(b) = self.blobs.get_mut(digest) else {
+            return (false, false);
+        };
+        let Some(cfg) = b
+            .groups
+            .get(&group)
+            .map(|g| b.release_config(&g.pools, lease))
+        else {
+            return (false, false);
+        };
+        let Some(g) = b.groups.get_mut(&group) else {
+            return (false, false);
+        };
+        let move_on = g.releases.move_on(&cfg, now);
+        if move_on {
+            g.told.insert(holder);
+        }
+        (g.releases.all_released(), move_on)
     }
 
     /// `key` no longer takes part in `digest`: its leases go back. Returns the grants that

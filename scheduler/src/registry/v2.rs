@@ -38,6 +38,8 @@ pub struct Fresh {
     pub grant: Option<Grant>,
     pub all_released: bool,
     pub move_on: bool,
+    /// `move_on` is news to the requester: answer at once rather than wait.
+    pub news: bool,
 }
 
 /// The longest interval between joins, so a node with few neighbours learns of newcomers
@@ -187,7 +189,16 @@ impl PeerRegistry {
             grant: out.mine,
             all_released: out.all_released,
             move_on: out.move_on,
+            news: out.news,
         })
+    }
+
+    /// Where the leases stand for a request under `key` whose long poll ran out: (every
+    /// piece released, nodes may move on), so its empty answer still says so.
+    pub fn fresh_standing(&mut self, key: &WaitKey, now: Instant) -> (bool, bool) {
+        let since = self.since(now);
+        self.swarms
+            .standing(&key.digest, key.group, key.holder, since)
     }
 
     /// The request waiting under `key` ended without a grant (its long poll ran out, or it
