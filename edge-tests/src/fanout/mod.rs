@@ -288,7 +288,7 @@ pub fn run(opts: &Opts) -> Result<()> {
         let bound = setup.links.bound(setup.size(o.payload)?);
         println!("{}", report::row(o, &bound, &setup.links.short(), opts.mtu));
     }
-    println!("\n(sent: bytes leaving the host's eth0, headers included; copies: of S)");
+    println!("\n(sent: bytes leaving the host's eth0, every frame's headers included (its tbf queue's count); copies: of S)");
     Ok(())
 }
 

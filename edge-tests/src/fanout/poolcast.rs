@@ -397,17 +397,15 @@ fn seconds<T>(got: &[(f64, T)]) -> Vec<(usize, usize, f64)> {
     out
 }
 
-/// A host's `eth0` sent bytes every half second, read by a shell loop in its namespace:
-/// how busy its uplink was over the run (the bound needs it busy from start to end).
+/// A host's `eth0` sent bytes, headers included ([`super::setup::WIRE_BYTES`]), every half
+/// second, read by a shell loop in its namespace: how busy its uplink was over the run (the
+/// bound needs it busy from start to end).
 struct Sampler(Loop);
 
 impl Sampler {
     fn start(host: &Host) -> Option<Sampler> {
-        Loop::start(
-            &["ip", "netns", "exec", &host.ns, "sh"],
-            &timed("{ print }", "/sys/class/net/eth0/statistics/tx_bytes"),
-        )
-        .map(Sampler)
+        let command = format!("{}; {}", timed("{ print }", ""), super::setup::WIRE_BYTES);
+        Loop::start(&["ip", "netns", "exec", &host.ns, "sh"], &command).map(Sampler)
     }
 
     /// Prints the uplink's use per second, as a fraction of its rate.
@@ -429,22 +427,21 @@ impl Sampler {
     }
 }
 
-/// Every port's sent bytes in the hub (`/proc/net/dev` there) every half second: what each
-/// node downloaded, so a slow end shows whether the nodes' downlinks were full (the bound on
-/// equal links needs them full from start to end) or waited.
+/// Every port's sent bytes in the hub every half second, headers included (its `tbf` queue's
+/// count, as [`super::setup::WIRE_BYTES`] says why): what each node downloaded, so a slow end
+/// shows whether the nodes' downlinks were full (the bound on equal links needs them full from
+/// start to end) or waited.
 struct DownSampler(Loop);
 
 impl DownSampler {
     fn start(s: &Setup) -> Option<DownSampler> {
-        Loop::start(
-            &["ip", "netns", "exec", s.bed.hub(), "sh"],
-            // PORT=SENT for every port (its rx fields come first)
-            &timed(
-                r#"{ sub(/:/, " ") } $1 ~ /^h[0-9]+$/ { printf "%s=%s ", $1, $10 } END { print "" }"#,
-                "/proc/net/dev",
-            ),
-        )
-        .map(DownSampler)
+        // PORT=SENT for every port's tbf queue.
+        let command = format!(
+            "{}; tc -s qdisc show | {}",
+            timed("{ print }", ""),
+            r#"awk '$1 == "qdisc" { dev = ($2 == "tbf") ? $5 : "" } $1 == "Sent" && dev ~ /^h[0-9]+$/ { printf "%s=%s ", dev, $2 } END { print "" }'"#
+        );
+        Loop::start(&["ip", "netns", "exec", s.bed.hub(), "sh"], &command).map(DownSampler)
     }
 
     /// Prints, per second, the nodes' downlinks' use (all nodes' bytes against all their

@@ -32,6 +32,13 @@ pub struct Blob {
     pub size: u64,
 }
 
+/// A shell command printing the bytes `eth0` has sent, frames' headers included: its `tbf`
+/// queue's count, which charges each segment of an offloaded batch (TSO/GSO) its own headers,
+/// as the link does. The interface's `tx_bytes` counts one set of headers per batch: 4 % short
+/// at MTU 1500 (a link measured 0.96 busy that was 1.00 busy), 0.1 % at 9000. A host with
+/// no `tbf` (unshaped) falls back to `tx_bytes`.
+pub const WIRE_BYTES: &str = "q=$(tc -s qdisc show dev eth0 | awk '$1 == \"qdisc\" { tbf = ($2 == \"tbf\") } tbf && $1 == \"Sent\" { print $2; exit }'); [ -n \"$q\" ] || q=$(cat /sys/class/net/eth0/statistics/tx_bytes); echo \"$q\"";
+
 pub struct Setup {
     pub bed: Bed,
     pub origin: Host,
@@ -122,12 +129,11 @@ impl Setup {
         })
     }
 
-    /// Bytes that have left `host`'s `eth0`, headers included.
+    /// Bytes that have left `host`'s `eth0`, every frame's headers included: what its
+    /// shaping queue sent ([`WIRE_BYTES`]).
     pub fn tx_bytes(&self, host: &Host) -> Result<u64> {
-        let out = self
-            .bed
-            .run_ok(host, "cat", &["/sys/class/net/eth0/statistics/tx_bytes"])?;
-        out.trim().parse().context("tx_bytes")
+        let out = self.bed.run_ok(host, "sh", &["-c", WIRE_BYTES])?;
+        out.trim().parse().context("sent bytes")
     }
 
     /// TCP segments `host` has sent and retransmitted, connections it accepted
