@@ -1050,3 +1050,96 @@ fn a_blob_closed_with_pushes_queued_on_a_lane_leaves_the_lane_free() {
         .collect();
     assert_eq!(offered.len(), 2, "{a:?}");
 }
+
+/// The scheduler says every piece is in the pool.
+fn all_released(n: &mut Node, at: Duration) -> Vec<Action> {
+    handle(
+        n,
+        at,
+        Event::Fresh {
+            task: T,
+            pieces: vec![],
+            all_released: true,
+            move_on: true,
+        },
+    )
+}
+
+/// `peer` offers `piece` at `at`.
+fn offered(n: &mut Node, at: Duration, peer: PeerId, piece: u32) -> Vec<Action> {
+    handle(
+        n,
+        at,
+        Event::Offered {
+            peer,
+            task: T,
+            piece,
+        },
+    )
+}
+
+/// The mirror's transfer of `piece` has brought `bytes` by `at`.
+fn progress(n: &mut Node, at: Duration, piece: u32, bytes: u64) {
+    handle(
+        n,
+        at,
+        Event::Progress {
+            task: T,
+            piece,
+            bytes,
+        },
+    );
+}
+
+#[test]
+fn help_that_is_moving_keeps_its_piece_unless_a_peer_is_far_sooner() {
+    let mut n = node(4, &[0], Mode::P2p, &[(1, &[0, 1, 2, 3])]);
+    let f = fetches(&all_released(&mut n, ms(0)));
+    assert_eq!(f.len(), 1, "{f:?}");
+    let help = f[0].0;
+    // A push from the peer measures its rate: 1 MiB in 100 ms.
+    let q = (1..4).find(|&p| p != help).expect("another missing piece");
+    let a = offered(&mut n, ms(10), 1, q);
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 1,
+            task: T,
+            piece: q
+        }),
+        "{a:?}"
+    );
+    let from = From::Peer(1);
+    handle(
+        &mut n,
+        ms(110),
+        Event::Done {
+            task: T,
+            piece: q,
+            from,
+        },
+    );
+    // Half the piece came from the mirror in 200 ms: 200 ms to go, against 100 ms for a push.
+    progress(&mut n, ms(200), help, 512 * 1024);
+    let a = offered(&mut n, ms(200), 1, help);
+    let why = Refusal::Receiving;
+    assert!(
+        a.contains(&Action::Refuse {
+            peer: 1,
+            task: T,
+            piece: help,
+            why
+        }),
+        "the mirror's bytes so far are not thrown away for a push only twice as quick: {a:?}"
+    );
+    assert!(!a.iter().any(|x| matches!(x, Action::CancelMirror { .. })));
+    // Much later with next to nothing more: the help crawls, and the peer takes the piece.
+    progress(&mut n, ms(20_000), help, 520 * 1024);
+    let a = offered(&mut n, ms(20_000), 1, help);
+    assert!(
+        a.contains(&Action::CancelMirror {
+            task: T,
+            first: help
+        }),
+        "{a:?}"
+    );
+}
