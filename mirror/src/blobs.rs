@@ -190,31 +190,39 @@ pub async fn get(
             let span = span(range, entry.size, range_text)?;
             let share = share(state, ctx, Some(span.end + 1 - span.start)).await?;
             let body = share.wrap(file_stream(file, span.start, span.end + 1));
-            let (start, end) = (span.start, span.end);
-            let mut resp = respond(state, ctx, &digest, span, Some(entry.size), body);
-            add_proofs(
-                state, ctx, req, &digest, None, entry.size, start, end, &mut resp,
-            )
-            .await;
-            Ok(resp)
+            let known = Known {
+                ingest: None,
+                size: entry.size,
+            };
+            Ok(respond_proven(state, ctx, req, &digest, known, span, body).await)
         }
         Source::Ingest(ingest) => {
-            let mut resp = serve_ingest(state, ctx, &digest, &ingest, range, range_text).await?;
-            if let Some((start, end, size)) = range_of(&resp) {
-                let at = Some(&*ingest);
-                add_proofs(state, ctx, req, &digest, at, size, start, end, &mut resp).await;
-            }
-            Ok(resp)
+            serve_ingest(state, ctx, req, &digest, &ingest, range, range_text).await
         }
     }
 }
 
-/// The bytes a 206 answer holds and the blob's size, from its `Content-Range`.
-fn range_of(resp: &HttpResponse) -> Option<(u64, u64, u64)> {
-    let text = resp.headers().get("content-range")?.to_str().ok()?;
-    let (span, size) = text.strip_prefix("bytes ")?.split_once('/')?;
-    let (start, end) = span.split_once('-')?;
-    Some((start.parse().ok()?, end.parse().ok()?, size.parse().ok()?))
+/// Where the digests of a blob being answered are kept (its ingest while it arrives, else the
+/// store), and its size.
+struct Known<'a> {
+    ingest: Option<&'a Ingest>,
+    size: u64,
+}
+
+/// [`respond`], with the proofs of the range's pieces whose digests are known ([`add_proofs`]).
+async fn respond_proven(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    req: &HttpRequest,
+    digest: &Digest,
+    known: Known<'_>,
+    span: Span,
+    body: impl Stream<Item = storage::Result<Bytes>> + 'static,
+) -> HttpResponse {
+    let (start, end) = (span.start, span.end);
+    let mut resp = respond(state, ctx, digest, span, Some(known.size), body);
+    add_proofs(state, ctx, req, digest, &known, start, end, &mut resp).await;
+    resp
 }
 
 /// For an agent that names its piece size (`storage::pieces::PIECE_SIZE_HEADER`): the proofs
@@ -226,8 +234,7 @@ async fn add_proofs(
     ctx: &Ctx<'_>,
     req: &HttpRequest,
     digest: &Digest,
-    ingest: Option<&Ingest>,
-    size: u64,
+    known: &Known<'_>,
     start: u64,
     end: u64,
     resp: &mut HttpResponse,
@@ -245,6 +252,7 @@ async fn add_proofs(
     else {
         return;
     };
+    let (ingest, size) = (known.ingest, known.size);
     let known = crate::pieces::known_proofs(state, digest, ingest, size, piece_size, start, end);
     let Some(proofs) = known.await else {
         return;
@@ -261,6 +269,7 @@ async fn add_proofs(
 async fn serve_ingest(
     state: &web::Data<AppState>,
     ctx: &Ctx<'_>,
+    req: &HttpRequest,
     digest: &Digest,
     ingest: &Arc<Ingest>,
     range: Option<RangeSpec>,
@@ -276,7 +285,11 @@ async fn serve_ingest(
             let span = span(range, size, range_text)?;
             let share = share(state, ctx, Some(span.end + 1 - span.start)).await?;
             let body = share.wrap(ingest.stream(span.start, Some(span.end + 1)));
-            Ok(respond(state, ctx, digest, span, Some(size), body))
+            let known = Known {
+                ingest: Some(ingest),
+                size,
+            };
+            Ok(respond_proven(state, ctx, req, digest, known, span, body).await)
         }
         // Upstream did not say how long the blob is: stream it whole, chunked.
         None => {

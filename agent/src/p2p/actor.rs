@@ -58,7 +58,6 @@ struct TaskRt {
     /// The mirror's proofs of this node's pieces (the download's, kept once it ends), sent to
     /// peers ahead of a piece. `None` for a blob opened from the cache.
     proofs: Option<crate::download::Proofs>,
-
     idle_since: Option<Instant>,
 }
 
@@ -75,7 +74,6 @@ impl TaskRt {
         TaskRt {
             joined: download.is_none(),
             proofs: download.as_ref().map(|d| d.proofs.clone()),
-
             digest,
             layout,
             file,
