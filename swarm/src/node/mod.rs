@@ -331,6 +331,8 @@ pub struct Node {
     /// Every p2p download here has all its pieces in the pool: the mirror's uplink is free of
     /// fresh pieces (for the blobs this node pulls), so it may help the tail.
     released: bool,
+    /// Blobs opened so far: each task's place in the order the client asked for them.
+    opened: u64,
 }
 
 impl Node {
@@ -346,6 +348,7 @@ impl Node {
             dirty: true,
             peer_rate: None,
             released: false,
+            opened: 0,
         }
     }
 
@@ -565,6 +568,8 @@ impl Node {
             return;
         }
         let mut task = Task::new(pieces, piece_len, mode, now);
+        task.order = self.opened;
+        self.opened += 1;
         if have.len() == pieces {
             for piece in have.iter() {
                 task.gain(self.seed, piece);

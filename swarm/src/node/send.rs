@@ -7,12 +7,13 @@ use crate::mix;
 use std::time::Duration;
 
 impl Node {
-    /// A peer whose lane can take an offer, with a piece held here that it lacks: the member
+    /// A peer whose lane can take an offer, with a piece held here that it lacks: of the blob
+    /// opened first (the client waits for it; blobs fetched ahead of it come after), the member
     /// holding least first (keeping every node in step with the mirror leaves no node a long
     /// tail), and for it the rarest such piece (fresh pieces move first).
     pub(super) fn pick_offer(&self, now: Duration) -> Option<(PeerId, TaskId, u32)> {
         let room = self.uploading < self.cfg.upload_slots;
-        let mut candidates: Vec<((u32, u64), TaskId, PeerId)> = Vec::new();
+        let mut candidates: Vec<((u64, u32, u64), TaskId, PeerId)> = Vec::new();
         for (&id, task) in &self.tasks {
             if task.backlog() == 0 {
                 continue;
@@ -26,7 +27,11 @@ impl Node {
                 if !open || p.busy_until.is_some_and(|t| now < t) {
                     continue;
                 }
-                candidates.push(((m.holding(), mix(self.seed ^ peer, id)), id, peer));
+                candidates.push((
+                    (task.order, m.holding(), mix(self.seed ^ peer, id)),
+                    id,
+                    peer,
+                ));
             }
         }
         candidates.sort_unstable();

@@ -95,6 +95,9 @@ pub(super) struct Peer {
 #[derive(Debug)]
 pub(super) struct Task {
     pub mode: Mode,
+    /// Its place among the node's blobs, in the order they were opened: a lane moves the
+    /// earliest first (a client such as skopeo waits for the first of an image's layers).
+    pub order: u64,
     /// Bytes of a whole piece (the last one may be shorter).
     pub piece_len: u64,
     pub state: Vec<State>,
@@ -141,6 +144,7 @@ impl Task {
     pub fn new(pieces: u32, piece_len: u64, mode: Mode, now: Duration) -> Task {
         Task {
             mode,
+            order: 0,
             piece_len,
             state: vec![State::Missing; pieces as usize],
             have: PieceSet::empty(pieces),

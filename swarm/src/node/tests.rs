@@ -1143,3 +1143,43 @@ fn help_that_is_moving_keeps_its_piece_unless_a_peer_is_far_sooner() {
         "{a:?}"
     );
 }
+
+/// A blob opened earlier moves first: a client such as skopeo reads an image's layers in
+/// order and waits for the first, while the agent fetches the later ones ahead.
+#[test]
+fn a_lane_moves_the_blob_opened_first_before_later_ones() {
+    const U: TaskId = 8;
+    // Peer 2 holds one piece of the first blob and none of the second: holding least
+    // would pick the second.
+    let mut n = node(4, &[0, 1, 2, 3], Mode::P2p, &[(2, &[0])]);
+    let mut out = Vec::new();
+    n.handle(
+        ms(0),
+        Event::Open {
+            task: U,
+            pieces: 4,
+            piece_len: 1 << 20,
+            have: set(4, &[0, 1, 2, 3]),
+            mode: Mode::P2p,
+        },
+        &mut out,
+    );
+    n.handle(
+        ms(0),
+        Event::Joined {
+            peer: 2,
+            task: U,
+            have: set(4, &[]),
+            receiving: PieceSet::empty(4),
+        },
+        &mut out,
+    );
+    let tasks: Vec<TaskId> = decide(&mut n, ms(1))
+        .iter()
+        .filter_map(|a| match a {
+            Action::Offer { task, .. } => Some(*task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tasks, vec![T, T], "the first blob's pieces go first");
+}
