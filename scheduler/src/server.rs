@@ -571,18 +571,23 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_a_thousand_requests_wait_per_blob() {
-        let state = joined(MAX_WAITING_PER_BLOB + 65);
+        let leased = swarm::release::MAX_IN_FLIGHT as usize;
+        let state = joined(MAX_WAITING_PER_BLOB + leased + 1);
         let mut waiting = Vec::new();
-        for i in 0..MAX_WAITING_PER_BLOB + 64 {
+        for i in 0..MAX_WAITING_PER_BLOB + leased {
             match state.ask_fresh(&fresh_from(&format!("n{i:04}"), &[], true)) {
                 Ok(Asked::Wait(w)) => waiting.push(w),
                 Ok(Asked::Now(answer)) => assert_eq!(answer.pieces.len(), 1, "{i}"),
                 Err(e) => panic!("{i}: {e}"),
             }
         }
-        assert_eq!(waiting.len(), MAX_WAITING_PER_BLOB, "64 leased at once");
+        assert_eq!(
+            waiting.len(),
+            MAX_WAITING_PER_BLOB,
+            "{leased} leased at once"
+        );
         assert_eq!(state.metrics.fresh_waiting.get(), 1000);
-        let last = format!("n{:04}", MAX_WAITING_PER_BLOB + 64);
+        let last = format!("n{:04}", MAX_WAITING_PER_BLOB + leased);
         let refused = state.ask_fresh(&fresh_from(&last, &[], true));
         assert!(matches!(refused, Err(Error::Capacity(_))));
         // Only reporting is still taken.
@@ -623,29 +628,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_grant_that_reached_a_request_whose_client_went_away_goes_to_its_next() {
-        let state = joined(33);
-        for i in 0..32 {
+        let state = joined(17);
+        for i in 0..16 {
             for _ in 0..2 {
                 let asked = state.ask_fresh(&fresh_from(&format!("n{i:04}"), &[], true));
                 assert!(matches!(asked, Ok(Asked::Now(_))));
             }
         }
-        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0032", &[], true)) else {
-            panic!("64 leases out: n0032 waits");
+        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0016", &[], true)) else {
+            panic!("32 leases out: n0016 waits");
         };
         gone.state = Some(state.clone());
-        // n0000 completes piece 0: the lease goes to n0032's request, whose client has gone.
+        // n0000 completes piece 0: the lease goes to n0016's request, whose client has gone.
         let asked = state.ask_fresh(&fresh_from("n0000", &[0], false));
         assert!(matches!(asked, Ok(Asked::Now(_))));
         drop(gone);
         assert_eq!(state.metrics.fresh_waiting.get(), 0);
-        match state.ask_fresh(&fresh_from("n0032", &[], true)) {
-            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![64]),
+        match state.ask_fresh(&fresh_from("n0016", &[], true)) {
+            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![32]),
             _ => panic!("the kept grant is answered at once"),
         }
         // A request that goes away unanswered stops waiting.
-        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0032", &[], true)) else {
-            panic!("n0032 waits again");
+        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0016", &[], true)) else {
+            panic!("n0016 waits again");
         };
         gone.state = Some(state.clone());
         drop(gone);
@@ -655,8 +660,8 @@ mod tests {
             .ask_fresh(&fresh_from("n0001", &[2], false))
             .expect("report");
         assert_eq!(state.metrics.fresh_leases.get(), leased, "nobody waits");
-        match state.ask_fresh(&fresh_from("n0032", &[], true)) {
-            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![65]),
+        match state.ask_fresh(&fresh_from("n0016", &[], true)) {
+            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![33]),
             _ => panic!("a lease is free"),
         }
     }

@@ -274,20 +274,21 @@ fn fresh_pieces_go_to_waiting_members_two_leases_each() {
     assert!(report.grant.is_none() && !report.all_released);
 }
 
-/// 32 members holding two leases each (64: the most out at once), and `late`, a 33rd,
-/// waiting. Returns `late`'s holder key.
+/// Members holding two leases each (`MAX_IN_FLIGHT`: the most out at once), and `late`, one
+/// more, waiting. Returns `late`'s holder key; the next fresh piece is `MAX_IN_FLIGHT`.
 fn crowd(r: &mut PeerRegistry, t0: Instant) -> Holder {
-    for i in 0..32 {
+    let members = swarm::release::MAX_IN_FLIGHT / 2;
+    for i in 0..members {
         join(r, &format!("m{i:02}"), "a", t0);
     }
     join(r, "late", "a", t0);
-    for i in 0..32 {
+    for i in 0..members {
         let id = format!("m{i:02}");
         let first = 2 * i;
         assert_eq!(fresh(r, &id, &[], t0), Some(vec![first]));
         assert_eq!(fresh(r, &id, &[], t0), Some(vec![first + 1]));
     }
-    assert_eq!(fresh(r, "late", &[], t0), None, "64 leases out");
+    assert_eq!(fresh(r, "late", &[], t0), None, "every lease out");
     r.fresh(&ask("late", "a", &[], true), t0)
         .expect("fresh")
         .key
@@ -303,7 +304,10 @@ fn a_completion_hands_the_freed_lease_to_the_member_waiting_longest() {
     // m00 reports piece 0 without waiting: its lease goes to the waiting request of late.
     let report = r.fresh(&ask("m00", "a", &[0], false), t0).expect("report");
     assert!(report.grant.is_none());
-    assert_eq!(delivered(&mut r), vec![(late, vec![64])]);
+    assert_eq!(
+        delivered(&mut r),
+        vec![(late, vec![swarm::release::MAX_IN_FLIGHT])]
+    );
 }
 
 #[test]
@@ -329,10 +333,13 @@ fn lapsed_leases_and_silent_peers_give_their_pieces_back() {
     let t0 = Instant::now();
     let mut r = registry(&[], t0);
     let late = crowd(&mut r, t0);
-    // At 10 s m00 completes piece 0: late's lease of piece 64 starts then.
+    // At 10 s m00 completes piece 0: late's lease of the next fresh piece starts then.
     let t10 = t0 + secs(10);
     r.fresh(&ask("m00", "a", &[0], false), t10).expect("report");
-    assert_eq!(delivered(&mut r), vec![(late, vec![64])]);
+    assert_eq!(
+        delivered(&mut r),
+        vec![(late, vec![swarm::release::MAX_IN_FLIGHT])]
+    );
     assert_eq!(fresh(&mut r, "late", &[], t10), None);
     // The leases made at 0 s lapse at 15 s (sourceAssignTimeout): late gets the lowest.
     r.sweep(t0 + secs(14));
