@@ -7,17 +7,24 @@ use crate::mix;
 use std::time::Duration;
 
 impl Node {
-    /// A peer whose lane can take an offer, with a piece held here that it lacks: of the blob
-    /// opened first (the client waits for it; blobs fetched ahead of it come after), the member
-    /// holding least first (keeping every node in step with the mirror leaves no node a long
-    /// tail), and for it the rarest such piece (fresh pieces move first).
+    /// A peer whose lane can take an offer, with a piece held here that it lacks: a blob with a
+    /// piece only this node holds first (fresh from the mirror: held back, it would leave the
+    /// pool a tail only this uplink can serve), then the blob opened first (the client waits
+    /// for it; blobs fetched ahead of it come after); in it the member holding least (keeping
+    /// every node in step with the mirror leaves no node a long tail), and for it the rarest
+    /// such piece.
     pub(super) fn pick_offer(&self, now: Duration) -> Option<(PeerId, TaskId, u32)> {
         let room = self.uploading < self.cfg.upload_slots;
-        let mut candidates: Vec<((u64, u32, u64), TaskId, PeerId)> = Vec::new();
+        // (a piece held here alone?, blob's order, member's holding, tie-break), blob, member.
+        type Candidate = ((bool, u64, u32, u64), TaskId, PeerId);
+        let mut candidates: Vec<Candidate> = Vec::new();
         for (&id, task) in &self.tasks {
             if task.backlog() == 0 {
                 continue;
             }
+            // `rank` leads with the held piece fewest members hold or receive: none, it is
+            // held here alone.
+            let shared = task.rank.first().is_none_or(|k| k.0 != 0);
             for (&peer, m) in &task.members {
                 let Some(p) = self.peers.get(&peer) else {
                     continue;
@@ -28,7 +35,7 @@ impl Node {
                     continue;
                 }
                 candidates.push((
-                    (task.order, m.holding(), mix(self.seed ^ peer, id)),
+                    (shared, task.order, m.holding(), mix(self.seed ^ peer, id)),
                     id,
                     peer,
                 ));

@@ -1144,42 +1144,76 @@ fn help_that_is_moving_keeps_its_piece_unless_a_peer_is_far_sooner() {
     );
 }
 
-/// A blob opened earlier moves first: a client such as skopeo reads an image's layers in
-/// order and waits for the first, while the agent fetches the later ones ahead.
-#[test]
-fn a_lane_moves_the_blob_opened_first_before_later_ones() {
-    const U: TaskId = 8;
-    // Peer 2 holds one piece of the first blob and none of the second: holding least
-    // would pick the second.
-    let mut n = node(4, &[0, 1, 2, 3], Mode::P2p, &[(2, &[0])]);
+/// Opens blob `task` here holding `have` of its `pieces`, with members `(peer, their pieces)`.
+fn open_with(n: &mut Node, task: TaskId, pieces: u32, have: &[u32], members: &[(PeerId, &[u32])]) {
     let mut out = Vec::new();
     n.handle(
         ms(0),
         Event::Open {
-            task: U,
-            pieces: 4,
+            task,
+            pieces,
             piece_len: 1 << 20,
-            have: set(4, &[0, 1, 2, 3]),
+            have: set(pieces, have),
             mode: Mode::P2p,
         },
         &mut out,
     );
-    n.handle(
-        ms(0),
-        Event::Joined {
-            peer: 2,
-            task: U,
-            have: set(4, &[]),
-            receiving: PieceSet::empty(4),
-        },
-        &mut out,
-    );
-    let tasks: Vec<TaskId> = decide(&mut n, ms(1))
+    for &(peer, theirs) in members {
+        n.handle(
+            ms(0),
+            Event::Joined {
+                peer,
+                task,
+                have: set(pieces, theirs),
+                receiving: PieceSet::empty(pieces),
+            },
+            &mut out,
+        );
+    }
+}
+
+fn offered_tasks(actions: &[Action]) -> Vec<TaskId> {
+    actions
         .iter()
         .filter_map(|a| match a {
             Action::Offer { task, .. } => Some(*task),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// A blob opened earlier moves first: a client such as skopeo reads an image's layers in
+/// order and waits for the first, while the agent fetches the later ones ahead.
+#[test]
+fn a_lane_moves_the_blob_opened_first_before_later_ones() {
+    const U: TaskId = 8;
+    // Peer 2 holds one piece of the first blob and none of the second (holding least would
+    // pick the second); peer 3 holds both, so no piece here is held here alone.
+    let mut n = node(
+        4,
+        &[0, 1, 2, 3],
+        Mode::P2p,
+        &[(2, &[0]), (3, &[0, 1, 2, 3])],
+    );
+    open_with(&mut n, U, 4, &[0, 1, 2, 3], &[(2, &[]), (3, &[0, 1, 2, 3])]);
+    let tasks = offered_tasks(&decide(&mut n, ms(1)));
     assert_eq!(tasks, vec![T, T], "the first blob's pieces go first");
+}
+
+/// A piece nobody else holds moves first whatever its blob: held back behind an earlier blob,
+/// it would be the pool's tail, with this one uplink to serve it.
+#[test]
+fn a_piece_held_here_alone_moves_before_an_earlier_blobs_pieces() {
+    const U: TaskId = 8;
+    let mut n = node(
+        4,
+        &[0, 1, 2, 3],
+        Mode::P2p,
+        &[(2, &[0]), (3, &[0, 1, 2, 3])],
+    );
+    // Piece 0 of the later blob came from the mirror: nobody else has it.
+    open_with(&mut n, U, 4, &[0], &[(2, &[]), (3, &[])]);
+    let tasks = offered_tasks(&decide(&mut n, ms(1)));
+    assert_eq!(tasks.first(), Some(&U), "{tasks:?}");
+    assert!(tasks.contains(&T), "the earlier blob follows: {tasks:?}");
 }
