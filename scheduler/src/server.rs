@@ -628,29 +628,32 @@ mod tests {
 
     #[tokio::test]
     async fn a_grant_that_reached_a_request_whose_client_went_away_goes_to_its_next() {
-        let state = joined(17);
-        for i in 0..16 {
+        // Every lease out, two to each member, and one member more, whose requests wait.
+        let members = swarm::release::MAX_IN_FLIGHT / 2;
+        let late = format!("n{members:04}");
+        let state = joined(members as usize + 1);
+        for i in 0..members {
             for _ in 0..2 {
                 let asked = state.ask_fresh(&fresh_from(&format!("n{i:04}"), &[], true));
                 assert!(matches!(asked, Ok(Asked::Now(_))));
             }
         }
-        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0016", &[], true)) else {
-            panic!("32 leases out: n0016 waits");
+        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from(&late, &[], true)) else {
+            panic!("every lease out: {late} waits");
         };
         gone.state = Some(state.clone());
-        // n0000 completes piece 0: the lease goes to n0016's request, whose client has gone.
+        // n0000 completes piece 0: the lease goes to the late request, whose client has gone.
         let asked = state.ask_fresh(&fresh_from("n0000", &[0], false));
         assert!(matches!(asked, Ok(Asked::Now(_))));
         drop(gone);
         assert_eq!(state.metrics.fresh_waiting.get(), 0);
-        match state.ask_fresh(&fresh_from("n0016", &[], true)) {
-            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![32]),
+        match state.ask_fresh(&fresh_from(&late, &[], true)) {
+            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![2 * members]),
             _ => panic!("the kept grant is answered at once"),
         }
         // A request that goes away unanswered stops waiting.
-        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from("n0016", &[], true)) else {
-            panic!("n0016 waits again");
+        let Ok(Asked::Wait(mut gone)) = state.ask_fresh(&fresh_from(&late, &[], true)) else {
+            panic!("{late} waits again");
         };
         gone.state = Some(state.clone());
         drop(gone);
@@ -660,8 +663,8 @@ mod tests {
             .ask_fresh(&fresh_from("n0001", &[2], false))
             .expect("report");
         assert_eq!(state.metrics.fresh_leases.get(), leased, "nobody waits");
-        match state.ask_fresh(&fresh_from("n0016", &[], true)) {
-            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![33]),
+        match state.ask_fresh(&fresh_from(&late, &[], true)) {
+            Ok(Asked::Now(answer)) => assert_eq!(answer.pieces, vec![2 * members + 1]),
             _ => panic!("a lease is free"),
         }
     }

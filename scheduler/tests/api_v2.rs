@@ -13,6 +13,10 @@ const DIGEST: &str = "sha256:666666666666666666666666666666666666666666666666666
 const PIECE: u64 = 4 << 20;
 const PIECES: u32 = 128;
 const SIZE: u64 = PIECES as u64 * PIECE;
+/// The next fresh piece once `crowd` holds every lease.
+const NEXT: u32 = swarm::release::MAX_IN_FLIGHT;
+/// Members `crowd` fills the leases with, two each.
+const MEMBERS: u32 = NEXT / 2;
 const POOL: &str = "np-1";
 
 fn peer(id: &str, pool: &str) -> PeerRef {
@@ -58,16 +62,16 @@ async fn until_waiting(metrics: &Metrics, waiting: i64) {
     }
 }
 
-/// 16 members holding two leases each (32, `swarm::release::MAX_IN_FLIGHT`: the most out at
-/// once) and `late`, a 17th, that has joined and holds none.
+/// Members holding two leases each (`swarm::release::MAX_IN_FLIGHT`, the most out at once:
+/// the next fresh piece is that number) and `late`, one more, that has joined and holds none.
 async fn crowd(c: &SchedulerClient) {
-    for i in 0..16 {
+    for i in 0..MEMBERS {
         c.join(&join_req(&format!("m{i:02}"), POOL))
             .await
             .expect("join");
     }
     c.join(&join_req("late", POOL)).await.expect("join");
-    for i in 0..16u32 {
+    for i in 0..MEMBERS {
         let id = format!("m{i:02}");
         for piece in [2 * i, 2 * i + 1] {
             let got = c.fresh(&ask(&id, &[], true)).await.expect("fresh");
@@ -95,24 +99,24 @@ async fn a_waiting_request_is_answered_when_another_member_completes_a_lease() {
     until_waiting(&s.metrics, 1).await;
     // m00 took piece 0 from the mirror: its lease ends, and the next goes to late at once.
     let report = c.fresh(&ask("m00", &[0], false)).await.expect("report");
-    // 96 of 128 pieces are left to lease, more than one window: no moving on yet
+    // Most of the 128 pieces are left to lease, more than one window: no moving on yet
     // (swarm::Releases::move_on).
     assert_eq!(report, FreshResponse::default());
     let (answer, took) = late.await.expect("late's request");
-    assert_eq!(answer.pieces, vec![32]);
+    assert_eq!(answer.pieces, vec![NEXT]);
     assert!(took < Duration::from_millis(1900), "{took:?}");
     assert_eq!(s.metrics.fresh_waiting.get(), 0);
-    assert_eq!(s.metrics.fresh_leases.get(), 33);
-    assert_eq!(s.metrics.joins.get(), 17);
+    assert_eq!(s.metrics.fresh_leases.get(), u64::from(NEXT) + 1);
+    assert_eq!(s.metrics.joins.get(), u64::from(MEMBERS) + 1);
     let text = s.metrics_text().await;
     for line in [
-        "poolcast_scheduler_joins_total 17",
-        "poolcast_scheduler_fresh_leases_total 33",
-        "poolcast_scheduler_fresh_waiting 0",
-        "poolcast_scheduler_peers 17",
-        "poolcast_scheduler_tasks 1",
+        format!("poolcast_scheduler_joins_total {}", MEMBERS + 1),
+        format!("poolcast_scheduler_fresh_leases_total {}", NEXT + 1),
+        "poolcast_scheduler_fresh_waiting 0".into(),
+        format!("poolcast_scheduler_peers {}", MEMBERS + 1),
+        "poolcast_scheduler_tasks 1".into(),
     ] {
-        assert!(text.contains(line), "{line} missing in:\n{text}");
+        assert!(text.contains(line.as_str()), "{line} missing in:\n{text}");
     }
     s.stop().await;
 }
@@ -133,7 +137,7 @@ async fn a_newer_request_of_the_same_peer_answers_the_older_one_empty() {
     let (answer, _) = newer.await.expect("newer request");
     assert_eq!(
         answer.pieces,
-        vec![32],
+        vec![NEXT],
         "the grant reached the open request"
     );
     s.stop().await;
@@ -151,7 +155,7 @@ async fn a_request_nobody_answers_comes_back_empty_after_the_long_poll() {
     // It waits no more: a lease freed now stays free for whoever asks next.
     c.fresh(&ask("m00", &[0], false)).await.expect("report");
     let got = c.fresh(&ask("late", &[], true)).await.expect("fresh");
-    assert_eq!(got.pieces, vec![32]);
+    assert_eq!(got.pieces, vec![NEXT]);
     s.stop().await;
 }
 

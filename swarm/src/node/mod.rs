@@ -331,7 +331,8 @@ pub struct Node {
     /// Every p2p download here has all its pieces in the pool: the mirror's uplink is free of
     /// fresh pieces (for the blobs this node pulls), so it may help the tail.
     released: bool,
-    /// Blobs opened so far: each task's place in the order the client asked for them.
+    /// Blobs opened here so far: each task's place in the order this node opened them (the
+    /// order its client asks for an image's blobs, which the agent opens ahead in that order).
     opened: u64,
 }
 
