@@ -85,7 +85,11 @@ impl Node {
             }
             Mode::P2p if task.all_released && released => {
                 task.assist_waiting = false;
-                let room = assist_parallel.min(task.assist_window).saturating_sub(busy) as usize;
+                // Every member may be helped at once: together they keep no more ranges on
+                // the mirror's uplink than the pool's leases do (`MAX_IN_FLIGHT`).
+                let share = crate::release::MAX_IN_FLIGHT / (task.members.len() as u32 + 1);
+                let cap = share.clamp(1, assist_parallel.max(1));
+                let room = cap.min(task.assist_window).saturating_sub(busy) as usize;
                 if room > 0 {
                     // The rarest missing pieces nobody is sending here.
                     let mut best: Vec<(u32, u64, u32)> = (0..task.pieces())

@@ -1217,3 +1217,32 @@ fn a_piece_held_here_alone_moves_before_an_earlier_blobs_pieces() {
     assert_eq!(tasks.first(), Some(&U), "{tasks:?}");
     assert!(tasks.contains(&T), "the earlier blob follows: {tasks:?}");
 }
+
+/// Help is shared out over the pool: with 15 members each node keeps at most two help ranges
+/// on the mirror's uplink (32 for the pool, as many as its leases), whatever its window.
+#[test]
+fn help_at_once_shrinks_with_the_pool() {
+    let all: Vec<u32> = (0..64).collect();
+    let members: Vec<(PeerId, &[u32])> = (1..=15).map(|p| (p, &all[..])).collect();
+    let mut n = node(64, &[0], Mode::P2p, &members);
+    let f = fetches(&all_released(&mut n, ms(0)));
+    assert_eq!(f.len(), 1, "{f:?}");
+    let done = |n: &mut Node, at: u64, piece: u32| {
+        fetches(&handle(
+            n,
+            ms(at),
+            Event::Done {
+                task: T,
+                piece,
+                from: From::Mirror,
+            },
+        ))
+    };
+    let f = done(&mut n, 10, f[0].0);
+    assert_eq!(f.len(), 2, "one arrived: two at once {f:?}");
+    // Another arrives: the window is three, but two are the most at once.
+    let g = done(&mut n, 20, f[0].0);
+    assert_eq!(g.len(), 1, "{g:?}");
+    let g = done(&mut n, 30, g[0].0);
+    assert_eq!(g.len(), 1, "{g:?}");
+}
