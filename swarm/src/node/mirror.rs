@@ -85,8 +85,9 @@ impl Node {
             }
             Mode::P2p if task.all_released && released => {
                 task.assist_waiting = false;
-                // Every member may be helped at once: together they keep no more ranges on
-                // the mirror's uplink than the pool's leases do (`MAX_IN_FLIGHT`).
+                // Each member takes its share: together the pool keeps no more help ranges on
+                // the mirror's uplink than leases (`MAX_IN_FLIGHT`; the members known here, at
+                // most the join's 40, stand for the pool).
                 let share = crate::release::MAX_IN_FLIGHT / (task.members.len() as u32 + 1);
                 let cap = share.clamp(1, assist_parallel.max(1));
                 let room = cap.min(task.assist_window).saturating_sub(busy) as usize;

@@ -95,8 +95,9 @@ pub(super) struct Peer {
 #[derive(Debug)]
 pub(super) struct Task {
     pub mode: Mode,
-    /// Its place among the node's blobs, in the order they were opened: a lane moves the
-    /// earliest first (a client such as skopeo waits for the first of an image's layers).
+    /// Its place among the node's blobs, in the order they were opened: after pieces held
+    /// here alone, a lane moves the earliest first (a client such as skopeo waits for the
+    /// first of an image's layers).
     pub order: u64,
     /// Bytes of a whole piece (the last one may be shorter).
     pub piece_len: u64,
