@@ -19,11 +19,24 @@ fn set(len: u32, pieces: &[u32]) -> PieceSet {
 /// A node in a blob of `pieces` pieces holding `have`, with members `(peer, their pieces)`.
 fn node(pieces: u32, have: &[u32], mode: Mode, members: &[(PeerId, &[u32])]) -> Node {
     let mut n = Node::new(Tunables::default(), 42);
+    open(&mut n, T, pieces, have, mode, members);
+    n
+}
+
+/// Opens blob `task` here holding `have` of its `pieces`, with members `(peer, their pieces)`.
+fn open(
+    n: &mut Node,
+    task: TaskId,
+    pieces: u32,
+    have: &[u32],
+    mode: Mode,
+    members: &[(PeerId, &[u32])],
+) {
     let mut out = Vec::new();
     n.handle(
         ms(0),
         Event::Open {
-            task: T,
+            task,
             pieces,
             piece_len: 1 << 20,
             have: set(pieces, have),
@@ -36,30 +49,18 @@ fn node(pieces: u32, have: &[u32], mode: Mode, members: &[(PeerId, &[u32])]) -> 
             ms(0),
             Event::Joined {
                 peer,
-                task: T,
+                task,
                 have: set(pieces, theirs),
                 receiving: PieceSet::empty(pieces),
             },
             &mut out,
         );
     }
-    n
 }
 
 /// Opens a second blob of `pieces` pieces, none held, in p2p mode.
 fn open_empty(n: &mut Node, task: TaskId, pieces: u32) {
-    let mut out = Vec::new();
-    n.handle(
-        ms(0),
-        Event::Open {
-            task,
-            pieces,
-            piece_len: 1 << 20,
-            have: set(pieces, &[]),
-            mode: Mode::P2p,
-        },
-        &mut out,
-    );
+    open(n, task, pieces, &[], Mode::P2p, &[]);
 }
 
 fn decide(n: &mut Node, now: Duration) -> Vec<Action> {
@@ -1144,34 +1145,6 @@ fn help_that_is_moving_keeps_its_piece_unless_a_peer_is_far_sooner() {
     );
 }
 
-/// Opens blob `task` here holding `have` of its `pieces`, with members `(peer, their pieces)`.
-fn open_with(n: &mut Node, task: TaskId, pieces: u32, have: &[u32], members: &[(PeerId, &[u32])]) {
-    let mut out = Vec::new();
-    n.handle(
-        ms(0),
-        Event::Open {
-            task,
-            pieces,
-            piece_len: 1 << 20,
-            have: set(pieces, have),
-            mode: Mode::P2p,
-        },
-        &mut out,
-    );
-    for &(peer, theirs) in members {
-        n.handle(
-            ms(0),
-            Event::Joined {
-                peer,
-                task,
-                have: set(pieces, theirs),
-                receiving: PieceSet::empty(pieces),
-            },
-            &mut out,
-        );
-    }
-}
-
 fn offered_tasks(actions: &[Action]) -> Vec<TaskId> {
     actions
         .iter()
@@ -1195,7 +1168,14 @@ fn a_lane_moves_the_blob_opened_first_before_later_ones() {
         Mode::P2p,
         &[(2, &[0]), (3, &[0, 1, 2, 3])],
     );
-    open_with(&mut n, U, 4, &[0, 1, 2, 3], &[(2, &[]), (3, &[0, 1, 2, 3])]);
+    open(
+        &mut n,
+        U,
+        4,
+        &[0, 1, 2, 3],
+        Mode::P2p,
+        &[(2, &[]), (3, &[0, 1, 2, 3])],
+    );
     let tasks = offered_tasks(&decide(&mut n, ms(1)));
     assert_eq!(tasks, vec![T, T], "the first blob's pieces go first");
 }
@@ -1212,7 +1192,7 @@ fn a_piece_held_here_alone_moves_before_an_earlier_blobs_pieces() {
         &[(2, &[0]), (3, &[0, 1, 2, 3])],
     );
     // Piece 0 of the later blob came from the mirror: nobody else has it.
-    open_with(&mut n, U, 4, &[0], &[(2, &[]), (3, &[])]);
+    open(&mut n, U, 4, &[0], Mode::P2p, &[(2, &[]), (3, &[])]);
     let tasks = offered_tasks(&decide(&mut n, ms(1)));
     assert_eq!(tasks.first(), Some(&U), "{tasks:?}");
     assert!(tasks.contains(&T), "the earlier blob follows: {tasks:?}");
