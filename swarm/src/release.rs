@@ -60,22 +60,33 @@ pub const MAX_IN_FLIGHT: u32 = 32;
 /// Runs are cut as if at least this many leases were out: the first node to reach a blob
 /// (one started ahead of its client, `storage::ahead`) gets runs no longer than in a pool of
 /// eight, not all of [`LEASED_BYTES`], which its downlink alone would take seconds to carry.
+/// Pools of fewer than eight get this many leases too (more than two per node), so that
+/// [`LEASED_BYTES`] are out whatever the pool's size: with two per node, a pool of two had
+/// 512 KiB out, a lone node 256 KiB, and the mirror's uplink waited on the round trips
+/// between leases (2 nodes 1.17, 4 nodes 1.10 of the bound on the fan-out bed; a lone node
+/// 1.30 in the simulator; docs/benchmarks.md, "Small pools keep the mirror busy").
 const RUN_FLOOR_IN_FLIGHT: u64 = 16;
 
 impl ReleaseConfig {
     /// The leases for a pool of `members` nodes taking a blob in `piece_size` pieces: two per
     /// node (the next asked for while the first is fetched), at most [`MAX_IN_FLIGHT`], and
-    /// runs long enough that [`LEASED_BYTES`] are out in all (with 8 nodes or more; fewer
-    /// members get the runs of 8). Measured in the simulator and on the fan-out bed
+    /// runs long enough that [`LEASED_BYTES`] are out in all. Fewer than eight members share
+    /// the leases of eight (each node then holds more than two), as many as [`LEASED_BYTES`]
+    /// holds of pieces this size. Measured in the simulator and on the fan-out bed
     /// (docs/benchmarks.md).
     pub fn for_pool(members: usize, piece_size: u64, lease: Duration) -> ReleaseConfig {
-        let in_flight = (members.saturating_mul(2)).clamp(2, MAX_IN_FLIGHT as usize) as u32;
+        let piece_size = piece_size.max(1);
+        let floor = (LEASED_BYTES / piece_size).clamp(1, RUN_FLOOR_IN_FLIGHT) as usize;
+        let in_flight = (members.saturating_mul(2))
+            .max(floor)
+            .clamp(2, MAX_IN_FLIGHT as usize) as u32;
         let cut = u64::from(in_flight).max(RUN_FLOOR_IN_FLIGHT);
-        let run = (LEASED_BYTES / (cut * piece_size.max(1))).max(1);
+        let run = (LEASED_BYTES / (cut * piece_size)).max(1);
+        let per_holder = in_flight.div_ceil(members.max(1) as u32).max(2);
         ReleaseConfig {
             in_flight,
             run: run.min(u64::from(u32::MAX)) as u32,
-            per_holder: 2,
+            per_holder,
             lease,
         }
     }
@@ -586,13 +597,30 @@ mod tests {
         let c = ReleaseConfig::for_pool(1000, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run), (MAX_IN_FLIGHT, 1));
         let c = ReleaseConfig::for_pool(1, 4 << 20, lease);
-        assert_eq!((c.in_flight, c.run), (2, 1));
+        assert_eq!((c.in_flight, c.run, c.per_holder), (2, 1, 2));
         let c = ReleaseConfig::for_pool(1, 64 << 10, lease);
         assert_eq!(
-            (c.in_flight, c.run),
-            (2, 2),
-            "a lone first member: runs of a pool of 8"
+            (c.in_flight, c.run, c.per_holder),
+            (16, 2, 16),
+            "a lone member: the leases and runs of a pool of 8, all its own"
         );
+        // Small pools keep LEASED_BYTES out: more than two leases each.
+        let c = ReleaseConfig::for_pool(2, 64 << 10, lease);
+        assert_eq!((c.in_flight, c.run, c.per_holder), (16, 2, 8));
+        let c = ReleaseConfig::for_pool(5, 64 << 10, lease);
+        assert_eq!((c.in_flight, c.run, c.per_holder), (16, 2, 4));
+        // ... counted in bytes: 256 KiB pieces, 8 leases of one piece.
+        let c = ReleaseConfig::for_pool(2, 256 << 10, lease);
+        assert_eq!((c.in_flight, c.run, c.per_holder), (8, 1, 4));
+        for (members, piece) in [(1, 64 << 10), (2, 64 << 10), (3, 128 << 10), (8, 64 << 10)] {
+            let c = ReleaseConfig::for_pool(members, piece, lease);
+            let out = u64::from(c.in_flight) * u64::from(c.run) * piece;
+            assert_eq!(out, LEASED_BYTES, "{members} members, {piece} B pieces");
+            assert!(
+                c.per_holder * members as u32 >= c.in_flight,
+                "every lease can be held"
+            );
+        }
         let c = ReleaseConfig::for_pool(0, 0, lease);
         assert!(c.in_flight >= 1 && c.run >= 1);
     }
