@@ -190,9 +190,10 @@ impl PeerRegistry {
     }
 
     fn remove_peer(&mut self, key: PeerKey, now: Instant) {
-        if self.peers.remove(key).is_none() {
+        let Some(peer) = self.peers.remove(key) else {
             return;
-        }
+        };
+        self.swarms.node_left(peer.pool);
         let freed = self.swarms.remove_peer(key, self.since(now));
         self.post(freed);
     }
@@ -215,6 +216,7 @@ impl PeerRegistry {
             return Err(Error::Capacity("too many peers"));
         }
         let key = self.peers.insert(id, addr, pool, now);
+        self.swarms.node_came(pool);
         self.update_gauges();
         Ok(key)
     }

@@ -121,17 +121,28 @@ struct Blob {
 }
 
 impl Blob {
-    fn release_config(&self, pools: &[PoolKey], lease: Duration) -> ReleaseConfig {
-        let members: u32 = pools
-            .iter()
-            .filter_map(|p| self.per_pool.get(p))
-            .fold(0, |a, &n| a.saturating_add(n));
-        ReleaseConfig::for_pool(members as usize, self.piece_size, lease)
+    /// The leases of the group of `pools`: sized for its members in this blob, and for the
+    /// live nodes of those pools (`nodes`), so a pool's first member to reach a blob is not
+    /// taken for a pool of one.
+    fn release_config(
+        &self,
+        pools: &[PoolKey],
+        nodes: &HashMap<PoolKey, u32>,
+        lease: Duration,
+    ) -> ReleaseConfig {
+        let count = |of: &HashMap<PoolKey, u32>| {
+            pools
+                .iter()
+                .filter_map(|p| of.get(p))
+                .fold(0u32, |a, &n| a.saturating_add(n)) as usize
+        };
+        ReleaseConfig::for_pool(count(&self.per_pool), count(nodes), self.piece_size, lease)
     }
 
     /// Runs `f` on every group's leases with that group's config; returns the grants made.
     fn each_group(
         &mut self,
+        nodes: &HashMap<PoolKey, u32>,
         lease: Duration,
         mut f: impl FnMut(&mut Releases, &ReleaseConfig) -> Vec<(Holder, Grant)>,
     ) -> Vec<Grants> {
@@ -141,7 +152,7 @@ impl Blob {
             let Some(cfg) = self
                 .groups
                 .get(&key)
-                .map(|g| self.release_config(&g.pools, lease))
+                .map(|g| self.release_config(&g.pools, nodes, lease))
             else {
                 continue;
             };
@@ -187,6 +198,8 @@ pub(crate) struct Swarms {
     lease: Duration,
     blobs: HashMap<String, Blob>,
     by_peer: HashMap<PeerKey, HashSet<String>>,
+    /// Live nodes per pool (the registry's peers), whatever blobs they take part in.
+    nodes: HashMap<PoolKey, u32>,
 }
 
 impl Swarms {
@@ -196,6 +209,22 @@ impl Swarms {
             lease,
             blobs: HashMap::new(),
             by_peer: HashMap::new(),
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// A node of `pool` registered.
+    pub fn node_came(&mut self, pool: PoolKey) {
+        *self.nodes.entry(pool).or_default() += 1;
+    }
+
+    /// A node of `pool` is gone.
+    pub fn node_left(&mut self, pool: PoolKey) {
+        if let Some(n) = self.nodes.get_mut(&pool) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.nodes.remove(&pool);
+            }
         }
     }
 
@@ -342,7 +371,7 @@ impl Swarms {
             .get_mut(&who.key)
             .filter(|m| m.holder == who.holder)?;
         m.seen = now;
-        let cfg = b.release_config(group.pools, lease);
+        let cfg = b.release_config(group.pools, &self.nodes, lease);
         let pieces = b.pieces;
         let g = b.groups.entry(group.key).or_insert_with(|| Group {
             pools: group.pools.to_vec(),
@@ -411,7 +440,7 @@ impl Swarms {
         let Some(cfg) = b
             .groups
             .get(&group)
-            .map(|g| b.release_config(&g.pools, lease))
+            .map(|g| b.release_config(&g.pools, &self.nodes, lease))
         else {
             return (false, false);
         };
@@ -445,7 +474,7 @@ impl Swarms {
             self.blobs.remove(digest);
             return Vec::new();
         }
-        let grants = b.each_group(lease, |r, cfg| r.leave(cfg, m.holder, now));
+        let grants = b.each_group(&self.nodes, lease, |r, cfg| r.leave(cfg, m.holder, now));
         deliveries(digest, grants).collect()
     }
 
@@ -494,7 +523,7 @@ impl Swarms {
         }
         let lease = self.lease;
         for (digest, b) in &mut self.blobs {
-            let grants = b.each_group(lease, |r, cfg| r.expire(cfg, now));
+            let grants = b.each_group(&self.nodes, lease, |r, cfg| r.expire(cfg, now));
             out.extend(deliveries(digest, grants));
         }
         out

@@ -60,7 +60,7 @@ pub const MAX_IN_FLIGHT: u32 = 32;
 /// Runs are cut as if at least this many leases were out: the first node to reach a blob
 /// (one started ahead of its client, `storage::ahead`) gets runs no longer than in a pool of
 /// eight, not all of [`LEASED_BYTES`], which its downlink alone would take seconds to carry.
-/// Pools of fewer than eight get this many leases too (more than two per node), so that
+/// Pools of fewer than eight nodes get this many leases too (more than two per node), so that
 /// [`LEASED_BYTES`] are out whatever the pool's size: with two per node, a pool of two had
 /// 512 KiB out, a lone node 256 KiB, and the mirror's uplink waited on the round trips
 /// between leases (2 nodes 1.17, 4 nodes 1.10 of the bound on the fan-out bed; a lone node
@@ -68,21 +68,31 @@ pub const MAX_IN_FLIGHT: u32 = 32;
 const RUN_FLOOR_IN_FLIGHT: u64 = 16;
 
 impl ReleaseConfig {
-    /// The leases for a pool of `members` nodes taking a blob in `piece_size` pieces: two per
-    /// node (the next asked for while the first is fetched), at most [`MAX_IN_FLIGHT`], and
-    /// runs long enough that [`LEASED_BYTES`] are out in all. Fewer than eight members share
-    /// the leases of eight (each node then holds more than two), as many as [`LEASED_BYTES`]
-    /// holds of pieces this size. Measured in the simulator and on the fan-out bed
-    /// (docs/benchmarks.md).
-    pub fn for_pool(members: usize, piece_size: u64, lease: Duration) -> ReleaseConfig {
+    /// The leases for `members` nodes taking a blob in `piece_size` pieces, in pools of
+    /// `nodes` live nodes: two per member (the next asked for while the first is fetched), at
+    /// most [`MAX_IN_FLIGHT`], and runs long enough that [`LEASED_BYTES`] are out in all. A
+    /// pool of fewer than eight nodes has the leases of eight (16 at 64 KiB pieces; as many as
+    /// [`LEASED_BYTES`] holds of larger ones), each node holding its share; in a
+    /// larger pool the first member to reach a blob keeps two, as the rest are about to
+    /// come. Measured in the simulator and on the fan-out bed (docs/benchmarks.md).
+    pub fn for_pool(
+        members: usize,
+        nodes: usize,
+        piece_size: u64,
+        lease: Duration,
+    ) -> ReleaseConfig {
         let piece_size = piece_size.max(1);
-        let floor = (LEASED_BYTES / piece_size).clamp(1, RUN_FLOOR_IN_FLIGHT) as usize;
-        let in_flight = (members.saturating_mul(2))
-            .max(floor)
-            .clamp(2, MAX_IN_FLIGHT as usize) as u32;
+        let members = members.max(1);
+        let nodes = nodes.max(members);
+        let mut in_flight = members.saturating_mul(2);
+        if nodes * 2 < RUN_FLOOR_IN_FLIGHT as usize {
+            let floor = (LEASED_BYTES / piece_size).clamp(1, RUN_FLOOR_IN_FLIGHT) as usize;
+            in_flight = in_flight.max(floor);
+        }
+        let in_flight = in_flight.clamp(2, MAX_IN_FLIGHT as usize) as u32;
         let cut = u64::from(in_flight).max(RUN_FLOOR_IN_FLIGHT);
         let run = (LEASED_BYTES / (cut * piece_size)).max(1);
-        let per_holder = in_flight.div_ceil(members.max(1) as u32).max(2);
+        let per_holder = in_flight.div_ceil(nodes as u32).max(2);
         ReleaseConfig {
             in_flight,
             run: run.min(u64::from(u32::MAX)) as u32,
@@ -94,7 +104,7 @@ impl ReleaseConfig {
 
 impl Default for ReleaseConfig {
     fn default() -> Self {
-        ReleaseConfig::for_pool(8, 64 << 10, Duration::from_secs(15))
+        ReleaseConfig::for_pool(8, 8, 64 << 10, Duration::from_secs(15))
     }
 }
 
@@ -588,32 +598,44 @@ mod tests {
     #[test]
     fn a_pools_leases_follow_its_size_and_the_piece_size() {
         let lease = Duration::from_secs(15);
-        let c = ReleaseConfig::for_pool(8, 64 << 10, lease);
+        let c = ReleaseConfig::for_pool(8, 8, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run, c.per_holder), (16, 2, 2));
-        let c = ReleaseConfig::for_pool(16, 64 << 10, lease);
+        let c = ReleaseConfig::for_pool(16, 16, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run), (32, 1));
-        let c = ReleaseConfig::for_pool(32, 64 << 10, lease);
+        let c = ReleaseConfig::for_pool(32, 32, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run), (32, 1));
-        let c = ReleaseConfig::for_pool(1000, 64 << 10, lease);
+        let c = ReleaseConfig::for_pool(1000, 1000, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run), (MAX_IN_FLIGHT, 1));
-        let c = ReleaseConfig::for_pool(1, 4 << 20, lease);
+        let c = ReleaseConfig::for_pool(1, 1, 4 << 20, lease);
         assert_eq!((c.in_flight, c.run, c.per_holder), (2, 1, 2));
-        let c = ReleaseConfig::for_pool(1, 64 << 10, lease);
+        let c = ReleaseConfig::for_pool(1, 1, 64 << 10, lease);
         assert_eq!(
             (c.in_flight, c.run, c.per_holder),
             (16, 2, 16),
-            "a lone member: the leases and runs of a pool of 8, all its own"
+            "a pool of one: the leases and runs of a pool of 8, all its own"
+        );
+        let c = ReleaseConfig::for_pool(1, 32, 64 << 10, lease);
+        assert_eq!(
+            (c.in_flight, c.run, c.per_holder),
+            (2, 2, 2),
+            "the first of 32 to reach a blob: two leases, runs of a pool of 8"
+        );
+        let c = ReleaseConfig::for_pool(1, 4, 64 << 10, lease);
+        assert_eq!(
+            (c.in_flight, c.per_holder),
+            (16, 4),
+            "the first of 4: its share"
         );
         // Small pools keep LEASED_BYTES out: more than two leases each.
-        let c = ReleaseConfig::for_pool(2, 64 << 10, lease);
+        let c = ReleaseConfig::for_pool(2, 2, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run, c.per_holder), (16, 2, 8));
-        let c = ReleaseConfig::for_pool(5, 64 << 10, lease);
+        let c = ReleaseConfig::for_pool(5, 5, 64 << 10, lease);
         assert_eq!((c.in_flight, c.run, c.per_holder), (16, 2, 4));
         // ... counted in bytes: 256 KiB pieces, 8 leases of one piece.
-        let c = ReleaseConfig::for_pool(2, 256 << 10, lease);
+        let c = ReleaseConfig::for_pool(2, 2, 256 << 10, lease);
         assert_eq!((c.in_flight, c.run, c.per_holder), (8, 1, 4));
         for (members, piece) in [(1, 64 << 10), (2, 64 << 10), (3, 128 << 10), (8, 64 << 10)] {
-            let c = ReleaseConfig::for_pool(members, piece, lease);
+            let c = ReleaseConfig::for_pool(members, members, piece, lease);
             let out = u64::from(c.in_flight) * u64::from(c.run) * piece;
             assert_eq!(out, LEASED_BYTES, "{members} members, {piece} B pieces");
             assert!(
@@ -621,13 +643,13 @@ mod tests {
                 "every lease can be held"
             );
         }
-        let c = ReleaseConfig::for_pool(0, 0, lease);
+        let c = ReleaseConfig::for_pool(0, 0, 0, lease);
         assert!(c.in_flight >= 1 && c.run >= 1);
     }
 
     #[test]
     fn a_node_asking_again_holds_a_second_lease_while_the_first_is_fetched() {
-        let c = ReleaseConfig::for_pool(8, 64 << 10, Duration::from_secs(15));
+        let c = ReleaseConfig::for_pool(8, 8, 64 << 10, Duration::from_secs(15));
         let mut r = Releases::new(1024);
         let first = granted(&r.ask(&c, 1, &[], true, t(0)));
         assert_eq!(first.len(), 1);

@@ -103,7 +103,7 @@ impl Spec {
             mirror_piece_overhead: 400,
             degree: 40,
             tunables: Tunables::default(),
-            release: ReleaseConfig::for_pool(nodes, piece_size, Duration::from_secs(15)),
+            release: ReleaseConfig::for_pool(nodes, nodes, piece_size, Duration::from_secs(15)),
             seed: 1,
             dt: Duration::from_micros(1000),
         }

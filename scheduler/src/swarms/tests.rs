@@ -437,3 +437,53 @@ fn a_member_asking_again_gets_a_second_lease_while_the_first_is_fetched() {
     let second = fresh(&mut r, "n1", &[], t0 + Duration::from_millis(5));
     assert!(second.as_ref().is_some_and(|p| !p.is_empty()), "{second:?}");
 }
+
+/// Leases of a blob of 64 KiB pieces taken by `id` of pool "a" at once, asking until it gets
+/// none.
+fn leases_taken(r: &mut PeerRegistry, id: &str, t0: Instant) -> usize {
+    const SMALL_PIECES: &str =
+        "sha256:6666666666666666666666666666666666666666666666666666666666666666";
+    let join = JoinRequest {
+        peer: peer(id, "a"),
+        task: TaskInfo {
+            digest: SMALL_PIECES.into(),
+            size: 1024 * (64 << 10),
+            piece_size: 64 << 10,
+        },
+        held: 0,
+        done: false,
+    };
+    r.join(&join, t0).expect("join accepted");
+    let ask = FreshRequest {
+        peer: peer(id, "a"),
+        digest: SMALL_PIECES.into(),
+        completed: Vec::new(),
+        wait: true,
+    };
+    (0..100)
+        .take_while(|_| r.fresh(&ask, t0).expect("fresh").grant.is_some())
+        .count()
+}
+
+#[test]
+fn a_small_pool_holds_more_leases_each_and_a_large_pools_first_member_two() {
+    let t0 = Instant::now();
+    // A pool of two: 16 leases of 2 pieces (2 MiB) between them, 8 each.
+    let mut r = registry(&[], t0);
+    let beat = HeartbeatRequest {
+        peer: peer("n2", "a"),
+        held: Vec::new(),
+    };
+    r.heartbeat(&beat, t0).expect("heartbeat");
+    assert_eq!(leases_taken(&mut r, "n1", t0), 8);
+    // A pool of 32 whose first node reaches the blob: two, the others are about to come.
+    let mut r = registry(&[], t0);
+    for i in 2..=32 {
+        let beat = HeartbeatRequest {
+            peer: peer(&format!("n{i}"), "a"),
+            held: Vec::new(),
+        };
+        r.heartbeat(&beat, t0).expect("heartbeat");
+    }
+    assert_eq!(leases_taken(&mut r, "n1", t0), 2);
+}
