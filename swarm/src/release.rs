@@ -72,9 +72,9 @@ impl ReleaseConfig {
     /// `nodes` live nodes: two per member (the next asked for while the first is fetched), at
     /// most [`MAX_IN_FLIGHT`], and runs long enough that [`LEASED_BYTES`] are out in all. A
     /// pool of fewer than eight nodes has the leases of eight (16 at 64 KiB pieces; as many as
-    /// [`LEASED_BYTES`] holds of larger ones), each node holding its share; in a
-    /// larger pool the first member to reach a blob keeps two, as the rest are about to
-    /// come. Measured in the simulator and on the fan-out bed (docs/benchmarks.md).
+    /// [`LEASED_BYTES`] holds of larger ones), shared by the members pulling the blob; in a
+    /// larger pool each member holds two, and the first to reach a blob keeps two, as the
+    /// rest are about to come. Measured in the simulator and on the fan-out bed (docs/benchmarks.md).
     pub fn for_pool(
         members: usize,
         nodes: usize,
@@ -83,16 +83,22 @@ impl ReleaseConfig {
     ) -> ReleaseConfig {
         let piece_size = piece_size.max(1);
         let members = members.max(1);
-        let nodes = nodes.max(members);
+        let small = nodes.max(members).saturating_mul(2) < RUN_FLOOR_IN_FLIGHT as usize;
         let mut in_flight = members.saturating_mul(2);
-        if nodes * 2 < RUN_FLOOR_IN_FLIGHT as usize {
+        if small {
             let floor = (LEASED_BYTES / piece_size).clamp(1, RUN_FLOOR_IN_FLIGHT) as usize;
             in_flight = in_flight.max(floor);
         }
         let in_flight = in_flight.clamp(2, MAX_IN_FLIGHT as usize) as u32;
         let cut = u64::from(in_flight).max(RUN_FLOOR_IN_FLIGHT);
         let run = (LEASED_BYTES / (cut * piece_size)).max(1);
-        let per_holder = in_flight.div_ceil(nodes as u32).max(2);
+        // In a small pool the members pulling share every lease (one node of four pulling
+        // alone holds all 16); in a larger one each holds two.
+        let per_holder = if small {
+            in_flight.div_ceil(members as u32).max(2)
+        } else {
+            2
+        };
         ReleaseConfig {
             in_flight,
             run: run.min(u64::from(u32::MAX)) as u32,
@@ -623,8 +629,8 @@ mod tests {
         let c = ReleaseConfig::for_pool(1, 4, 64 << 10, lease);
         assert_eq!(
             (c.in_flight, c.per_holder),
-            (16, 4),
-            "the first of 4: its share"
+            (16, 16),
+            "one of 4 pulling alone: all 16"
         );
         // Small pools keep LEASED_BYTES out: more than two leases each.
         let c = ReleaseConfig::for_pool(2, 2, 64 << 10, lease);

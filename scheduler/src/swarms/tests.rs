@@ -438,12 +438,12 @@ fn a_member_asking_again_gets_a_second_lease_while_the_first_is_fetched() {
     assert!(second.as_ref().is_some_and(|p| !p.is_empty()), "{second:?}");
 }
 
-/// Leases of a blob of 64 KiB pieces taken by `id` of pool "a" at once, asking until it gets
-/// none.
-fn leases_taken(r: &mut PeerRegistry, id: &str, t0: Instant) -> usize {
-    const SMALL_PIECES: &str =
-        "sha256:6666666666666666666666666666666666666666666666666666666666666666";
-    let join = JoinRequest {
+const SMALL_PIECES: &str =
+    "sha256:6666666666666666666666666666666666666666666666666666666666666666";
+
+/// `id` of pool "a" joins a blob of 1,024 pieces of 64 KiB.
+fn join_small(id: &str) -> JoinRequest {
+    JoinRequest {
         peer: peer(id, "a"),
         task: TaskInfo {
             digest: SMALL_PIECES.into(),
@@ -452,8 +452,12 @@ fn leases_taken(r: &mut PeerRegistry, id: &str, t0: Instant) -> usize {
         },
         held: 0,
         done: false,
-    };
-    r.join(&join, t0).expect("join accepted");
+    }
+}
+
+/// Leases of the blob of [`join_small`] taken by `id` at once, asking until it gets none.
+fn leases_taken(r: &mut PeerRegistry, id: &str, t0: Instant) -> usize {
+    r.join(&join_small(id), t0).expect("join accepted");
     let ask = FreshRequest {
         peer: peer(id, "a"),
         digest: SMALL_PIECES.into(),
@@ -465,25 +469,29 @@ fn leases_taken(r: &mut PeerRegistry, id: &str, t0: Instant) -> usize {
         .count()
 }
 
-#[test]
-fn a_small_pool_holds_more_leases_each_and_a_large_pools_first_member_two() {
-    let t0 = Instant::now();
-    // A pool of two: 16 leases of 2 pieces (2 MiB) between them, 8 each.
+/// A registry whose pool "a" has nodes `n2` ..= `n{nodes}` alive (heartbeats), none in a blob.
+fn pool_of(nodes: u32, t0: Instant) -> PeerRegistry {
     let mut r = registry(&[], t0);
-    let beat = HeartbeatRequest {
-        peer: peer("n2", "a"),
-        held: Vec::new(),
-    };
-    r.heartbeat(&beat, t0).expect("heartbeat");
-    assert_eq!(leases_taken(&mut r, "n1", t0), 8);
-    // A pool of 32 whose first node reaches the blob: two, the others are about to come.
-    let mut r = registry(&[], t0);
-    for i in 2..=32 {
+    for i in 2..=nodes {
         let beat = HeartbeatRequest {
             peer: peer(&format!("n{i}"), "a"),
             held: Vec::new(),
         };
         r.heartbeat(&beat, t0).expect("heartbeat");
     }
-    assert_eq!(leases_taken(&mut r, "n1", t0), 2);
+    r
+}
+
+#[test]
+fn a_small_pools_pullers_share_every_lease_and_a_large_pools_first_member_holds_two() {
+    let t0 = Instant::now();
+    // A pool of four, one node pulling: all 16 leases of 2 pieces (2 MiB) are its own.
+    assert_eq!(leases_taken(&mut pool_of(4, t0), "n1", t0), 16);
+    // Two pulling: 8 each.
+    let mut r = registry(&[], t0);
+    r.join(&join_small("n2"), t0).expect("join accepted");
+    assert_eq!(leases_taken(&mut r, "n1", t0), 8);
+    assert_eq!(leases_taken(&mut r, "n2", t0), 8);
+    // A pool of 32 whose first node reaches the blob: two, the others are about to come.
+    assert_eq!(leases_taken(&mut pool_of(32, t0), "n1", t0), 2);
 }
