@@ -27,9 +27,11 @@
 //! missing pieces, one range per piece: one at first, one more for each that arrives, half as
 //! many (and a pause of one piece's push time) when a peer overtakes one, at most
 //! `assist_parallel`, and fewer in a large pool (its members together keep at most
-//! [`crate::release::MAX_IN_FLIGHT`] help ranges on the mirror's uplink, as its leases do). Where peers are as fast as the mirror, help stays at one piece at a time
-//! and the mirror sends little beyond its one copy; where uplinks are thin, it grows. In `source` mode (no scheduler, `goSource`, or the
-//! scheduler failing) the lowest missing pieces come from the mirror, a few at a time.
+//! [`crate::release::MAX_IN_FLIGHT`] help ranges on the mirror's uplink, as its leases do).
+//! Where peers are as fast as the mirror, help stays at one piece at a time and the mirror
+//! sends little beyond its one copy; where uplinks are thin, it grows. In `source` mode (no
+//! scheduler, `goSource`, or the scheduler failing) the lowest missing pieces come from the
+//! mirror, a few at a time.
 
 mod mirror;
 mod receive;
