@@ -137,9 +137,13 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
         ended.push(pull.join().map_err(|_| anyhow!("pull thread panicked"))?);
     }
     let mut times = Vec::new();
+    let mut each = Vec::new();
     for ((r, done, out), node) in ended.into_iter().zip(&s.nodes) {
         match check(s, payload, r, &out) {
-            Ok(()) => times.push(done - start),
+            Ok(()) => {
+                times.push(done - start);
+                each.push(format!("{} {:.2}", node.name, done - start));
+            }
             Err(e) => eprintln!(
                 "fanout: {label}: {} did NOT get a verified copy after {:.1} s: {e:#}",
                 node.name,
@@ -149,6 +153,11 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_dir_all(&out);
     }
+    // Which node was last, and how far behind the rest (unequal links: is it the thinnest?).
+    eprintln!(
+        "fanout: {label}: each node done after (s): {}",
+        each.join(", ")
+    );
     diagnose(s, label, size, tcp0, mirror_log0);
     if let Ok(drops) = s.download_drops() {
         eprintln!(
