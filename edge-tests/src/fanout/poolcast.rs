@@ -139,15 +139,15 @@ fn pull_everywhere(s: &Setup, payload: Payload, tag: &str, label: &str) -> Resul
     let mut times = Vec::new();
     let mut each = Vec::new();
     for ((r, done, out), node) in ended.into_iter().zip(&s.nodes) {
+        let secs = done - start;
         match check(s, payload, r, &out) {
             Ok(()) => {
-                times.push(done - start);
-                each.push(format!("{} {:.2}", node.name, done - start));
+                times.push(secs);
+                each.push(format!("{} {secs:.2}", node.name));
             }
             Err(e) => eprintln!(
-                "fanout: {label}: {} did NOT get a verified copy after {:.1} s: {e:#}",
-                node.name,
-                done - start
+                "fanout: {label}: {} did NOT get a verified copy after {secs:.1} s: {e:#}",
+                node.name
             ),
         }
         let _ = std::fs::remove_file(&out);
