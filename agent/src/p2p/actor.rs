@@ -268,16 +268,26 @@ impl Actor {
                 task,
                 piece,
                 ok,
-            } => self.handle(if ok {
-                Event::Pushed { peer, task, piece }
-            } else {
-                Event::Refused {
-                    peer,
-                    task,
-                    piece,
-                    why: None,
+            } => {
+                let lanes = self.node.lanes();
+                self.handle(if ok {
+                    Event::Pushed { peer, task, piece }
+                } else {
+                    Event::Refused {
+                        peer,
+                        task,
+                        piece,
+                        why: None,
+                    }
+                });
+                if self.node.lanes() != lanes {
+                    tracing::debug!(
+                        lanes = self.node.lanes(),
+                        uploading = self.node.uploading(),
+                        "upload lanes fit the uplink"
+                    );
                 }
-            }),
+            }
             Input::MirrorFailed {
                 task,
                 first,

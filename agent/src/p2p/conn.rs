@@ -24,6 +24,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// Piece data a peer connection's kernel buffer holds not yet sent (`TCP_NOTSENT_LOWAT`): a
+/// push is then written about as fast as the uplink sends it, so the swarm's push times measure
+/// the uplink (its lanes fit it: `swarm::Tunables::lane_rate`), and an answer or notice waits
+/// behind little data. Measured no slower on equal links (docs/benchmarks.md).
+const NOTSENT_LOWAT: u32 = 16 * 1024;
+
 /// Progress of a piece coming in is reported at its first bytes and then every this many.
 const PROGRESS_EVERY: u64 = 128 * 1024;
 
@@ -218,6 +224,9 @@ pub async fn handshake(
     dialer: bool,
     timeout: Duration,
 ) -> Result<(Greeted, BytesMut), HandshakeError> {
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set on a peer connection");
+    }
     let work = async {
         let mut buf = BytesMut::with_capacity(4096);
         write_frame(&mut stream, &Frame::Hello(me.clone())).await?;

@@ -140,6 +140,14 @@ pub struct Tunables {
     pub mirror_backoff: Duration,
     /// Rarest held pieces looked at per offer before a full search.
     pub scan: usize,
+    /// The slowest a lane should push, in bytes per second. Lanes share this node's uplink,
+    /// and what this node tells a peer (its answers to the peer's offers, its notices) waits
+    /// on their connection behind the piece data queued there: where the uplink, split
+    /// among `upload_slots` lanes, gives each less than this, the node uses fewer lanes at
+    /// once (as many as its measured upload rate gives this each, at least one), so a thin
+    /// uplink does not answer every peer late and starve its own downloads
+    /// (docs/benchmarks.md, "Lanes that fit the uplink"). 0 keeps `upload_slots`.
+    pub lane_rate: u64,
 }
 
 impl Default for Tunables {
@@ -155,6 +163,7 @@ impl Default for Tunables {
             mirror_retries: 6,
             mirror_backoff: Duration::from_millis(300),
             scan: 64,
+            lane_rate: 64_000,
         }
     }
 }
@@ -325,6 +334,13 @@ pub struct Node {
     peers: HashMap<PeerId, Peer>,
     /// Lanes in use (a push, or a piece offered or accepted next).
     uploading: u32,
+    /// Lanes that may be in use at once: `upload_slots`, fewer on a thin uplink (see
+    /// [`Tunables::lane_rate`]).
+    lanes: u32,
+    /// When this node's first push went out, and its pushes within the last
+    /// `send::UPLOAD_SPAN` (when, bytes): its upload rate.
+    upload_from: Option<Duration>,
+    pushed_bytes: std::collections::VecDeque<(Duration, u64)>,
     /// Pushes accepted here and not yet done.
     incoming: u32,
     /// Something changed that may open an offer.
@@ -343,11 +359,14 @@ impl Node {
     /// `seed` spreads tie-breaks: give every node its own (a hash of its name).
     pub fn new(cfg: Tunables, seed: u64) -> Node {
         Node {
+            lanes: cfg.upload_slots,
             cfg,
             seed,
             tasks: HashMap::new(),
             peers: HashMap::new(),
             uploading: 0,
+            upload_from: None,
+            pushed_bytes: std::collections::VecDeque::new(),
             incoming: 0,
             dirty: true,
             peer_rate: None,
@@ -406,6 +425,11 @@ impl Node {
     /// Peers this node is uploading to (or has offered to).
     pub fn uploading(&self) -> u32 {
         self.uploading
+    }
+
+    /// Lanes that may be in use at once (see [`Tunables::lane_rate`]).
+    pub fn lanes(&self) -> u32 {
+        self.lanes
     }
 
     /// The pushes this node could still make for a blob, in pieces.
@@ -495,7 +519,7 @@ impl Node {
                 piece,
                 why,
             } => self.refused(peer, task, piece, why, now, out),
-            Event::Pushed { peer, task, piece } => self.pushed(peer, task, piece, out),
+            Event::Pushed { peer, task, piece } => self.pushed(peer, task, piece, now, out),
             Event::Withdrawn { peer, task, piece } => {
                 let from_it = self
                     .tasks

@@ -14,7 +14,10 @@ impl Node {
     /// every node in step with the mirror leaves no node a long tail), and for it the rarest
     /// such piece.
     pub(super) fn pick_offer(&self, now: Duration) -> Option<(PeerId, TaskId, u32)> {
-        let room = self.uploading < self.cfg.upload_slots;
+        // Past its lanes (the uplink measured thinner since they opened), a lane in use takes
+        // no more offers until enough of them are idle.
+        let room = self.uploading < self.lanes;
+        let over = self.uploading > self.lanes;
         // (a piece held here alone?, blob's order, member's holding, tie-break), blob, member.
         type Candidate = ((bool, u64, u32, u64), TaskId, PeerId);
         let mut candidates: Vec<Candidate> = Vec::new();
@@ -30,7 +33,7 @@ impl Node {
                     continue;
                 };
                 let open = (p.lane.next.len() as u32) < self.cfg.lookahead.max(1)
-                    && (p.lane.in_use() || room);
+                    && if p.lane.in_use() { !over } else { room };
                 if !open || p.busy_until.is_some_and(|t| now < t) {
                     continue;
                 }
@@ -112,10 +115,26 @@ impl Node {
 
     /// The push went out whole (the receiver's `Have` follows once it verified the piece);
     /// the accepted next piece starts.
-    pub(super) fn pushed(&mut self, peer: PeerId, id: TaskId, piece: u32, out: &mut Vec<Action>) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            if p.lane.push == Some((id, piece)) {
+    pub(super) fn pushed(
+        &mut self,
+        peer: PeerId,
+        id: TaskId,
+        piece: u32,
+        now: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        let ended = match self.peers.get_mut(&peer) {
+            Some(p) if p.lane.push == Some((id, piece)) => {
                 p.lane.push = None;
+                true
+            }
+            _ => false,
+        };
+        if ended {
+            if let Some(len) = self.tasks.get(&id).map(|t| t.piece_len) {
+                self.measure_upload(len, now);
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
                 Self::advance(&mut p.lane, peer, out);
                 if !p.lane.in_use() {
                     self.uploading = self.uploading.saturating_sub(1);
@@ -196,4 +215,37 @@ impl Node {
             }
         }
     }
+
+    /// A push of `len` bytes went out. The node's upload rate is what its pushes sent over the
+    /// last [`UPLOAD_SPAN`]; while more lanes are in use than that rate gives
+    /// [`Tunables::lane_rate`] each, the uplink is what holds them back, and lanes open only
+    /// as many at once as it gives (at least one). With fewer in use the rate may be what
+    /// this node had to send, not what its uplink can: lanes then only grow.
+    fn measure_upload(&mut self, len: u64, now: Duration) {
+        if self.cfg.lane_rate == 0 {
+            return;
+        }
+        let first = *self.upload_from.get_or_insert(now);
+        self.pushed_bytes.push_back((now, len));
+        while self
+            .pushed_bytes
+            .front()
+            .is_some_and(|&(t, _)| t + UPLOAD_SPAN <= now)
+        {
+            self.pushed_bytes.pop_front();
+        }
+        if now < first + UPLOAD_SPAN {
+            return;
+        }
+        let sent: u64 = self.pushed_bytes.iter().map(|&(_, n)| n).sum();
+        let rate = sent as f64 / UPLOAD_SPAN.as_secs_f64();
+        let fits = ((rate / self.cfg.lane_rate as f64).floor() as u32)
+            .clamp(1, self.cfg.upload_slots.max(1));
+        if fits > self.lanes || self.uploading > fits {
+            self.lanes = fits;
+        }
+    }
 }
+
+/// The span over which a node's pushes measure its upload rate ([`Tunables::lane_rate`]).
+const UPLOAD_SPAN: Duration = Duration::from_secs(2);

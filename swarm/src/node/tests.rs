@@ -1226,3 +1226,80 @@ fn help_at_once_shrinks_with_the_pool() {
     let g = done(&mut n, 30, g[0].0);
     assert_eq!(g.len(), 1, "{g:?}");
 }
+
+/// Feeds `n` (holding blob `T` whole) to peers that accept every offer, its uplink ending one
+/// push every `step` (the pushes under way share it: the oldest ends first), for `steps` steps
+/// from `from`; returns the lanes in use at each step.
+fn upload(
+    n: &mut Node,
+    from: Duration,
+    step: Duration,
+    steps: u32,
+    pushing: &mut std::collections::VecDeque<(PeerId, u32)>,
+) -> Vec<u32> {
+    let mut in_use = Vec::new();
+    let mut now = from;
+    let mut acts = decide(n, now);
+    for _ in 0..steps {
+        while let Some(a) = acts.pop() {
+            match a {
+                Action::Offer { peer, task, piece } => {
+                    acts.extend(handle(n, now, Event::Accepted { peer, task, piece }))
+                }
+                Action::Push { peer, piece, .. } => pushing.push_back((peer, piece)),
+                _ => {}
+            }
+        }
+        in_use.push(n.uploading());
+        now += step;
+        acts = match pushing.pop_front() {
+            Some((peer, piece)) => handle(
+                n,
+                now,
+                Event::Pushed {
+                    peer,
+                    task: T,
+                    piece,
+                },
+            ),
+            None => decide(n, now),
+        };
+    }
+    in_use
+}
+
+#[test]
+fn a_thin_uplink_pushes_on_fewer_lanes_and_a_faster_one_opens_them_again() {
+    // 1 MiB pieces; lanes should get 512 KiB/s each.
+    let cfg = Tunables {
+        lane_rate: 512 << 10,
+        ..Tunables::default()
+    };
+    let mut n = Node::new(cfg, 42);
+    let all: Vec<u32> = (0..4000).collect();
+    let peers: Vec<(PeerId, &[u32])> = (1..=6).map(|p| (p, &[][..])).collect();
+    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    let mut pushing = std::collections::VecDeque::new();
+    // The uplink sends 1 MiB/s: room for two such lanes, not six.
+    let used = upload(&mut n, ms(0), ms(1000), 40, &mut pushing);
+    assert_eq!(used[0], 6, "every peer's lane opens at first: {used:?}");
+    assert_eq!(n.lanes(), 2, "{used:?}");
+    assert!(used[30..].iter().all(|&u| u <= 2), "{used:?}");
+    // The same node on a fast uplink (100 MiB/s) opens every lane again.
+    let used = upload(&mut n, ms(40_000), ms(10), 400, &mut pushing);
+    assert_eq!(n.lanes(), Tunables::default().upload_slots, "{used:?}");
+    assert_eq!(used.last(), Some(&6), "{used:?}");
+}
+
+#[test]
+fn a_fast_uplink_keeps_every_lane() {
+    let mut n = Node::new(Tunables::default(), 42);
+    let all: Vec<u32> = (0..4000).collect();
+    let peers: Vec<(PeerId, &[u32])> = (1..=6).map(|p| (p, &[][..])).collect();
+    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    let mut pushing = std::collections::VecDeque::new();
+    // 1 MiB pieces at 50 MiB/s.
+    let used = upload(&mut n, ms(0), ms(20), 500, &mut pushing);
+    assert_eq!(n.lanes(), Tunables::default().upload_slots);
+    assert!(used.iter().all(|&u| u == 6), "{used:?}");
+}
