@@ -562,6 +562,7 @@ impl Node {
             self.abandon_stalled(id, now, out);
             self.rescue(id, now, out);
         }
+        self.expire_offers(now, out);
         self.decide(now, out);
     }
 
@@ -585,7 +586,7 @@ impl Node {
         if self.dirty {
             self.dirty = false;
             while let Some((peer, task, piece)) = self.pick_offer(now) {
-                self.offer(peer, task, piece, out);
+                self.offer(peer, task, piece, now, out);
             }
         }
     }

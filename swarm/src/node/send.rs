@@ -66,7 +66,14 @@ impl Node {
             })
     }
 
-    pub(super) fn offer(&mut self, peer: PeerId, id: TaskId, piece: u32, out: &mut Vec<Action>) {
+    pub(super) fn offer(
+        &mut self,
+        peer: PeerId,
+        id: TaskId,
+        piece: u32,
+        now: Duration,
+        out: &mut Vec<Action>,
+    ) {
         let seed = self.seed;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -78,6 +85,7 @@ impl Node {
             task: id,
             piece,
             accepted: false,
+            at: now,
         });
         // Not offered to it again, nor counted as lacking it, until it answers.
         if let Some(task) = self.tasks.get_mut(&id) {
@@ -212,6 +220,32 @@ impl Node {
                 task.member_news(seed, peer, piece, |m| {
                     m.receiving.remove(piece);
                 });
+            }
+        }
+    }
+
+    /// Offers a peer has left unanswered for `stall` end as if refused (an answer that comes
+    /// later is told the piece is withdrawn), and that peer is offered nothing for as long
+    /// again: a peer that never answers holds a lane no longer than that, which matters where
+    /// the uplink leaves a node one or two.
+    pub(super) fn expire_offers(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let stall = self.cfg.stall;
+        let late: Vec<(PeerId, TaskId, u32)> = self
+            .peers
+            .iter()
+            .flat_map(|(&peer, p)| {
+                p.lane
+                    .next
+                    .iter()
+                    .filter(move |n| !n.accepted && n.at + stall <= now)
+                    .map(move |n| (peer, n.task, n.piece))
+            })
+            .collect();
+        for (peer, id, piece) in late {
+            self.refused(peer, id, piece, None, now, out);
+            // Offered nothing for as long again: it would take the lane back at once.
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.busy_until = Some(now + stall);
             }
         }
     }

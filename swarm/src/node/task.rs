@@ -62,6 +62,8 @@ pub(super) struct Next {
     pub task: TaskId,
     pub piece: u32,
     pub accepted: bool,
+    /// When it was offered.
+    pub at: Duration,
 }
 
 /// This node's uploads to one peer: one push at a time, and the next pieces offered while it

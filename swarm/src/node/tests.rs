@@ -1303,3 +1303,53 @@ fn a_fast_uplink_keeps_every_lane() {
     assert_eq!(n.lanes(), Tunables::default().upload_slots);
     assert!(used.iter().all(|&u| u == 6), "{used:?}");
 }
+
+#[test]
+fn offers_left_unanswered_for_stall_free_the_lane() {
+    // One lane: the first peer offered to never answers.
+    let cfg = Tunables {
+        upload_slots: 1,
+        ..Tunables::default()
+    };
+    let stall = cfg.stall;
+    let mut n = Node::new(cfg, 42);
+    open(
+        &mut n,
+        T,
+        4,
+        &[0, 1, 2, 3],
+        Mode::P2p,
+        &[(1, &[]), (2, &[])],
+    );
+    let first = offers(&decide(&mut n, ms(0)));
+    let silent = first[0].0;
+    assert!(first.iter().all(|&(p, _)| p == silent), "{first:?}");
+    let other = 3 - silent;
+    let mut out = Vec::new();
+    n.tick(stall - ms(1), &mut out);
+    assert!(offers(&out).is_empty(), "the lane still waits: {out:?}");
+    let mut out = Vec::new();
+    n.tick(stall, &mut out);
+    assert!(
+        offers(&out).iter().any(|&(p, _)| p == other),
+        "the lane is free for the other peer: {out:?}"
+    );
+    // An answer that comes after all is told the piece will not come.
+    let late = handle(
+        &mut n,
+        stall + ms(5),
+        Event::Accepted {
+            peer: silent,
+            task: T,
+            piece: first[0].1,
+        },
+    );
+    assert!(
+        late.contains(&Action::Withdraw {
+            peer: silent,
+            task: T,
+            piece: first[0].1
+        }),
+        "{late:?}"
+    );
+}
