@@ -337,9 +337,9 @@ pub struct Node {
     /// Lanes that may be in use at once: `upload_slots`, fewer on a thin uplink (see
     /// [`Tunables::lane_rate`]).
     lanes: u32,
-    /// When this node's first push went out, and its pushes within the last
-    /// `send::UPLOAD_SPAN` (when, bytes): its upload rate.
-    upload_from: Option<Duration>,
+    /// When this node last had no lane in use (or began to use one after), and its pushes
+    /// within the last `send::UPLOAD_SPAN` (when, bytes): its upload rate.
+    idle_at: Duration,
     pushed_bytes: std::collections::VecDeque<(Duration, u64)>,
     /// Pushes accepted here and not yet done.
     incoming: u32,
@@ -365,7 +365,7 @@ impl Node {
             tasks: HashMap::new(),
             peers: HashMap::new(),
             uploading: 0,
-            upload_from: None,
+            idle_at: Duration::ZERO,
             pushed_bytes: std::collections::VecDeque::new(),
             incoming: 0,
             dirty: true,
@@ -583,11 +583,16 @@ impl Node {
             self.decide_mirror(id, now, out);
             self.decide_ask(id, out);
         }
+        let was_idle = self.uploading == 0;
         if self.dirty {
             self.dirty = false;
             while let Some((peer, task, piece)) = self.pick_offer(now) {
                 self.offer(peer, task, piece, now, out);
             }
+        }
+        // Idle, or busy from now on: a span measures the uplink from here.
+        if was_idle || self.uploading == 0 {
+            self.idle_at = now;
         }
     }
 

@@ -259,7 +259,6 @@ impl Node {
         if self.cfg.lane_rate == 0 {
             return;
         }
-        let first = *self.upload_from.get_or_insert(now);
         self.pushed_bytes.push_back((now, len));
         while self
             .pushed_bytes
@@ -268,7 +267,8 @@ impl Node {
         {
             self.pushed_bytes.pop_front();
         }
-        if now < first + UPLOAD_SPAN {
+        // Only a span with some lane in use throughout measures the uplink.
+        if now < self.idle_at + UPLOAD_SPAN {
             return;
         }
         let sent: u64 = self.pushed_bytes.iter().map(|&(_, n)| n).sum();

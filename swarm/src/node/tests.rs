@@ -1229,14 +1229,14 @@ fn help_at_once_shrinks_with_the_pool() {
 
 /// Feeds `n` (holding blob `T` whole) to peers that accept every offer, its uplink ending one
 /// push every `step` (the pushes under way share it: the oldest ends first), for `steps` steps
-/// from `from`; returns the lanes in use at each step.
+/// from `from`; returns the lanes in use and the lanes allowed at each step.
 fn upload(
     n: &mut Node,
     from: Duration,
     step: Duration,
     steps: u32,
     pushing: &mut std::collections::VecDeque<(PeerId, u32)>,
-) -> Vec<u32> {
+) -> Vec<(u32, u32)> {
     let mut in_use = Vec::new();
     let mut now = from;
     let mut acts = decide(n, now);
@@ -1250,7 +1250,7 @@ fn upload(
                 _ => {}
             }
         }
-        in_use.push(n.uploading());
+        in_use.push((n.uploading(), n.lanes()));
         now += step;
         acts = match pushing.pop_front() {
             Some((peer, piece)) => handle(
@@ -1282,13 +1282,13 @@ fn a_thin_uplink_pushes_on_fewer_lanes_and_a_faster_one_opens_them_again() {
     let mut pushing = std::collections::VecDeque::new();
     // The uplink sends 1 MiB/s: room for two such lanes, not six.
     let used = upload(&mut n, ms(0), ms(1000), 40, &mut pushing);
-    assert_eq!(used[0], 6, "every peer's lane opens at first: {used:?}");
+    assert_eq!(used[0].0, 6, "every peer's lane opens at first: {used:?}");
     assert_eq!(n.lanes(), 2, "{used:?}");
-    assert!(used[30..].iter().all(|&u| u <= 2), "{used:?}");
+    assert!(used[30..].iter().all(|&(u, _)| u <= 2), "{used:?}");
     // The same node on a fast uplink (100 MiB/s) opens every lane again.
     let used = upload(&mut n, ms(40_000), ms(10), 400, &mut pushing);
     assert_eq!(n.lanes(), Tunables::default().upload_slots, "{used:?}");
-    assert_eq!(used.last(), Some(&6), "{used:?}");
+    assert_eq!(used.last().map(|u| u.0), Some(6), "{used:?}");
 }
 
 #[test]
@@ -1301,7 +1301,7 @@ fn a_fast_uplink_keeps_every_lane() {
     // 1 MiB pieces at 50 MiB/s.
     let used = upload(&mut n, ms(0), ms(20), 500, &mut pushing);
     assert_eq!(n.lanes(), Tunables::default().upload_slots);
-    assert!(used.iter().all(|&u| u == 6), "{used:?}");
+    assert!(used.iter().all(|&(u, _)| u == 6), "{used:?}");
 }
 
 #[test]
@@ -1352,4 +1352,49 @@ fn offers_left_unanswered_for_stall_free_the_lane() {
         }),
         "{late:?}"
     );
+}
+
+#[test]
+fn a_node_back_from_idle_measures_its_uplink_afresh() {
+    // 1 MiB pieces; lanes should get 1 MiB/s each.
+    let cfg = Tunables {
+        lane_rate: 1 << 20,
+        ..Tunables::default()
+    };
+    let mut n = Node::new(cfg, 42);
+    let all: Vec<u32> = (0..4000).collect();
+    let peers: Vec<(PeerId, &[u32])> = (1..=6).map(|p| (p, &[][..])).collect();
+    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    let mut pushing = std::collections::VecDeque::new();
+    // 50 MiB/s for 3 s, then the blob closes and the node idles for a minute.
+    upload(&mut n, ms(0), ms(20), 150, &mut pushing);
+    assert_eq!(n.lanes(), Tunables::default().upload_slots);
+    let mut out = Vec::new();
+    n.handle(ms(3_000), Event::Close { task: T }, &mut out);
+    // Its pushes under way end as pushes do.
+    pushing.clear();
+    let under_way: Vec<(PeerId, u32)> = n
+        .peers
+        .iter()
+        .filter_map(|(&peer, p)| p.lane.push.map(|(_, piece)| (peer, piece)))
+        .collect();
+    for (peer, piece) in under_way {
+        n.handle(
+            ms(3_000),
+            Event::Pushed {
+                peer,
+                task: T,
+                piece,
+            },
+            &mut out,
+        );
+    }
+    n.decide(ms(3_000), &mut out);
+    assert_eq!(n.uploading(), 0);
+    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    // The next blob's first pushes end within the span: what the span holds then is not
+    // the uplink's rate (one piece in 2 s), so no lane closes on it.
+    let used = upload(&mut n, ms(63_000), ms(20), 150, &mut pushing);
+    let slots = Tunables::default().upload_slots;
+    assert!(used.iter().all(|&(_, l)| l == slots), "{used:?}");
 }
