@@ -1268,17 +1268,30 @@ fn upload(
     in_use
 }
 
-#[test]
-fn a_thin_uplink_pushes_on_fewer_lanes_and_a_faster_one_opens_them_again() {
-    // 1 MiB pieces; lanes should get 512 KiB/s each.
-    let cfg = Tunables {
-        lane_rate: 512 << 10,
-        ..Tunables::default()
-    };
-    let mut n = Node::new(cfg, 42);
+/// Opens blob `T` (4,000 pieces of 1 MiB, all held) in a node with `lane_rate`, for six
+/// peers that hold none of it.
+fn holder_of_all(lane_rate: u64) -> Node {
+    let mut n = Node::new(
+        Tunables {
+            lane_rate,
+            ..Tunables::default()
+        },
+        42,
+    );
+    reopen(&mut n);
+    n
+}
+
+fn reopen(n: &mut Node) {
     let all: Vec<u32> = (0..4000).collect();
     let peers: Vec<(PeerId, &[u32])> = (1..=6).map(|p| (p, &[][..])).collect();
-    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    open(n, T, 4000, &all, Mode::P2p, &peers);
+}
+
+#[test]
+fn a_thin_uplink_pushes_on_fewer_lanes_and_a_faster_one_opens_them_again() {
+    // Lanes should get 512 KiB/s each.
+    let mut n = holder_of_all(512 << 10);
     let mut pushing = std::collections::VecDeque::new();
     // The uplink sends 1 MiB/s: room for two such lanes, not six.
     let used = upload(&mut n, ms(0), ms(1000), 40, &mut pushing);
@@ -1293,10 +1306,7 @@ fn a_thin_uplink_pushes_on_fewer_lanes_and_a_faster_one_opens_them_again() {
 
 #[test]
 fn a_fast_uplink_keeps_every_lane() {
-    let mut n = Node::new(Tunables::default(), 42);
-    let all: Vec<u32> = (0..4000).collect();
-    let peers: Vec<(PeerId, &[u32])> = (1..=6).map(|p| (p, &[][..])).collect();
-    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    let mut n = holder_of_all(Tunables::default().lane_rate);
     let mut pushing = std::collections::VecDeque::new();
     // 1 MiB pieces at 50 MiB/s.
     let used = upload(&mut n, ms(0), ms(20), 500, &mut pushing);
@@ -1356,15 +1366,8 @@ fn offers_left_unanswered_for_stall_free_the_lane() {
 
 #[test]
 fn a_node_back_from_idle_measures_its_uplink_afresh() {
-    // 1 MiB pieces; lanes should get 1 MiB/s each.
-    let cfg = Tunables {
-        lane_rate: 1 << 20,
-        ..Tunables::default()
-    };
-    let mut n = Node::new(cfg, 42);
-    let all: Vec<u32> = (0..4000).collect();
-    let peers: Vec<(PeerId, &[u32])> = (1..=6).map(|p| (p, &[][..])).collect();
-    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    // Lanes should get 1 MiB/s each.
+    let mut n = holder_of_all(1 << 20);
     let mut pushing = std::collections::VecDeque::new();
     // 50 MiB/s for 3 s, then the blob closes and the node idles for a minute.
     upload(&mut n, ms(0), ms(20), 150, &mut pushing);
@@ -1391,7 +1394,7 @@ fn a_node_back_from_idle_measures_its_uplink_afresh() {
     }
     n.decide(ms(3_000), &mut out);
     assert_eq!(n.uploading(), 0);
-    open(&mut n, T, 4000, &all, Mode::P2p, &peers);
+    reopen(&mut n);
     // The next blob's first pushes end within the span: what the span holds then is not
     // the uplink's rate (one piece in 2 s), so no lane closes on it.
     let used = upload(&mut n, ms(63_000), ms(20), 150, &mut pushing);
