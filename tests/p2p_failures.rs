@@ -26,8 +26,10 @@ fn a_parent_killed_mid_transfer_does_not_fail_the_pull() {
         seed: 41,
         ..BedSpec::default()
     });
-    // The parent uploads slowly, so its transfers are still running when it dies.
-    let parent = bed.add_agent(POOL, &["--upload-rate", "4M"]);
+    // The parent uploads slowly, so its transfers are still running when it dies: at 1 MB/s a
+    // piece takes it tens of milliseconds, longer than from seeing it upload to the kill on a
+    // loaded machine (at 4 MB/s a CI run once killed it after its last push had landed).
+    let parent = bed.add_agent(POOL, &["--upload-rate", "1M"]);
     bed.pull(parent);
     let children = bed.add_agents(4, POOL, &[]);
 
