@@ -9,17 +9,19 @@
 //!   state ──Node::decide / Node::tick(now)──> actions (offer, accept, push, notify, fetch, ask)
 //! ```
 //!
-//! **Holders decide.** Each upload slot offers one piece to one peer and, once accepted,
-//! pushes it. A free slot picks the peer first, the member holding least (with room to
-//! receive: its advertised load below `max_incoming`), then the rarest piece this node holds
-//! that the peer lacks (fewest members holding or receiving it; ties broken per node), so every
-//! node keeps pace with the mirror and a fresh piece is the first thing its holder sends.
+//! **Holders decide.** Each upload lane offers pieces to one peer and, once one is accepted,
+//! pushes it, with `lookahead` more offered behind it. A free lane picks the peer first (a
+//! blob with a piece held here alone first, then the blob opened first, then the member
+//! holding least, skipping peers that answered busy within `busy_backoff`), then the rarest
+//! piece this node holds that the peer lacks (fewest members holding or receiving it; ties
+//! broken per node), so every node keeps pace with the mirror and a fresh piece is the first
+//! thing its holder sends. A thin uplink uses fewer lanes (`lane_rate`).
 //!
 //! **Receivers reserve.** No byte of a piece moves before the receiver accepted it: an offer of
-//! a piece it holds, is receiving, or that would take it past its incoming limit is refused,
-//! and the slot offers something else. Two holders can never send one piece to one node, and a
-//! node fetching from the mirror counts that transfer `mirror_weight` times in its load, so
-//! peers push elsewhere and the mirror's range is not starved at the receiver's downlink.
+//! a piece it holds or is receiving is refused (a tail-help range from the mirror gives way to
+//! a peer that would be sooner), and so is one past its limits (`max_incoming` pushes in all,
+//! `lookahead` + 1 from one peer), as busy; the lane offers something else. Two holders can
+//! never send one piece to one node.
 //!
 //! **The mirror.** In `p2p` mode a node takes from the mirror only the runs of pieces the
 //! scheduler leased to it ([`crate::release`]: each piece leaves the mirror once) until every
