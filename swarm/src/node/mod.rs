@@ -506,6 +506,21 @@ impl Node {
                         self.drop_member(peer, task, out);
                     }
                 }
+                // Pushes accepted from it in blobs it had not joined here yet (its offer came
+                // first, on a connection then dropped for the other end's): lost with it too.
+                let from_it: Vec<(TaskId, u32)> = self
+                    .tasks
+                    .iter()
+                    .flat_map(|(&id, t)| {
+                        t.transfers
+                            .keys()
+                            .filter(|&&p| t.state[p as usize] == State::Incoming(peer))
+                            .map(move |&p| (id, p))
+                    })
+                    .collect();
+                for (task, piece) in from_it {
+                    self.end_incoming(task, piece, out);
+                }
             }
             Event::Notice {
                 peer,

@@ -710,6 +710,60 @@ fn a_peer_that_goes_frees_its_lane_and_what_it_was_sending() {
     );
 }
 
+/// Two agents that dial each other at once keep one connection and drop the other; offers
+/// that came on the dropped one, before the sender's join of the blob, were accepted from a
+/// peer this node did not count as a member. Its going must free those pieces too, or they
+/// wait for `stall` while every peer takes them for received here (seen on the fan-out bed:
+/// one node of eight 11 s late).
+#[test]
+fn a_peer_that_goes_before_it_joined_frees_what_it_was_sending() {
+    let mut n = node(3, &[0], Mode::P2p, &[(2, &[])]);
+    decide(&mut n, ms(0));
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Offered {
+            peer: 1,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 1,
+            task: T,
+            piece: 1
+        }),
+        "{a:?}"
+    );
+    let a = handle(&mut n, ms(2), Event::Gone { peer: 1 });
+    assert!(
+        a.contains(&Action::Notify {
+            task: T,
+            piece: 1,
+            notice: Notice::NotReceiving
+        }),
+        "the piece is still taken for coming from the peer that went: {a:?}"
+    );
+    let a = handle(
+        &mut n,
+        ms(3),
+        Event::Offered {
+            peer: 2,
+            task: T,
+            piece: 1,
+        },
+    );
+    assert!(
+        a.contains(&Action::Accept {
+            peer: 2,
+            task: T,
+            piece: 1
+        }),
+        "{a:?}"
+    );
+}
+
 #[test]
 fn a_p2p_download_that_stops_moving_takes_a_piece_from_the_mirror() {
     let mut n = node(3, &[], Mode::P2p, &[(1, &[0, 1, 2])]);
