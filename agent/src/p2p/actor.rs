@@ -493,6 +493,14 @@ impl Actor {
     }
 
     fn frame(&mut self, peer: PeerId, frame: Frame) {
+        // Its connection is gone (closed, or replaced by the other end's), but frames its
+        // reader had already passed on still arrive: an offer taken from it now would be
+        // accepted where nothing answers, and its piece wait `transferTimeout` here while
+        // every peer takes it for coming.
+        if !self.peers.contains_key(&peer) {
+            tracing::debug!(id = peer, "frame from a connection already gone: dropped");
+            return;
+        }
         match frame {
             Frame::Join(j) => self.joined(peer, j),
             Frame::Leave { task } => {
