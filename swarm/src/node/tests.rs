@@ -675,39 +675,9 @@ fn a_mirror_that_keeps_failing_fails_the_download() {
 fn a_peer_that_goes_frees_its_lane_and_what_it_was_sending() {
     let mut n = node(3, &[0], Mode::P2p, &[(1, &[1]), (2, &[])]);
     decide(&mut n, ms(0));
-    handle(
-        &mut n,
-        ms(1),
-        Event::Offered {
-            peer: 1,
-            task: T,
-            piece: 1,
-        },
-    );
+    offered(&mut n, ms(1), 1, 1);
     assert!(n.uploading() > 0);
-    let a = handle(&mut n, ms(2), Event::Gone { peer: 1 });
-    assert!(a.contains(&Action::Notify {
-        task: T,
-        piece: 1,
-        notice: Notice::NotReceiving
-    }));
-    let a = handle(
-        &mut n,
-        ms(3),
-        Event::Offered {
-            peer: 2,
-            task: T,
-            piece: 1,
-        },
-    );
-    assert!(
-        a.contains(&Action::Accept {
-            peer: 2,
-            task: T,
-            piece: 1
-        }),
-        "{a:?}"
-    );
+    going_frees(&mut n, 1, 2, 1);
 }
 
 /// Two agents that dial each other at once keep one connection and drop the other; offers
@@ -719,15 +689,7 @@ fn a_peer_that_goes_frees_its_lane_and_what_it_was_sending() {
 fn a_peer_that_goes_before_it_joined_frees_what_it_was_sending() {
     let mut n = node(3, &[0], Mode::P2p, &[(2, &[])]);
     decide(&mut n, ms(0));
-    let a = handle(
-        &mut n,
-        ms(1),
-        Event::Offered {
-            peer: 1,
-            task: T,
-            piece: 1,
-        },
-    );
+    let a = offered(&mut n, ms(1), 1, 1);
     assert!(
         a.contains(&Action::Accept {
             peer: 1,
@@ -736,29 +698,27 @@ fn a_peer_that_goes_before_it_joined_frees_what_it_was_sending() {
         }),
         "{a:?}"
     );
-    let a = handle(&mut n, ms(2), Event::Gone { peer: 1 });
+    going_frees(&mut n, 1, 2, 1);
+}
+
+/// `peer` goes (at 2 ms): `piece`, accepted from it, is no longer taken for coming, and
+/// `other`'s offer of it (at 3 ms) is accepted.
+fn going_frees(n: &mut Node, peer: PeerId, other: PeerId, piece: u32) {
+    let a = handle(n, ms(2), Event::Gone { peer });
     assert!(
         a.contains(&Action::Notify {
             task: T,
-            piece: 1,
+            piece,
             notice: Notice::NotReceiving
         }),
         "the piece is still taken for coming from the peer that went: {a:?}"
     );
-    let a = handle(
-        &mut n,
-        ms(3),
-        Event::Offered {
-            peer: 2,
-            task: T,
-            piece: 1,
-        },
-    );
+    let a = offered(n, ms(3), other, piece);
     assert!(
         a.contains(&Action::Accept {
-            peer: 2,
+            peer: other,
             task: T,
-            piece: 1
+            piece
         }),
         "{a:?}"
     );
