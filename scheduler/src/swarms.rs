@@ -8,7 +8,12 @@
 //!                                                           or goes
 //!   fresh ──> Blob.groups[group of the requester's pool].releases.ask ──> grants to deliver
 //!   leave, a lapsed member, a silent peer ──> Releases::leave; the sweep ──> Releases::expire
+//!   any of these freed room in the group's window ──> its blobs' waiters, the first blob first
 //! ```
+//!
+//! A group's blobs share one window of leases (what one blob may lease, less what the others
+//! hold leased: [`swarm::Releases::share`]): the mirror's uplink is one link, and an image's
+//! blobs started ahead of the client leave it one after another instead of side by side.
 //!
 //! Functions that may end a wait return the grants to deliver as [`Delivery`]s; the server
 //! hands each to the request that waits for it.
@@ -16,7 +21,7 @@
 use crate::error::{Error, Result};
 use crate::peers::{PeerKey, PoolKey};
 use crate::registry::{MAX_TASKS, MAX_TASKS_PER_PEER};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use swarm::{Grant, Holder, ReleaseConfig, Releases};
 
@@ -105,6 +110,8 @@ struct Member {
 struct Group {
     pools: Vec<PoolKey>,
     releases: Releases,
+    /// Its place among the group's blobs, in the order their leases were first asked for.
+    seq: u64,
     /// Holders told `move_on` (in a grant, an answer or a long poll's end).
     told: HashSet<Holder>,
 }
@@ -139,30 +146,6 @@ impl Blob {
         ReleaseConfig::for_pool(count(&self.per_pool), count(nodes), self.piece_size, lease)
     }
 
-    /// Runs `f` on every group's leases with that group's config; returns the grants made.
-    fn each_group(
-        &mut self,
-        nodes: &HashMap<PoolKey, u32>,
-        lease: Duration,
-        mut f: impl FnMut(&mut Releases, &ReleaseConfig) -> Vec<(Holder, Grant)>,
-    ) -> Vec<Grants> {
-        let keys: Vec<GroupKey> = self.groups.keys().copied().collect();
-        let mut out = Vec::new();
-        for key in keys {
-            let Some(cfg) = self
-                .groups
-                .get(&key)
-                .map(|g| self.release_config(&g.pools, nodes, lease))
-            else {
-                continue;
-            };
-            if let Some(g) = self.groups.get_mut(&key) {
-                out.push((key, f(&mut g.releases, &cfg)));
-            }
-        }
-        out
-    }
-
     fn remove_member(&mut self, key: PeerKey) -> Option<Member> {
         let m = self.members.remove(&key)?;
         if let Some(n) = self.per_pool.get_mut(&m.pool) {
@@ -189,6 +172,16 @@ fn deliveries(digest: &str, grants: Vec<Grants>) -> impl Iterator<Item = Deliver
     })
 }
 
+/// `seq` no longer waits in `group`.
+fn unlist(waiting: &mut HashMap<GroupKey, BTreeMap<u64, String>>, group: GroupKey, seq: u64) {
+    if let Some(a) = waiting.get_mut(&group) {
+        a.remove(&seq);
+        if a.is_empty() {
+            waiting.remove(&group);
+        }
+    }
+}
+
 /// Every blob taken part in through v2 (or held, by heartbeat), its members and leases.
 #[derive(Debug)]
 pub(crate) struct Swarms {
@@ -200,6 +193,13 @@ pub(crate) struct Swarms {
     by_peer: HashMap<PeerKey, HashSet<String>>,
     /// Live nodes per pool (the registry's peers), whatever blobs they take part in.
     nodes: HashMap<PoolKey, u32>,
+    /// Per group of pools, its blobs with nodes waiting for a lease, by `Group::seq`. A
+    /// group's blobs share one window of leases on the mirror's uplink
+    /// ([`Releases::share`]): room one frees goes to these, the blob first asked for first.
+    waiting: HashMap<GroupKey, BTreeMap<u64, String>>,
+    /// Per group, the bytes its blobs have leased and not completed.
+    leased: HashMap<GroupKey, u64>,
+    seq: u64,
 }
 
 impl Swarms {
@@ -210,6 +210,99 @@ impl Swarms {
             blobs: HashMap::new(),
             by_peer: HashMap::new(),
             nodes: HashMap::new(),
+            waiting: HashMap::new(),
+            leased: HashMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// Runs `f` on `group`'s leases of `digest` with what the group's other blobs hold leased
+    /// as their share of the window, and keeps the group's sum and its blobs waiting. None
+    /// when the blob or its group is unknown.
+    fn with_releases<R>(
+        &mut self,
+        group: GroupKey,
+        digest: &str,
+        f: impl FnOnce(&mut Releases, &ReleaseConfig) -> R,
+    ) -> Option<R> {
+        let lease = self.lease;
+        let b = self.blobs.get_mut(digest)?;
+        let cfg = b
+            .groups
+            .get(&group)
+            .map(|g| b.release_config(&g.pools, &self.nodes, lease))?;
+        let piece_size = b.piece_size.max(1);
+        let g = b.groups.get_mut(&group)?;
+        let total = self.leased.get(&group).copied().unwrap_or(0);
+        let others = total.saturating_sub(g.releases.leased() * piece_size);
+        g.releases.share(others.div_ceil(piece_size));
+        let r = f(&mut g.releases, &cfg);
+        let total = others + g.releases.leased() * piece_size;
+        if total == 0 {
+            self.leased.remove(&group);
+        } else {
+            self.leased.insert(group, total);
+        }
+        let waits = g.releases.has_waiting() && !g.releases.all_released();
+        let seq = g.seq;
+        if waits {
+            self.waiting
+                .entry(group)
+                .or_default()
+                .insert(seq, digest.to_string());
+        } else {
+            unlist(&mut self.waiting, group, seq);
+        }
+        Some(r)
+    }
+
+    /// Room freed in `group`'s window goes to the nodes waiting on its blobs, the blob first
+    /// asked for first, until the window is full.
+    fn regrant(&mut self, group: GroupKey, now: Duration) -> Vec<Delivery> {
+        let order: Vec<(u64, String)> = self
+            .waiting
+            .get(&group)
+            .map(|a| a.iter().map(|(&k, d)| (k, d.clone())).collect())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (seq, digest) in order {
+            let grants = self.with_releases(group, &digest, |r, cfg| {
+                let grants = r.grant(cfg, now);
+                (grants, r.room(cfg) == 0)
+            });
+            let Some((grants, full)) = grants else {
+                unlist(&mut self.waiting, group, seq);
+                continue;
+            };
+            if let Some(g) = self
+                .blobs
+                .get_mut(&digest)
+                .and_then(|b| b.groups.get_mut(&group))
+            {
+                for (holder, grant) in &grants {
+                    if grant.move_on || grant.all_released {
+                        g.told.insert(*holder);
+                    }
+                }
+            }
+            out.extend(deliveries(&digest, vec![(group, grants)]));
+            if full {
+                break;
+            }
+        }
+        out
+    }
+
+    /// A blob nobody takes part in any more: out of its groups' windows.
+    fn forget(&mut self, b: &Blob) {
+        for (&key, g) in &b.groups {
+            unlist(&mut self.waiting, key, g.seq);
+            if let Some(total) = self.leased.get_mut(&key) {
+                *total = total.saturating_sub(g.releases.leased() * b.piece_size.max(1));
+                if *total == 0 {
+                    self.leased.remove(&key);
+                }
+            }
         }
     }
 
@@ -364,27 +457,30 @@ impl Swarms {
         ask: Ask<'_>,
         now: Duration,
     ) -> Option<FreshOutcome> {
-        let lease = self.lease;
         let b = self.blobs.get_mut(digest)?;
         let m = b
             .members
             .get_mut(&who.key)
             .filter(|m| m.holder == who.holder)?;
         m.seen = now;
-        let cfg = b.release_config(group.pools, &self.nodes, lease);
         let pieces = b.pieces;
-        let g = b.groups.entry(group.key).or_insert_with(|| Group {
-            pools: group.pools.to_vec(),
-            releases: Releases::new(pieces),
-            told: HashSet::new(),
-        });
-        let mut grants = g.releases.expire(&cfg, now);
-        grants.extend(
-            g.releases
-                .ask(&cfg, who.holder, ask.completed, ask.wait, now),
-        );
-        let all_released = g.releases.all_released();
-        let move_on = g.releases.move_on(&cfg, now);
+        if let std::collections::hash_map::Entry::Vacant(slot) = b.groups.entry(group.key) {
+            self.seq += 1;
+            slot.insert(Group {
+                pools: group.pools.to_vec(),
+                releases: Releases::new(pieces),
+                seq: self.seq,
+                told: HashSet::new(),
+            });
+        }
+        let (grants, all_released, move_on) = self.with_releases(group.key, digest, |r, cfg| {
+            let mut grants = r.expire(cfg, now);
+            grants.extend(r.ask(cfg, who.holder, ask.completed, ask.wait, now));
+            (grants, r.all_released(), r.move_on(cfg, now))
+        })?;
+        // What the asker's completions freed goes to the group's oldest blob first.
+        let mut freed = self.regrant(group.key, now);
+        let g = self.blobs.get_mut(digest)?.groups.get_mut(&group.key)?;
         for (holder, grant) in &grants {
             if grant.move_on || grant.all_released {
                 g.told.insert(*holder);
@@ -410,6 +506,15 @@ impl Swarms {
                 });
             }
         }
+        if ask.wait && out.mine.is_none() {
+            let mine = freed
+                .iter()
+                .position(|d| d.digest == digest && d.group == group.key && d.holder == who.holder);
+            if let Some(k) = mine {
+                out.mine = Some(freed.swap_remove(k).grant);
+            }
+        }
+        out.others.extend(freed);
         Some(out)
     }
 
@@ -463,19 +568,33 @@ impl Swarms {
                 self.by_peer.remove(&key);
             }
         }
-        let lease = self.lease;
         let Some(b) = self.blobs.get_mut(digest) else {
             return Vec::new();
         };
         let Some(m) = b.remove_member(key) else {
             return Vec::new();
         };
+        let groups: Vec<GroupKey> = b.groups.keys().copied().collect();
+        let mut out = Vec::new();
         if b.members.is_empty() {
-            self.blobs.remove(digest);
-            return Vec::new();
+            if let Some(b) = self.blobs.remove(digest) {
+                self.forget(&b);
+            }
+        } else {
+            for &group in &groups {
+                let grants =
+                    self.with_releases(group, digest, |r, cfg| r.leave(cfg, m.holder, now));
+                out.extend(deliveries(
+                    digest,
+                    vec![(group, grants.unwrap_or_default())],
+                ));
+            }
         }
-        let grants = b.each_group(&self.nodes, lease, |r, cfg| r.leave(cfg, m.holder, now));
-        deliveries(digest, grants).collect()
+        // Leases it held went back, or the blob is gone with its leases: room for the rest.
+        for group in groups {
+            out.extend(self.regrant(group, now));
+        }
+        out
     }
 
     /// `key` is gone: it leaves every blob.
@@ -521,10 +640,27 @@ impl Swarms {
         for (key, digest) in lapsed {
             out.extend(self.leave(key, &digest, now));
         }
-        let lease = self.lease;
-        for (digest, b) in &mut self.blobs {
-            let grants = b.each_group(&self.nodes, lease, |r, cfg| r.expire(cfg, now));
-            out.extend(deliveries(digest, grants));
+        let leased: Vec<(String, GroupKey)> = self
+            .blobs
+            .iter()
+            .flat_map(|(d, b)| {
+                b.groups
+                    .iter()
+                    .filter(|(_, g)| g.releases.leased() > 0)
+                    .map(move |(&k, _)| (d.clone(), k))
+            })
+            .collect();
+        let mut groups = HashSet::new();
+        for (digest, group) in leased {
+            let grants = self.with_releases(group, &digest, |r, cfg| r.expire(cfg, now));
+            out.extend(deliveries(
+                &digest,
+                vec![(group, grants.unwrap_or_default())],
+            ));
+            groups.insert(group);
+        }
+        for group in groups {
+            out.extend(self.regrant(group, now));
         }
         out
     }

@@ -152,6 +152,9 @@ pub struct Releases {
     waiting: Vec<Waiter>,
     /// When each piece released within the last [`RATE_SPAN`] was.
     recent: VecDeque<Duration>,
+    /// Pieces of other blobs leased in this blob's group of pools, in this blob's pieces
+    /// ([`Releases::share`]): they take from this blob's window.
+    others: u64,
 }
 
 impl Releases {
@@ -163,7 +166,31 @@ impl Releases {
             released: PieceSet::empty(pieces),
             waiting: Vec::new(),
             recent: VecDeque::new(),
+            others: 0,
         }
+    }
+
+    /// Pieces leased now and not completed.
+    pub fn leased(&self) -> u64 {
+        self.leases.iter().map(|l| l.left.len() as u64).sum()
+    }
+
+    /// The mirror's uplink is one link whatever blobs its pool pulls: what other blobs of the
+    /// group have leased (`others`, counted in this blob's pieces) takes from this blob's
+    /// window of `in_flight` runs, so the pool's leases together stay within one window. An
+    /// image's blobs then leave the mirror one after another, in the order the caller
+    /// grants them, as one blob's pieces do, and a blob started ahead waits for the room its
+    /// predecessor frees instead of adding its own window of ranges to the mirror's uplink
+    /// (docs/benchmarks.md, "One window for a pool's blobs").
+    pub fn share(&mut self, others: u64) {
+        self.others = others;
+    }
+
+    /// Pieces this blob may still lease before its window (less what [`Releases::share`]
+    /// gave to other blobs) is full.
+    pub fn room(&self, cfg: &ReleaseConfig) -> u64 {
+        let window = u64::from(cfg.in_flight.max(1)) * u64::from(cfg.run.max(1));
+        window.saturating_sub(self.leased() + self.others)
     }
 
     pub fn pieces(&self) -> u32 {
@@ -215,6 +242,11 @@ impl Releases {
     /// Leases held now.
     pub fn in_flight(&self) -> usize {
         self.leases.len()
+    }
+
+    /// Whether any node is waiting for a grant.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     /// Whether `holder` is waiting for a grant.
@@ -320,7 +352,9 @@ impl Releases {
         run
     }
 
-    fn grant(&mut self, cfg: &ReleaseConfig, now: Duration) -> Vec<(Holder, Grant)> {
+    /// Hands out what the window has room for to the nodes waiting (the caller's pass after
+    /// another blob of the group freed room: [`Releases::share`]).
+    pub fn grant(&mut self, cfg: &ReleaseConfig, now: Duration) -> Vec<(Holder, Grant)> {
         let mut out = Vec::new();
         if self.all_released() {
             for w in self.waiting.drain(..) {
@@ -336,6 +370,7 @@ impl Releases {
             return out;
         }
         while self.leases.len() < cfg.in_flight.max(1) as usize
+            && self.room(cfg) > 0
             && (!self.again.is_empty() || self.next < self.pieces())
         {
             let leases = &self.leases;
@@ -405,6 +440,24 @@ mod tests {
         let out = r.ask(&c, 1, &[0], true, t(3));
         assert_eq!(granted(&out), vec![(3, vec![2])]);
         assert_eq!(r.released(), 1);
+    }
+
+    #[test]
+    fn other_blobs_leases_take_from_the_window() {
+        let c = cfg(4);
+        let mut r = Releases::new(8);
+        r.share(3);
+        assert_eq!(r.room(&c), 1);
+        assert_eq!(granted(&r.ask(&c, 1, &[], true, t(0))), vec![(1, vec![0])]);
+        assert!(
+            r.ask(&c, 2, &[], true, t(1)).is_empty(),
+            "the window is full with the other blobs' three"
+        );
+        assert_eq!(r.leased(), 1);
+        // The other blobs completed theirs: the waiting node gets the room.
+        r.share(0);
+        assert_eq!(granted(&r.grant(&c, t(2))), vec![(2, vec![1])]);
+        assert_eq!(r.room(&c), 2);
     }
 
     #[test]

@@ -495,3 +495,94 @@ fn a_small_pools_pullers_share_every_lease_and_a_large_pools_first_member_holds_
     // A pool of 32 whose first node reaches the blob: two, the others are about to come.
     assert_eq!(leases_taken(&mut pool_of(32, t0), "n1", t0), 2);
 }
+
+const OTHER_SMALL: &str = "sha256:7777777777777777777777777777777777777777777777777777777777777777";
+
+fn small_ask(id: &str, digest: &str, completed: &[u32], wait: bool) -> FreshRequest {
+    FreshRequest {
+        peer: peer(id, "a"),
+        digest: digest.into(),
+        completed: completed.to_vec(),
+        wait,
+    }
+}
+
+/// `id` of pool "a" takes part in `digest`, a blob of 1,024 pieces of 64 KiB, and asks for a
+/// lease (`wait`) or reports `completed`: the pieces granted at once.
+fn ask_small(
+    r: &mut PeerRegistry,
+    id: &str,
+    digest: &str,
+    completed: &[u32],
+    wait: bool,
+    t0: Instant,
+) -> Option<Vec<u32>> {
+    let mut join = join_small(id);
+    join.task.digest = digest.into();
+    r.join(&join, t0).expect("join accepted");
+    let ask = small_ask(id, digest, completed, wait);
+    r.fresh(&ask, t0).expect("fresh").grant.map(|g| g.pieces)
+}
+
+/// `id` asks for a lease of `digest` and is told to wait: its holder key.
+fn waits_small(r: &mut PeerRegistry, id: &str, digest: &str, t0: Instant) -> Holder {
+    assert_eq!(ask_small(r, id, digest, &[], true, t0), None, "{id} waits");
+    r.fresh(&small_ask(id, digest, &[], true), t0)
+        .expect("fresh")
+        .key
+        .holder
+}
+
+/// `ids` take every lease of [`SMALL_PIECES`] in turn (16 runs of 2 pieces in a pool this
+/// small: 2 MiB, the pool's window).
+fn fill_window(r: &mut PeerRegistry, ids: &[&str], t0: Instant) {
+    for id in ids {
+        let mut join = join_small(id);
+        join.task.digest = SMALL_PIECES.into();
+        r.join(&join, t0).expect("join accepted");
+    }
+    for k in 0..16 {
+        let id = ids[k * ids.len() / 16];
+        assert!(ask_small(r, id, SMALL_PIECES, &[], true, t0).is_some());
+    }
+    r.take_deliveries();
+}
+
+#[test]
+fn a_pools_blobs_share_one_window_of_leases_the_first_asked_for_first() {
+    let t0 = Instant::now();
+    let mut r = registry(&[], t0);
+    // n1 holds pieces 0-15, n2 16-31.
+    fill_window(&mut r, &["n1", "n2"], t0);
+    // n3 waits for the first blob, n4 for a second one: the window is the pool's.
+    let n3 = waits_small(&mut r, "n3", SMALL_PIECES, t0);
+    let n4 = waits_small(&mut r, "n4", OTHER_SMALL, t0);
+    // n1 completes a run: the room goes to the blob asked for first.
+    assert_eq!(
+        ask_small(&mut r, "n1", SMALL_PIECES, &[0, 1], false, t0),
+        None
+    );
+    assert_eq!(delivered(&mut r), vec![(n3, vec![32, 33])]);
+    // The next run freed finds nobody waiting there: the second blob's first run.
+    assert_eq!(
+        ask_small(&mut r, "n1", SMALL_PIECES, &[2, 3], false, t0),
+        None
+    );
+    assert_eq!(delivered(&mut r), vec![(n4, vec![0, 1])]);
+}
+
+#[test]
+fn a_blob_nobody_pulls_any_more_frees_its_room_in_the_window() {
+    let t0 = Instant::now();
+    let mut r = registry(&[], t0);
+    fill_window(&mut r, &["n1"], t0);
+    let n3 = waits_small(&mut r, "n3", OTHER_SMALL, t0);
+    let leave = LeaveRequest {
+        peer_id: "n1".into(),
+        pool: "a".into(),
+        digest: Some(SMALL_PIECES.into()),
+    };
+    r.leave(&leave, t0).expect("leave");
+    // The first blob is gone with its leases: the window is the second's.
+    assert_eq!(delivered(&mut r), vec![(n3, vec![0, 1])]);
+}
