@@ -187,6 +187,18 @@ impl<C: Clone> Ahead<C> {
         first
     }
 
+    /// Whether [`Ahead::next`] has a blob to start, now or once one started ahead is asked
+    /// for: the client pulls an image blob by blob and has not reached its end.
+    pub fn pending(&self, now: Instant) -> bool {
+        self.images.iter().any(|image| {
+            let asked = image.requested.iter().take_while(|r| **r).count();
+            now.saturating_duration_since(image.at) < KEEP
+                && asked > 0
+                && !image.requested[asked..].iter().any(|r| *r)
+                && image.started[asked..].iter().any(|s| !*s)
+        })
+    }
+
     /// The next blob to start ahead, if any: newest image first, while the blobs asked for
     /// are the first ones in order (and at least one), the first blob after them not started
     /// ahead yet, unless as many as allowed are started and not asked for.
@@ -265,6 +277,28 @@ mod tests {
         a.requested(None, "app", &digest(2), |_| {});
         a.requested(None, "app", &digest(3), |_| {});
         assert!(a.next(now).is_none(), "every blob asked for");
+    }
+
+    #[test]
+    fn pending_until_the_last_blob_is_started() {
+        let now = Instant::now();
+        let mut a = Ahead::<Option<&str>>::for_client();
+        a.manifest(None, "app", &manifest(&[1, 2, 3]), None, now);
+        assert!(!a.pending(now), "nothing asked for: maybe nothing will be");
+        a.requested(None, "app", &digest(1), |_| {});
+        assert!(a.pending(now));
+        a.next(now).expect("blob 2");
+        assert!(a.pending(now), "blob 3 is still to start");
+        a.next(now).expect("blob 3");
+        assert!(!a.pending(now), "every blob started");
+        let mut b = Ahead::<Option<&str>>::for_client();
+        b.manifest(None, "app", &manifest(&[1, 2, 3]), None, now);
+        b.requested(None, "app", &digest(2), |_| {});
+        assert!(
+            !b.pending(now),
+            "a client that skipped a blob is not worked ahead of"
+        );
+        assert!(!a.pending(now + KEEP), "a forgotten image");
     }
 
     #[test]

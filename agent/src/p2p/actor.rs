@@ -208,6 +208,8 @@ impl Actor {
                 }
             }
             let now = self.now();
+            let more = self.state.ahead.lock().pending(Instant::now());
+            self.node.set_more(more);
             self.node.decide(now, &mut self.out);
             self.execute();
             self.work_ahead();

@@ -352,6 +352,10 @@ pub struct Node {
     /// Every p2p download here has all its pieces in the pool: the mirror's uplink is free of
     /// fresh pieces (for the blobs this node pulls), so it may help the tail.
     released: bool,
+    /// The client will ask for blobs not opened here yet (an image pulled blob by blob, its
+    /// next blobs started ahead one at a time): their fresh pieces still wait on the
+    /// mirror's uplink, so it does not help a tail yet ([`Node::set_more`]).
+    more: bool,
     /// Blobs opened here so far: each task's place in the order this node opened them (the
     /// order its client asks for an image's blobs, which the agent opens ahead in that order).
     opened: u64,
@@ -373,6 +377,7 @@ impl Node {
             dirty: true,
             peer_rate: None,
             released: false,
+            more: false,
             opened: 0,
         }
     }
@@ -412,6 +417,19 @@ impl Node {
         self.tasks
             .values()
             .all(|t| !t.wants() || t.mode != Mode::P2p || t.all_released)
+    }
+
+    /// Whether the client will ask for blobs this node has not opened yet (the agent knows
+    /// the image it pulls blob by blob): until it has opened the last, the mirror's uplink
+    /// still has fresh pieces to send the pool and helps no tail. An image of many small
+    /// layers is all released blob by blob, and help with each blob's tail took a quarter
+    /// of the mirror's uplink from the next ones' fresh pieces (docs/benchmarks.md, "One
+    /// window for a pool's blobs").
+    pub fn set_more(&mut self, more: bool) {
+        if self.more != more {
+            self.more = more;
+            self.dirty = true;
+        }
     }
 
     /// Every blob this node pulls in p2p mode is released, or leased to first holders but for
@@ -588,7 +606,7 @@ impl Node {
         // The mirror helps a blob's tail only once no blob pulled here waits on it for fresh
         // pieces: an image's small layers are all released long before its large ones, and
         // their help would take the mirror's uplink from fresh pieces the pool has nowhere else.
-        let released = self.released();
+        let released = self.released() && !self.more;
         if released && !self.released {
             for t in self.tasks.values_mut() {
                 t.mirror_dirty = true;

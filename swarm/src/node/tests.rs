@@ -506,6 +506,31 @@ fn the_mirror_helps_no_tail_while_another_blob_here_still_waits_for_fresh_pieces
 }
 
 #[test]
+fn the_mirror_helps_no_tail_while_the_client_will_ask_for_more_blobs() {
+    let mut n = node(4, &[0], Mode::P2p, &[(1, &[0, 1, 2, 3])]);
+    n.set_more(true);
+    let a = handle(
+        &mut n,
+        ms(1),
+        Event::Fresh {
+            task: T,
+            pieces: vec![],
+            all_released: true,
+            move_on: true,
+        },
+    );
+    assert!(
+        fetches(&a).is_empty(),
+        "the mirror helped a tail while the image's next blobs wait for it: {a:?}"
+    );
+    // The client's last blob is open here: nothing fresh is left for the mirror to send.
+    n.set_more(false);
+    let mut a = Vec::new();
+    n.decide(ms(2), &mut a);
+    assert_eq!(whys(&a), vec![MirrorWhy::Assist], "{a:?}");
+}
+
+#[test]
 fn a_stalled_push_is_refused_and_its_sender_blocked() {
     let mut n = node(2, &[], Mode::P2p, &[(1, &[0, 1])]);
     handle(
