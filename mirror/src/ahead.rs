@@ -67,10 +67,10 @@ impl Ahead {
 }
 
 /// Starts the next blob the pool will ask for, if there is one and upstream fetches nothing
-/// else: the blob before it keeps the whole link until it is in. Called when a member asks
-/// for a blob and when an upstream fetch ends.
+/// else but the last bytes of a blob: the blob before it keeps the whole link until then.
+/// Called when a member asks for a blob, when an upstream fetch is ending and when it ends.
 pub fn fetch_next(state: &web::Data<AppState>) {
-    if !state.ingests.is_empty() {
+    if !state.ingests.all_ending() {
         return;
     }
     loop {

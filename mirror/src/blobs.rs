@@ -14,7 +14,7 @@ use reqwest::Method;
 use sha2::Digest as _;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use storage::body::{file_stream, metered, parse_range, span, RangeSpec, Share, Span, CHUNK};
 use storage::ingest::{Ingest, IngestWriter, Joined, Progress};
 use storage::reference::Digest;
@@ -22,6 +22,9 @@ use tracing::Instrument;
 
 /// Joiners retry when the ingest they joined was refused for its starter's credentials.
 const ATTEMPTS: usize = 3;
+/// The most an upstream fetch's last bytes may overlap the next blob's first request
+/// ([`crate::ahead`]): the time upstream took to answer this one, at most this.
+const MAX_LEAD: Duration = Duration::from_secs(1);
 
 /// Where a requested blob's bytes come from, after the requester's access was checked.
 pub enum Source {
@@ -413,6 +416,7 @@ async fn fetch(
 ) {
     state.metrics.upstream_requests.inc();
     let digest = writer.digest().clone();
+    let asked = Instant::now();
     let resp = match state
         .client
         .send(Method::GET, url, RequestOpts::new(auth.as_ref(), None))
@@ -436,7 +440,13 @@ async fn fetch(
         return writer.set(Progress::Failed(e.to_string()));
     }
     writer.set(Progress::Running { written: 0, size });
-    match copy_verified(&state, resp, &writer, size).await {
+    // The next blob's request will take about as long to answer as this one did: started
+    // that long before this one's last byte, it finds the link to upstream free as its bytes
+    // come. Started only once this one was in, each blob of an image of 20 small layers came
+    // after a 50-90 ms gap on the fan-out bed, and the origin's link idled a tenth of the time
+    // (docs/benchmarks.md, "One window for a pool's blobs").
+    let lead = asked.elapsed().min(MAX_LEAD);
+    match copy_verified(&state, resp, &writer, size, (asked, lead)).await {
         Ok(written) => {
             let Some(temp) = writer.temp.take() else {
                 return writer.set(Progress::Failed("temp file lost".into()));
@@ -467,16 +477,30 @@ async fn fetch(
 }
 
 async fn copy_verified(
-    state: &AppState,
+    state: &web::Data<AppState>,
     resp: reqwest::Response,
     writer: &IngestWriter,
     size: Option<u64>,
+    (asked, lead): (Instant, Duration),
 ) -> Result<u64> {
     let mut stream = resp.bytes_stream();
     let mut hasher = Some(sha2::Sha256::new());
     let mut buf = BytesMut::new();
     let mut written = 0u64;
+    let mut ending = false;
     loop {
+        // What is left comes within `lead` at the rate so far (counted from the request, so a
+        // blob's first bytes do not promise too much): the next blob may start.
+        if let Some(size) = size.filter(|_| !ending) {
+            let got = written + buf.len() as u64;
+            let left = size.saturating_sub(got) as f64;
+            let rate = got as f64 / asked.elapsed().as_secs_f64().max(1e-3);
+            if left <= rate * lead.as_secs_f64() {
+                ending = true;
+                writer.ending();
+                crate::ahead::fetch_next(state);
+            }
+        }
         // Flush what we have whenever upstream pauses, so readers see bytes early.
         let next = match stream.next().now_or_never() {
             Some(item) => item,

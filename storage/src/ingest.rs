@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -48,6 +49,9 @@ pub struct Ingest {
     /// a pool long-polls a blob still arriving at once, and each piece is hashed once, not once
     /// per agent. It dies with this ingest, so a failed fetch's bytes never vouch for the next.
     pub piece_digests: tokio::sync::Mutex<HashMap<u64, Vec<String>>>,
+    /// Its last bytes are arriving ([`IngestWriter::ending`]): the link to upstream is about
+    /// to be free.
+    ending: AtomicBool,
 }
 
 /// The sending half, held by the fetch task.
@@ -67,6 +71,14 @@ impl IngestWriter {
 
     pub fn set(&self, p: Progress) {
         self.progress.send_replace(p);
+    }
+
+    /// Only the last bytes are still to come (about a round trip's worth at the rate they
+    /// come): a fetch started now finds the link to upstream free as it gets going.
+    pub fn ending(&self) {
+        if let Some(i) = self.ingests.map.lock().get(self.digest.hex()) {
+            i.ending.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -138,6 +150,7 @@ impl Ingests {
             file: file.clone(),
             progress: rx,
             piece_digests: Default::default(),
+            ending: AtomicBool::new(false),
         });
         map.insert(digest.hex().to_string(), ingest.clone());
         let writer = IngestWriter {
@@ -160,6 +173,14 @@ impl Ingests {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every ingest under way is receiving its last bytes (true when none is).
+    pub fn all_ending(&self) -> bool {
+        self.map
+            .lock()
+            .values()
+            .all(|i| i.ending.load(Ordering::Relaxed))
     }
 }
 
@@ -306,6 +327,23 @@ mod tests {
             Joined::Started(i, w) => (i, w),
             Joined::Existing(_) | Joined::Stored => panic!("should start"),
         }
+    }
+
+    #[test]
+    fn the_link_is_about_to_be_free_once_every_ingest_is_ending() {
+        let ingests = Arc::new(Ingests::default());
+        assert!(ingests.all_ending(), "none under way");
+        let a = Digest::from_sha256(&[1u8; 32]);
+        let b = Digest::from_sha256(&[2u8; 32]);
+        let (_ia, wa) = start(&ingests, &a);
+        assert!(!ingests.all_ending());
+        wa.ending();
+        assert!(ingests.all_ending(), "its last bytes are coming");
+        let (_ib, wb) = start(&ingests, &b);
+        assert!(!ingests.all_ending(), "the next one just began");
+        drop(wb);
+        drop(wa);
+        assert!(ingests.all_ending());
     }
 
     /// The race a pool hit at a layer's end: a request found the blob neither stored nor
