@@ -77,11 +77,12 @@ pub async fn api(req: HttpRequest, state: web::Data<AgentState>) -> Result<HttpR
             )
             .await?;
             if let Some(body) = body.filter(|_| r.status() == StatusCode::OK) {
+                let now = std::time::Instant::now();
                 let ctx = AheadCtx {
                     auth: req.headers().get(AUTHORIZATION).cloned(),
                     trace: serve::trace::Parent::current(),
+                    asked: now,
                 };
-                let now = std::time::Instant::now();
                 state
                     .ahead
                     .lock()
@@ -207,6 +208,7 @@ async fn blob(
             .lock()
             .requested(b.ns.as_deref(), &b.repo, &b.digest, |ctx| {
                 ctx.trace = serve::trace::Parent::current();
+                ctx.asked = std::time::Instant::now();
             });
     }
     let builder = |span: Span, size: u64| {
@@ -287,7 +289,16 @@ pub struct AheadCtx {
     pub auth: Option<HeaderValue>,
     /// The trace of the client's latest request for the image: the blob's work joins it.
     pub trace: serve::trace::Parent,
+    /// When the client last asked for the image's manifest or one of its blobs.
+    pub asked: std::time::Instant,
 }
+
+/// A client that asked for nothing of an image for this long is taken to have stopped pulling
+/// it (failed, or killed): its next blobs no longer hold back the mirror's help with other
+/// blobs' tails (`swarm::Node::set_more`). skopeo asks for each blob once the one before it
+/// is in, which a blob of a few GiB over a thin link can take longer than this; help then
+/// comes sooner, as it did before.
+pub const PULLING: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Starts the download of a blob no client asked for yet, as [`storage::ahead`] chose it:
 /// after the mirror's access check with the credentials the client sent for the image's

@@ -188,11 +188,13 @@ impl<C: Clone> Ahead<C> {
     }
 
     /// Whether [`Ahead::next`] has a blob to start, now or once one started ahead is asked
-    /// for: the client pulls an image blob by blob and has not reached its end.
-    pub fn pending(&self, now: Instant) -> bool {
+    /// for, in an image whose record `live` accepts (the caller's test that its client still
+    /// pulls): the client pulls an image blob by blob and has not reached its end.
+    pub fn pending(&self, now: Instant, live: impl Fn(&C) -> bool) -> bool {
         self.images.iter().any(|image| {
             let asked = image.requested.iter().take_while(|r| **r).count();
             now.saturating_duration_since(image.at) < KEEP
+                && live(&image.ctx)
                 && asked > 0
                 && !image.requested[asked..].iter().any(|r| *r)
                 && image.started[asked..].iter().any(|s| !*s)
@@ -282,23 +284,28 @@ mod tests {
     #[test]
     fn pending_until_the_last_blob_is_started() {
         let now = Instant::now();
+        let any = |_: &Option<&str>| true;
         let mut a = Ahead::<Option<&str>>::for_client();
         a.manifest(None, "app", &manifest(&[1, 2, 3]), None, now);
-        assert!(!a.pending(now), "nothing asked for: maybe nothing will be");
+        assert!(
+            !a.pending(now, any),
+            "nothing asked for: maybe nothing will be"
+        );
         a.requested(None, "app", &digest(1), |_| {});
-        assert!(a.pending(now));
+        assert!(a.pending(now, any));
+        assert!(!a.pending(now, |_| false), "a client that stopped pulling");
         a.next(now).expect("blob 2");
-        assert!(a.pending(now), "blob 3 is still to start");
+        assert!(a.pending(now, any), "blob 3 is still to start");
         a.next(now).expect("blob 3");
-        assert!(!a.pending(now), "every blob started");
+        assert!(!a.pending(now, any), "every blob started");
         let mut b = Ahead::<Option<&str>>::for_client();
         b.manifest(None, "app", &manifest(&[1, 2, 3]), None, now);
         b.requested(None, "app", &digest(2), |_| {});
         assert!(
-            !b.pending(now),
+            !b.pending(now, any),
             "a client that skipped a blob is not worked ahead of"
         );
-        assert!(!a.pending(now + KEEP), "a forgotten image");
+        assert!(!a.pending(now + KEEP, any), "a forgotten image");
     }
 
     #[test]

@@ -208,7 +208,10 @@ impl Actor {
                 }
             }
             let now = self.now();
-            let more = self.state.ahead.lock().pending(Instant::now());
+            let at = Instant::now();
+            let more = (self.state.ahead.lock()).pending(at, |c| {
+                at.saturating_duration_since(c.asked) < crate::registry::PULLING
+            });
             self.node.set_more(more);
             self.node.decide(now, &mut self.out);
             self.execute();
