@@ -259,13 +259,16 @@ impl Swarms {
     /// Room freed in `group`'s window goes to the nodes waiting on its blobs, the blob first
     /// asked for first, until the window is full.
     fn regrant(&mut self, group: GroupKey, now: Duration) -> Vec<Delivery> {
-        let order: Vec<(u64, String)> = self
+        let mut out = Vec::new();
+        let mut from = 0;
+        // One blob at a time, from the map as it is now (a pass may unlist what it served).
+        while let Some((seq, digest)) = self
             .waiting
             .get(&group)
-            .map(|a| a.iter().map(|(&k, d)| (k, d.clone())).collect())
-            .unwrap_or_default();
-        let mut out = Vec::new();
-        for (seq, digest) in order {
+            .and_then(|a| a.range(from..).next())
+            .map(|(&k, d)| (k, d.clone()))
+        {
+            from = seq + 1;
             let grants = self.with_releases(group, &digest, |r, cfg| {
                 let grants = r.grant(cfg, now);
                 (grants, r.room(cfg) == 0)
