@@ -106,6 +106,11 @@ impl ReleaseConfig {
             lease,
         }
     }
+
+    /// Pieces out at most with every lease out: `in_flight` runs.
+    pub fn window(&self) -> u64 {
+        u64::from(self.in_flight.max(1)) * u64::from(self.run.max(1))
+    }
 }
 
 impl Default for ReleaseConfig {
@@ -189,7 +194,7 @@ impl Releases {
     /// Pieces this blob may still lease before its window (less what [`Releases::share`]
     /// gave to other blobs) is full.
     pub fn room(&self, cfg: &ReleaseConfig) -> u64 {
-        let window = u64::from(cfg.in_flight.max(1)) * u64::from(cfg.run.max(1));
+        let window = cfg.window();
         window.saturating_sub(self.leased() + self.others)
     }
 
@@ -229,7 +234,7 @@ impl Releases {
     /// of the mirror's link) doubled the mirror's flows for seconds and lost ranges
     /// (docs/benchmarks.md, "The next layer half a second early").
     pub fn move_on(&self, cfg: &ReleaseConfig, now: Duration) -> bool {
-        let window = u64::from(cfg.in_flight.max(1)) * u64::from(cfg.run.max(1));
+        let window = cfg.window();
         let recent = self
             .recent
             .iter()

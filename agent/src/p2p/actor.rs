@@ -203,20 +203,26 @@ impl Actor {
                 }
                 _ = tick.tick() => {
                     let now = self.now();
+                    self.tell_more();
                     self.node.tick(now, &mut self.out);
                     self.close_idle();
                 }
             }
             let now = self.now();
-            let at = Instant::now();
-            let more = (self.state.ahead.lock()).pending(at, |c| {
-                at.saturating_duration_since(c.asked) < crate::registry::PULLING
-            });
-            self.node.set_more(more);
             self.node.decide(now, &mut self.out);
             self.execute();
             self.work_ahead();
         }
+    }
+
+    /// Tells the decisions, once a tick, whether the client will still ask for blobs of an
+    /// image not opened here yet (`swarm::Node::set_more`): the mirror helps no tail until then.
+    fn tell_more(&mut self) {
+        let at = Instant::now();
+        let more = (self.state.ahead.lock()).pending(at, |c| {
+            at.saturating_duration_since(c.asked) < crate::registry::PULLING
+        });
+        self.node.set_more(more);
     }
 
     /// Once what this node pulls is leased to first holders but for what the mirror sends in
