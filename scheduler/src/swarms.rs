@@ -158,17 +158,17 @@ impl Blob {
     }
 }
 
-/// Grants made in one group.
-type Grants = (GroupKey, Vec<(Holder, Grant)>);
-
-fn deliveries(digest: &str, grants: Vec<Grants>) -> impl Iterator<Item = Delivery> + '_ {
-    grants.into_iter().flat_map(move |(group, list)| {
-        list.into_iter().map(move |(holder, grant)| Delivery {
-            digest: digest.to_string(),
-            group,
-            holder,
-            grant,
-        })
+/// Grants made in `group`'s leases of `digest`, to deliver.
+fn deliveries(
+    digest: &str,
+    group: GroupKey,
+    grants: Vec<(Holder, Grant)>,
+) -> impl Iterator<Item = Delivery> + '_ {
+    grants.into_iter().map(move |(holder, grant)| Delivery {
+        digest: digest.to_string(),
+        group,
+        holder,
+        grant,
     })
 }
 
@@ -288,7 +288,7 @@ impl Swarms {
                     }
                 }
             }
-            out.extend(deliveries(&digest, vec![(group, grants)]));
+            out.extend(deliveries(&digest, group, grants));
             if full {
                 break;
             }
@@ -587,10 +587,7 @@ impl Swarms {
             for &group in &groups {
                 let grants =
                     self.with_releases(group, digest, |r, cfg| r.leave(cfg, m.holder, now));
-                out.extend(deliveries(
-                    digest,
-                    vec![(group, grants.unwrap_or_default())],
-                ));
+                out.extend(deliveries(digest, group, grants.unwrap_or_default()));
             }
         }
         // Leases it held went back, or the blob is gone with its leases: room for the rest.
@@ -656,10 +653,7 @@ impl Swarms {
         let mut groups = HashSet::new();
         for (digest, group) in leased {
             let grants = self.with_releases(group, &digest, |r, cfg| r.expire(cfg, now));
-            out.extend(deliveries(
-                &digest,
-                vec![(group, grants.unwrap_or_default())],
-            ));
+            out.extend(deliveries(&digest, group, grants.unwrap_or_default()));
             groups.insert(group);
         }
         for group in groups {
